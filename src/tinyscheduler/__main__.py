@@ -1,0 +1,3 @@
+from tinyscheduler.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Shared fixtures: everything real (HTTP on 127.0.0.1, processes, files), nothing left running."""
