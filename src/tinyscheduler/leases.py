@@ -1,0 +1,307 @@
+"""Lease files: which runs are in flight on this host.
+
+`<running_dir>/task_<id>.json`, one per run, written atomically (temp file in the same folder,
+fsync, os.replace, fsync the folder) with mode 0600 in a 0700 folder. The original schema
+(task_id, agent, pid, recipe, started_at, heartbeat, host, state) stays readable; the extra fields
+(pgid, boot_id, start_ticks, owner, attempt, log_path) make liveness exact across PID reuse,
+reboots and restarts of the scheduler. A file that cannot be read as a lease is moved to the
+quarantine folder, never deleted and never allowed to crash a pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import re
+import socket
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+MAX_LEASE_BYTES = 1024 * 1024
+LEASE_NAME = re.compile(r"task_(\d+)\.json")
+
+
+class LeaseState(str, enum.Enum):
+    #: Written before the task is claimed and the process exists; pid is still unknown.
+    STARTING = "starting"
+    RUNNING = "running"
+    #: The process is being stopped by the SIGINT -> SIGTERM -> SIGKILL ladder.
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: int
+    agent: str
+    pid: int | None
+    recipe: str
+    started_at: datetime
+    heartbeat: datetime
+    host: str
+    state: LeaseState = LeaseState.RUNNING
+    pgid: int | None = None
+    boot_id: str | None = None
+    start_ticks: int | None = None
+    owner: str | None = None
+    attempt: int = 1
+    log_path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        data["started_at"] = _iso(self.started_at)
+        data["heartbeat"] = _iso(self.heartbeat)
+        return data
+
+    def with_changes(self, **changes: Any) -> "Lease":
+        return dataclasses.replace(self, **changes)
+
+
+class LeaseFormatError(ValueError):
+    """A lease file's content is not a lease; the message names the field."""
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _moment(value: Any, field: str) -> datetime:
+    # The original wrote ISO strings; epoch seconds are accepted as well.
+    if isinstance(value, bool):
+        raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise LeaseFormatError(f"field {field}: expected an ISO 8601 timestamp, got {value!r}") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
+
+
+def _int(data: dict[str, Any], field: str, *, optional: bool) -> int | None:
+    value = data.get(field)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LeaseFormatError(f"field {field}: expected an integer, got {value!r}")
+    return value
+
+
+def _str(data: dict[str, Any], field: str, *, optional: bool, default: str = "") -> str | None:
+    value = data.get(field)
+    if value is None:
+        if optional:
+            return default or None
+        raise LeaseFormatError(f"field {field}: missing")
+    if not isinstance(value, str):
+        raise LeaseFormatError(f"field {field}: expected a string, got {value!r}")
+    return value
+
+
+def lease_from_json(data: Any) -> Lease:
+    if not isinstance(data, dict):
+        raise LeaseFormatError(f"expected a JSON object, got {type(data).__name__}")
+    state_text = _str(data, "state", optional=True, default=LeaseState.RUNNING.value)
+    try:
+        state = LeaseState(state_text)
+    except ValueError:
+        allowed = ", ".join(s.value for s in LeaseState)
+        raise LeaseFormatError(f"field state: expected one of {allowed}, got {state_text!r}") from None
+    started_at = _moment(data.get("started_at"), "started_at")
+    heartbeat = _moment(data["heartbeat"], "heartbeat") if data.get("heartbeat") is not None else started_at
+    return Lease(
+        task_id=_int(data, "task_id", optional=False),  # type: ignore[arg-type]
+        agent=_str(data, "agent", optional=False),  # type: ignore[arg-type]
+        pid=_int(data, "pid", optional=True),
+        recipe=_str(data, "recipe", optional=True, default="") or "",
+        started_at=started_at,
+        heartbeat=heartbeat,
+        host=_str(data, "host", optional=True, default=socket.gethostname()),  # type: ignore[arg-type]
+        state=state,
+        pgid=_int(data, "pgid", optional=True),
+        boot_id=_str(data, "boot_id", optional=True),
+        start_ticks=_int(data, "start_ticks", optional=True),
+        owner=_str(data, "owner", optional=True),
+        attempt=_int(data, "attempt", optional=True) or 1,
+        log_path=_str(data, "log_path", optional=True),
+    )
+
+
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
+    """Write JSON so a reader sees the old file or the new one, never a torn one, even on power loss."""
+    folder = path.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A file moved out of the lease folder, and why."""
+
+    original: Path
+    moved_to: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaseScan:
+    leases: tuple[Lease, ...]
+    quarantined: tuple[Quarantined, ...]
+
+
+class LeaseStore:
+    """The lease folder of this host. All methods are plain blocking file I/O on small files."""
+
+    def __init__(self, running_dir: Path, quarantine_dir: Path) -> None:
+        self.running_dir = running_dir
+        self.quarantine_dir = quarantine_dir
+
+    def ensure(self) -> None:
+        self.running_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.running_dir, 0o700)
+
+    def path(self, task_id: int) -> Path:
+        return self.running_dir / f"task_{task_id}.json"
+
+    def write(self, lease: Lease) -> None:
+        write_json_atomic(self.path(lease.task_id), lease.to_json())
+
+    def remove(self, task_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(task_id))
+
+    def read(self, task_id: int) -> Lease | None:
+        """One lease; None if absent. A bad file is quarantined (and None returned)."""
+        path = self.path(task_id)
+        try:
+            return self._parse(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, LeaseFormatError) as exc:
+            self._quarantine(path, str(exc))
+            return None
+
+    def scan(self) -> LeaseScan:
+        """Every lease in the folder; anything unreadable is moved to quarantine and listed."""
+        leases: list[Lease] = []
+        quarantined: list[Quarantined] = []
+        try:
+            names = sorted(os.listdir(self.running_dir))
+        except FileNotFoundError:
+            return LeaseScan((), ())
+        for name in names:
+            if name.startswith("."):
+                continue  # temp files of a write in progress
+            path = self.running_dir / name
+            match = LEASE_NAME.fullmatch(name)
+            try:
+                if not match:
+                    raise LeaseFormatError("file name is not task_<id>.json")
+                lease = self._parse(path)
+                if lease.task_id != int(match.group(1)):
+                    raise LeaseFormatError(f"field task_id: {lease.task_id} does not match the file name")
+                leases.append(lease)
+            except FileNotFoundError:
+                continue  # removed by its run while we listed
+            except (OSError, LeaseFormatError) as exc:
+                record = self._quarantine(path, str(exc))
+                if record:
+                    quarantined.append(record)
+        return LeaseScan(tuple(leases), tuple(quarantined))
+
+    def quarantined_files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.quarantine_dir.iterdir() if not p.name.endswith(".reason"))
+        except FileNotFoundError:
+            return []
+
+    def _parse(self, path: Path) -> Lease:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_LEASE_BYTES + 1)
+        if len(raw) > MAX_LEASE_BYTES:
+            raise LeaseFormatError(f"file is over {MAX_LEASE_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LeaseFormatError(f"not JSON: {exc}") from None
+        return lease_from_json(data)
+
+    def _quarantine(self, path: Path, reason: str) -> Quarantined | None:
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        target = self.quarantine_dir / f"{path.name}.{stamp}.{os.getpid()}"
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return None
+        (target.parent / f"{target.name}.reason").write_text(f"{path}: {reason}\n", encoding="utf-8")
+        return Quarantined(path, target, reason)
+
+
+# --- the operating system's view of a lease's process -------------------------------------------
+
+
+class Liveness(str, enum.Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    #: The PID is alive but belongs to another process (start time differs): the run is gone.
+    REUSED = "reused"
+    #: The lease was written before the process existed (no pid yet).
+    NO_PROCESS = "no_process"
+
+
+def current_boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":
+        return None  # a zombie has finished; only its parent's wait() is missing
+    return int(fields[19])
+
+
+def probe(lease: Lease, boot_id: str | None) -> Liveness:
+    """Is the lease's process still the one that was started for it?"""
+    if lease.pid is None:
+        return Liveness.NO_PROCESS
+    if lease.boot_id and boot_id and lease.boot_id != boot_id:
+        return Liveness.DEAD  # the host rebooted since: every process of that boot is gone
+    ticks = process_start_ticks(lease.pid)
+    if ticks is None:
+        return Liveness.DEAD
+    if lease.start_ticks is not None and ticks != lease.start_ticks:
+        return Liveness.REUSED
+    return Liveness.ALIVE
