@@ -162,7 +162,8 @@ class Quarantined:
     """A file moved out of the lease folder, and why."""
 
     original: Path
-    moved_to: Path
+    #: None when the store is read-only (a dry run reports the file but leaves it in place).
+    moved_to: Path | None
     reason: str
 
 
@@ -175,9 +176,10 @@ class LeaseScan:
 class LeaseStore:
     """The lease folder of this host. All methods are plain blocking file I/O on small files."""
 
-    def __init__(self, running_dir: Path, quarantine_dir: Path) -> None:
+    def __init__(self, running_dir: Path, quarantine_dir: Path, *, read_only: bool = False) -> None:
         self.running_dir = running_dir
         self.quarantine_dir = quarantine_dir
+        self.read_only = read_only
 
     def ensure(self) -> None:
         self.running_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +252,8 @@ class LeaseStore:
         return lease_from_json(data)
 
     def _quarantine(self, path: Path, reason: str) -> Quarantined | None:
+        if self.read_only:
+            return Quarantined(path, None, reason)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         target = self.quarantine_dir / f"{path.name}.{stamp}.{os.getpid()}"
