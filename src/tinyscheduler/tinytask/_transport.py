@@ -1,0 +1,196 @@
+"""Machinery shared by the transports: one pooled HTTP client, the retry policy, paging.
+
+Kept private so the public surface stays the `TinyTaskClient` interface plus the constructors.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from tinyscheduler.tinytask.errors import TinyTaskBadReply, TinyTaskRejected, TinyTaskUnavailable
+from tinyscheduler.tinytask.models import Task, parse_task
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Ceiling of one backoff delay, so a long outage never makes a single wait longer than a tick.
+BACKOFF_CAP = 10.0
+
+
+class Transient(Exception):
+    """One attempt failed in a way another attempt may not (5xx, lost stream); never escapes."""
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Server text squeezed into one log line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """A short cause for a network failure; httpx timeouts often have an empty message."""
+    text = one_line(str(exc))
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries connection errors, timeouts and `Transient` failures with full-jitter backoff.
+
+    Full jitter (a uniform delay in [0, base * 2**attempt]) keeps many schedulers that lost the
+    same server from hammering it in lockstep when it comes back.
+    """
+
+    retries: int = 3
+    backoff_base: float = 0.2
+    sleep: Sleep = field(default=asyncio.sleep)
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(BACKOFF_CAP, self.backoff_base * 2**attempt))
+
+    async def run(self, target: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` until it succeeds or the retries are spent; `target` names it in errors."""
+        tries = self.retries + 1
+        for number in range(tries):
+            try:
+                return await attempt()
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                cause = describe(exc)
+            except Transient as exc:
+                cause = str(exc)
+            if number + 1 < tries:
+                await self.sleep(self.delay(number))
+        raise TinyTaskUnavailable(f"TinyTask unavailable at {target}: {cause} (gave up after {tries} attempts)")
+
+
+def server_message(response: httpx.Response) -> str:
+    """The server's `{"error": ...}` text, or the start of whatever else it sent."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return one_line(body["error"])
+    return one_line(response.text) or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def decode_json(response: httpx.Response, endpoint: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise TinyTaskBadReply(f"{endpoint}: reply is not JSON: {one_line(response.text, 80)!r}") from None
+
+
+class JsonHttp:
+    """The pooled connection set of one client, with the REST error mapping.
+
+    Timeouts are explicit: `connect_timeout` to open a connection, `read_timeout` for each read,
+    write and wait for a pooled connection.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        retries: int,
+        backoff_base: float,
+        sleep: Sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.retry = RetryPolicy(retries, backoff_base, sleep)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str | int] | None = None,
+        body: dict[str, Any] | None = None,
+        missing: type[TinyTaskRejected] = TinyTaskRejected,
+    ) -> Any:
+        """The decoded JSON reply; a 404 raises `missing` (TaskNotFound for task endpoints)."""
+        url = self.base_url + path
+        endpoint = f"{method} {path}"
+
+        async def attempt() -> httpx.Response:
+            response = await self.http.request(method, url, params=params, json=body)
+            if response.status_code >= 500:
+                raise Transient(f"HTTP {response.status_code}: {server_message(response)}")
+            return response
+
+        response = await self.retry.run(url, attempt)
+        status = response.status_code
+        if 400 <= status < 500:
+            cls = missing if status == 404 else TinyTaskRejected
+            raise cls(f"{server_message(response)} ({endpoint}: HTTP {status})", status)
+        if not 200 <= status < 300:
+            raise TinyTaskBadReply(f"{endpoint}: unexpected HTTP {status}")
+        return decode_json(response, endpoint)
+
+
+async def collect_pages(fetch: Callable[[int, int], Awaitable[list[Any]]], page_size: int) -> list[Any]:
+    """Every row of a limit/offset listing, in server order, each task once.
+
+    Tasks that change between two page reads can shift the offsets: a duplicate is dropped here;
+    one that slips past is seen on the next pass. A page that brings nothing new ends the walk, so
+    a server that ignores `offset` cannot make this loop forever.
+    """
+    rows: list[Any] = []
+    seen: set[Any] = set()
+    offset = 0
+    while True:
+        page = await fetch(page_size, offset)
+        fresh = 0
+        for raw in page:
+            ident = raw.get("id") if isinstance(raw, dict) else None
+            if ident is not None and ident in seen:
+                continue
+            if ident is not None:
+                seen.add(ident)
+            rows.append(raw)
+            fresh += 1
+        if len(page) < page_size or fresh == 0:
+            return rows
+        offset += len(page)
+
+
+def expect_list(value: Any, endpoint: str, what: str = "JSON array") -> list[Any]:
+    if not isinstance(value, list):
+        raise TinyTaskBadReply(f"{endpoint}: expected a {what}, got {type(value).__name__}")
+    return value
+
+
+def expect_dict(value: Any, endpoint: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TinyTaskBadReply(f"{endpoint}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def status_filter(status: Any) -> list[str] | None:
+    """The interface takes a sequence; a bare string is one status, not a list of letters."""
+    if status is None:
+        return None
+    return [status] if isinstance(status, str) else list(status)
+
+
+
+def one_task(raw: Any, endpoint: str) -> Task:
+    """A single task the caller asked for by id: unusable content is a bad reply, not a skip."""
+    parsed = parse_task(raw, endpoint)
+    if isinstance(parsed, Task):
+        return parsed
+    raise TinyTaskBadReply(str(parsed))

@@ -1,0 +1,102 @@
+"""The REST transport: TinyTask 2.x `/api/v1/...` over one pooled HTTP connection set."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from tinyscheduler.tinytask._transport import (
+    JsonHttp,
+    Sleep,
+    collect_pages,
+    expect_dict,
+    expect_list,
+    one_task,
+    status_filter,
+)
+from tinyscheduler.tinytask.client import SCHEDULER_NAME, TinyTaskClient
+from tinyscheduler.tinytask.errors import TaskNotFound, TinyTaskBadReply
+from tinyscheduler.tinytask.models import ServerFeatures, Task, TaskBatch, parse_tasks
+
+TASKS = "/api/v1/tasks"
+
+
+class RestClient(TinyTaskClient):
+    """TinyTask over REST. Retries connection errors, timeouts and 5xx; never retries a 4xx."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 15.0,
+        retries: int = 3,
+        backoff_base: float = 0.2,
+        sleep: Sleep = asyncio.sleep,
+        page_size: int = 500,
+    ) -> None:
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        self._api = JsonHttp(
+            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            retries=retries, backoff_base=backoff_base, sleep=sleep,
+        )
+        self._page_size = page_size
+        self.base_url = self._api.base_url
+        self.features = ServerFeatures(protocol="rest")
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        return expect_dict(await self._api.request("GET", "/health"), "GET /health")
+
+    async def list_queues(self) -> list[str]:
+        endpoint = "GET /api/v1/queues"
+        queues = expect_list(await self._api.request("GET", "/api/v1/queues"), endpoint)
+        if not all(isinstance(name, str) for name in queues):
+            raise TinyTaskBadReply(f"{endpoint}: expected a list of queue names, got {queues!r:.80}")
+        return queues
+
+    async def list_tasks(
+        self,
+        *,
+        status: Sequence[str] | None = None,
+        assigned_to: str | None = None,
+        queue_name: str | None = None,
+    ) -> TaskBatch:
+        endpoint = f"GET {TASKS}"
+        filters: dict[str, str | int] = {}
+        statuses = status_filter(status)
+        if statuses is not None:
+            if not statuses:
+                return TaskBatch(())
+            filters["status"] = ",".join(statuses)
+        if assigned_to is not None:
+            filters["assigned_to"] = assigned_to
+        if queue_name is not None:
+            filters["queue_name"] = queue_name
+
+        async def page(limit: int, offset: int) -> list[Any]:
+            reply = await self._api.request("GET", TASKS, params={**filters, "limit": limit, "offset": offset})
+            return expect_list(reply, endpoint)
+
+        return parse_tasks(await collect_pages(page, self._page_size), endpoint)
+
+    async def get_task(self, task_id: int) -> Task:
+        path = f"{TASKS}/{int(task_id)}"
+        return one_task(await self._api.request("GET", path, missing=TaskNotFound), f"GET {path}")
+
+    async def update_task(self, task_id: int, **fields: Any) -> Task:
+        # REST takes JSON null for "unassign" / "unblock" as it is: no translation needed.
+        path = f"{TASKS}/{int(task_id)}"
+        reply = await self._api.request("PATCH", path, body=fields, missing=TaskNotFound)
+        return one_task(reply, f"PATCH {path}")
+
+    async def add_comment(self, task_id: int, content: str, created_by: str = SCHEDULER_NAME) -> None:
+        path = f"{TASKS}/{int(task_id)}/comments"
+        reply = await self._api.request(
+            "POST", path, body={"content": content, "created_by": created_by}, missing=TaskNotFound
+        )
+        expect_dict(reply, f"POST {path}")
+
