@@ -1,5 +1,6 @@
 """TinyTask client: models, errors, and the transports behind one interface."""
 from tinyscheduler.tinytask.client import SCHEDULER_NAME, TinyTaskClient
+from tinyscheduler.tinytask.connect import connect
 from tinyscheduler.tinytask.errors import (
     TaskNotFound,
     TinyTaskBadReply,
@@ -12,5 +13,5 @@ from tinyscheduler.tinytask.models import FAILED_TAG, ServerFeatures, Task, Task
 __all__ = [
     "FAILED_TAG", "SCHEDULER_NAME", "ServerFeatures", "Task", "TaskBatch", "TaskNotFound",
     "TaskProblem", "TinyTaskBadReply", "TinyTaskClient", "TinyTaskError", "TinyTaskRejected",
-    "TinyTaskUnavailable",
+    "TinyTaskUnavailable", "connect",
 ]

@@ -128,19 +128,26 @@ class JsonHttp:
 
         async def attempt() -> httpx.Response:
             response = await self.http.request(method, url, params=params, json=body)
-            if response.status_code >= 500:
-                raise Transient(f"HTTP {response.status_code}: {server_message(response)}")
+            await check_status(response, endpoint, missing)
             return response
 
-        response = await self.retry.run(url, attempt)
-        status = response.status_code
-        if 400 <= status < 500:
-            cls = missing if status == 404 else TinyTaskRejected
-            raise cls(f"{server_message(response)} ({endpoint}: HTTP {status})", status)
-        if not 200 <= status < 300:
-            raise TinyTaskBadReply(f"{endpoint}: unexpected HTTP {status}")
-        return decode_json(response, endpoint)
+        return decode_json(await self.retry.run(url, attempt), endpoint)
 
+
+async def check_status(
+    response: httpx.Response, endpoint: str, missing: type[TinyTaskRejected] = TinyTaskRejected
+) -> None:
+    """Pass a 2xx; a 5xx is `Transient` (retried), a 4xx is final: `missing` for 404."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    await response.aread()  # a streamed response has not read its error body yet
+    if status >= 500:
+        raise Transient(f"HTTP {status}: {server_message(response)}")
+    if status >= 400:
+        cls = missing if status == 404 else TinyTaskRejected
+        raise cls(f"{server_message(response)} ({endpoint}: HTTP {status})", status)
+    raise TinyTaskBadReply(f"{endpoint}: unexpected HTTP {status}")
 
 async def collect_pages(fetch: Callable[[int, int], Awaitable[list[Any]]], page_size: int) -> list[Any]:
     """Every row of a limit/offset listing, in server order, each task once.
