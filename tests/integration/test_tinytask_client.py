@@ -11,11 +11,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tinyscheduler.fake_tinytask import FakeTinyTask
 from tinyscheduler.tinytask import (
+    SCHEDULER_NAME,
+    TaskNotFound,
+    TaskProblem,
     TinyTaskBadReply,
     TinyTaskRejected,
     TinyTaskUnavailable,
 )
+from tinyscheduler.tinytask.connect import connect
+from tinyscheduler.tinytask.mcp import McpHttpClient
 from tinyscheduler.tinytask.rest import RestClient
 
 
@@ -36,6 +42,7 @@ class Reply:
     content_type: str = "application/json"
     #: Hold the reply until the test ends: the client sees a read timeout.
     hang: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class ScriptedServer:
@@ -44,20 +51,25 @@ class ScriptedServer:
     def __init__(self, *replies: Reply) -> None:
         self.replies = list(replies)
         self.seen: list[tuple[str, str]] = []
+        #: (request headers, decoded JSON body or None) per request
+        self.received: list[tuple[dict[str, str], object]] = []
         self.release = threading.Event()
         script = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                raw = self.rfile.read(length)
                 script.seen.append((self.command, self.path))
+                script.received.append((dict(self.headers), json.loads(raw) if raw else None))
                 reply = script.replies.pop(0) if len(script.replies) > 1 else script.replies[0]
                 if reply.hang:
                     script.release.wait(30)
                 body = reply.body.encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
+                for name, value in reply.headers:
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -85,6 +97,12 @@ class ScriptedServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTinyTask]:
+    with FakeTinyTask() as server:
+        yield server
 
 
 @pytest.fixture
@@ -173,3 +191,224 @@ async def test_wrong_shaped_task_list_is_bad_reply() -> None:
         async with RestClient(server.url, sleep=Naps()) as client:
             with pytest.raises(TinyTaskBadReply, match="GET /api/v1/tasks: expected a JSON array"):
                 await client.list_tasks(status=["idle"])
+
+
+# --- REST against the fake server ---------------------------------------------------------------
+
+
+async def test_list_tasks_walks_every_page_in_server_order(fake: FakeTinyTask) -> None:
+    for priority in (1, 5, 3, 5, 0):
+        fake.create_task(f"p{priority}", priority=priority, queue_name="dev")
+    fake.reset_requests()
+    async with RestClient(fake.url, page_size=2) as client:
+        batch = await client.list_tasks(status=["idle", "working"], queue_name="dev")
+    assert [(t.title, t.priority) for t in batch.tasks] == [("p5", 5), ("p5", 5), ("p3", 3), ("p1", 1), ("p0", 0)]
+    assert [t.id for t in batch.tasks][:2] == [2, 4]  # ties: insertion order
+    assert batch.problems == ()
+    assert fake.requests == [
+        ("GET", f"/api/v1/tasks?status=idle%2Cworking&queue_name=dev&limit=2&offset={offset}")
+        for offset in (0, 2, 4)
+    ]
+
+
+async def test_list_tasks_filters(fake: FakeTinyTask) -> None:
+    fake.create_task("mine idle", assigned_to="dev", queue_name="dev")
+    fake.create_task("mine working", assigned_to="dev", status="working", queue_name="dev")
+    fake.create_task("unassigned", queue_name="dev")
+    fake.create_task("other queue", queue_name="qa")
+    fake.create_task("done", assigned_to="dev", status="complete", queue_name="dev")
+    async with RestClient(fake.url) as client:
+        idle_mine = await client.idle_assigned("dev")
+        free = await client.idle_unassigned("dev")
+        everything = await client.list_tasks()
+        nothing = await client.list_tasks(status=[])
+        queues = await client.list_queues()
+    assert [t.title for t in idle_mine.tasks] == ["mine idle"]
+    assert [t.title for t in free.tasks] == ["unassigned"]
+    assert len(everything.tasks) == 5
+    assert nothing.tasks == ()
+    assert queues == ["dev", "qa"]
+
+
+async def test_malformed_task_is_a_problem_not_a_failure(fake: FakeTinyTask) -> None:
+    fake.create_task("good", queue_name="dev")
+    bad = fake.create_task("free-text assignee", assigned_to="Jane Doe", queue_name="dev")
+    async with RestClient(fake.url) as client:
+        batch = await client.list_tasks(queue_name="dev")
+    assert [t.title for t in batch.tasks] == ["good"]
+    (problem,) = batch.problems
+    assert isinstance(problem, TaskProblem)
+    assert (problem.task_id, problem.field, problem.where) == (bad["id"], "assigned_to", "GET /api/v1/tasks")
+
+
+async def test_get_update_comment_round_trip(fake: FakeTinyTask) -> None:
+    seeded = fake.create_task("work", assigned_to="dev", queue_name="dev", tags=["x"])
+    async with RestClient(fake.url) as client:
+        task = await client.get_task(seeded["id"])
+        working = await client.set_status(task.id, "working")
+        unassigned = await client.unassign(task.id)
+        await client.add_comment(task.id, "run failed: exit 3")
+        health = await client.health()
+    assert (task.title, task.assigned_to, task.tags) == ("work", "dev", ("x",))
+    assert working.status == "working"
+    assert unassigned.assigned_to is None and unassigned.previous_assigned_to == "dev"
+    assert fake.task(task.id)["assigned_to"] is None
+    assert [(c["content"], c["created_by"]) for c in fake.comments(task.id)] == [("run failed: exit 3", SCHEDULER_NAME)]
+    assert health["status"] == "healthy"
+
+
+async def test_missing_task_is_task_not_found(fake: FakeTinyTask) -> None:
+    async with RestClient(fake.url, sleep=Naps()) as client:
+        with pytest.raises(TaskNotFound, match="Task 99 not found") as caught:
+            await client.get_task(99)
+        with pytest.raises(TaskNotFound, match="Task not found: 99"):
+            await client.set_status(99, "idle")
+        with pytest.raises(TaskNotFound):
+            await client.add_comment(99, "hello")
+    assert caught.value.status == 404
+
+
+async def test_invalid_update_is_rejected_once(fake: FakeTinyTask) -> None:
+    task = fake.create_task("work")
+    fake.reset_requests()
+    async with RestClient(fake.url, sleep=Naps()) as client:
+        with pytest.raises(TinyTaskRejected, match="Invalid status: done. Must be one of: idle, working, complete"):
+            await client.set_status(task["id"], "done")
+    assert fake.requests == [("PATCH", f"/api/v1/tasks/{task['id']}")]
+    assert fake.task(task["id"])["status"] == "idle"
+
+
+# --- MCP streamable HTTP: reply framing and quirks, scripted ------------------------------------
+
+TASK_7 = {"id": 7, "title": "seven", "status": "idle", "assigned_to": None, "priority": 2, "tags": [],
+          "queue_name": "dev", "is_currently_blocked": False, "created_at": "2026-11-26T06:37:12Z"}
+ACCEPTED = Reply(202, "", "text/plain")
+
+
+def sse_framed(message: dict[str, object]) -> str:
+    """An SSE `message` event whose JSON is spread over several `data:` lines."""
+    lines = json.dumps(message, indent=2).splitlines()
+    return "event: message\n" + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+def rpc(ident: int, result: dict[str, object], *, framed: bool = True, session: str | None = None) -> Reply:
+    message = {"jsonrpc": "2.0", "id": ident, "result": result}
+    headers = (("Mcp-Session-Id", session),) if session else ()
+    if framed:
+        return Reply(200, sse_framed(message), "text/event-stream", headers=headers)
+    return Reply(200, json.dumps(message), headers=headers)
+
+
+def tool(text: str, *, error: bool = False) -> dict[str, object]:
+    return {"content": [{"type": "text", "text": text}], **({"isError": True} if error else {})}
+
+
+INITIALIZED = {"protocolVersion": "2025-03-26", "capabilities": {"tools": {}}, "serverInfo": {"name": "tinytask"}}
+
+
+async def test_mcp_http_reads_framed_replies_and_echoes_the_session() -> None:
+    script = (
+        rpc(1, INITIALIZED, session="session-1"),
+        ACCEPTED,
+        rpc(2, tool("Task #7 loaded\n\n" + json.dumps(TASK_7, indent=2))),
+        rpc(3, tool(json.dumps(TASK_7, indent=2)), framed=False),
+    )
+    with ScriptedServer(*script) as server:
+        async with McpHttpClient(server.url, sleep=Naps()) as client:
+            first = await client.get_task(7)
+            second = await client.get_task(7)
+    assert first == second and (first.id, first.title, first.queue_name) == (7, "seven", "dev")
+    assert [path for _, path in server.seen] == ["/mcp"] * 4
+    methods = [body.get("method") for _, body in server.received]  # type: ignore[union-attr]
+    assert methods == ["initialize", "notifications/initialized", "tools/call", "tools/call"]
+    for number, (headers, _) in enumerate(server.received):
+        assert headers["Accept"] == "application/json, text/event-stream"
+        assert headers["Content-Type"] == "application/json"
+        assert headers.get("Mcp-Session-Id") == (None if number == 0 else "session-1")
+    assert server.received[2][1]["params"] == {"name": "get_task", "arguments": {"id": 7}}  # type: ignore[index]
+
+
+async def test_mcp_http_unassign_sends_empty_string() -> None:
+    script = (rpc(1, INITIALIZED), ACCEPTED, rpc(2, tool(json.dumps(TASK_7))))
+    with ScriptedServer(*script) as server:
+        async with McpHttpClient(server.url, sleep=Naps()) as client:
+            await client.unassign(7)
+    arguments = server.received[2][1]["params"]["arguments"]  # type: ignore[index]
+    assert arguments == {"id": 7, "assigned_to": ""}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [("Task not found: 7", TaskNotFound), ("Error updating task: Invalid status", TinyTaskRejected)],
+)
+async def test_mcp_http_error_results_are_rejections(text: str, error: type[TinyTaskRejected]) -> None:
+    script = (rpc(1, INITIALIZED), ACCEPTED, rpc(2, tool(text, error=True)))
+    with ScriptedServer(*script) as server:
+        naps = Naps()
+        async with McpHttpClient(server.url, sleep=naps) as client:
+            with pytest.raises(TinyTaskRejected) as caught:
+                await client.set_status(7, "idle")
+    assert type(caught.value) is error
+    assert str(caught.value) == f"{text} (MCP tool update_task)"
+    assert len(server.seen) == 3 and naps.delays == []
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (tool("No idle tasks available in queue for agent: dev"), "MCP get_task: reply is not JSON"),
+        ({"content": []}, "MCP get_task: expected text content"),
+    ],
+)
+async def test_mcp_http_unusable_results_are_bad_replies(result: dict[str, object], expected: str) -> None:
+    with ScriptedServer(rpc(1, INITIALIZED), ACCEPTED, rpc(2, result)) as server:
+        async with McpHttpClient(server.url, sleep=Naps()) as client:
+            with pytest.raises(TinyTaskBadReply, match=expected):
+                await client.get_task(7)
+
+
+async def test_mcp_http_server_error_is_retried_with_a_fresh_id() -> None:
+    script = (rpc(1, INITIALIZED), ACCEPTED, Reply(500, '{"error":"Internal server error"}'),
+              rpc(3, tool(json.dumps(TASK_7))))
+    with ScriptedServer(*script) as server:
+        naps = Naps()
+        async with McpHttpClient(server.url, sleep=naps) as client:
+            task = await client.get_task(7)
+    assert task.id == 7 and len(naps.delays) == 1
+    assert [body["id"] for _, body in server.received[2:]] == [2, 3]  # type: ignore[index]
+
+
+# --- connect ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["", "/", "/mcp", "/mcp/"])
+async def test_connect_auto_prefers_rest(fake: FakeTinyTask, suffix: str) -> None:
+    async with await connect(fake.url + suffix) as client:
+        assert isinstance(client, RestClient)
+        assert client.base_url == fake.url
+        assert (client.features.protocol, client.features.queues, client.features.blocking) == ("rest", True, True)
+
+
+async def test_connect_to_nothing_is_one_clear_line(dead_url: str) -> None:
+    with pytest.raises(TinyTaskUnavailable) as caught:
+        await connect(dead_url, sleep=Naps())
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"TinyTask unavailable at {dead_url}/api/v1/queues: ConnectError")
+
+
+async def test_connect_to_a_server_that_is_not_tinytask() -> None:
+    with ScriptedServer(Reply(404, '{"error":"Not found"}')) as server:
+        with pytest.raises(TinyTaskBadReply) as caught:
+            await connect(server.url, sleep=Naps())
+    message = str(caught.value)
+    assert message.startswith(f"no TinyTask REST API or MCP endpoint at {server.url}: REST: Not found")
+    assert "mcp-http: Not found (POST /mcp: HTTP 404)" in message
+    assert "mcp-sse: Not found (GET /mcp: HTTP 404)" in message
+    assert [request for request in server.seen] == [("GET", "/api/v1/queues"), ("POST", "/mcp"), ("GET", "/mcp")]
+
+
+@pytest.mark.parametrize(("endpoint", "protocol"), [("ftp://host/", "auto"), ("tinytask:3000", "auto"),
+                                                    ("http://127.0.0.1:1", "grpc")])
+async def test_connect_refuses_bad_arguments(endpoint: str, protocol: str) -> None:
+    with pytest.raises(ValueError):
+        await connect(endpoint, protocol)  # type: ignore[arg-type]
