@@ -11,6 +11,7 @@ has no side effects (it creates nothing), so the daemon can call it again on SIG
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -386,16 +387,20 @@ class _Raw:
 
 @dataclass(frozen=True)
 class LoadedSettings:
-    """Settings plus the source of every value; `reload()` repeats the load with the same inputs."""
+    """Settings plus the source of every value, and the inputs that produced them (for reloads)."""
 
     settings: Settings
     sources: dict[str, Source]
+    #: The env file actually read, or None.
     env_file: Path | None
     #: TINYSCHEDULER_* names in the env file that are no setting (likely typos), "file line N: NAME".
     unknown_keys: tuple[str, ...] = ()
-    # What load_settings was given (env file argument, CLI values, working directory).
-    _request: tuple[Path | None, Mapping[str, Any], Path | None] = field(
-        default=(None, {}, None), repr=False, compare=False)
+    #: The --env-file argument (absolute), None when none was given.
+    env_file_arg: Path | None = None
+    #: The CLI values given to load_settings.
+    cli: Mapping[str, Any] = field(default_factory=dict)
+    #: The working directory relative paths resolved against.
+    cwd: Path | None = None
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -407,8 +412,15 @@ class LoadedSettings:
 
     def reload(self, *, environ: Mapping[str, str] | None = None) -> "LoadedSettings":
         """Load again from the same env file argument, CLI values and working directory (SIGHUP)."""
-        env_file, cli, cwd = self._request
-        return load_settings(env_file=env_file, cli=cli, environ=environ, cwd=cwd)
+        return load_settings(env_file=self.env_file_arg, cli=self.cli, environ=environ, cwd=self.cwd)
+
+    def with_overrides(self, values: Mapping[str, Any]) -> "LoadedSettings":
+        """A copy with `values` (validated) in place, e.g. settings that only a restart may change.
+
+        Their sources are left as they were: the caller takes the values from an earlier load.
+        """
+        settings = Settings(**{**self.settings.model_dump(), **values})
+        return dataclasses.replace(self, settings=settings)
 
 
 def load_settings(*, env_file: Path | None, cli: Mapping[str, Any],
@@ -462,16 +474,17 @@ def load_settings(*, env_file: Path | None, cli: Mapping[str, Any],
     base = values.get("base_path", cwd)
     if isinstance(base, (str, Path)) and str(base).strip():
         values["base_path"] = cwd / Path(base).expanduser()
+    settings: Settings | None = None
     try:
         settings = Settings(**values)
     except ValidationError as exc:
         problems.extend(_problems(exc, raw))
-    if problems:
+    if problems or settings is None:
         raise ConfigError(problems)
     sources: dict[str, Source] = {info.name: "default" for info in SETTINGS}
     sources.update({name: item.source for name, item in raw.items()})
     return LoadedSettings(settings, sources, read_from, tuple(unknown),
-                          (env_path if explicit else None, dict(cli), cwd))
+                          env_path if explicit else None, dict(cli), cwd)
 
 
 def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:
@@ -491,9 +504,12 @@ def _problems(exc: ValidationError, raw: Mapping[str, _Raw]) -> list[str]:
     problems: dict[str, str] = {}
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""
-        if name in problems or name not in _BY_NAME:
+        if name in problems:
             continue
-        info = _BY_NAME[name]
+        info = _BY_NAME.get(name)
+        if info is None:  # not tied to one setting; pydantic's own words are the best we have
+            problems[name] = error["msg"]
+            continue
         if error["type"] == "value_error":
             detail = str(error["ctx"]["error"])
         else:

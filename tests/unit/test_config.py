@@ -309,3 +309,12 @@ def test_settings_are_immutable(tmp_path: Path) -> None:
 def test_unknown_cli_key_is_a_programming_error(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         load(tmp_path, cli={"loop_interval": 5})
+
+
+def test_with_overrides_keeps_given_values(tmp_path: Path) -> None:
+    old = load(tmp_path, cli={"lock_file": "old.lock"})
+    new = load(tmp_path, cli={"lock_file": "new.lock", "default_slots": "3"})
+    kept = new.with_overrides({"lock_file": old.settings.lock_file})
+    assert kept.settings.lock_file == tmp_path / "old.lock"
+    assert kept.settings.default_slots == 3
+    assert kept.cli == new.cli
