@@ -3,9 +3,11 @@ tiny stdlib servers for the failure modes the fake does not produce (5xx, garbag
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,7 +23,7 @@ from tinyscheduler.tinytask import (
     TinyTaskUnavailable,
 )
 from tinyscheduler.tinytask.connect import connect
-from tinyscheduler.tinytask.mcp import McpHttpClient
+from tinyscheduler.tinytask.mcp import McpHttpClient, McpSseClient
 from tinyscheduler.tinytask.rest import RestClient
 
 
@@ -376,6 +378,139 @@ async def test_mcp_http_server_error_is_retried_with_a_fresh_id() -> None:
             task = await client.get_task(7)
     assert task.id == 7 and len(naps.delays) == 1
     assert [body["id"] for _, body in server.received[2:]] == [2, 3]  # type: ignore[index]
+
+
+# --- MCP legacy SSE: stream handling, scripted ----------------------------------------------------
+
+#: What a `LegacyMcpServer` answer function returns to make the server drop the stream instead.
+DROP = "drop"
+
+
+class LegacyMcpServer:
+    """The legacy MCP SSE transport in miniature: a GET stream per session; each POST is answered
+    202 and its reply is written on the session's stream (queued before the 202, so it can beat
+    the POST's own response to the client)."""
+
+    def __init__(self, answer: Callable[[dict[str, object]], object]) -> None:
+        self.answer = answer
+        self.sessions: dict[str, queue.Queue[str | None]] = {}
+        self.streams = 0
+        self.methods: list[str] = []
+        script = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                session: queue.Queue[str | None] = queue.Queue()
+                name = str(uuid.uuid4())
+                script.sessions[name] = session
+                script.streams += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(f"event: endpoint\ndata: /mcp?sessionId={name}\n\n".encode())
+                self.wfile.flush()
+                while (item := session.get()) is not None:
+                    self.wfile.write(f"event: message\ndata: {item}\n\n".encode())
+                    self.wfile.flush()
+
+            def do_POST(self) -> None:
+                name = self.path.partition("sessionId=")[2]
+                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                session = script.sessions.get(name)
+                if session is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                script.methods.append(message["method"])
+                reply = script.answer(message)
+                if reply == DROP:
+                    script.drop()
+                elif reply is not None:
+                    session.put(json.dumps(reply))
+                self.send_response(202)
+                self.send_header("Content-Length", "8")
+                self.end_headers()
+                self.wfile.write(b"Accepted")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+
+    def drop(self) -> None:
+        """Close every stream and forget every session, as a restarted server would."""
+        for session in self.sessions.values():
+            session.put(None)
+        self.sessions.clear()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "LegacyMcpServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.drop()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def answer_task_7(message: dict[str, object]) -> object:
+    if "id" not in message:
+        return None
+    result = INITIALIZED if message["method"] == "initialize" else tool(json.dumps(TASK_7))
+    return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+
+async def test_mcp_sse_matches_replies_and_reconnects_after_stream_loss() -> None:
+    with LegacyMcpServer(answer_task_7) as server:
+        naps = Naps()
+        async with McpSseClient(server.url, sleep=naps) as client:
+            assert (await client.get_task(7)).title == "seven"
+            assert (await client.get_task(7)).title == "seven"
+            server.drop()
+            assert (await client.get_task(7)).title == "seven"
+    assert server.streams == 2
+    # Whether the client saw the stream end first or the POST's 404 first, the new stream is
+    # initialized before the call is sent again.
+    assert server.methods == ["initialize", "notifications/initialized", "tools/call", "tools/call",
+                              "initialize", "notifications/initialized", "tools/call"]
+
+
+async def test_mcp_sse_call_pending_when_stream_drops_is_retried_on_a_new_stream() -> None:
+    calls = 0
+
+    def answer(message: dict[str, object]) -> object:
+        nonlocal calls
+        if message.get("method") == "tools/call":
+            calls += 1
+            if calls == 1:
+                return DROP
+        return answer_task_7(message)
+
+    with LegacyMcpServer(answer) as server:
+        naps = Naps()
+        async with McpSseClient(server.url, sleep=naps) as client:
+            assert (await client.get_task(7)).id == 7
+    assert server.streams == 2 and calls == 2
+    assert len(naps.delays) == 1
+
+
+async def test_mcp_sse_silent_server_is_unavailable() -> None:
+    def answer(message: dict[str, object]) -> object:
+        return None if message.get("method") == "tools/call" else answer_task_7(message)
+
+    with LegacyMcpServer(answer) as server:
+        async with McpSseClient(server.url, read_timeout=0.2, retries=1, sleep=Naps()) as client:
+            with pytest.raises(TinyTaskUnavailable, match="no reply on the MCP event stream within 0.2 s"):
+                await client.get_task(7)
+    assert server.streams == 2  # a silent stream is given up and a new one opened for the retry
 
 
 # --- connect ------------------------------------------------------------------------------------
