@@ -218,7 +218,13 @@ class _Planning:
 
     def candidates(self, tasks: Sequence[Task], agent: str | None) -> list[Task]:
         ready = []
+        seen: set[int] = set()
         for task in tasks:
+            # A list may hold a task twice (offset paging over a list that changed meanwhile):
+            # the first copy decides, or it would be started twice.
+            if task.id in seen:
+                continue
+            seen.add(task.id)
             reason = self.unstartable(task)
             if reason is None:
                 ready.append(task)
