@@ -74,8 +74,11 @@ class AttemptBook:
         max_attempts: int,
         retry_base_sec: float,
         max_delay_sec: float = MAX_RETRY_DELAY_SEC,
+        read_only: bool = False,
     ) -> None:
         self.path = path
+        #: A read-only book (dry run, status) never writes nor moves the file.
+        self.read_only = read_only
         self.max_attempts = max_attempts
         self.retry_base_sec = retry_base_sec
         self.max_delay_sec = max_delay_sec
@@ -91,6 +94,10 @@ class AttemptBook:
 
     def not_before(self, task_id: int) -> datetime | None:
         return self.record(task_id).not_before
+
+    def not_before_all(self) -> dict[int, datetime]:
+        """Every task still backing off, for the planner."""
+        return {tid: rec.not_before for tid, rec in self._records.items() if rec.not_before is not None}
 
     def gave_up(self, task_id: int) -> bool:
         return self.record(task_id).gave_up
@@ -136,6 +143,8 @@ class AttemptBook:
         self._save()
 
     def _save(self) -> None:
+        if self.read_only:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tasks = {str(tid): rec.to_json() for tid, rec in sorted(self._records.items())}
         write_json_atomic(self.path, {"version": FORMAT_VERSION, "tasks": tasks})
@@ -158,6 +167,9 @@ class AttemptBook:
         except (ValueError, TypeError, AttributeError) as exc:
             # A broken history must not stop the daemon; keep the file for a person, start afresh.
             aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            if self.read_only:
+                log.error("attempt history unreadable; ignoring it", path=str(self.path), reason=str(exc))
+                return {}
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
             log.error("attempt history unreadable; starting empty", path=str(self.path), moved_to=str(aside),
