@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # base_path comes first: the path validators below read it from the already validated fields.
     base_path: Path = _setting(
         default_factory=Path.cwd, flag="--base-path", metavar="PATH", expect=_PATH,
-        help="folder every relative path resolves against (default: the current directory)")
+        help="folder every relative path resolves against")
     running_dir: Path = _setting(
         Path("state/running"), flag="--running-dir", metavar="PATH", expect=_PATH,
         help="lease files of the runs in flight")
