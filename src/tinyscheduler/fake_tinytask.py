@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import re
 import signal
 import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 STATUSES: tuple[str, ...] = ("idle", "working", "complete")
 _MAX_DEPTH = 3
+_KEEPALIVE_SECONDS = 15.0
 _LEGACY_ONLY_MISSING = ("parent_task_id", "queue_name", "blocked_by_task_id", "is_currently_blocked")
 
 
@@ -594,6 +597,389 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Call], tuple[int, Any]]]] =
 ]
 
 
+# -- MCP -----------------------------------------------------------------------------------------
+
+_PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05", "2024-10-07")
+_STATUS_ENUM = " | ".join(f"'{s}'" for s in STATUSES)
+
+
+@dataclass(frozen=True)
+class _Param:
+    """One tool argument, validated the way the real server's zod schemas do."""
+
+    kind: str  # string | number | nullable_number | status | statuses | status_list | strings | boolean
+    description: str
+    required: bool = False
+
+    def json_schema(self) -> dict[str, Any]:
+        base: dict[str, Any] = {"description": self.description}
+        if self.kind in ("number", "nullable_number"):
+            return {"type": "number" if self.kind == "number" else ["number", "null"], **base}
+        if self.kind == "status":
+            return {"type": "string", **base, "enum": list(STATUSES)}
+        if self.kind in ("strings", "status_list"):
+            return {"type": "array", **base, "items": {"type": "string"}}
+        if self.kind == "statuses":
+            return {"anyOf": [{"type": "string", "enum": list(STATUSES)},
+                              {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}}], **base}
+        return {"type": self.kind, **base}
+
+
+def _js_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "nan" if value != value else "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "unknown")
+
+
+_JS_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _js_number(value: Any) -> float | int:
+    """JavaScript Number(value), as zod's z.coerce.number() applies it (null -> 0, "" -> 0)."""
+    if value is None or isinstance(value, bool):
+        return int(bool(value))
+    if isinstance(value, (int, float)):
+        number: float | int = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return 0
+        if _JS_DECIMAL.fullmatch(text):
+            number = float(text)
+        elif re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
+            number = int(text, 16)
+        else:
+            return float("nan")
+    else:
+        return float("nan")
+    if isinstance(number, float) and number.is_integer():
+        return int(number)  # JSON has one number type; 3.0 is printed as 3 by the real server
+    return number
+
+
+class _InvalidArguments(Exception):
+    def __init__(self, issues: list[dict[str, Any]]) -> None:
+        super().__init__(json.dumps(issues, indent=2))
+
+
+def _check_status(value: Any, path: list[Any], issues: list[dict[str, Any]]) -> None:
+    if not isinstance(value, str):
+        issues.append({"code": "invalid_type", "expected": _STATUS_ENUM, "received": _js_type(value),
+                       "path": path, "message": f"Expected {_STATUS_ENUM}, received {_js_type(value)}"})
+    elif value not in STATUSES:
+        issues.append({"received": value, "code": "invalid_enum_value", "options": list(STATUSES), "path": path,
+                       "message": f"Invalid enum value. Expected {_STATUS_ENUM}, received '{value}'"})
+
+
+def _validate(params: dict[str, _Param], strict: bool, args: Any) -> dict[str, Any]:
+    """Arguments checked and coerced like zod: every issue collected, unknown keys last."""
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise _InvalidArguments([{"code": "invalid_type", "expected": "object", "received": _js_type(args),
+                                  "path": [], "message": f"Expected object, received {_js_type(args)}"}])
+    issues: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
+
+    def wrong(key: str, expected: str, value: Any) -> None:
+        received = _js_type(value)
+        issues.append({"code": "invalid_type", "expected": expected, "received": received, "path": [key],
+                       "message": f"Expected {expected}, received {received}"})
+
+    for key, param in params.items():
+        if key not in args:
+            if param.required:
+                expected = "number" if param.kind == "number" else param.kind
+                issues.append({"code": "invalid_type", "expected": expected, "received": "undefined",
+                               "path": [key], "message": "Required"})
+            continue
+        value = args[key]
+        if param.kind == "number" or (param.kind == "nullable_number" and value is not None):
+            number = _js_number(value)
+            if number != number:
+                wrong(key, "number", number)
+            value = number
+        elif param.kind == "string" and not isinstance(value, str):
+            wrong(key, "string", value)
+        elif param.kind == "boolean" and not isinstance(value, bool):
+            wrong(key, "boolean", value)
+        elif param.kind == "status":
+            _check_status(value, [key], issues)
+        elif param.kind in ("strings", "status_list"):
+            if not isinstance(value, list):
+                wrong(key, "array", value)
+            else:
+                for index, item in enumerate(value):
+                    if param.kind == "status_list":
+                        _check_status(item, [key, index], issues)
+                    elif not isinstance(item, str):
+                        issues.append({"code": "invalid_type", "expected": "string", "received": _js_type(item),
+                                       "path": [key, index], "message": f"Expected string, received {_js_type(item)}"})
+        elif param.kind == "statuses":
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(item, str) and item in STATUSES for item in items):
+                issues.append({"code": "invalid_union", "path": [key], "message": "Invalid input"})
+        out[key] = value
+    unknown = [key for key in args if key not in params]
+    if strict and unknown:
+        listed = ", ".join(f"'{key}'" for key in unknown)
+        issues.append({"code": "unrecognized_keys", "keys": unknown, "path": [],
+                       "message": f"Unrecognized key(s) in object: {listed}"})
+    if issues:
+        raise _InvalidArguments(issues)
+    return out
+
+
+def _compact(value: Any) -> str:
+    """JSON as the real server (JavaScript's JSON.stringify) puts it on the wire."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _mcp_filters(args: dict[str, Any], queue_name: str | None) -> _Filters:
+    status = args.get("status", ())
+    return _Filters(
+        assigned_to=args.get("assigned_to"),
+        status=(status,) if isinstance(status, str) else tuple(status),
+        exclude_status=tuple(args.get("exclude_status", ())),
+        queue_name=queue_name,
+        # The real server builds "LIMIT n OFFSET m" only for truthy numbers.
+        limit=max(int(args.get("limit") or 0), 0),
+        offset=max(int(args.get("offset") or 0), 0),
+    )
+
+
+_ToolResult = tuple[str, bool]  # text, isError
+
+
+def _tool_list_tasks(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    tasks = store.list(_mcp_filters(args, args.get("queue_name")))
+    return _pretty({"count": len(tasks), "tasks": tasks}), False
+
+
+def _tool_get_queue_tasks(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    name = args["queue_name"].strip()
+    if not name:
+        return "Error retrieving queue tasks: Queue name cannot be empty", True
+    tasks = store.list(_mcp_filters(args, name))
+    # JSON.stringify drops the filters that were not given; include_archived is always there.
+    filters = {key: args[key] for key in ("assigned_to", "status", "exclude_status") if key in args}
+    filters["include_archived"] = False
+    filters.update({key: args[key] for key in ("limit", "offset") if key in args})
+    return _pretty({"queue_name": args["queue_name"], "count": len(tasks), "filters": filters, "tasks": tasks}), False
+
+
+def _tool_get_task(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    task = store.get(args["id"])
+    if task is None:
+        return f"Task not found: {args['id']}", True
+    return _pretty(task), False
+
+
+def _tool_update_task(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    changes = {key: value for key, value in args.items() if key != "id"}
+    try:
+        task = store.update(args["id"], changes)
+    except FakeError as exc:
+        return f"Error updating task: {exc.message}", True
+    return f"Task {task['id']} updated successfully\n\n{_pretty(task)}", False
+
+
+def _tool_add_comment(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    try:
+        comment = store.add_comment(args["task_id"], args["content"], args.get("created_by"))
+    except FakeError as exc:
+        return f"Error adding comment: {exc.message}", True
+    return f"Comment added to task {args['task_id']}\n\n{_pretty(comment)}", False
+
+
+def _tool_signup_for_task(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    task = store.signup(args["agent_name"])
+    if task is None:
+        return f"No idle tasks available in queue for agent: {args['agent_name']}", False
+    return f"Task #{task['id']} claimed and set to working status\n\n{_pretty(task)}", False
+
+
+def _tool_list_queues(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    queues = store.queues()
+    return _pretty({"count": len(queues), "queues": queues}), False
+
+
+def _tool_create_task(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    try:
+        task = store.create(
+            title=args["title"], created_by=args.get("created_by"), assigned_to=args.get("assigned_to"),
+            priority=args.get("priority", 0), queue_name=args.get("queue_name"),
+            blocked_by_task_id=args.get("blocked_by_task_id"), tags=args.get("tags", ()),
+            parent_task_id=args.get("parent_task_id"), description=args.get("description"),
+        )
+    except FakeError as exc:
+        return f"Error creating task: {exc.message}", True
+    return _pretty(task), False
+
+
+def _tool_move_task(store: _Store, args: dict[str, Any]) -> _ToolResult:
+    try:
+        result = store.transfer(args["task_id"], args["new_agent"], args["current_agent"], args["comment"])
+    except FakeError as exc:
+        return exc.message, True
+    return _pretty(result), False
+
+
+@dataclass(frozen=True)
+class _Tool:
+    name: str
+    description: str
+    params: dict[str, _Param]
+    run: Callable[[_Store, dict[str, Any]], _ToolResult]
+    strict: bool = True
+    in_legacy: bool = True
+
+
+_ID = _Param("number", "Task ID", required=True)
+_QUEUE_ONLY = frozenset({"queue_name", "parent_task_id", "blocked_by_task_id", "exclude_status"})
+_TOOLS: tuple[_Tool, ...] = (
+    _Tool("create_task", "Create a new task in the system", {
+        "title": _Param("string", "Task title", required=True),
+        "description": _Param("string", "Task description"),
+        "assigned_to": _Param("string", "Agent name to assign to"),
+        "created_by": _Param("string", "Agent name creating the task"),
+        "priority": _Param("number", "Priority level (default: 0)"),
+        "tags": _Param("strings", "Array of tags"),
+        "parent_task_id": _Param("number", "Parent task ID (creates subtask)"),
+        "queue_name": _Param("string", "Queue name (dev, product, qa, etc.)"),
+        "blocked_by_task_id": _Param("number", "ID of task that blocks this task"),
+    }, _tool_create_task),
+    _Tool("update_task", "Update an existing task", {
+        "id": _ID,
+        "title": _Param("string", "New title"),
+        "description": _Param("string", "New description"),
+        "status": _Param("status", "New status"),
+        "assigned_to": _Param("string", "New assignee"),
+        "priority": _Param("number", "New priority"),
+        "tags": _Param("strings", "New tags (replaces existing)"),
+        "parent_task_id": _Param("number", "New parent task ID"),
+        "queue_name": _Param("string", "New queue name"),
+        "blocked_by_task_id": _Param("nullable_number", "ID of task that blocks this task. Set to null to unblock."),
+    }, _tool_update_task),
+    _Tool("get_task", "Get a task by ID with all comments and links", {"id": _ID}, _tool_get_task),
+    _Tool("list_tasks", "List tasks with optional filters", {
+        "assigned_to": _Param("string", "Filter by assignee"),
+        "status": _Param("statuses", "Filter by status (single value or array of statuses)"),
+        "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
+        "limit": _Param("number", "Max results (default: 100)"),
+        "offset": _Param("number", "Pagination offset"),
+        "queue_name": _Param("string", "Filter by queue name"),
+    }, _tool_list_tasks),
+    _Tool("signup_for_task", "Claim the highest priority idle task from your queue and mark it as working", {
+        "agent_name": _Param("string", "Agent name signing up for task", required=True),
+    }, _tool_signup_for_task),
+    _Tool("move_task", "Transfer a task to another agent with status reset to idle and add handoff comment", {
+        "task_id": _Param("number", "Task ID to transfer", required=True),
+        "current_agent": _Param("string", "Current agent (for verification)", required=True),
+        "new_agent": _Param("string", "Agent to transfer to", required=True),
+        "comment": _Param("string", "Handoff message/context", required=True),
+    }, _tool_move_task),
+    _Tool("list_queues", "List all queue names currently in use", {}, _tool_list_queues, in_legacy=False),
+    _Tool("get_queue_tasks", "Get all tasks in a queue with optional filters", {
+        "queue_name": _Param("string", "Queue name", required=True),
+        "assigned_to": _Param("string", "Filter by assignee"),
+        "status": _Param("statuses", "Filter by status (single value or array of statuses)"),
+        "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
+        "limit": _Param("number", "Max results"),
+        "offset": _Param("number", "Pagination offset"),
+    }, _tool_get_queue_tasks, in_legacy=False),
+    # The real add_comment schema is the one not marked strict: unknown keys are dropped.
+    _Tool("add_comment", "Add a comment to a task", {
+        "task_id": _Param("number", "Task ID", required=True),
+        "content": _Param("string", "Comment text", required=True),
+        "created_by": _Param("string", "Agent name"),
+    }, _tool_add_comment, strict=False),
+)
+
+
+def _legacy_tool(tool: _Tool) -> _Tool:
+    """The tinytask-mcp 1.0 shape of a tool: no queue, parent or blocking arguments."""
+    params = {key: param for key, param in tool.params.items() if key not in _QUEUE_ONLY}
+    if "status" in params and params["status"].kind == "statuses":
+        params["status"] = _Param("status", "Filter by status")
+    return _Tool(tool.name, tool.description, params, tool.run, tool.strict)
+
+
+class _Mcp:
+    """JSON-RPC for MCP, shared by both transports; one message in, one reply (or None) out."""
+
+    def __init__(self, store: _Store, legacy: bool) -> None:
+        self.store = store
+        self.legacy = legacy
+        tools = [_legacy_tool(t) for t in _TOOLS if t.in_legacy] if legacy else list(_TOOLS)
+        self.tools = {tool.name: tool for tool in tools}
+
+    def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if "id" not in message:
+            return None  # notifications (e.g. notifications/initialized) and stray responses
+        request_id = message["id"]
+        method = message.get("method")
+        params = message.get("params") or {}
+        if method == "initialize":
+            wanted = params.get("protocolVersion") if isinstance(params, dict) else None
+            result: dict[str, Any] = {
+                "protocolVersion": wanted if wanted in _PROTOCOL_VERSIONS else _PROTOCOL_VERSIONS[0],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "tinytask-mcp", "version": "1.0.0"} if self.legacy
+                else {"name": "tinytask", "version": "2.0.0"},
+            }
+        elif method == "ping":
+            result = {}
+        elif method == "tools/list":
+            result = {"tools": [self._describe(tool) for tool in self.tools.values()]}
+        elif method == "tools/call":
+            if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+                return _rpc_error(request_id, -32602, "Invalid params: tools/call needs a tool name")
+            result = self._call(params["name"], params.get("arguments"))
+        else:
+            return _rpc_error(request_id, -32601, "Method not found")
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    @staticmethod
+    def _describe(tool: _Tool) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "object",
+                                  "properties": {k: p.json_schema() for k, p in tool.params.items()}}
+        required = [k for k, p in tool.params.items() if p.required]
+        if required:
+            schema["required"] = required
+        return {"name": tool.name, "description": tool.description, "inputSchema": schema}
+
+    def _call(self, name: str, arguments: Any) -> dict[str, Any]:
+        tool = self.tools.get(name)
+        if tool is None:
+            text, failed = f"Unknown tool: {name}", True
+        else:
+            try:
+                text, failed = tool.run(self.store, _validate(tool.params, tool.strict, arguments))
+            except _InvalidArguments as exc:
+                text, failed = f"Error calling tool {name}: {exc}", True
+        result: dict[str, Any] = {"content": [{"type": "text", "text": text}]}
+        if failed:
+            result["isError"] = True
+        return result
+
+
+def _rpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+def _sse_event(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
 # -- HTTP plumbing -----------------------------------------------------------------------------
 
 
@@ -645,6 +1031,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/health" and method == "GET":
                 self._json(200, fake._health())
                 return
+            if path == "/mcp":
+                self._mcp(method, parts.query, raw_body)
+                return
             if path.startswith("/api/v1/") and not fake.legacy:
                 for route_method, pattern, handler in _ROUTES:
                     match = pattern.fullmatch(path)
@@ -658,6 +1047,105 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug in the fake must still look like a server failure, not a hang
             self._json(500, {"error": "Internal server error"})
 
+    # -- MCP transports ----------------------------------------------------------------------
+
+    def _mcp(self, method: str, query: str, raw_body: bytes) -> None:
+        fake = self.server.fake
+        session_id = dict(parse_qsl(query)).get("sessionId") or self.headers.get("X-Session-Id")
+        if method == "GET":
+            if not fake.legacy and "text/event-stream" not in self.headers.get("Accept", ""):
+                self._rpc_failure(406, -32000, "Not Acceptable: Client must accept text/event-stream")
+            else:
+                self._sse_stream()
+        elif method == "POST" and (session_id or fake.legacy):
+            self._sse_post(session_id, raw_body)
+        elif method == "POST":
+            self._streamable_post(raw_body)
+        elif fake.legacy:
+            self._json(404, {"error": "Not found"})
+        else:
+            self._rpc_failure(405, -32000, "Method not allowed.")
+
+    def _rpc_failure(self, status: int, code: int, message: str) -> None:
+        self._json(status, {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": None})
+
+    def _streamable_post(self, raw_body: bytes) -> None:
+        """Stateless streamable HTTP: one JSON-RPC message in, its reply as one SSE event out."""
+        accept = self.headers.get("Accept", "")
+        if "application/json" not in accept or "text/event-stream" not in accept:
+            self._rpc_failure(
+                406, -32000, "Not Acceptable: Client must accept both application/json and text/event-stream")
+            return
+        if not self.headers.get("Content-Type", "").startswith("application/json"):
+            self._rpc_failure(415, -32000, "Unsupported Media Type: Content-Type must be application/json")
+            return
+        try:
+            message = json.loads(raw_body)
+        except ValueError:
+            self._rpc_failure(400, -32700, "Parse error: Invalid JSON")
+            return
+        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+            self._rpc_failure(400, -32700, "Parse error: Invalid JSON-RPC message")
+            return
+        reply = self.server.fake.mcp.handle(message)
+        if reply is None:
+            self._send(202, b"", None)
+        else:
+            self._send(200, _sse_event("message", _compact(reply)), "text/event-stream",
+                       {"Cache-Control": "no-cache"})
+
+    def _sse_post(self, session_id: str | None, raw_body: bytes) -> None:
+        """Legacy SSE transport: the POST is only acknowledged; the reply goes out on the stream."""
+        fake = self.server.fake
+        if not session_id:
+            self._json(400, {"error": "Missing session ID"})
+            return
+        events = fake._session(session_id)
+        if events is None:
+            self._json(404, {"error": "Session not found"})
+            return
+        content_type = self.headers.get("Content-Type", "")
+        if not content_type.startswith("application/json"):
+            self._send(400, f"Error: Unsupported content-type: {content_type}".encode(), "text/plain")
+            return
+        try:
+            message = json.loads(raw_body)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            self._send(400, b"Invalid message: " + raw_body, "text/plain")
+            return
+        reply = fake.mcp.handle(message)
+        if reply is not None:
+            events.put(_sse_event("message", _compact(reply)))
+        self._send(202, b"Accepted", "text/plain; charset=utf-8")
+
+    def _sse_stream(self) -> None:
+        fake = self.server.fake
+        session_id, events = fake._open_session()
+        try:
+            self.close_connection = True  # the stream has no length: it ends when the socket closes
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(_sse_event("endpoint", f"/mcp?sessionId={session_id}"))
+            while True:
+                try:
+                    event = events.get(timeout=_KEEPALIVE_SECONDS)
+                except queue.Empty:
+                    event = b": keepalive\n\n"
+                if event is None:  # stop()
+                    break
+                self.wfile.write(event)
+        except OSError:
+            pass  # the client went away
+        finally:
+            fake._close_session(session_id)
+
+    # -- helpers -----------------------------------------------------------------------------
+
     def _read_body(self) -> bytes:
         # Always drain the body, so the next request on a kept-alive connection starts clean.
         try:
@@ -667,7 +1155,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json; charset=utf-8")
+        self._send(status, _compact(payload).encode(), "application/json; charset=utf-8")
 
     def _send(self, status: int, body: bytes, content_type: str | None, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
@@ -701,10 +1189,13 @@ class FakeTinyTask:
         self.legacy = legacy
         self.url = ""
         self.store = _Store(legacy)
+        self.mcp = _Mcp(self.store, legacy)
         self.requests: list[tuple[str, str]] = []
         self._requests_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._sessions: dict[str, queue.Queue[bytes | None]] = {}
+        self._sessions_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
@@ -733,6 +1224,10 @@ class FakeTinyTask:
             return
         server.shutdown()
         server.server_close()
+        with self._sessions_lock:
+            streams = list(self._sessions.values())
+        for events in streams:
+            events.put(None)
         # Kept-alive client connections would otherwise still be served by their handler threads.
         with self._connections_lock:
             connections = list(self._connections)
@@ -799,16 +1294,32 @@ class FakeTinyTask:
         with self._connections_lock:
             (self._connections.add if alive else self._connections.discard)(connection)
 
+    def _open_session(self) -> tuple[str, queue.Queue[bytes | None]]:
+        session_id, events = str(uuid.uuid4()), queue.Queue[bytes | None]()
+        with self._sessions_lock:
+            self._sessions[session_id] = events
+        return session_id, events
+
+    def _session(self, session_id: str) -> queue.Queue[bytes | None] | None:
+        with self._sessions_lock:
+            return self._sessions.get(session_id)
+
+    def _close_session(self, session_id: str) -> None:
+        with self._sessions_lock:
+            self._sessions.pop(session_id, None)
+
     def _health(self) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
-        return {
+        health: dict[str, Any] = {
             "status": "healthy",
-            "transport": "sse" if self.legacy else "streamable-http",
             "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
             "database": "connected",
             "uptime": round(time.monotonic() - self._started, 3),
-            "sessionCount": 0,
         }
+        if not self.legacy:  # tinytask-mcp 1.0 reported neither
+            health["transport"] = "streamable-http"
+            health["sessionCount"] = len(self._sessions)
+        return health
 
 
 # -- command line ------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import re
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -449,3 +451,370 @@ def test_cli_serves_seed_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- MCP, streamable HTTP ------------------------------------------------------------------------
+
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
+class Mcp:
+    """A bare-bones streamable HTTP MCP client that checks the framing of every reply."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=10)
+        self.next_id = 0
+
+    def rpc(self, method: str, params: dict | None = None) -> dict:
+        self.next_id += 1
+        reply = self.http.post("/mcp", json={"jsonrpc": "2.0", "id": self.next_id, "method": method,
+                                             "params": params or {}}, headers=MCP_ACCEPT)
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        assert "mcp-session-id" not in reply.headers  # stateless
+        assert reply.text.startswith("event: message\ndata: ") and reply.text.endswith("\n\n")
+        message = json.loads(reply.text.removeprefix("event: message\ndata: "))
+        assert message["jsonrpc"] == "2.0" and message["id"] == self.next_id
+        return message
+
+    def call(self, name: str, arguments: dict | None = None) -> tuple[str, bool]:
+        """(text, isError) of a tool call; a tool failure must never be a JSON-RPC error."""
+        message = self.rpc("tools/call", {"name": name, "arguments": arguments or {}})
+        assert "error" not in message
+        result = message["result"]
+        assert [c["type"] for c in result["content"]] == ["text"]
+        assert result.get("isError", False) in (True, False)
+        return result["content"][0]["text"], result.get("isError", False)
+
+    def ok(self, name: str, arguments: dict | None = None) -> str:
+        text, failed = self.call(name, arguments)
+        assert not failed, text
+        return text
+
+    def failure(self, name: str, arguments: dict | None = None) -> str:
+        text, failed = self.call(name, arguments)
+        assert failed, text
+        return text
+
+
+def sentence_and_json(text: str) -> tuple[str, dict]:
+    sentence, blank, payload = text.partition("\n\n")
+    assert blank and "\n" not in sentence, text
+    return sentence, json.loads(payload)
+
+
+@pytest.fixture
+def mcp(fake: FakeTinyTask) -> Iterator[Mcp]:
+    client = Mcp(fake.url)
+    try:
+        yield client
+    finally:
+        client.http.close()
+
+
+@pytest.mark.parametrize("accept", [None, "application/json", "text/event-stream", "*/*"])
+def test_mcp_post_needs_both_accept_types(fake: FakeTinyTask, accept: str | None) -> None:
+    headers = {"Accept": accept} if accept else {}
+    reply = httpx.post(f"{fake.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                       headers=headers)
+    assert reply.status_code == 406
+    assert reply.json()["error"]["message"].startswith("Not Acceptable")
+
+
+def test_mcp_rejects_other_content_types_and_bad_json(fake: FakeTinyTask) -> None:
+    as_text = httpx.post(f"{fake.url}/mcp", content=b"{}", headers={**MCP_ACCEPT, "Content-Type": "text/plain"})
+    assert as_text.status_code == 415
+    broken = httpx.post(f"{fake.url}/mcp", content=b"{nope",
+                        headers={**MCP_ACCEPT, "Content-Type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == -32700
+
+
+def test_mcp_is_stateless_and_initialize_is_optional(fake: FakeTinyTask, mcp: Mcp) -> None:
+    fake.create_task("t")
+    assert json.loads(mcp.ok("get_task", {"id": 1}))["title"] == "t"  # no initialize first
+    init = mcp.rpc("initialize", {"protocolVersion": "2025-03-26", "capabilities": {},
+                                  "clientInfo": {"name": "test", "version": "0"}})["result"]
+    assert init["protocolVersion"] == "2025-03-26"
+    assert "tools" in init["capabilities"] and init["serverInfo"]["name"] == "tinytask"
+    note = mcp.http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=MCP_ACCEPT)
+    assert (note.status_code, note.content) == (202, b"")
+    assert mcp.rpc("ping")["result"] == {}
+    unknown = mcp.rpc("resources/subscribe")
+    assert unknown["error"]["code"] == -32601
+    assert ("POST", "/mcp") in fake.requests
+
+
+def test_mcp_tool_list(mcp: Mcp) -> None:
+    tools = {t["name"]: t for t in mcp.rpc("tools/list")["result"]["tools"]}
+    assert set(tools) == {"list_tasks", "get_queue_tasks", "get_task", "update_task", "add_comment",
+                          "signup_for_task", "list_queues", "create_task", "move_task"}
+    assert "get_unassigned_in_queue" not in tools
+    update = tools["update_task"]["inputSchema"]
+    assert update["required"] == ["id"] and update["properties"]["assigned_to"]["type"] == "string"
+    assert update["properties"]["blocked_by_task_id"]["type"] == ["number", "null"]
+    assert "required" not in tools["list_queues"]["inputSchema"]
+
+
+def test_mcp_list_tasks(fake: FakeTinyTask, mcp: Mcp) -> None:
+    a = fake.create_task("a", queue_name="dev", assigned_to="x")
+    b = fake.create_task("b", queue_name="dev", status="working", priority=3)
+    c = fake.create_task("c", queue_name="qa", status="complete")
+
+    def listed(**arguments: object) -> list[int]:
+        payload = json.loads(mcp.ok("list_tasks", arguments))
+        assert payload["count"] == len(payload["tasks"])
+        return ids(payload["tasks"])
+
+    assert listed() == [b["id"], a["id"], c["id"]]
+    assert listed(status="idle") == [a["id"]]
+    assert listed(status=["idle", "working"]) == [b["id"], a["id"]]
+    assert listed(exclude_status=["complete"], queue_name="dev") == [b["id"], a["id"]]
+    assert listed(assigned_to="x") == [a["id"]]
+    assert listed(assigned_to="") == []
+    assert listed(limit=1, offset=1) == [a["id"]]
+    assert listed(limit="2") == [b["id"], a["id"]]  # numbers are coerced, as by zod
+    assert "invalid_union" in mcp.failure("list_tasks", {"status": "done"})
+    assert "Unrecognized key(s) in object: 'unassigned'" in mcp.failure("list_tasks", {"unassigned": True})
+
+
+def test_mcp_get_queue_tasks_and_list_queues(fake: FakeTinyTask, mcp: Mcp) -> None:
+    a = fake.create_task("a", queue_name="dev")
+    fake.create_task("b", queue_name="dev", status="working")
+    fake.create_task("c", queue_name="qa")
+    payload = json.loads(mcp.ok("get_queue_tasks", {"queue_name": "dev", "status": "idle"}))
+    assert payload["queue_name"] == "dev" and payload["count"] == 1 and ids(payload["tasks"]) == [a["id"]]
+    assert payload["filters"] == {"status": "idle", "include_archived": False}
+    assert "Queue name cannot be empty" in mcp.failure("get_queue_tasks", {"queue_name": " "})
+    assert "Required" in mcp.failure("get_queue_tasks", {})
+    assert json.loads(mcp.ok("list_queues")) == {"count": 2, "queues": ["dev", "qa"]}
+    assert "Unrecognized key" in mcp.failure("list_queues", {"x": 1})
+
+
+def test_mcp_get_task(fake: FakeTinyTask, mcp: Mcp) -> None:
+    task = fake.create_task("t")
+    mcp.ok("add_comment", {"task_id": task["id"], "content": "hello"})
+    text = mcp.ok("get_task", {"id": task["id"]})
+    assert text.startswith("{\n  \"id\"")  # pretty-printed JSON
+    got = json.loads(text)
+    assert [c["content"] for c in got["comments"]] == ["hello"] and got["links"] == []
+    assert mcp.failure("get_task", {"id": 77}) == "Task not found: 77"
+
+
+def test_mcp_update_task(fake: FakeTinyTask, mcp: Mcp) -> None:
+    task = fake.create_task("t", assigned_to="dev")
+    sentence, updated = sentence_and_json(mcp.ok("update_task", {"id": str(task["id"]), "status": "working"}))
+    assert sentence == f"Task {task['id']} updated successfully"
+    assert updated["status"] == "working" and fake.task(task["id"])["status"] == "working"
+
+    _, unassigned = sentence_and_json(mcp.ok("update_task", {"id": task["id"], "assigned_to": ""}))
+    assert unassigned["assigned_to"] is None and unassigned["previous_assigned_to"] == "dev"
+
+    mcp.ok("update_task", {"id": task["id"], "assigned_to": "qa"})
+    rejected = mcp.failure("update_task", {"id": task["id"], "assigned_to": None})
+    assert "Expected string, received null" in rejected
+    assert fake.task(task["id"])["assigned_to"] == "qa"
+
+    assert "Invalid enum value" in mcp.failure("update_task", {"id": task["id"], "status": "failed"})
+    assert "Unrecognized key(s) in object: 'state'" in mcp.failure("update_task", {"id": task["id"], "state": "x"})
+    assert mcp.failure("update_task", {"id": 99, "status": "idle"}) == "Error updating task: Task not found: 99"
+    assert "Expected number, received nan" in mcp.failure("update_task", {"id": "abc"})
+    assert fake.task(task["id"])["status"] == "working"
+
+    blocker = fake.create_task("blocker")
+    _, blocked = sentence_and_json(mcp.ok("update_task", {"id": task["id"], "blocked_by_task_id": blocker["id"]}))
+    assert blocked["is_currently_blocked"] is True
+    _, unblocked = sentence_and_json(mcp.ok("update_task", {"id": task["id"], "blocked_by_task_id": None}))
+    assert unblocked["blocked_by_task_id"] is None
+
+
+def test_mcp_add_comment(fake: FakeTinyTask, mcp: Mcp) -> None:
+    task = fake.create_task("t")
+    sentence, comment = sentence_and_json(
+        mcp.ok("add_comment", {"task_id": task["id"], "content": "failed twice", "created_by": "sched"}))
+    assert str(task["id"]) in sentence
+    assert (comment["content"], comment["created_by"], comment["task_id"]) == ("failed twice", "sched", task["id"])
+    # add_comment is the one tool whose schema is not strict: unknown keys are dropped.
+    mcp.ok("add_comment", {"task_id": task["id"], "content": "x", "extra": 1})
+    assert mcp.failure("add_comment", {"task_id": 99, "content": "x"}) == "Error adding comment: Task not found: 99"
+    assert "Required" in mcp.failure("add_comment", {"task_id": task["id"]})
+    assert [c["content"] for c in fake.comments(task["id"])] == ["failed twice", "x"]
+
+
+def test_mcp_signup_for_task(fake: FakeTinyTask, mcp: Mcp) -> None:
+    task = fake.create_task("t", assigned_to="dev")
+    sentence, claimed = sentence_and_json(mcp.ok("signup_for_task", {"agent_name": "dev"}))
+    assert sentence == f"Task #{task['id']} claimed and set to working status"
+    assert claimed["status"] == "working" and "comments" in claimed
+    text, failed = mcp.call("signup_for_task", {"agent_name": "dev"})
+    assert (text, failed) == ("No idle tasks available in queue for agent: dev", False)
+
+
+def test_mcp_create_and_move_task(fake: FakeTinyTask, mcp: Mcp) -> None:
+    created = json.loads(mcp.ok("create_task", {"title": "new", "created_by": "me", "priority": "4",
+                                                "queue_name": "dev", "assigned_to": "dev"}))
+    assert (created["priority"], created["queue_name"], created["status"]) == (4, "dev", "idle")
+    assert fake.task(created["id"])["title"] == "new"
+    assert "Required" in mcp.failure("create_task", {"created_by": "me"})
+    assert "Unrecognized key" in mcp.failure("create_task", {"title": "x", "status": "working"})
+    assert mcp.failure("create_task", {"title": "x", "blocked_by_task_id": 50}) == (
+        "Error creating task: Blocking task not found: 50")
+
+    moved = json.loads(mcp.ok("move_task", {"task_id": created["id"], "current_agent": "dev",
+                                            "new_agent": "qa", "comment": "review please"}))
+    assert moved["task"]["assigned_to"] == "qa" and moved["comment"]["content"] == "review please"
+    assert mcp.failure("move_task", {"task_id": created["id"], "current_agent": "dev", "new_agent": "x",
+                                     "comment": "c"}).startswith(f"Task {created['id']} is not assigned to dev")
+
+
+def test_mcp_unknown_tool_is_a_tool_error(mcp: Mcp) -> None:
+    assert mcp.failure("get_unassigned_in_queue", {"queue_name": "dev"}) == "Unknown tool: get_unassigned_in_queue"
+
+
+# -- MCP, legacy SSE transport -------------------------------------------------------------------
+
+
+class SseStream:
+    """Reads a `GET /mcp` event stream in a thread; events arrive on a queue."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.events: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.opened = threading.Event()
+        self.closed = threading.Event()
+        self.status: int | None = None
+        self._thread = threading.Thread(target=self._run, args=(url, headers), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(10), "stream did not open"
+
+    def _run(self, url: str, headers: dict[str, str]) -> None:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(10, read=None)) as client:
+                with client.stream("GET", url, headers=headers) as reply:
+                    self.status = reply.status_code
+                    self.opened.set()
+                    event, data = "message", []
+                    for line in reply.iter_lines():
+                        if line.startswith(":"):
+                            continue
+                        if not line:
+                            if data:
+                                self.events.put((event, "\n".join(data)))
+                            event, data = "message", []
+                            continue
+                        field, _, value = line.partition(":")
+                        value = value.removeprefix(" ")
+                        if field == "event":
+                            event = value
+                        elif field == "data":
+                            data.append(value)
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.opened.set()
+            self.closed.set()
+
+    def next(self) -> tuple[str, str]:
+        return self.events.get(timeout=10)
+
+
+def sse_post(base: str, endpoint: str, message: dict) -> httpx.Response:
+    return httpx.post(f"{base}{endpoint}", json={"jsonrpc": "2.0", **message}, timeout=10)
+
+
+def test_sse_endpoint_event_and_replies_on_the_stream(fake: FakeTinyTask) -> None:
+    fake.create_task("t", assigned_to="dev")
+    stream = SseStream(f"{fake.url}/mcp", {"Accept": "text/event-stream"})
+    assert stream.status == 200
+    event, endpoint = stream.next()
+    assert event == "endpoint"
+    assert re.fullmatch(r"/mcp\?sessionId=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", endpoint)
+    assert httpx.get(f"{fake.url}/health").json()["sessionCount"] == 1
+
+    accepted = sse_post(fake.url, endpoint, {"id": 7, "method": "tools/call",
+                                             "params": {"name": "signup_for_task", "arguments": {"agent_name": "dev"}}})
+    assert (accepted.status_code, accepted.text) == (202, "Accepted")
+    event, data = stream.next()
+    reply = json.loads(data)
+    assert event == "message" and reply["id"] == 7
+    assert reply["result"]["content"][0]["text"].startswith("Task #1 claimed")
+    assert fake.task(1)["status"] == "working"
+
+    assert sse_post(fake.url, endpoint, {"method": "notifications/initialized"}).status_code == 202
+    assert sse_post(fake.url, endpoint, {"id": 8, "method": "ping"}).status_code == 202
+    assert json.loads(stream.next()[1]) == {"jsonrpc": "2.0", "id": 8, "result": {}}  # nothing for the notification
+
+    lost = sse_post(fake.url, "/mcp?sessionId=00000000-0000-0000-0000-000000000000", {"id": 1, "method": "ping"})
+    assert (lost.status_code, lost.json()) == (404, {"error": "Session not found"})
+
+
+def test_sse_stream_needs_event_stream_accept(fake: FakeTinyTask) -> None:
+    assert httpx.get(f"{fake.url}/mcp", headers={"Accept": "application/json"}).status_code == 406
+
+
+def test_stop_ends_open_sse_streams(fake: FakeTinyTask) -> None:
+    stream = SseStream(f"{fake.url}/mcp", {"Accept": "text/event-stream"})
+    assert stream.next()[0] == "endpoint"
+    fake.stop()
+    assert stream.closed.wait(5), "the stream outlived the server"
+
+
+# -- legacy tinytask-mcp 1.0 ---------------------------------------------------------------------
+
+LEGACY_TIMESTAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"
+
+
+@pytest.fixture
+def legacy() -> Iterator[FakeTinyTask]:
+    server = FakeTinyTask(legacy=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_legacy_has_no_rest(legacy: FakeTinyTask) -> None:
+    legacy.create_task("t")
+    for method, path in [("GET", "/api/v1/tasks"), ("GET", "/api/v1/tasks/1"), ("PATCH", "/api/v1/tasks/1"),
+                         ("POST", "/api/v1/tasks"), ("GET", "/api/v1/queues"), ("POST", "/api/v1/agents/a/signup")]:
+        reply = httpx.request(method, f"{legacy.url}{path}", json={})
+        assert (reply.status_code, reply.json()) == (404, {"error": "Not found"}), path
+    health = httpx.get(f"{legacy.url}/health").json()
+    assert health["status"] == "healthy" and "transport" not in health
+
+
+def test_legacy_has_no_streamable_http(legacy: FakeTinyTask) -> None:
+    reply = httpx.post(f"{legacy.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                       headers=MCP_ACCEPT)
+    assert (reply.status_code, reply.json()) == (400, {"error": "Missing session ID"})
+
+
+def test_legacy_task_shape_and_tools_over_sse(legacy: FakeTinyTask) -> None:
+    blocker = legacy.create_task("blocker", queue_name="dev")
+    legacy.create_task("t", blocked_by_task_id=blocker["id"])
+    for task in legacy.tasks():
+        assert set(task) == TASK_FIELDS - {"queue_name", "parent_task_id", "blocked_by_task_id",
+                                           "is_currently_blocked"}
+        assert re.match(LEGACY_TIMESTAMP, task["created_at"]) and re.match(LEGACY_TIMESTAMP, task["updated_at"])
+
+    stream = SseStream(f"{legacy.url}/mcp", {})  # the old server does not look at Accept
+    event, endpoint = stream.next()
+    assert event == "endpoint"
+
+    def rpc(request_id: int, method: str, params: dict) -> dict:
+        assert sse_post(legacy.url, endpoint, {"id": request_id, "method": method, "params": params}).status_code == 202
+        reply = json.loads(stream.next()[1])
+        assert reply["id"] == request_id
+        return reply["result"]
+
+    tools = {t["name"]: t for t in rpc(1, "tools/list", {})["tools"]}
+    assert "list_queues" not in tools and "get_queue_tasks" not in tools
+    assert "queue_name" not in tools["list_tasks"]["inputSchema"]["properties"]
+    assert "blocked_by_task_id" not in tools["update_task"]["inputSchema"]["properties"]
+
+    listed = json.loads(rpc(2, "tools/call", {"name": "list_tasks", "arguments": {}})["content"][0]["text"])
+    assert listed["count"] == 2 and "queue_name" not in listed["tasks"][0]
+    refused = rpc(3, "tools/call", {"name": "list_tasks", "arguments": {"queue_name": "dev"}})
+    assert refused["isError"] is True and "Unrecognized key" in refused["content"][0]["text"]
+    missing = rpc(4, "tools/call", {"name": "list_queues", "arguments": {}})
+    assert missing == {"content": [{"type": "text", "text": "Unknown tool: list_queues"}], "isError": True}
+    got = json.loads(rpc(5, "tools/call", {"name": "get_task", "arguments": {"id": 1}})["content"][0]["text"])
+    assert re.match(LEGACY_TIMESTAMP, got["created_at"]) and "is_currently_blocked" not in got
