@@ -28,7 +28,7 @@ MAX_RETRY_DELAY_SEC = 3600.0
 TAIL_BYTES = 64 * 1024
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     #: Exit 0 at the turn limit: goose stopped, the work is not done.
@@ -43,7 +43,7 @@ class Outcome(str, enum.Enum):
     NOT_STARTED = "not_started"
 
 
-class StopCause(str, enum.Enum):
+class StopCause(enum.StrEnum):
     """Why the supervisor itself stopped the process, if it did."""
 
     NONE = "none"
