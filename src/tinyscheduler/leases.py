@@ -16,6 +16,7 @@ import json
 import os
 import re
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -75,7 +76,10 @@ def _moment(value: Any, field: str) -> datetime:
     if isinstance(value, bool):
         raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, ValueError, OSError):  # NaN, infinity, beyond year 9999
+            raise LeaseFormatError(f"field {field}: epoch timestamp {value!r} is out of range") from None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -139,8 +143,8 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
     folder = path.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(fd, mode)
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
             handle.flush()
@@ -241,27 +245,49 @@ class LeaseStore:
             return []
 
     def _parse(self, path: Path) -> Lease:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_LEASE_BYTES + 1)
+        # O_NONBLOCK: a FIFO with a lease's name must not hang the pass waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LeaseFormatError("not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                raw = handle.read(MAX_LEASE_BYTES + 1)
+        finally:
+            os.close(fd)
         if len(raw) > MAX_LEASE_BYTES:
             raise LeaseFormatError(f"file is over {MAX_LEASE_BYTES} bytes")
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LeaseFormatError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise LeaseFormatError("not JSON: nested too deeply") from None
         return lease_from_json(data)
 
     def _quarantine(self, path: Path, reason: str) -> Quarantined | None:
         if self.read_only:
             return Quarantined(path, None, reason)
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        target = self.quarantine_dir / f"{path.name}.{stamp}.{os.getpid()}"
         try:
+            self.quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.quarantine_dir, 0o700)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            base = f"{path.name}.{stamp}.{os.getpid()}"
+            # Never overwrite an earlier quarantined file (same name again within the same second).
+            target = self.quarantine_dir / base
+            serial = 1
+            while os.path.lexists(target):
+                target = self.quarantine_dir / f"{base}.{serial}"
+                serial += 1
             os.replace(path, target)
         except FileNotFoundError:
-            return None
-        (target.parent / f"{target.name}.reason").write_text(f"{path}: {reason}\n", encoding="utf-8")
+            if not os.path.lexists(path):
+                return None  # removed by its run meanwhile
+            return Quarantined(path, None, f"{reason} (could not quarantine: quarantine folder missing)")
+        except OSError as exc:
+            # Left in place and reported again next pass; never lost, never a crash.
+            return Quarantined(path, None, f"{reason} (could not quarantine: {exc})")
+        with contextlib.suppress(OSError):
+            (target.parent / f"{target.name}.reason").write_text(f"{path}: {reason}\n", encoding="utf-8")
         return Quarantined(path, target, reason)
 
 

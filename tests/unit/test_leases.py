@@ -1,0 +1,440 @@
+"""Lease files on a real file system and liveness against real processes: atomic writes, modes, the
+original schema, quarantine of everything that is not a lease, PID reuse, reboots and zombies."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tinyscheduler import leases as leases_module
+from tinyscheduler.leases import (
+    MAX_LEASE_BYTES,
+    Lease,
+    LeaseFormatError,
+    LeaseState,
+    LeaseStore,
+    Liveness,
+    current_boot_id,
+    lease_from_json,
+    probe,
+    process_start_ticks,
+    write_json_atomic,
+)
+
+STARTED = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
+BEAT = datetime(2026, 11, 26, 6, 5, 0, tzinfo=timezone.utc)
+
+
+def make_lease(task_id: int = 7, **changes: Any) -> Lease:
+    base = Lease(
+        task_id=task_id, agent="dev-1", pid=1234, recipe="dev-1.yaml", started_at=STARTED, heartbeat=BEAT,
+        host="host-a", state=LeaseState.RUNNING, pgid=1234, boot_id="boot-1", start_ticks=98765,
+        owner="instance-1", attempt=2, log_path="/var/log/tinyscheduler/task_7.log",
+    )
+    return base.with_changes(**changes)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LeaseStore:
+    s = LeaseStore(tmp_path / "state" / "running", tmp_path / "state" / "quarantine")
+    s.ensure()
+    return s
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def test_write_then_read_round_trips(store: LeaseStore) -> None:
+    lease = make_lease()
+    store.write(lease)
+    assert store.read(7) == lease
+    assert store.scan().leases == (lease,)
+    data = json.loads(store.path(7).read_text())
+    assert data["started_at"] == "2026-11-26T06:00:00Z"
+    assert data["state"] == "running"
+
+
+def test_lease_file_is_0600_and_folder_0700(tmp_path: Path) -> None:
+    running = tmp_path / "running"
+    running.mkdir(mode=0o755)
+    os.chmod(running, 0o755)
+    s = LeaseStore(running, tmp_path / "quarantine")
+    s.ensure()  # tightens a folder that already existed
+    assert mode(running) == 0o700
+    old_umask = os.umask(0o000)  # a permissive umask must not leak into lease files
+    try:
+        s.write(make_lease())
+    finally:
+        os.umask(old_umask)
+    assert mode(s.path(7)) == 0o600
+    s.write(make_lease(heartbeat=STARTED))  # replacing keeps the mode
+    assert mode(s.path(7)) == 0o600
+
+
+def test_ensure_creates_missing_parents(tmp_path: Path) -> None:
+    s = LeaseStore(tmp_path / "a" / "b" / "running", tmp_path / "q")
+    s.ensure()
+    assert s.running_dir.is_dir() and mode(s.running_dir) == 0o700
+
+
+def test_concurrent_reader_never_sees_a_torn_file(store: LeaseStore) -> None:
+    # Two versions of different sizes (~200 KiB and ~20 bytes of padding) make a torn or
+    # half-written file obvious; the reader hammers the path while the writer replaces it.
+    big = make_lease(log_path="x" * 200_000)
+    small = make_lease(log_path="y")
+    expected = {json.dumps(big.to_json(), sort_keys=True), json.dumps(small.to_json(), sort_keys=True)}
+    store.write(small)
+    done = threading.Event()
+    seen: list[str] = []
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not done.is_set() or len(seen) < 50:
+            raw = store.path(7).read_bytes()  # never FileNotFoundError: os.replace is atomic
+            try:
+                seen.append(json.dumps(json.loads(raw), sort_keys=True))
+            except ValueError as exc:
+                problems.append(f"{len(raw)} bytes: {exc}")
+            if seen and seen[-1] not in expected:
+                problems.append("unexpected content")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(150):
+            store.write(big if i % 2 else small)
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert problems == []
+    assert len(seen) >= 50
+    assert os.listdir(store.running_dir) == ["task_7.json"]  # no temp file left behind
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp_file(store: LeaseStore) -> None:
+    store.write(make_lease())
+    before = store.path(7).read_bytes()
+    with pytest.raises(TypeError):
+        write_json_atomic(store.path(7), {"not json": object()})
+    assert store.path(7).read_bytes() == before
+    assert os.listdir(store.running_dir) == ["task_7.json"]
+
+
+def test_failed_replace_removes_the_temp_file(store: LeaseStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(leases_module.os, "replace", refuse)
+    with pytest.raises(OSError, match="No space"):
+        store.write(make_lease())
+    monkeypatch.undo()
+    assert os.listdir(store.running_dir) == []
+
+
+def test_remove_is_idempotent(store: LeaseStore) -> None:
+    store.write(make_lease())
+    store.remove(7)
+    store.remove(7)
+    assert store.read(7) is None
+    assert os.listdir(store.running_dir) == []
+
+
+# --- reading: schemas ------------------------------------------------------------------------------
+
+ORIGINAL = {
+    "task_id": 12,
+    "agent": "dev-1",
+    "pid": 4321,
+    "recipe": "dev-1.yaml",
+    "started_at": "2026-11-26T06:00:00.123456+00:00",
+    "heartbeat": "2026-11-26T06:05:00Z",
+    "host": "old-host",
+    "state": "running",
+}
+
+
+def test_original_schema_lease_is_readable(store: LeaseStore) -> None:
+    store.path(12).write_text(json.dumps(ORIGINAL))
+    scan = store.scan()
+    assert scan.quarantined == ()
+    (lease,) = scan.leases
+    assert (lease.task_id, lease.agent, lease.pid, lease.recipe, lease.host) == (12, "dev-1", 4321, "dev-1.yaml",
+                                                                                 "old-host")
+    assert lease.state is LeaseState.RUNNING
+    assert lease.started_at == datetime(2026, 11, 26, 6, 0, 0, 123456, tzinfo=timezone.utc)
+    assert lease.heartbeat == BEAT
+    # the fields the original never wrote get their "unknown" values
+    assert (lease.pgid, lease.boot_id, lease.start_ticks, lease.owner, lease.attempt, lease.log_path) == (
+        None, None, None, None, 1, None)
+
+
+def test_epoch_and_naive_timestamps_are_accepted() -> None:
+    lease = lease_from_json(ORIGINAL | {"started_at": 1795672800, "heartbeat": 1795673100.5})
+    assert lease.started_at == STARTED
+    assert lease.heartbeat == datetime(2026, 11, 26, 6, 5, 0, 500000, tzinfo=timezone.utc)
+    naive = lease_from_json(ORIGINAL | {"started_at": "2026-11-26T06:00:00", "heartbeat": None})
+    assert naive.started_at == STARTED
+    assert naive.heartbeat == STARTED  # no heartbeat yet: the start counts as one
+
+
+def test_minimal_lease_defaults() -> None:
+    lease = lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"})
+    assert lease.pid is None and lease.recipe == "" and lease.state is LeaseState.RUNNING
+    assert lease.host  # this host's name
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"task_id": "12"}, "task_id"),
+        ({"task_id": True}, "task_id"),
+        ({"agent": None}, "agent"),
+        ({"agent": 5}, "agent"),
+        ({"pid": "4321"}, "pid"),
+        ({"pid": 4321.0}, "pid"),
+        ({"state": "paused"}, "state"),
+        ({"started_at": "yesterday"}, "started_at"),
+        ({"started_at": None}, "started_at"),
+        ({"started_at": True}, "started_at"),
+        ({"heartbeat": [1]}, "heartbeat"),
+        ({"started_at": 1e300}, "started_at"),  # past year 9999
+        ({"started_at": -1e20}, "started_at"),
+        ({"heartbeat": 10**30}, "heartbeat"),
+    ],
+)
+def test_bad_fields_name_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(LeaseFormatError, match=f"field {field}"):
+        lease_from_json(ORIGINAL | changes)
+
+
+@pytest.mark.parametrize("data", [[1, 2], "lease", 3, None])
+def test_non_object_is_a_format_error(data: Any) -> None:
+    with pytest.raises(LeaseFormatError, match="expected a JSON object"):
+        lease_from_json(data)
+
+
+# --- quarantine ------------------------------------------------------------------------------------
+
+
+def _good(store: LeaseStore) -> None:
+    store.write(make_lease(1))
+
+
+BAD_FILES: list[tuple[str, str, bytes, str]] = [
+    # id, file name, content, words in the reason
+    ("truncated", "task_5.json", json.dumps(ORIGINAL | {"task_id": 5}).encode()[:40], "not JSON"),
+    ("not json", "task_5.json", b"hello, world\n", "not JSON"),
+    ("empty", "task_5.json", b"", "not JSON"),
+    ("not utf-8", "task_5.json", b"\xff\xfe\xfa{\x00", "not JSON"),
+    ("not an object", "task_5.json", b"[1, 2, 3]", "expected a JSON object"),
+    ("missing field", "task_5.json", json.dumps({"task_id": 5, "started_at": 0}).encode(), "field agent"),
+    ("over 1 MiB", "task_5.json",
+     json.dumps(ORIGINAL | {"task_id": 5, "recipe": "r" * MAX_LEASE_BYTES}).encode(), "over 1048576 bytes"),
+    ("deeply nested", "task_5.json", b"[" * 200_000 + b"]" * 200_000, "not JSON"),
+    ("wrong name", "task_abc.json", json.dumps(ORIGINAL).encode(), "file name"),
+    ("stray file", "notes.txt", b"remember the milk", "file name"),
+    ("mismatched id", "task_5.json", json.dumps(ORIGINAL | {"task_id": 6}).encode(), "does not match"),
+    ("huge epoch", "task_5.json", json.dumps(ORIGINAL | {"task_id": 5, "started_at": 1e300}).encode(),
+     "field started_at"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "words"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+def test_bad_file_is_quarantined_with_its_content_and_a_reason(store: LeaseStore, name: str, content: bytes,
+                                                               words: str) -> None:
+    _good(store)
+    bad = store.running_dir / name
+    bad.write_bytes(content)
+    scan = store.scan()
+    assert [lease.task_id for lease in scan.leases] == [1]  # the good lease is unaffected
+    (record,) = scan.quarantined
+    assert record.original == bad
+    assert words in record.reason
+    assert not bad.exists()
+    assert record.moved_to is not None and record.moved_to.parent == store.quarantine_dir
+    assert record.moved_to.read_bytes() == content  # preserved byte for byte
+    reason_file = record.moved_to.parent / f"{record.moved_to.name}.reason"
+    assert words in reason_file.read_text() and str(bad) in reason_file.read_text()
+    assert store.quarantined_files() == [record.moved_to]
+    assert store.scan().quarantined == ()  # once moved, it is not reported again
+
+
+def test_unreadable_entry_is_quarantined(store: LeaseStore) -> None:
+    # root reads any file whatever its mode, so "unreadable" here is a folder with a lease's name
+    (store.running_dir / "task_5.json").mkdir()
+    (record,) = store.scan().quarantined
+    assert "not a regular file" in record.reason
+    assert record.moved_to is not None and record.moved_to.is_dir()
+
+
+def test_fifo_named_like_a_lease_does_not_hang_the_scan(store: LeaseStore) -> None:
+    os.mkfifo(store.running_dir / "task_5.json")  # opening it for reading would wait for a writer
+    (record,) = store.scan().quarantined
+    assert "regular file" in record.reason
+
+
+def test_read_quarantines_a_bad_file_and_returns_none(store: LeaseStore) -> None:
+    store.path(5).write_text("{")
+    assert store.read(5) is None
+    assert not store.path(5).exists()
+    assert len(store.quarantined_files()) == 1
+    assert store.read(6) is None  # absent: nothing to quarantine
+    assert len(store.quarantined_files()) == 1
+
+
+def test_same_file_quarantined_twice_keeps_both(store: LeaseStore) -> None:
+    store.path(5).write_text("first")
+    store.scan()
+    store.path(5).write_text("second")
+    store.scan()
+    contents = sorted(p.read_text() for p in store.quarantined_files())
+    assert contents == ["first", "second"]
+
+
+def test_quarantine_folder_is_private(store: LeaseStore) -> None:
+    store.path(5).write_text("{")
+    store.scan()
+    assert mode(store.quarantine_dir) == 0o700
+
+
+def test_read_only_store_reports_but_moves_nothing(store: LeaseStore) -> None:
+    store.path(5).write_text("{")
+    ro = LeaseStore(store.running_dir, store.quarantine_dir, read_only=True)
+    (record,) = ro.scan().quarantined
+    assert record.moved_to is None and "not JSON" in record.reason
+    assert store.path(5).read_text() == "{"
+    assert not store.quarantine_dir.exists()
+
+
+def test_scan_ignores_temp_files_of_a_write_in_progress(store: LeaseStore) -> None:
+    (store.running_dir / ".task_5.json.abc.tmp").write_text("{half")
+    assert store.scan() == leases_module.LeaseScan((), ())
+    assert (store.running_dir / ".task_5.json.abc.tmp").exists()
+
+
+def test_scan_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
+    scan = LeaseStore(tmp_path / "nope", tmp_path / "q").scan()
+    assert scan.leases == () and scan.quarantined == ()
+
+
+def test_scan_never_raises_even_when_quarantine_is_impossible(tmp_path: Path) -> None:
+    blocker = tmp_path / "quarantine"
+    blocker.write_text("a file where the quarantine folder should be")
+    s = LeaseStore(tmp_path / "running", blocker)
+    s.ensure()
+    s.write(make_lease(1))
+    s.path(5).write_text("{")
+    scan = s.scan()
+    assert [lease.task_id for lease in scan.leases] == [1]
+    (record,) = scan.quarantined
+    assert record.moved_to is None
+    assert "not JSON" in record.reason and "could not quarantine" in record.reason
+    assert s.path(5).read_text() == "{"  # left where it was, never lost
+
+
+def test_scan_sorts_and_returns_every_good_lease(store: LeaseStore) -> None:
+    for i in (30, 4, 100):
+        store.write(make_lease(i))
+    assert sorted(lease.task_id for lease in store.scan().leases) == [4, 30, 100]
+
+
+# --- liveness --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def child() -> Any:
+    """A real child process that runs until its stdin closes (no sleeps, no timing)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def lease_for(pid: int, **changes: Any) -> Lease:
+    return make_lease(pid=pid, pgid=pid, boot_id=current_boot_id(), start_ticks=process_start_ticks(pid)).with_changes(
+        **changes)
+
+
+def test_probe_alive_then_dead_after_exit_and_reap(child: subprocess.Popen[bytes]) -> None:
+    lease = lease_for(child.pid)
+    assert lease.start_ticks is not None
+    assert probe(lease, current_boot_id()) is Liveness.ALIVE
+    assert child.stdin is not None
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    assert probe(lease, current_boot_id()) is Liveness.DEAD
+
+
+def test_zombie_is_dead(child: subprocess.Popen[bytes]) -> None:
+    lease = lease_for(child.pid)
+    assert child.stdin is not None
+    child.stdin.close()
+    # wait for the exit without reaping it: the child stays a zombie
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+    assert process_start_ticks(child.pid) is None
+    assert probe(lease, current_boot_id()) is Liveness.DEAD
+
+
+def test_pid_reuse_is_detected_by_start_ticks(child: subprocess.Popen[bytes]) -> None:
+    lease = lease_for(child.pid)
+    assert lease.start_ticks is not None
+    reused = lease.with_changes(start_ticks=lease.start_ticks - 1)  # the run's process started earlier
+    assert probe(reused, current_boot_id()) is Liveness.REUSED
+
+
+def test_original_lease_without_start_ticks_trusts_the_pid(child: subprocess.Popen[bytes]) -> None:
+    lease = lease_for(child.pid, start_ticks=None, boot_id=None)
+    assert probe(lease, current_boot_id()) is Liveness.ALIVE
+
+
+def test_other_boot_id_is_dead_even_if_the_pid_is_alive(child: subprocess.Popen[bytes]) -> None:
+    lease = lease_for(child.pid, boot_id="0000-another-boot")
+    assert probe(lease, current_boot_id()) is Liveness.DEAD
+    # an unknown current boot id (no /proc value) falls back to the process check
+    assert probe(lease, None) is Liveness.ALIVE
+
+
+def test_no_pid_means_no_process() -> None:
+    assert probe(make_lease(pid=None), current_boot_id()) is Liveness.NO_PROCESS
+
+
+def test_nonexistent_pid_is_dead() -> None:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    assert probe(make_lease(pid=pid_max + 1, boot_id=None), current_boot_id()) is Liveness.DEAD
+
+
+def test_start_ticks_survive_a_command_name_with_spaces_and_parentheses(tmp_path: Path) -> None:
+    odd = tmp_path / "x) (y z"
+    odd.symlink_to(sys.executable)
+    proc = subprocess.Popen([str(odd), "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert ")" in Path(f"/proc/{proc.pid}/stat").read_text().split(" ", 1)[1]
+        ticks = process_start_ticks(proc.pid)
+        assert ticks is not None
+        clock = os.sysconf("SC_CLK_TCK")
+        assert abs(psutil.boot_time() + ticks / clock - psutil.Process(proc.pid).create_time()) < 2
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_current_boot_id_is_this_boot() -> None:
+    boot = current_boot_id()
+    assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
