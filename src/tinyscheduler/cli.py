@@ -192,8 +192,88 @@ def _add_validate_config(sub: Subparsers, common: list[argparse.ArgumentParser])
     parser.set_defaults(handler=_validate_config)
 
 
+# --- demo, status, logs, report (operator commands; the work is in their own modules) ---------
+
+def _demo(args: argparse.Namespace) -> int:
+    from tinyscheduler.demo import demo_command
+
+    return demo_command(keep=args.keep, tasks=args.tasks)
+
+
+def _add_demo(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "demo", parents=common, allow_abbrev=False, help="watch the real daemon run a small workload",
+        description="Start the in-package TinyTask-compatible server on 127.0.0.1, seed three queues and "
+                    "six agents with about 30 tasks, and run the real daemon with a stand-in goose in a "
+                    "throw-away folder. Uses its own settings, not yours. Under a minute; Ctrl-C stops it.")
+    parser.add_argument("--keep", action="store_true", help="keep the demo folder (logs, state) afterwards")
+    parser.add_argument("--tasks", type=int, default=30, metavar="N", help="number of tasks (default: 30)")
+    parser.set_defaults(handler=_demo)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tinyscheduler.status import status_command
+
+    return status_command(load_from_args(args), json_output=args.json)
+
+
+def _add_status(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "status", parents=common, allow_abbrev=False, help="what the scheduler on this host is doing",
+        description="Daemon (lock holder), slots per agent, runs in flight, the last pass and anything "
+                    "wrong, from the state folder alone: works with no daemon and changes nothing.")
+    parser.add_argument("--json", action="store_true", help="as JSON")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_status)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from tinyscheduler.tasklogs import logs_command
+
+    return logs_command(load_from_args(args), task_id=args.task_id, attempt=args.attempt,
+                        follow_output=args.follow)
+
+
+def _add_logs(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "logs", parents=common, allow_abbrev=False, help="print a run's Goose output",
+        description="Print the output of a task's run (the latest attempt unless --attempt).")
+    parser.add_argument("task_id", type=int, metavar="TASK_ID")
+    parser.add_argument("--attempt", type=int, metavar="N", help="which attempt (default: the latest)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the run is in flight")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_logs)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tinyscheduler.report import parse_statuses, report_command
+
+    try:
+        statuses = parse_statuses(args.status)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return report_command(load_from_args(args), fmt=args.format, agent=args.agent, statuses=statuses,
+                          output=args.output)
+
+
+def _add_report(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "report", parents=common, allow_abbrev=False, help="TinyTask workload report",
+        description="Summary, per-agent breakdown, priority distribution, task age and the task table, "
+                    "from one TinyTask list request per status.")
+    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    parser.add_argument("--agent", metavar="A", help="only tasks assigned to this agent")
+    parser.add_argument("--status", default="idle,working", metavar="S[,S]",
+                        help="statuses to include: idle, working, complete (default: idle,working)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_report)
+
+
 #: Every subcommand, in the order `--help` lists them.
-SUBCOMMANDS: list[Registration] = [_add_run, _add_config, _add_validate_config]
+SUBCOMMANDS: list[Registration] = [_add_run, _add_config, _add_validate_config,
+                                   _add_demo, _add_status, _add_logs, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
