@@ -21,6 +21,9 @@ Sleep = Callable[[float], Awaitable[None]]
 #: Ceiling of one backoff delay, so a long outage never makes a single wait longer than a tick.
 BACKOFF_CAP = 10.0
 
+#: Failures of the connection rather than of the request: another attempt may well succeed.
+RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+
 
 class Transient(Exception):
     """One attempt failed in a way another attempt may not (5xx, lost stream); never escapes."""
@@ -51,6 +54,10 @@ class RetryPolicy:
     backoff_base: float = 0.2
     sleep: Sleep = field(default=asyncio.sleep)
 
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff_base < 0:
+            raise ValueError(f"retries and backoff_base must not be negative, got {self.retries}, {self.backoff_base}")
+
     def delay(self, attempt: int) -> float:
         return random.uniform(0.0, min(BACKOFF_CAP, self.backoff_base * 2**attempt))
 
@@ -60,10 +67,14 @@ class RetryPolicy:
         for number in range(tries):
             try:
                 return await attempt()
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            except RETRYABLE as exc:
                 cause = describe(exc)
             except Transient as exc:
                 cause = str(exc)
+            except httpx.HTTPError as exc:
+                # Not worth another try (a body that cannot be decoded, a URL httpx cannot use),
+                # but still only the client's own error types leave it.
+                raise TinyTaskBadReply(f"{target}: {describe(exc)}") from exc
             if number + 1 < tries:
                 await self.sleep(self.delay(number))
         raise TinyTaskUnavailable(f"TinyTask unavailable at {target}: {cause} (gave up after {tries} attempts)")
@@ -75,8 +86,11 @@ def server_message(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return one_line(body["error"])
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):  # a JSON-RPC error object, as MCP endpoints send
+        error = error.get("message")
+    if isinstance(error, str):
+        return one_line(error)
     return one_line(response.text) or response.reason_phrase or f"HTTP {response.status_code}"
 
 

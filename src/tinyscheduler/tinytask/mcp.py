@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import urljoin
 
@@ -110,6 +111,7 @@ class _McpClient(TinyTaskClient):
         self._current: _Channel | None = None
         # Optimistic until `detect_features` has asked the server (`connect` always does).
         self.features = ServerFeatures(protocol=self.transport)
+        self._single_status = False
 
     # --- transport hooks ---------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class _McpClient(TinyTaskClient):
             sample = await self._task_page({}, 1, 0)
             old = bool(sample) and isinstance(sample[0], dict) and not NEW_SERVER_TASK_KEYS <= sample[0].keys()
         self.features = ServerFeatures(protocol=self.transport, queues=not old, blocking=not old)
+        self._single_status = old
         return self.features
 
     def _require_queues(self) -> None:
@@ -212,18 +215,25 @@ class _McpClient(TinyTaskClient):
         queue_name: str | None = None,
     ) -> TaskBatch:
         filters: dict[str, Any] = {}
-        statuses = status_filter(status)
-        if statuses is not None:
-            if not statuses:
-                return TaskBatch(())
-            # A single value is what every server version takes; lists only the 2.x schema.
-            filters["status"] = statuses[0] if len(statuses) == 1 else statuses
         if assigned_to is not None:
             filters["assigned_to"] = assigned_to
         if queue_name is not None:
             self._require_queues()
             filters["queue_name"] = queue_name
+        statuses = status_filter(status)
+        if statuses is None:
+            return await self._all_tasks(filters)
+        if not statuses:
+            return TaskBatch(())
+        if len(statuses) == 1 or not self._single_status:
+            # A single value is what every server version takes; lists only the 2.x schema.
+            return await self._all_tasks({**filters, "status": statuses[0] if len(statuses) == 1 else statuses})
+        # tinytask-mcp 1.0 filters by one status at a time: ask per status, merge in server order.
+        batches = [await self._all_tasks({**filters, "status": one}) for one in statuses]
+        tasks = sorted((task for batch in batches for task in batch.tasks), key=_server_order)
+        return TaskBatch(tuple(tasks), tuple(problem for batch in batches for problem in batch.problems))
 
+    async def _all_tasks(self, filters: dict[str, Any]) -> TaskBatch:
         async def page(limit: int, offset: int) -> list[Any]:
             return await self._task_page(filters, limit, offset)
 
@@ -347,7 +357,7 @@ class _EventStream(_Channel):
                         self._deliver(data)
         except (TinyTaskError, Transient) as exc:
             self._failure = exc
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        except httpx.HTTPError as exc:
             cause = describe(exc)
         except asyncio.CancelledError:
             cause = "closed by the client"
@@ -392,7 +402,7 @@ class McpSseClient(_McpClient):
     async def _send(self, channel: _Channel, message: dict[str, Any]) -> dict[str, Any] | None:
         assert isinstance(channel, _EventStream)
         ident = message.get("id")
-        # Wait for the reply before posting: it can arrive on the stream before the POST returns.
+        # Register for the reply before posting: it can arrive on the stream before the POST returns.
         waiter = channel.expect(ident) if isinstance(ident, int) else None
         try:
             response = await self._api.http.post(channel.endpoint, json=message)
@@ -411,6 +421,11 @@ class McpSseClient(_McpClient):
         finally:
             if isinstance(ident, int):
                 channel.forget(ident)
+
+
+def _server_order(task: Task) -> tuple[int, datetime, int]:
+    """TinyTask's list order: priority desc, then creation (ids break ties the same way)."""
+    return (-task.priority, task.created_at, task.id)
 
 
 def _rpc_result(reply: Any, method: str) -> dict[str, Any]:
