@@ -547,3 +547,49 @@ async def test_connect_to_a_server_that_is_not_tinytask() -> None:
 async def test_connect_refuses_bad_arguments(endpoint: str, protocol: str) -> None:
     with pytest.raises(ValueError):
         await connect(endpoint, protocol)  # type: ignore[arg-type]
+
+
+async def test_connect_explicit_protocols(fake: FakeTinyTask) -> None:
+    async with await connect(fake.url, "mcp") as client:
+        assert isinstance(client, McpHttpClient)
+        assert (client.features.protocol, client.features.queues, client.features.blocking) == ("mcp-http", True, True)
+    async with await connect(fake.url, "rest") as client:
+        assert client.features.protocol == "rest"
+
+
+# --- the old server (tinytask-mcp 1.0: legacy SSE only, no queues, no blocking) ----------------
+
+
+@pytest.fixture
+def old_fake() -> Iterator[FakeTinyTask]:
+    with FakeTinyTask(legacy=True) as server:
+        yield server
+
+
+async def test_connect_to_old_server_says_what_it_lacks(old_fake: FakeTinyTask) -> None:
+    first = old_fake.create_task("first", assigned_to="dev", priority=1)
+    old_fake.create_task("busy", assigned_to="dev", status="working", priority=5)
+    old_fake.create_task("later", assigned_to="dev", priority=1)
+    async with await connect(old_fake.url + "/mcp") as client:
+        assert isinstance(client, McpSseClient)
+        assert (client.features.protocol, client.features.queues, client.features.blocking) == ("mcp-sse", False, False)
+        both = await client.list_tasks(status=["idle", "working"], assigned_to="dev")
+        idle = await client.idle_assigned("dev")
+        task = await client.unassign(first["id"])
+        await client.add_comment(first["id"], "note")
+        with pytest.raises(TinyTaskRejected, match="has no queues \\(old tinytask-mcp\\)"):
+            await client.list_queues()
+        with pytest.raises(TinyTaskRejected, match="has no queues"):
+            await client.idle_unassigned("dev")
+        assert (await client.health())["status"] == "healthy"
+    assert [t.title for t in both.tasks] == ["busy", "first", "later"]
+    assert [t.title for t in idle.tasks] == ["first", "later"]
+    assert (task.assigned_to, task.queue_name, task.is_currently_blocked) == (None, None, False)
+    assert task.created_at.tzinfo is not None
+    assert old_fake.task(first["id"])["assigned_to"] is None
+    assert [c["content"] for c in old_fake.comments(first["id"])] == ["note"]
+
+
+async def test_connect_rest_to_old_server_is_a_clear_refusal(old_fake: FakeTinyTask) -> None:
+    with pytest.raises(TinyTaskBadReply, match=f"no TinyTask REST API at {old_fake.url}: REST: Not found"):
+        await connect(old_fake.url, "rest")
