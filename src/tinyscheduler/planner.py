@@ -9,7 +9,8 @@ Rules, in the order they apply:
    (alive but not ours to keep: owned by a previous scheduler instance, over max runtime, or its
    heartbeat stopped). Leases of other hosts are left alone and count for nothing here.
 2. Slots. An agent's busy slots are its leases on this host that still have (or are about to have)
-   a process: every lease except those being requeued. Free = limit - busy, never negative.
+   a process, every lease except those being requeued, plus this instance's runs whose lease is
+   not written yet. Free = limit - busy, never negative.
 3. Candidates. A task can start only if it is idle, not blocked (unless blocking is disabled), not
    tagged `tinyscheduler:failed`, not already leased here, not backing off after a failure, and not
    already chosen in this plan. Blocked tasks are filtered before slots are counted, so a blocked
@@ -56,6 +57,9 @@ class Snapshot:
     liveness: Mapping[int, Liveness] = field(default_factory=dict)
     #: Task ids whose run is supervised by this scheduler instance right now.
     supervised: frozenset[int] = frozenset()
+    #: Runs of this instance by task id -> agent. They hold a slot even before their lease file
+    #: exists (a run writes it only after claiming the task), so slots are never handed out twice.
+    in_flight: Mapping[int, str] = field(default_factory=dict)
     #: Idle tasks with nobody assigned, per queue, in server order.
     queue_tasks: Mapping[str, Sequence[Task]] = field(default_factory=dict)
     #: Idle tasks assigned to each agent, in server order.
@@ -195,7 +199,7 @@ class _Planning:
     def __init__(self, snapshot: Snapshot, config: PlanConfig) -> None:
         self.snapshot = snapshot
         self.config = config
-        self.leased = {lease.task_id for lease in snapshot.leases}
+        self.leased = {lease.task_id for lease in snapshot.leases} | set(snapshot.in_flight)
         self.chosen: set[int] = set()
         self.skips: list[Skip] = []
         self.blocks = {} if config.disable_blocking else count_blocked_by(snapshot)
@@ -238,9 +242,9 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
 
     decisions = tuple(judge_lease(lease, snapshot, config) for lease in snapshot.leases)
     busy: dict[str, int] = {}
-    for decision in decisions:
-        if decision.verdict in (Verdict.KEEP, Verdict.STOP):
-            busy[decision.agent] = busy.get(decision.agent, 0) + 1
+    holding = {d.task_id: d.agent for d in decisions if d.verdict in (Verdict.KEEP, Verdict.STOP)}
+    for task_id, agent in {**holding, **snapshot.in_flight}.items():
+        busy[agent] = busy.get(agent, 0) + 1
     agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
     limits = {agent: max(0, config.limits.get(agent, 0)) for agent in agents}
     free = {agent: max(0, limits[agent] - busy.get(agent, 0)) for agent in agents}

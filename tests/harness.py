@@ -1,0 +1,190 @@
+"""Test harness for the real daemon: a base folder, the stand-in goose, a daemon subprocess.
+
+Every process a test starts is stopped in a finalizer, the daemon and every Goose run it left
+(runs live in sessions of their own, so they are found by the lease path in their environment).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+STANDIN = str(Path(sys.executable).with_name("tinyscheduler-standin-goose"))
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Workspace:
+    base: Path
+    tinytask_url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def records_file(self) -> Path:
+        return self.base / "standin-records.jsonl"
+
+    @property
+    def running_dir(self) -> Path:
+        return self.base / "state" / "running"
+
+    def write_recipe(self, agent: str, standin: dict[str, Any] | None = None) -> Path:
+        recipe = {
+            "title": f"{agent} test recipe",
+            "description": "recipe for the stand-in goose",
+            "prompt": "Work on task {{ task_id }} as {{ agent }}.",
+            "parameters": [
+                {"key": "task_id", "input_type": "string", "requirement": "required", "description": "task"},
+                {"key": "agent", "input_type": "string", "requirement": "required", "description": "agent"},
+            ],
+            "standin": standin or {"mode": "succeed", "seconds": 0.2},
+        }
+        path = self.base / "recipes" / f"{agent}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(recipe))
+        return path
+
+    def write_registry(self, agents: Iterable[tuple[str, str, int]]) -> Path:
+        entries = [{"agentName": name, "agentType": queue, "slots": slots} for name, queue, slots in agents]
+        path = self.base / "agent-control.json"
+        path.write_text(json.dumps(entries, indent=2))
+        return path
+
+    def daemon_env(self, **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env.update({
+            "TINYSCHEDULER_BASE_PATH": str(self.base),
+            "TINYSCHEDULER_MCP_ENDPOINT": self.tinytask_url,
+            "TINYSCHEDULER_TINYTASK_PROTOCOL": "rest",
+            "TINYSCHEDULER_GOOSE_BIN": STANDIN,
+            "TINYSCHEDULER_LOOP_INTERVAL_SEC": "1",
+            "TINYSCHEDULER_HEARTBEAT_SEC": "1",
+            "TINYSCHEDULER_STOP_GRACE_SEC": "0.5",
+            "TINYSCHEDULER_RETRY_BASE_SEC": "1",
+            "TINYSCHEDULER_LOG_FORMAT": "json",
+            "TINYSCHEDULER_STANDIN_RECORD": str(self.records_file),
+        })
+        env.update(self.env)
+        env.update(overrides)
+        return env
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.records_file.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def leases(self) -> list[Path]:
+        return sorted(self.running_dir.glob("task_*.json")) if self.running_dir.exists() else []
+
+
+def max_concurrency(records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any] = lambda r: r["agent"]) -> dict[Any, int]:
+    """Highest number of runs in flight at once, per key, from start/end records."""
+    live: dict[Any, int] = {}
+    peak: dict[Any, int] = {}
+    for record in sorted(records, key=lambda r: (r["t"], r["event"] == "start")):
+        k = key(record)
+        live[k] = live.get(k, 0) + (1 if record["event"] == "start" else -1)
+        peak[k] = max(peak.get(k, 0), live[k])
+    return peak
+
+
+def overlapping_runs_of_one_task(records: list[dict[str, Any]]) -> list[int]:
+    """Task ids that ever had two runs at once (by start/end records of distinct pids)."""
+    return [task for task, peak in max_concurrency(records, key=lambda r: r["task_id"]).items() if peak > 1]
+
+
+def processes_of(base: Path) -> list[psutil.Process]:
+    """Every live process started for this workspace: daemon runs carry their lease path in env."""
+    found = []
+    marker = str(base)
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get("TINYSCHEDULER_LEASE", "").startswith(marker) or env.get("TINYSCHEDULER_BASE_PATH") == marker:
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+    return found
+
+
+def kill_everything(base: Path) -> None:
+    for proc in processes_of(base):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+class DaemonProcess:
+    """`python -m tinyscheduler ...` as a real subprocess, with its output captured to files."""
+
+    def __init__(self, workspace: Workspace, *args: str, env: dict[str, str] | None = None) -> None:
+        self.workspace = workspace
+        self.args = args
+        self.env = env or workspace.daemon_env()
+        self.out = workspace.base / f"daemon-{time.monotonic_ns()}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "DaemonProcess":
+        with open(self.out, "wb") as sink:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tinyscheduler", *self.args], cwd=self.workspace.base,
+                                         env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.output().splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(item, dict):
+                events.append(item)
+        return events
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"daemon did not exit within {timeout}s; output:\n{self.output()[-4000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

@@ -1,0 +1,235 @@
+"""The real daemon as a subprocess, the fake TinyTask over HTTP, the stand-in goose as real processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from harness import (
+    DaemonProcess,
+    Workspace,
+    kill_everything,
+    max_concurrency,
+    overlapping_runs_of_one_task,
+    processes_of,
+    wait_for,
+)
+from tinyscheduler.fake_tinytask import FakeTinyTask
+
+AGENTS = [("dev-a", "dev", 2), ("dev-b", "dev", 1), ("qa-a", "qa", 2), ("ops-a", "ops", 1), ("ops-b", "ops", 2)]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTinyTask]:
+    with FakeTinyTask() as server:
+        yield server
+
+
+@pytest.fixture
+def workspace(tmp_path, fake) -> Iterator[Workspace]:
+    ws = Workspace(tmp_path, fake.url)
+    yield ws
+    kill_everything(tmp_path)
+
+
+@pytest.fixture
+def daemons(workspace) -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def start_daemon(daemons: list[DaemonProcess], workspace: Workspace, *args: str, **env: str) -> DaemonProcess:
+    daemon = DaemonProcess(workspace, "run", *args, env=workspace.daemon_env(**env)).start()
+    daemons.append(daemon)
+    return daemon
+
+
+def all_complete(fake: FakeTinyTask) -> bool:
+    return all(t["status"] == "complete" for t in fake.tasks())
+
+
+def test_thirty_tasks_over_three_queues_complete_within_limits_and_blockers_first(fake, workspace, daemons):
+    workspace.write_registry(AGENTS)
+    for name, _, _ in AGENTS:
+        workspace.write_recipe(name, {"mode": "succeed", "seconds": 0.3})
+    queues = ["dev", "qa", "ops"]
+    for i in range(27):
+        fake.create_task(f"task {i}", queue_name=queues[i % 3], priority=i % 4)
+    blocker = fake.create_task("blocker", queue_name="dev", priority=0)
+    blocked = fake.create_task("blocked", queue_name="dev", priority=9, blocked_by_task_id=blocker["id"])
+    fake.create_task("second blocked", queue_name="qa", priority=9, blocked_by_task_id=blocked["id"])
+
+    daemon = start_daemon(daemons, workspace, "--daemon")
+    wait_for(lambda: all_complete(fake), timeout=90, what="all 30 tasks complete")
+
+    records = workspace.records()
+    starts = [r for r in records if r["event"] == "start"]
+    assert sorted(r["task_id"] for r in starts) == sorted(t["id"] for t in fake.tasks()), "each task ran exactly once"
+    peaks = max_concurrency(records)
+    limits = {name: slots for name, _, slots in AGENTS}
+    assert all(peaks[agent] <= limits[agent] for agent in peaks), (peaks, limits)
+    assert sum(peaks.values()) > len(AGENTS), "runs overlapped: slots were actually used in parallel"
+    end_of = {r["task_id"]: r["t"] for r in records if r["event"] == "end"}
+    start_of = {r["task_id"]: r["t"] for r in starts}
+    assert start_of[blocked["id"]] >= end_of[blocker["id"]]
+    assert start_of[blocked["id"] + 1] >= end_of[blocked["id"]]
+    agents_used = {t["assigned_to"] for t in fake.tasks()}
+    assert agents_used == set(limits), "every pool agent got work"
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert workspace.leases() == []
+
+
+def test_failing_task_backs_off_then_is_tagged_failed(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a", {"mode": "fail"})
+    task = fake.create_task("always fails", queue_name="dev")
+
+    start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_MAX_ATTEMPTS="3", TINYSCHEDULER_RETRY_BASE_SEC="1")
+    wait_for(lambda: "tinyscheduler:failed" in fake.task(task["id"])["tags"], timeout=60, what="failed tag")
+
+    starts = [r["t"] for r in workspace.records() if r["event"] == "start"]
+    assert len(starts) == 3
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0, f"backoff doubles from 1 s: gaps {gaps}"
+    final = fake.task(task["id"])
+    assert final["status"] == "idle"
+    comments = [c["content"] for c in final["comments"]]
+    assert any("attempt 1/3 failed" in c for c in comments)
+    assert any("gave up" in c.lower() or "tinyscheduler:failed" in c for c in comments)
+
+
+def test_kill_9_mid_run_then_restart_loses_nothing_and_never_runs_a_task_twice_at_once(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 3), ("dev-b", "dev", 2)])
+    for agent in ("dev-a", "dev-b"):
+        workspace.write_recipe(agent, {"mode": "succeed", "seconds": 1.5})
+    for i in range(10):
+        fake.create_task(f"work {i}", queue_name="dev")
+
+    first = start_daemon(daemons, workspace, "--daemon")
+    wait_for(lambda: len(workspace.leases()) >= 3, what="runs in flight")
+    os.killpg(first.pid, signal.SIGKILL)  # the daemon only; its runs live in their own sessions
+    first.wait()
+    assert any(p for p in processes_of(workspace.base)), "runs outlived the killed daemon"
+
+    start_daemon(daemons, workspace, "--daemon")
+    wait_for(lambda: all_complete(fake), timeout=90, what="every task complete after the restart")
+    records = workspace.records()
+    assert overlapping_runs_of_one_task(records) == []
+    completed_by_run = {r["task_id"] for r in records if r["event"] == "end" and r.get("exit") == 0}
+    assert completed_by_run == {t["id"] for t in fake.tasks()}, "every task was really worked on"
+    wait_for(lambda: workspace.leases() == [], what="no leases left")
+
+
+def test_sigterm_drains_or_requeues_runs_and_exits_cleanly(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 2)])
+    workspace.write_recipe("dev-a", {"mode": "hang"})
+    tasks = [fake.create_task(f"long {i}", queue_name="dev") for i in range(2)]
+
+    daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_SHUTDOWN_GRACE_SEC="1")
+    wait_for(lambda: len([r for r in workspace.records() if r["event"] == "start"]) == 2, what="two runs started")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    assert workspace.leases() == []
+    assert processes_of(workspace.base) == []
+    for task in tasks:
+        state = fake.task(task["id"])
+        assert state["status"] == "idle" and state["assigned_to"] == "dev-a"
+        assert "tinyscheduler:failed" not in state["tags"], "a shutdown is not the task's failure"
+
+
+def test_second_instance_exits_75_naming_the_holder(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a")
+    first = start_daemon(daemons, workspace, "--daemon")
+    wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
+    second = start_daemon(daemons, workspace, "--daemon")
+    assert second.wait() == 75
+    assert f"pid {first.pid}" in second.output()
+    once = start_daemon(daemons, workspace, "--once")
+    assert once.wait() == 75
+
+
+def test_run_once_starts_one_pass_and_supervises_its_runs_to_the_end(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 2)])
+    workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.5})
+    tasks = [fake.create_task(f"t{i}", queue_name="dev") for i in range(3)]
+    once = start_daemon(daemons, workspace, "--once")
+    assert once.wait(timeout=60) == 0
+    states = sorted(fake.task(t["id"])["status"] for t in tasks)
+    assert states == ["complete", "complete", "idle"], "one pass: two slots, two runs, each seen to its end"
+    assert workspace.leases() == []
+    assert processes_of(workspace.base) == []
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(fake, workspace):
+    workspace.write_registry([("dev-a", "dev", 1), ("dev-b", "dev", 1)])
+    blocker = fake.create_task("blocker", queue_name="dev")
+    fake.create_task("blocked", queue_name="dev", priority=5, blocked_by_task_id=blocker["id"])
+    fake.create_task("other", queue_name="dev")
+    fake.reset_requests()
+    before = fake.tasks()
+
+    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run", "--json"],
+                            cwd=workspace.base, env=workspace.daemon_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    started = {s["task_id"]: s["agent"] for s in plan["starts"]}
+    assert started == {blocker["id"]: "dev-a", blocker["id"] + 2: "dev-b"}
+    assert any(s["task_id"] == blocker["id"] + 1 and "blocked" in s["reason"] for s in plan["skips"])
+    assert fake.tasks() == before
+    assert {method for method, _ in fake.requests} == {"GET"}
+    assert sorted(p.name for p in workspace.base.iterdir()) == ["agent-control.json"]
+
+    table = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run"],
+                           cwd=workspace.base, env=workspace.daemon_env(), capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "Would start (2)" in table.stdout and "blocked by task" in table.stdout
+
+
+def test_dry_run_with_tinytask_down_says_so_in_one_line_and_exits_1(workspace, tmp_path):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    env = workspace.daemon_env(TINYSCHEDULER_MCP_ENDPOINT="http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run"],
+                            cwd=workspace.base, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_daemon_survives_tinytask_outage_and_resumes(workspace, daemons):
+    server = FakeTinyTask().start()
+    port = server.url.rsplit(":", 1)[1]
+    workspace.tinytask_url = server.url
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.1})
+    server.stop()
+    daemon = start_daemon(daemons, workspace, "--daemon")
+    last_pass = workspace.base / "state" / "last_pass.json"
+    wait_for(lambda: last_pass.exists() and json.loads(last_pass.read_text())["consecutive_failures"] >= 2,
+             what="failed passes counted")
+    assert daemon.proc.poll() is None, "TinyTask down never ends the daemon"
+    with FakeTinyTask(port=int(port)) as again:
+        task = again.create_task("after the outage", queue_name="dev")
+        wait_for(lambda: again.task(task["id"])["status"] == "complete", timeout=60, what="work resumes")
+
+
+def test_lease_removed_by_hand_is_restored_while_its_process_runs(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a", {"mode": "hang"})
+    task = fake.create_task("long", queue_name="dev")
+    daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_HEARTBEAT_SEC="30")
+    lease = workspace.running_dir / f"task_{task['id']}.json"
+    wait_for(lambda: lease.exists() and json.loads(lease.read_text()).get("pid"), what="lease with a pid")
+    lease.unlink()
+    wait_for(lease.exists, timeout=10, what="lease restored")
+    assert any(e.get("event") == "lease_restored" for e in daemon.log_events())
