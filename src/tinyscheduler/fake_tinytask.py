@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 STATUSES: tuple[str, ...] = ("idle", "working", "complete")
 _MAX_DEPTH = 3
 _KEEPALIVE_SECONDS = 15.0
-_LEGACY_ONLY_MISSING = ("parent_task_id", "queue_name", "blocked_by_task_id", "is_currently_blocked")
+_NEW_SERVER_FIELDS = ("parent_task_id", "queue_name", "blocked_by_task_id", "is_currently_blocked")
 
 
 class FakeError(ValueError):
@@ -51,6 +51,8 @@ class _Filters:
     status: tuple[str, ...] = ()
     exclude_status: tuple[str, ...] = ()
     queue_name: str | None = None
+    parent_task_id: int | None = None
+    top_level_only: bool = False
     limit: int = 0  # 0 means no limit, as on the real server
     offset: int = 0
 
@@ -88,7 +90,7 @@ class _Store:
         for key in ("created_at", "updated_at", "archived_at"):
             out[key] = self._stamp(row[key])
         if self.legacy:
-            for key in _LEGACY_ONLY_MISSING:
+            for key in _NEW_SERVER_FIELDS:
                 del out[key]
         if relations:
             out["comments"] = self.comments(row["id"])
@@ -102,7 +104,7 @@ class _Store:
         return out
 
     @staticmethod
-    def _order(row: dict[str, Any]) -> tuple[int, datetime, int]:
+    def _order(row: dict[str, Any]) -> tuple[float, datetime, int]:
         # priority DESC, created_at ASC; ids grow with insertion, so they break ties the same way
         return (-row["priority"], row["created_at"], row["id"])
 
@@ -111,10 +113,11 @@ class _Store:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, task_id: int, relations: bool = True) -> dict[str, Any] | None:
+    def get(self, task_id: int) -> dict[str, Any] | None:
+        """One task with its comments and links, as `GET /tasks/{id}` shows it."""
         with self.lock:
             row = self._tasks.get(task_id)
-            return None if row is None else self._render(row, relations)
+            return None if row is None else self._render(row, relations=True)
 
     def comments(self, task_id: int) -> list[dict[str, Any]]:
         with self.lock:
@@ -134,6 +137,8 @@ class _Store:
                 and (not filters.status or row["status"] in filters.status)
                 and row["status"] not in filters.exclude_status
                 and (filters.queue_name is None or row["queue_name"] == filters.queue_name)
+                and (filters.parent_task_id is None or row["parent_task_id"] == filters.parent_task_id)
+                and not (filters.top_level_only and row["parent_task_id"] is not None)
             ]
             rows = self._sorted(rows)[filters.offset :]
             if filters.limit:
@@ -385,6 +390,32 @@ def _js_parse_int(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+_JS_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _js_number(value: Any) -> float | int:
+    """JavaScript Number(value), as zod's z.coerce.number() applies it (null -> 0, "" -> 0)."""
+    if value is None or isinstance(value, bool):
+        return int(bool(value))
+    if isinstance(value, (int, float)):
+        number: float | int = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return 0
+        if _JS_DECIMAL.fullmatch(text):
+            number = float(text)
+        elif re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
+            number = int(text, 16)
+        else:
+            return float("nan")
+    else:
+        return float("nan")
+    if isinstance(number, float) and number.is_integer():
+        return int(number)  # JSON has one number type; 3.0 is printed as 3 by the real server
+    return number
+
+
 def _query(raw: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in parse_qsl(raw, keep_blank_values=True):
@@ -407,24 +438,39 @@ def _status_list(value: str | None, name: str) -> tuple[str, ...]:
 def _non_negative(value: str | None, name: str) -> int:
     if value is None:
         return 0
-    text = value.strip()
-    try:
-        number = float(text) if text else 0.0  # JavaScript Number(""): 0
-    except ValueError:
-        number = float("nan")
-    if number != number or number in (float("inf"), float("-inf")) or not number.is_integer() or number < 0:
+    number = _js_number(value)  # so "" is 0 and "1e1" is 10, as on the real server
+    if isinstance(number, float) or number < 0:
         raise FakeError(400, f"{name} must be a non-negative integer")
-    return int(number)
+    return number
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value not in (None, "true", "false"):
+        raise FakeError(400, f"{name} must be 'true' or 'false'")
+    return value == "true"
 
 
 def _filters(params: dict[str, str], **fixed: Any) -> _Filters:
+    # Checked in the real server's order; include_archived is validated but has nothing to show.
+    status = _status_list(params.get("status"), "status")
+    exclude_status = _status_list(params.get("exclude_status"), "exclude_status")
+    limit = _non_negative(params.get("limit"), "limit")
+    offset = _non_negative(params.get("offset"), "offset")
+    _flag(params.get("include_archived"), "include_archived")
+    top_level_only = _flag(params.get("exclude_subtasks"), "exclude_subtasks")
+    parent = params.get("parent_task_id")
+    parent_id = None if parent in (None, "null") else _js_parse_int(parent)
+    if parent is not None and parent != "null" and parent_id is None:
+        raise FakeError(400, "parent_task_id must be an integer or null")
     return _Filters(
         assigned_to=params.get("assigned_to"),
-        status=_status_list(params.get("status"), "status"),
-        exclude_status=_status_list(params.get("exclude_status"), "exclude_status"),
+        status=status,
+        exclude_status=exclude_status,
         queue_name=fixed.get("queue_name", params.get("queue_name")),
-        limit=_non_negative(params.get("limit"), "limit"),
-        offset=_non_negative(params.get("offset"), "offset"),
+        parent_task_id=parent_id,
+        top_level_only=top_level_only or parent == "null",
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -490,14 +536,14 @@ def _task_id(text: str) -> int:
 
 
 def _get_tasks(call: _Call) -> tuple[int, Any]:
-    return 200, call.fake.store.list(_filters(call.query()))
+    return 200, call.fake._store.list(_filters(call.query()))
 
 
 def _post_task(call: _Call) -> tuple[int, Any]:
     data = call.body()
     _check_task_body(data, patch=False)
     # The real REST create never passes `status` on: new tasks are always idle.
-    task = call.fake.store.create(
+    task = call.fake._store.create(
         title=data["title"],
         created_by=data["created_by"],
         assigned_to=data.get("assigned_to"),
@@ -513,7 +559,7 @@ def _post_task(call: _Call) -> tuple[int, Any]:
 
 def _get_task(call: _Call) -> tuple[int, Any]:
     task_id = _task_id(call.match["id"])
-    task = call.fake.store.get(task_id)
+    task = call.fake._store.get(task_id)
     if task is None:
         raise FakeError(404, f"Task {task_id} not found")
     return 200, task
@@ -523,7 +569,7 @@ def _patch_task(call: _Call) -> tuple[int, Any]:
     task_id = _task_id(call.match["id"])
     data = call.body()
     _check_task_body(data, patch=True)
-    return 200, call.fake.store.update(task_id, {k: data[k] for k in _PATCHABLE if k in data})
+    return 200, call.fake._store.update(task_id, {k: data[k] for k in _PATCHABLE if k in data})
 
 
 def _post_comment(call: _Call) -> tuple[int, Any]:
@@ -532,7 +578,7 @@ def _post_comment(call: _Call) -> tuple[int, Any]:
     if not isinstance(data.get("content"), str):
         raise FakeError(400, "content is required and must be a string")
     created_by = data.get("created_by")
-    return 201, call.fake.store.add_comment(task_id, data["content"], created_by if isinstance(created_by, str) else None)
+    return 201, call.fake._store.add_comment(task_id, data["content"], created_by if isinstance(created_by, str) else None)
 
 
 def _post_transfer(call: _Call) -> tuple[int, Any]:
@@ -546,34 +592,34 @@ def _post_transfer(call: _Call) -> tuple[int, Any]:
             raise FakeError(400, "to_agent is required and must be a non-empty string")
         if reason is not None and not isinstance(reason, str):
             raise FakeError(400, "reason must be a string")
-        return 200, call.fake.store.transfer(task_id, to_agent, None, reason)
+        return 200, call.fake._store.transfer(task_id, to_agent, None, reason)
     for key in ("current_agent", "new_agent", "comment"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise FakeError(400, f"{key} is required and must be a non-empty string")
-    return 200, call.fake.store.transfer(task_id, data["new_agent"], data["current_agent"], data["comment"])
+    return 200, call.fake._store.transfer(task_id, data["new_agent"], data["current_agent"], data["comment"])
 
 
 def _get_queues(call: _Call) -> tuple[int, Any]:
-    return 200, call.fake.store.queues()
+    return 200, call.fake._store.queues()
 
 
 def _get_queue_tasks(call: _Call) -> tuple[int, Any]:
     name = call.param("q").strip()
     if not name:
         raise FakeError(400, "Queue name cannot be empty")
-    return 200, call.fake.store.list(_filters(call.query(), queue_name=name))
+    return 200, call.fake._store.list(_filters(call.query(), queue_name=name))
 
 
 def _get_queue_stats(call: _Call) -> tuple[int, Any]:
-    return 200, call.fake.store.queue_stats(call.param("q"))
+    return 200, call.fake._store.queue_stats(call.param("q"))
 
 
 def _get_agent_queue(call: _Call) -> tuple[int, Any]:
-    return 200, call.fake.store.agent_queue(call.param("a"))
+    return 200, call.fake._store.agent_queue(call.param("a"))
 
 
 def _post_signup(call: _Call) -> tuple[int, Any]:
-    task = call.fake.store.signup(call.param("a"))
+    task = call.fake._store.signup(call.param("a"))
     if task is None:
         raise FakeError(404, "No idle tasks available for signup")
     return 200, task
@@ -633,32 +679,6 @@ def _js_type(value: Any) -> str:
     if isinstance(value, (int, float)):
         return "nan" if value != value else "number"
     return {str: "string", list: "array", dict: "object"}.get(type(value), "unknown")
-
-
-_JS_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _js_number(value: Any) -> float | int:
-    """JavaScript Number(value), as zod's z.coerce.number() applies it (null -> 0, "" -> 0)."""
-    if value is None or isinstance(value, bool):
-        return int(bool(value))
-    if isinstance(value, (int, float)):
-        number: float | int = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return 0
-        if _JS_DECIMAL.fullmatch(text):
-            number = float(text)
-        elif re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
-            number = int(text, 16)
-        else:
-            return float("nan")
-    else:
-        return float("nan")
-    if isinstance(number, float) and number.is_integer():
-        return int(number)  # JSON has one number type; 3.0 is printed as 3 by the real server
-    return number
 
 
 class _InvalidArguments(Exception):
@@ -750,6 +770,8 @@ def _mcp_filters(args: dict[str, Any], queue_name: str | None) -> _Filters:
         status=(status,) if isinstance(status, str) else tuple(status),
         exclude_status=tuple(args.get("exclude_status", ())),
         queue_name=queue_name,
+        parent_task_id=args.get("parent_task_id"),
+        top_level_only=args.get("exclude_subtasks", False),
         # The real server builds "LIMIT n OFFSET m" only for truthy numbers.
         limit=max(int(args.get("limit") or 0), 0),
         offset=max(int(args.get("offset") or 0), 0),
@@ -770,8 +792,9 @@ def _tool_get_queue_tasks(store: _Store, args: dict[str, Any]) -> _ToolResult:
         return "Error retrieving queue tasks: Queue name cannot be empty", True
     tasks = store.list(_mcp_filters(args, name))
     # JSON.stringify drops the filters that were not given; include_archived is always there.
-    filters = {key: args[key] for key in ("assigned_to", "status", "exclude_status") if key in args}
-    filters["include_archived"] = False
+    filters = {key: args[key] for key in ("assigned_to", "status", "exclude_status", "parent_task_id",
+                                          "exclude_subtasks") if key in args}
+    filters["include_archived"] = args.get("include_archived") or False
     filters.update({key: args[key] for key in ("limit", "offset") if key in args})
     return _pretty({"queue_name": args["queue_name"], "count": len(tasks), "filters": filters, "tasks": tasks}), False
 
@@ -844,7 +867,8 @@ class _Tool:
 
 
 _ID = _Param("number", "Task ID", required=True)
-_QUEUE_ONLY = frozenset({"queue_name", "parent_task_id", "blocked_by_task_id", "exclude_status"})
+_NEW_SERVER_ARGS = frozenset({"queue_name", "parent_task_id", "blocked_by_task_id", "exclude_status",
+                              "exclude_subtasks"})
 _TOOLS: tuple[_Tool, ...] = (
     _Tool("create_task", "Create a new task in the system", {
         "title": _Param("string", "Task title", required=True),
@@ -877,6 +901,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "limit": _Param("number", "Max results (default: 100)"),
         "offset": _Param("number", "Pagination offset"),
         "queue_name": _Param("string", "Filter by queue name"),
+        "parent_task_id": _Param("number", "Filter by parent task ID"),
+        "exclude_subtasks": _Param("boolean", "Exclude subtasks from results"),
+        "include_archived": _Param("boolean", "Include archived tasks (the fake archives nothing)"),
     }, _tool_list_tasks),
     _Tool("signup_for_task", "Claim the highest priority idle task from your queue and mark it as working", {
         "agent_name": _Param("string", "Agent name signing up for task", required=True),
@@ -895,6 +922,9 @@ _TOOLS: tuple[_Tool, ...] = (
         "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
         "limit": _Param("number", "Max results"),
         "offset": _Param("number", "Pagination offset"),
+        "parent_task_id": _Param("number", "Filter by parent task ID"),
+        "exclude_subtasks": _Param("boolean", "Exclude subtasks from results"),
+        "include_archived": _Param("boolean", "Include archived tasks (the fake archives nothing)"),
     }, _tool_get_queue_tasks, in_legacy=False),
     # The real add_comment schema is the one not marked strict: unknown keys are dropped.
     _Tool("add_comment", "Add a comment to a task", {
@@ -907,7 +937,7 @@ _TOOLS: tuple[_Tool, ...] = (
 
 def _legacy_tool(tool: _Tool) -> _Tool:
     """The tinytask-mcp 1.0 shape of a tool: no queue, parent or blocking arguments."""
-    params = {key: param for key, param in tool.params.items() if key not in _QUEUE_ONLY}
+    params = {key: param for key, param in tool.params.items() if key not in _NEW_SERVER_ARGS}
     if "status" in params and params["status"].kind == "statuses":
         params["status"] = _Param("status", "Filter by status")
     return _Tool(tool.name, tool.description, params, tool.run, tool.strict)
@@ -1087,7 +1117,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             self._rpc_failure(400, -32700, "Parse error: Invalid JSON-RPC message")
             return
-        reply = self.server.fake.mcp.handle(message)
+        reply = self.server.fake._mcp.handle(message)
         if reply is None:
             self._send(202, b"", None)
         else:
@@ -1115,7 +1145,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(message, dict):
             self._send(400, b"Invalid message: " + raw_body, "text/plain")
             return
-        reply = fake.mcp.handle(message)
+        reply = fake._mcp.handle(message)
         if reply is not None:
             events.put(_sse_event("message", _compact(reply)))
         self._send(202, b"Accepted", "text/plain; charset=utf-8")
@@ -1181,15 +1211,19 @@ def _json_body(raw: bytes) -> dict[str, Any]:
 
 
 class FakeTinyTask:
-    """A TinyTask server in a background thread; `url` is valid after `start()`."""
+    """A TinyTask server in a background thread; `url` is valid after `start()`.
+
+    The tasks outlive `stop()`: starting again (same object, or a new one on the same port with
+    the same seed) is how tests play a server that goes away and comes back.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, legacy: bool = False) -> None:
         self.host = host
         self.port = port
         self.legacy = legacy
         self.url = ""
-        self.store = _Store(legacy)
-        self.mcp = _Mcp(self.store, legacy)
+        self._store = _Store(legacy)
+        self._mcp = _Mcp(self._store, legacy)
         self.requests: list[tuple[str, str]] = []
         self._requests_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -1262,23 +1296,23 @@ class FakeTinyTask:
         description: str | None = None,
     ) -> dict[str, Any]:
         """Store a task as the server would (validation, inheritance); raises FakeError."""
-        return self.store.create(
+        return self._store.create(
             title=title, created_by=created_by, status=status, assigned_to=assigned_to, priority=priority,
             queue_name=queue_name, blocked_by_task_id=blocked_by_task_id, tags=tags,
             parent_task_id=parent_task_id, description=description,
         )
 
     def task(self, task_id: int) -> dict[str, Any]:
-        task = self.store.get(task_id)
+        task = self._store.get(task_id)
         if task is None:
             raise KeyError(task_id)
         return task
 
     def tasks(self) -> list[dict[str, Any]]:
-        return self.store.all()
+        return self._store.all()
 
     def comments(self, task_id: int) -> list[dict[str, Any]]:
-        return self.store.comments(task_id)
+        return self._store.comments(task_id)
 
     def reset_requests(self) -> None:
         with self._requests_lock:
@@ -1335,8 +1369,11 @@ def main(argv: list[str] | None = None) -> int:
 
     fake = FakeTinyTask(args.host, args.port, legacy=args.legacy)
     if args.seed:
-        with open(args.seed, encoding="utf-8") as handle:
-            seed = json.load(handle)
+        try:
+            with open(args.seed, encoding="utf-8") as handle:
+                seed = json.load(handle)
+        except (OSError, ValueError) as exc:
+            parser.error(f"{args.seed}: {exc}")
         if not isinstance(seed, list):
             parser.error(f"{args.seed}: expected a JSON array of task objects")
         for number, entry in enumerate(seed):

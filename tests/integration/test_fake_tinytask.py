@@ -108,6 +108,21 @@ def test_context_manager_and_restart_on_same_port() -> None:
         assert httpx.get(f"{second.url}/health").status_code == 200
 
 
+def test_restart_keeps_url_and_tasks() -> None:
+    server = FakeTinyTask().start()
+    try:
+        url = server.url
+        server.create_task("kept")
+        server.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health")
+        server.start()
+        assert server.url == url
+        assert [t["title"] for t in httpx.get(f"{url}/api/v1/tasks").json()] == ["kept"]
+    finally:
+        server.stop()
+
+
 # -- task shape, create --------------------------------------------------------------------------
 
 
@@ -193,6 +208,17 @@ def test_list_filters(fake: FakeTinyTask, api: httpx.Client) -> None:
     assert listed(status="") == [a["id"], b["id"], c["id"], d["id"]]
 
 
+def test_subtask_filters(fake: FakeTinyTask, api: httpx.Client) -> None:
+    root = fake.create_task("root", queue_name="dev")
+    child = fake.create_task("child", parent_task_id=root["id"])
+    loose = fake.create_task("loose", queue_name="dev")
+    assert ids(api.get("/tasks", params={"parent_task_id": str(root["id"])}).json()) == [child["id"]]
+    assert ids(api.get("/tasks", params={"parent_task_id": "null"}).json()) == [root["id"], loose["id"]]
+    assert ids(api.get("/queues/dev/tasks", params={"exclude_subtasks": "true"}).json()) == [root["id"], loose["id"]]
+    assert ids(api.get("/tasks", params={"exclude_subtasks": "false", "include_archived": "true"}).json()) == [
+        root["id"], child["id"], loose["id"]]
+
+
 def test_limit_and_offset(fake: FakeTinyTask, api: httpx.Client) -> None:
     made = [fake.create_task(f"t{i}")["id"] for i in range(5)]
 
@@ -219,6 +245,9 @@ def test_limit_and_offset(fake: FakeTinyTask, api: httpx.Client) -> None:
         ("status=idle&status=working", "Query parameter status must be given at most once"),
         ("assigned_to=a&assigned_to=b", "Query parameter assigned_to must be given at most once"),
         ("limit=1&limit=1", "Query parameter limit must be given at most once"),
+        ("include_archived=yes", "include_archived must be 'true' or 'false'"),
+        ("exclude_subtasks=1", "exclude_subtasks must be 'true' or 'false'"),
+        ("parent_task_id=x", "parent_task_id must be an integer or null"),
     ],
 )
 def test_list_query_validation(fake: FakeTinyTask, api: httpx.Client, query: str, message: str) -> None:
@@ -573,6 +602,9 @@ def test_mcp_list_tasks(fake: FakeTinyTask, mcp: Mcp) -> None:
     assert listed(assigned_to="") == []
     assert listed(limit=1, offset=1) == [a["id"]]
     assert listed(limit="2") == [b["id"], a["id"]]  # numbers are coerced, as by zod
+    child = fake.create_task("child", parent_task_id=a["id"])
+    assert listed(parent_task_id=a["id"]) == [child["id"]]
+    assert child["id"] not in listed(exclude_subtasks=True, include_archived=False)
     assert "invalid_union" in mcp.failure("list_tasks", {"status": "done"})
     assert "Unrecognized key(s) in object: 'unassigned'" in mcp.failure("list_tasks", {"unassigned": True})
 
