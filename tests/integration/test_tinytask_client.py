@@ -380,6 +380,18 @@ async def test_mcp_http_server_error_is_retried_with_a_fresh_id() -> None:
     assert [body["id"] for _, body in server.received[2:]] == [2, 3]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("transport", [McpHttpClient, McpSseClient])
+async def test_mcp_unreachable_server_is_unavailable(dead_url: str, transport: type[McpHttpClient]) -> None:
+    naps = Naps()
+    async with transport(dead_url, retries=2, sleep=naps) as client:
+        with pytest.raises(TinyTaskUnavailable) as caught:
+            await client.get_task(1)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"TinyTask unavailable at {dead_url}/mcp: ")
+    assert "ConnectError" in message and "3 attempts" in message
+    assert len(naps.delays) == 2
+
+
 # --- MCP legacy SSE: stream handling, scripted ----------------------------------------------------
 
 #: What a `LegacyMcpServer` answer function returns to make the server drop the stream instead.
