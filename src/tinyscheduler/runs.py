@@ -268,7 +268,8 @@ class RunLog:
     to EOF, truncate, append a cut marker and the tail in one write. Output written in the few
     microseconds between the read and the truncation is lost; the marker says there was a cut.
     Between two checks the file may overshoot the cap by what the child writes in that time;
-    the cap holds exactly once the run has ended.
+    the cap holds exactly once the run has ended. A log that disappears (removed by hand) or cannot
+    be written (full disk) is logged, never allowed to end the supervision of a live process.
     """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
@@ -296,22 +297,38 @@ class RunLog:
             return 0
 
     def append(self, text: str) -> None:
-        with open(self.path, "ab") as handle:
-            handle.write(text.encode())
+        try:
+            with open(self.path, "ab") as handle:
+                handle.write(text.encode())
+        except OSError as exc:
+            log.warning("cannot write the run log", path=str(self.path), reason=str(exc))
 
     def cap(self) -> None:
         if self.max_bytes <= 0 or self.size() <= self.max_bytes:
             return
+        try:
+            self._cut()
+        except OSError as exc:
+            log.warning("cannot cap the run log", path=str(self.path), reason=str(exc))
+
+    def _cut(self) -> None:
         # Keep half the cap so a flood is rewritten once per max_bytes/2 of output, not on every check.
         keep = self.max_bytes // 2
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            tail = os.pread(fd, size, max(0, size - keep))  # up to EOF, including output since the stat
+            cut = max(0, size - keep)
+            # Read to EOF, output written since the stat included, within a bound a flood cannot stretch.
+            chunks: list[bytes] = []
+            offset = cut
+            while offset < size + self.max_bytes and (chunk := os.pread(fd, 1 << 20, offset)):
+                chunks.append(chunk)
+                offset += len(chunk)
+            tail = b"".join(chunks)
             newline = tail.find(b"\n")
-            if 0 <= newline < len(tail) - 1:
-                tail = tail[newline + 1:]  # start the kept part on a whole line
-            cut = size - len(tail)
+            if 0 <= newline < len(tail) - 1:  # start the kept part on a whole line
+                tail = tail[newline + 1:]
+                cut += newline + 1
             os.ftruncate(fd, 0)
             self.cut_total += cut
             marker = (f"[tinyscheduler: log capped at {self.max_bytes} bytes; {self.cut_total} bytes of "
@@ -322,10 +339,14 @@ class RunLog:
         self.start = len(marker) + max(0, self.start - cut)
 
     def tail(self) -> str:
-        with open(self.path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(self.start, size - TAIL_BYTES))
-            return handle.read().decode("utf-8", errors="replace")
+        try:
+            with open(self.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(max(self.start, size - TAIL_BYTES))
+                return handle.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            log.warning("cannot read the run log", path=str(self.path), reason=str(exc))
+            return ""
 
 
 class _ExitSignal:

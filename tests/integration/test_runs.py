@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -16,7 +17,7 @@ import structlog
 from conftest_runs import STANDIN, RunBench, bench, eventually, fake  # noqa: F401  (fixtures)
 from tinyscheduler.leases import Lease, LeaseState, Liveness, current_boot_id, probe, process_start_ticks
 from tinyscheduler.outcomes import Outcome
-from tinyscheduler.runs import Report, requeue_if_ours, stop_process_group
+from tinyscheduler.runs import Report, RunLog, requeue_if_ours, stop_process_group
 from tinyscheduler.tinytask import FAILED_TAG
 
 
@@ -229,6 +230,38 @@ async def test_log_is_capped_keeping_the_tail_with_a_marker(bench: RunBench) -> 
     assert log.startswith(f"[tinyscheduler: log capped at {cap} bytes; ")
     assert "bytes of earlier output cut here]\n" in log
     assert log.endswith(f"flood: end of output\n--- tinyscheduler: succeeded: {result.reason}\n")
+
+
+def test_capping_keeps_whole_lines_and_tracks_where_this_run_starts(tmp_path: Path) -> None:
+    run_log = RunLog(tmp_path / "logs" / "1.log", max_bytes=200)
+    previous_run = b"".join(b"old %03d\n" % n for n in range(5))  # an earlier run of the same attempt
+    run_log.path.parent.mkdir()
+    run_log.path.write_bytes(previous_run)
+    os.close(run_log.open_for_child("--- header\n"))
+    assert run_log.start == len(previous_run) + len("--- header\n")
+    with open(run_log.path, "ab") as child:
+        child.write(b"".join(b"line %03d\n" % n for n in range(100)))
+
+    run_log.cap()
+
+    text = run_log.path.read_text()
+    assert len(text) <= 200 and text.startswith("[tinyscheduler: log capped at 200 bytes; ")
+    kept = text.splitlines()[1:]
+    assert kept[-1] == "line 099" and all(line.startswith("line ") and len(line) == 8 for line in kept)
+    assert run_log.tail() == "".join(f"{line}\n" for line in kept)  # the marker is not output
+    assert run_log.size() == len(text)
+
+
+async def test_a_log_removed_by_hand_does_not_end_supervision(bench: RunBench) -> None:
+    task_id = bench.task()
+    run = bench.run(task_id, bench.recipe("dev.yaml", mode="hang"))
+    execution = asyncio.create_task(run.execute())
+    await eventually(lambda: bench.starts(task_id), what="the stand-in to start")
+    run.log_path.unlink()
+    run.request_stop("test over")
+    result = await execution
+    assert result.outcome is Outcome.KILLED and result.report is Report.REQUEUED
+    assert result.log_path.read_text().startswith("--- tinyscheduler: killed: ")  # a fresh file, the footer
 
 
 async def test_spawn_failure_removes_the_lease_and_requeues(bench: RunBench) -> None:
