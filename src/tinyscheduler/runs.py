@@ -23,6 +23,9 @@ still `working` and assigned to the agent) once TinyTask answers again, and remo
 the task is claimed next, a held success completes it instead of running the agent again. So no
 outcome is lost and no successful work is repeated; a run stopped on request simply gets requeued.
 Removing the lease instead would strand the task in `working` with nothing left to reconcile it.
+The lease watcher must leave alone the leases of runs still supervised (whose `execute()` has not
+returned): while a report is being retried the process is dead but the run is not over. Should it
+requeue anyway, the result is still right: the report then finds the task no longer ours.
 Only a POST of a comment whose reply was lost can be duplicated (TinyTask has no idempotency keys).
 
 Stopping is the ladder in `stop_process_group`: SIGINT to the process group, `stop_grace_sec` later
