@@ -218,8 +218,8 @@ class Demo:
 
         assert self.loaded is not None
         self._say(f"TinyScheduler demo: {self.count} tasks, {len({a.queue for a in AGENTS})} queues, "
-                  f"{len(AGENTS)} agents, {sum(a.slots for a in AGENTS)} slots; TinyTask (in-package fake) at "
-                  f"{self.fake.url}; goose is a stand-in. Ctrl-C stops it cleanly.")
+                  f"{len(AGENTS)} agents, {sum(a.slots for a in AGENTS)} slots, in {self.folder}\n"
+                  f"TinyTask (the in-package fake) at {self.fake.url}; goose is a stand-in. Ctrl-C stops it cleanly.")
         environ = {k: v for k, v in os.environ.items()
                    if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
         scheduler = Scheduler(self.loaded, environ=environ)

@@ -1,0 +1,131 @@
+"""`tinyscheduler status` against a real daemon subprocess and the fake TinyTask, and with no daemon."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import DaemonProcess, Workspace, kill_everything, wait_for
+from tinyscheduler.fake_tinytask import FakeTinyTask
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTinyTask]:
+    with FakeTinyTask() as server:
+        yield server
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, fake: FakeTinyTask) -> Iterator[Workspace]:
+    ws = Workspace(tmp_path, fake.url)
+    yield ws
+    kill_everything(tmp_path)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def status(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tinyscheduler", "status", *args], cwd=workspace.base,
+                          env=workspace.daemon_env(), capture_output=True, text=True, timeout=30)
+
+
+def status_json(workspace: Workspace) -> dict[str, Any]:
+    result = status(workspace, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `folder` with its mode and content: proof that nothing changed."""
+    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_status_of_a_running_daemon_shows_holder_slots_leases_last_pass_and_problems(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 2), ("qa-a", "qa", 1)])
+    workspace.write_recipe("dev-a", {"mode": "hang"})
+    workspace.write_recipe("qa-a", {"mode": "fail"})
+    long = fake.create_task("long job", queue_name="dev")
+    doomed = fake.create_task("always fails", queue_name="qa")
+    daemon = DaemonProcess(workspace, "run", "--daemon",
+                           env=workspace.daemon_env(TINYSCHEDULER_MAX_ATTEMPTS="1")).start()
+    daemons.append(daemon)
+    lease = workspace.running_dir / f"task_{long['id']}.json"
+    wait_for(lambda: lease.exists() and json.loads(lease.read_text()).get("pid"), what="a run with a pid")
+    wait_for(lambda: "tinyscheduler:failed" in fake.task(doomed["id"])["tags"], what="the failing task given up")
+    (workspace.running_dir / "task_999.json").write_text("{not json")
+    wait_for(lambda: list((workspace.base / "state" / "quarantine").glob("task_999.json.*")), what="quarantine")
+
+    data = status_json(workspace)
+    assert data["daemon"]["running"] is True
+    assert data["daemon"]["pid"] == daemon.pid
+    assert data["last_pass"]["ok"] is True and data["last_pass"]["pid"] == daemon.pid
+    assert {a["agent"]: (a["busy"], a["limit"]) for a in data["agents"]} == {"dev-a": (1, 2), "qa-a": (0, 1)}
+    [row] = data["leases"]
+    assert (row["task_id"], row["agent"], row["attempt"], row["verdict"]) == (long["id"], "dev-a", 1, "keep")
+    assert row["pid"] and Path(row["log_path"]).is_file()
+    assert row["heartbeat_age_sec"] < 5
+    problems = "\n".join(data["problems"])
+    assert f"task {doomed['id']} gave up" in problems and "tinyscheduler:failed" in problems
+    assert "quarantined lease file" in problems and "task_999.json" in problems
+    assert [q["moved"] for q in data["quarantined"]] == [True]
+
+    human = status(workspace)
+    assert human.returncode == 0, human.stderr
+    assert f"running, pid {daemon.pid}" in human.stdout
+    assert "dev-a" in human.stdout and "1/2" in human.stdout
+    assert row["log_path"] in human.stdout
+    assert "Problems (2)" in human.stdout
+
+
+def test_status_without_a_daemon_reads_only_and_names_what_is_wrong(workspace):
+    workspace.write_registry([("dev-a", "dev", 3)])
+    running = workspace.running_dir
+    running.mkdir(parents=True)
+    now = datetime.now(timezone.utc).isoformat()
+    # A lease whose process is long gone (PID 2**22 + 1 is above the kernel's maximum).
+    (running / "task_7.json").write_text(json.dumps({
+        "task_id": 7, "agent": "dev-a", "pid": 4194305, "recipe": "dev-a.yaml", "started_at": now,
+        "heartbeat": now, "host": os.uname().nodename, "state": "running", "attempt": 2,
+        "log_path": "state/logs/tasks/7/2.log"}))
+    (running / "task_8.json").write_text("truncated {")
+    (workspace.base / "state" / "attempts.json").write_text(json.dumps({"version": 1, "tasks": {
+        "5": {"failures": 3, "last_outcome": "failed", "gave_up": True},
+        "6": {"failures": 1, "last_outcome": "timed_out", "not_before": "2999-01-01T00:00:00+00:00"}}}))
+    before = tree(workspace.base)
+
+    data = status_json(workspace)
+    human = status(workspace)
+
+    assert tree(workspace.base) == before, "status changed the state folder"
+    assert data["daemon"]["running"] is False and data["last_pass"] is None
+    assert data["agents"] == [{"agent": "dev-a", "busy": 1, "limit": 3}]
+    [lease] = data["leases"]
+    assert lease["verdict"] == "requeue" and "is gone" in lease["reason"]
+    problems = "\n".join(data["problems"])
+    assert "stale lease: task 7" in problems
+    assert "bad lease file" in problems and "task_8.json" in problems
+    assert "task 5 gave up after 3 failed attempt(s)" in problems
+    assert [b["task_id"] for b in data["backing_off"]] == [6]
+    assert "not running" in human.stdout and "Waiting to retry (1)" in human.stdout
+    assert "Problems (3)" in human.stdout
+
+
+def test_status_of_an_empty_folder_is_calm(workspace):
+    result = status(workspace)
+    assert result.returncode == 0, result.stderr
+    assert "not running" in result.stdout and "No problems found." in result.stdout
+    assert sorted(p.name for p in workspace.base.iterdir()) == [], "status created files"
