@@ -89,6 +89,7 @@ def snap(
     leases: Sequence[Lease] = (),
     liveness: Mapping[int, Liveness] | None = None,
     supervised: Iterable[int] = (),
+    in_flight: Mapping[int, str] | None = None,
     queue_tasks: Mapping[str, Sequence[Task]] | None = None,
     agent_tasks: Mapping[str, Sequence[Task]] | None = None,
     not_before: Mapping[int, datetime] | None = None,
@@ -103,6 +104,7 @@ def snap(
         leases=tuple(leases),
         liveness=alive,
         supervised=frozenset(supervised),
+        in_flight=dict(in_flight or {}),
         queue_tasks=dict(queue_tasks or {}),
         agent_tasks=dict(agent_tasks or {}),
         not_before=dict(not_before or {}),
@@ -255,6 +257,33 @@ def test_leases_count_only_for_their_own_agent() -> None:
     s = snap(leases=[lease(100, "b")], agent_tasks={"a": [task(1, agent="a")], "b": [task(2, agent="b")]})
     result = plan(s, cfg({"a": 1, "b": 1}))
     assert started(result) == [(1, "a")]
+    assert slot(result, "b").busy == 1
+
+
+def test_run_in_flight_before_its_lease_exists_holds_a_slot() -> None:
+    # A run of this instance writes its lease only after claiming the task: until then it must
+    # still count, or the next pass hands its slot out a second time.
+    s = snap(in_flight={50: "a"}, agent_tasks={"a": [task(1, agent="a")]})
+    result = plan(s, cfg({"a": 1}))
+    assert result.starts == ()
+    assert slot(result, "a").busy == 1
+    assert "no free slot" in skip_reasons(result)[1][0]
+
+
+@pytest.mark.parametrize("liveness", [Liveness.ALIVE, Liveness.DEAD])
+def test_run_in_flight_with_its_lease_counts_once(liveness: Liveness) -> None:
+    s = snap(leases=[lease(50, "a")], liveness={50: liveness}, in_flight={50: "a"},
+             agent_tasks={"a": [task(1, agent="a"), task(2, agent="a")]})
+    result = plan(s, cfg({"a": 2}))
+    assert slot(result, "a").busy == 1
+    assert started_ids(result) == [1]
+
+
+def test_task_in_flight_is_not_started_again() -> None:
+    s = snap(in_flight={1: "b"}, queue_tasks={"dev": [task(1)]}, agent_tasks={"a": [task(1, agent="a")]})
+    result = plan(s, cfg({"a": 1, "b": 1}, {"dev": ["a"]}))
+    assert result.starts == ()
+    assert skip_reasons(result) == {1: ["already running on this host", "already running on this host"]}
     assert slot(result, "b").busy == 1
 
 

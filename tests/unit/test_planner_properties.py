@@ -81,6 +81,8 @@ def scenes(draw: st.DrawFn) -> Scene:
         ))
         liveness[task_id] = Liveness.NO_PROCESS if pid is None else draw(st.sampled_from(list(Liveness)))
     supervised = frozenset(draw(st.lists(st.sampled_from([lease.task_id for lease in leases]))) if leases else ())
+    # runs of this instance: some with a lease already written, some not yet
+    in_flight = {i: draw(st.sampled_from(agents)) for i in draw(st.sets(TASK_IDS, max_size=3))}
     not_before = {
         i: NOW + timedelta(seconds=draw(st.integers(-120, 120)))
         for i in draw(st.lists(st.sampled_from(ids))) if ids
@@ -88,7 +90,7 @@ def scenes(draw: st.DrawFn) -> Scene:
 
     snapshot = Snapshot(
         now=NOW, host=HOST, instance_id=ME, leases=tuple(leases), liveness=liveness, supervised=supervised,
-        queue_tasks=queue_tasks, agent_tasks=agent_tasks, not_before=not_before,
+        in_flight=in_flight, queue_tasks=queue_tasks, agent_tasks=agent_tasks, not_before=not_before,
     )
     config = PlanConfig(
         limits=limits, pools=pools, disable_blocking=draw(st.booleans()), heartbeat_sec=15, max_runtime_sec=3600,
@@ -115,11 +117,11 @@ def test_never_exceeds_any_agents_limit(scene: Scene) -> None:
         assert slot.starting == per_agent[slot.agent]
         # busy may already be over the limit (limit lowered); then nothing starts
         assert slot.starting <= max(0, limit - slot.busy)
-        held = sum(
-            1 for lease, decision in zip(scene.snapshot.leases, result.leases)
-            if lease.agent == slot.agent and decision.verdict in (Verdict.KEEP, Verdict.STOP)
-        )
-        assert slot.busy == held
+        holding = {
+            lease.task_id: lease.agent for lease, decision in zip(scene.snapshot.leases, result.leases)
+            if decision.verdict in (Verdict.KEEP, Verdict.STOP)
+        } | dict(scene.snapshot.in_flight)
+        assert slot.busy == sum(1 for agent in holding.values() if agent == slot.agent)
     assert set(per_agent) <= {slot.agent for slot in result.slots}
 
 
@@ -138,6 +140,7 @@ def test_never_starts_a_task_twice_nor_one_already_leased(scene: Scene) -> None:
     ids = [s.task_id for s in result.starts]
     assert len(ids) == len(set(ids))
     assert not set(ids) & {lease.task_id for lease in scene.snapshot.leases}
+    assert not set(ids) & set(scene.snapshot.in_flight)
     assigned = [a.task_id for a in result.assignments]
     assert len(assigned) == len(set(assigned))
 
@@ -190,6 +193,7 @@ def _reordered(scene: Scene) -> tuple[Snapshot, PlanConfig]:
     snapshot = Snapshot(
         now=s.now, host=s.host, instance_id=s.instance_id, leases=tuple(s.leases),
         liveness=dict(reversed(list(s.liveness.items()))), supervised=frozenset(s.supervised),
+        in_flight=dict(reversed(list(s.in_flight.items()))),
         queue_tasks=dict(reversed(list(s.queue_tasks.items()))),
         agent_tasks=dict(reversed(list(s.agent_tasks.items()))),
         not_before=dict(reversed(list(s.not_before.items()))),
