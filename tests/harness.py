@@ -40,6 +40,9 @@ class Workspace:
     tinytask_url: str
     env: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+
     @property
     def records_file(self) -> Path:
         return self.base / "standin-records.jsonl"
