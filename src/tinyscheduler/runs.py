@@ -24,8 +24,9 @@ the task is claimed next, a held success completes it instead of running the age
 outcome is lost and no successful work is repeated; a run stopped on request simply gets requeued.
 Removing the lease instead would strand the task in `working` with nothing left to reconcile it.
 The lease watcher must leave alone the leases of runs still supervised (whose `execute()` has not
-returned): while a report is being retried the process is dead but the run is not over. Should it
-requeue anyway, the result is still right: the report then finds the task no longer ours.
+returned): while a report is being retried the process is dead but the run is not over. Should the
+task be requeued meanwhile anyway, the report finds it idle and still assigned to the agent and
+writes nothing; a success stays held, so the agent's work is still not repeated.
 Only a POST of a comment whose reply was lost can be duplicated (TinyTask has no idempotency keys).
 
 Stopping is the ladder in `stop_process_group`: SIGINT to the process group, `stop_grace_sec` later
@@ -204,13 +205,13 @@ def is_ours(task: Task, agent: str) -> bool:
 
 async def patch_if_ours(
     client: TinyTaskClient, task_id: int, agent: str, fields_for: Callable[[Task], dict[str, Any]]
-) -> bool:
-    """Re-read the task and update it only if it is still ours; False (and no write) otherwise."""
+) -> tuple[bool, Task]:
+    """Re-read the task and update it only if it is still ours: (written?, the task as read)."""
     task = await client.get_task(task_id)
     if not is_ours(task, agent):
-        return False
+        return False, task
     await client.update_task(task_id, **fields_for(task))
-    return True
+    return True, task
 
 
 async def requeue_if_ours(client: TinyTaskClient, task_id: int, agent: str, comment: str | None) -> bool:
@@ -218,7 +219,8 @@ async def requeue_if_ours(client: TinyTaskClient, task_id: int, agent: str, comm
 
     One try; TinyTask errors propagate so the caller (the lease watcher) can retry on its schedule.
     """
-    if not await patch_if_ours(client, task_id, agent, lambda _task: {"status": "idle"}):
+    written, _ = await patch_if_ours(client, task_id, agent, lambda _task: {"status": "idle"})
+    if not written:
         return False
     if comment:
         await client.add_comment(task_id, comment)
@@ -664,14 +666,16 @@ class Run:
         try:
             if verdict.outcome is Outcome.SUCCEEDED:
                 self.attempts.hold_success(self.task_id)  # first, so a crash right now loses nothing
-                if not await self._patch_if_ours(deadline, lambda _task: {"status": "complete"}):
-                    return self._left_alone()
+                written, found = await self._patch_if_ours(deadline, lambda _task: {"status": "complete"})
+                if not written:
+                    return self._left_alone(found, succeeded=True)
                 self.attempts.record_success(self.task_id)
                 self._log.info("task completed", attempt=self._attempt)
                 return Report.COMPLETED
             if end.stopped_by is StopCause.REQUEST:
-                if not await self._patch_if_ours(deadline, lambda _task: {"status": "idle"}):
-                    return self._left_alone()
+                written, found = await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
+                if not written:
+                    return self._left_alone(found)
                 await self._comment(deadline, requeue_comment(end.stop_reason, str(self.log_path)))
                 self._emit("requeued", attempt=self._attempt, reason=end.stop_reason)
                 return Report.REQUEUED
@@ -690,8 +694,9 @@ class Run:
                 return {"status": "idle"}
             return {"status": "idle", "tags": [*(t for t in task.tags if t != FAILED_TAG), FAILED_TAG]}
 
-        if not await self._patch_if_ours(deadline, fields):
-            return self._left_alone()
+        written, found = await self._patch_if_ours(deadline, fields)
+        if not written:
+            return self._left_alone(found)
         record = self._count_failure(verdict)
         await self._comment(deadline, attempt_comment(self._attempt, self.policy.max_attempts, verdict,
                                                       str(self.log_path)))
@@ -710,20 +715,28 @@ class Run:
             self._failure = self.attempts.record_failure(self.task_id, verdict.outcome.value, self.clock())
         return self._failure
 
-    def _left_alone(self) -> Report:
+    def _left_alone(self, found: Task | None, *, succeeded: bool = False) -> Report:
+        if succeeded and found is not None and found.status == "idle" and found.assigned_to == self.agent:
+            # Requeued (by the recovery or a person) before our report got through: keep the held
+            # success, so the next claim completes the task instead of running the agent again.
+            self._log.info("task requeued before the success was reported; it completes at its next claim",
+                           attempt=self._attempt)
+            return Report.LEFT_ALONE
         # Completed, transferred or reassigned by someone else: their word stands, and our history
         # of this task (a held success included) no longer applies.
         self.attempts.forget(self.task_id)
         self._log.info("task changed while the run was going; left as it is", attempt=self._attempt)
         return Report.LEFT_ALONE
 
-    async def _patch_if_ours(self, deadline: float, fields_for: Callable[[Task], dict[str, Any]]) -> bool:
+    async def _patch_if_ours(
+        self, deadline: float, fields_for: Callable[[Task], dict[str, Any]]
+    ) -> tuple[bool, Task | None]:
         try:
             return await self._retrying(
                 lambda: patch_if_ours(self.client, self.task_id, self.agent, fields_for), deadline)
         except TinyTaskRejected as exc:  # e.g. deleted meanwhile: not ours to write any more
             self._log.warning("TinyTask refused the report", reason=str(exc))
-            return False
+            return False, None
 
     async def _comment(self, deadline: float, text: str) -> None:
         # The state change is done; a comment that cannot be posted is logged, not fatal.

@@ -397,6 +397,24 @@ async def test_success_unreported_while_tinytask_is_down_is_completed_later_with
     assert not bench.attempts.success_unreported(task_id)
 
 
+async def test_success_requeued_by_someone_else_during_an_outage_is_not_rerun(bench: RunBench) -> None:
+    task_id = bench.task()
+    recipe = bench.recipe("dev.yaml", mode="succeed")
+    run = bench.run(task_id, recipe, report_timeout_sec=10)
+    run.on_event = lambda name, fields: setattr(bench.client, "down", name == "started")
+    execution = asyncio.create_task(run.execute())
+    # While the report waits to retry, TinyTask comes back and the task gets requeued behind its back.
+    await eventually(lambda: bench.client.failed_calls, what="the report to meet the outage")
+    bench.client.down = False
+    assert await requeue_if_ours(bench.client.inner, task_id, "dev", "requeued during the outage")
+
+    result = await execution
+
+    assert result.report is Report.LEFT_ALONE and bench.attempts.success_unreported(task_id)
+    again = await bench.run(task_id, recipe).execute()
+    assert again.report is Report.COMPLETED and bench.starts(task_id) == 1
+
+
 async def test_failure_unreported_while_tinytask_is_down_still_counts(bench: RunBench) -> None:
     task_id = bench.task()
     run = bench.run(task_id, bench.recipe("dev.yaml", mode="fail"), report_timeout_sec=0.5)
