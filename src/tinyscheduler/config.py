@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     heartbeat_sec: PositiveInt = _setting(
         15, flag="--heartbeat-interval", metavar="SECONDS", expect=_POSITIVE,
         help="seconds between lease heartbeats and lease checks")
+    pass_timeout_sec: PositiveInt = _setting(
+        120, flag="--pass-timeout", metavar="SECONDS", expect=_POSITIVE,
+        help="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
+             "the daemon (read at start)")
     max_runtime_sec: PositiveInt = _setting(
         3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE,
         help="a run older than this is stopped")

@@ -45,11 +45,9 @@ from tinyscheduler.tinytask.connect import connect
 log = structlog.get_logger("tinyscheduler.daemon")
 
 #: Settings read once at start: changing them needs a restart (the lock and leases live there).
-RESTART_ONLY = ("base_path", "running_dir", "lock_file")
+RESTART_ONLY = ("base_path", "running_dir", "lock_file", "pass_timeout_sec")
 #: How often the lease folder is checked for changes made by hand.
 LEASE_DIR_POLL_SEC = 1.0
-#: A pass running longer than this stops the watchdog pings (unless the loop interval is longer).
-MIN_PASS_TIMEOUT_SEC = 120.0
 #: First retry delay after a failed pass; doubles up to the loop interval.
 PASS_RETRY_BASE_SEC = 2.0
 #: Test-only switch: while this file exists, passes hang (to prove the watchdog restarts us).
@@ -112,7 +110,10 @@ class Scheduler:
         self.attempts = AttemptBook(s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec)
         self.events = EventLog(s.log_dir)
         self.notifier = systemd.Notifier.from_environ(self.environ)
-        self.gate = systemd.WatchdogGate(pass_timeout=max(MIN_PASS_TIMEOUT_SEC, 2 * s.loop_interval_sec))
+        # The tick loop must also keep coming back: a loop that stopped passing is as stuck as a pass.
+        self.gate = systemd.WatchdogGate(
+            pass_timeout=s.pass_timeout_sec,
+            loop_timeout=None if once else 2 * s.loop_interval_sec + s.pass_timeout_sec)
         self.client: TinyTaskClient | None = None
         self.runs: dict[int, Run] = {}
         self.reclaiming: set[int] = set()
