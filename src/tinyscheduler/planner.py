@@ -283,7 +283,9 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
         open_pool = bool(pool)
         for task in state.candidates(snapshot.queue_tasks.get(queue, ()), None):
             if open_pool:
-                agent = min(pool, key=lambda a: (-free[a], a))
+                # max() keeps the first of equal maxima and the pool is sorted: the most free
+                # slots, ties to the alphabetically first name.
+                agent = max(pool, key=free.__getitem__)
                 open_pool = free[agent] > 0
             if not open_pool:
                 state.skips.append(Skip(task.id, None, exhausted))

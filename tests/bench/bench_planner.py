@@ -102,18 +102,25 @@ def build(seed: int, slots_per_agent: int, disable_blocking: bool = False) -> tu
     return snapshot, config
 
 
-def measure(fn: Callable[[], object], runs: int) -> list[float]:
+def measure(fn: Callable[[], object], runs: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU milliseconds of each run. On a shared machine the CPU time shows what
+    the planner itself costs when other processes compete for the cores."""
     for _ in range(2):  # warm-up
         fn()
-    times = []
+    times, cpu_times = [], []
     for _ in range(runs):
         # Each run starts from a collected heap (the garbage of the previous run would otherwise
         # be paid for by the next one); the collector stays on during the run, as in the daemon.
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         times.append((time.perf_counter() - start) * 1000)
-    return times
+        cpu_times.append((time.process_time() - cpu_start) * 1000)
+    return times, cpu_times
+
+
+def p95(times: list[float]) -> float:
+    return statistics.quantiles(times, n=20, method="inclusive")[18]
 
 
 def main() -> int:
@@ -133,16 +140,16 @@ def main() -> int:
     worst = 0.0
     for title, (snapshot, config) in scenarios:
         result = plan(snapshot, config)
-        times = measure(lambda: plan(snapshot, config), args.runs)
-        median = statistics.median(times)
-        p95 = statistics.quantiles(times, n=20, method="inclusive")[18]
-        worst = max(worst, p95)
+        times, cpu_times = measure(lambda: plan(snapshot, config), args.runs)
+        worst = max(worst, p95(times))
         print(f"- {title}")
         print(f"    plan: {len(result.starts)} starts, {len(result.assignments)} assignments, "
               f"{len(result.skips)} skips, {len(result.reclaims)} reclaims")
-        print(f"    median {median:.1f} ms   p95 {p95:.1f} ms   min {min(times):.1f} ms   max {max(times):.1f} ms")
+        print(f"    wall: median {statistics.median(times):.1f} ms   p95 {p95(times):.1f} ms   "
+              f"min {min(times):.1f} ms   max {max(times):.1f} ms")
+        print(f"    cpu:  median {statistics.median(cpu_times):.1f} ms   p95 {p95(cpu_times):.1f} ms")
     verdict = "met" if worst < GOAL_MS else "MISSED"
-    print(f"goal: p95 < {GOAL_MS:.0f} ms in every scenario: {verdict} (worst p95 {worst:.1f} ms)")
+    print(f"goal: wall-clock p95 < {GOAL_MS:.0f} ms in every scenario: {verdict} (worst p95 {worst:.1f} ms)")
     return 0 if worst < GOAL_MS else 1
 
 
