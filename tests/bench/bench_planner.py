@@ -137,11 +137,11 @@ def main() -> int:
         ("200 slots per agent (every startable task starts)", build(args.seed, 200)),
         ("8 slots per agent, blocking disabled", build(args.seed, 8, disable_blocking=True)),
     ]
-    worst = 0.0
+    worst = worst_cpu = 0.0
     for title, (snapshot, config) in scenarios:
         result = plan(snapshot, config)
         times, cpu_times = measure(lambda: plan(snapshot, config), args.runs)
-        worst = max(worst, p95(times))
+        worst, worst_cpu = max(worst, p95(times)), max(worst_cpu, p95(cpu_times))
         print(f"- {title}")
         print(f"    plan: {len(result.starts)} starts, {len(result.assignments)} assignments, "
               f"{len(result.skips)} skips, {len(result.reclaims)} reclaims")
@@ -150,6 +150,9 @@ def main() -> int:
         print(f"    cpu:  median {statistics.median(cpu_times):.1f} ms   p95 {p95(cpu_times):.1f} ms")
     verdict = "met" if worst < GOAL_MS else "MISSED"
     print(f"goal: wall-clock p95 < {GOAL_MS:.0f} ms in every scenario: {verdict} (worst p95 {worst:.1f} ms)")
+    if worst >= GOAL_MS > worst_cpu:
+        print(f"      CPU-time p95 is {worst_cpu:.1f} ms: the wall clock lost time to other processes "
+              f"(load average {os.getloadavg()[0]:.2f}); rerun on a quiet machine")
     return 0 if worst < GOAL_MS else 1
 
 
