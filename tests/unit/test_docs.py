@@ -1,0 +1,185 @@
+"""The README, the env example and the examples cannot rot: they are checked against the code.
+
+- the README's configuration table and `.env.tinyscheduler.example` list exactly the settings of
+  `config.Settings`, with their real defaults;
+- every `tinyscheduler` command line in the README parses, and the ones that finish are run
+  (against the fake TinyTask, in a folder set up from the examples);
+- the example registries and recipes pass `validate-config`'s checks.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tinyscheduler.cli import build_parser
+from tinyscheduler.config import SETTINGS, SettingInfo, load_settings
+from tinyscheduler.fake_tinytask import FakeTinyTask
+from tinyscheduler.registry import load_registry
+from tinyscheduler.validate import run_checks
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ENV_EXAMPLE = ROOT / ".env.tinyscheduler.example"
+EXAMPLES = ROOT / "examples"
+STANDIN = str(Path(sys.executable).with_name("tinyscheduler-standin-goose"))
+#: README lines that are parsed but not run here: the daemon never ends; the demo has its own tests
+#: (tests/integration/test_demo.py runs it to the end and interrupts it as a person would).
+NOT_RUN = ("run --daemon", "demo")
+
+
+def shell_lines(text: str) -> list[str]:
+    """Lines of the ```sh blocks, in order."""
+    return [line.strip() for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+            for line in block.splitlines() if line.strip()]
+
+
+def commands(text: str) -> list[list[str]]:
+    """Every `tinyscheduler ...` / `./tinyscheduler ...` line as argv, comments dropped."""
+    return [shlex.split(line, comments=True) for line in shell_lines(text)
+            if re.match(r"(\./)?tinyscheduler\s", line)]
+
+
+def default_text(info: SettingInfo) -> str:
+    if info.name == "base_path":
+        return "current directory"
+    if isinstance(info.default, bool):
+        return str(info.default).lower()
+    return "(none)" if info.default in (None, "", {}) else str(info.default)
+
+
+def readme_table() -> list[list[str]]:
+    start = README.index("| variable | flag | default | meaning |")
+    rows = []
+    for line in README[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_demo_is_the_first_command_and_the_suite_command_is_what_ci_runs():
+    lines = shell_lines(README)
+    assert lines[0] == "./tinyscheduler demo"
+    assert "python3 tests/run.py" in lines
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == "exec python3 tests/run.py"
+
+
+def test_readme_configuration_table_lists_every_setting_with_flag_and_default():
+    rows = readme_table()
+    assert [row[0] for row in rows] == [f"`{info.env_var}`" for info in SETTINGS], "same settings, same order"
+    for (_, flag, default, meaning), info in zip(rows, SETTINGS):
+        assert f"`{info.flag}" in flag, info.name
+        if info.is_bool:
+            assert f"`--no-{info.flag[2:]}`" in flag, info.name
+        assert default == f"`{default_text(info)}`", info.name
+        assert meaning, info.name
+
+
+def test_env_example_lists_every_setting_with_its_true_default(tmp_path):
+    lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    entries = [line[2:] for line in lines if line.startswith("# TINYSCHEDULER_")]
+    names = [entry.split("=", 1)[0] for entry in entries]
+    assert len(names) == len(set(names)) and set(names) == {info.env_var for info in SETTINGS}
+    for number, line in enumerate(lines):
+        if line.startswith("# TINYSCHEDULER_"):
+            above = lines[number - 1]
+            assert above.startswith("# ") and not above.startswith("# TINYSCHEDULER_"), f"{line}: no comment above"
+
+    uncommented = tmp_path / "all.env"
+    uncommented.write_text("\n".join(entries) + "\n")
+    every = load_settings(env_file=uncommented, cli={}, environ={}, cwd=tmp_path)
+    defaults = load_settings(env_file=None, cli={}, environ={}, cwd=tmp_path)
+    assert set(every.sources.values()) == {"env-file"}
+    for info in SETTINGS:
+        assert getattr(every.settings, info.name) == getattr(defaults.settings, info.name), info.env_var
+
+
+def test_configuration_doc_explains_every_setting():
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [info.env_var for info in SETTINGS if f"`{info.env_var}`" not in text]
+    assert missing == []
+
+
+def test_documents_the_readme_links_to_exist():
+    for target in re.findall(r"\]\(((?:docs|examples|deploy)/[^)#]+)\)", README):
+        assert (ROOT / target).exists(), target
+    for mentioned in re.findall(r"`((?:deploy|examples|docs)/[\w./-]+)`", README):
+        assert (ROOT / mentioned).exists(), mentioned
+
+
+def test_every_readme_command_line_parses():
+    lines = commands(README)
+    assert len(lines) >= 10
+    parser = build_parser()
+    for argv in lines:
+        try:
+            parser.parse_args(argv[1:])
+        except SystemExit:
+            pytest.fail(f"README command does not parse: {shlex.join(argv)}")
+
+
+@pytest.mark.parametrize("registry", sorted(p.name for p in (EXAMPLES / "agent-control-examples").glob("*.json")))
+def test_example_registries_and_recipes_pass_validate_config(registry, tmp_path):
+    loaded = load_settings(env_file=None, environ={}, cwd=tmp_path, cli={
+        "agent_control_file": str(EXAMPLES / "agent-control-examples" / registry),
+        "recipes_dir": str(EXAMPLES / "recipes"), "goose_bin": STANDIN, "mcp_endpoint": "http://127.0.0.1:9"})
+    assert load_registry(loaded.settings.agent_control_file, loaded.settings.recipes_dir) is not None
+    checks = [c for c in run_checks(loaded, fix=False) if c.name in ("agent registry", "recipe")]
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_every_example_recipe_is_used_and_valid():
+    used = set()
+    for path in (EXAMPLES / "agent-control-examples").glob("*.json"):
+        registry = load_registry(path, EXAMPLES / "recipes")
+        assert registry is not None
+        used |= {entry.recipe or f"{entry.name}.yaml" for entry in registry.entries}
+    assert used == {p.name for p in (EXAMPLES / "recipes").glob("*.yaml")}
+
+
+# --- the README's command lines, run -------------------------------------------------------------
+
+
+@pytest.fixture
+def readme_folder(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A base folder as the README's install steps leave it, with TinyTask and a finished run."""
+    shutil.copy(ENV_EXAMPLE, tmp_path / "tinyscheduler.env")
+    shutil.copy(EXAMPLES / "agent-control-examples" / "medium.json", tmp_path / "agent-control.json")
+    shutil.copytree(EXAMPLES / "recipes", tmp_path / "recipes")
+    log = tmp_path / "state" / "logs" / "tasks" / "42"
+    log.mkdir(parents=True)
+    (log / "1.log").write_text("first attempt\n")
+    (log / "2.log").write_text("second attempt\n")
+    with FakeTinyTask() as fake:
+        fake.create_task("build it", queue_name="dev", assigned_to="dev-1", status="working")
+        fake.create_task("test it", queue_name="qa")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
+        env.update(TINYSCHEDULER_MCP_ENDPOINT=fake.url, TINYSCHEDULER_GOOSE_BIN=STANDIN)
+        yield {"base": tmp_path, "env": env, "fake": fake}
+
+
+def test_readme_command_lines_run(readme_folder):
+    base, env = readme_folder["base"], readme_folder["env"]
+    ran = []
+    for argv in commands(README):
+        line = shlex.join(argv)
+        if any(skip in line for skip in NOT_RUN):
+            continue
+        result = subprocess.run([sys.executable, "-m", "tinyscheduler", *argv[1:]], cwd=base, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+        assert "Traceback" not in result.stderr, line
+        ran.append(line)
+    assert any("validate-config" in line for line in ran) and any("logs 42 -f" in line for line in ran)
+    assert (base / "workload.md").read_text().startswith("# TinyTask workload report")
+    assert readme_folder["fake"].task(2)["assigned_to"] is None, "the README's dry run changed nothing"
