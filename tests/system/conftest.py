@@ -13,30 +13,18 @@ import os
 import shutil
 import signal
 import subprocess
-import time
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
 
+from harness import wait_for
+
 SYSTEMD = Path("/lib/systemd/systemd")
 RUN_SYSTEMD_SYSTEM = Path("/run/systemd/system")
-T = TypeVar("T")
-
-
-def poll(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Return `predicate()`'s first truthy value; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -95,7 +83,7 @@ def _terminate(pid: int, gone: Callable[[], bool], timeout: float) -> None:
     for signum, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.kill(pid, signum)
-            poll(gone, wait, f"process {pid} to exit")
+            wait_for(gone, timeout=wait, what=f"process {pid} to exit")
             return
         except ProcessLookupError:
             return
@@ -109,11 +97,11 @@ def user_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserManag
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("user-manager")
-    runtime = root / "runtime"
-    runtime.mkdir(mode=0o700)
-    runtime.chmod(0o700)  # mkdir's mode is filtered by the umask
     unit_dir = root / "config" / "systemd" / "user"
     unit_dir.mkdir(parents=True)
+    # Not under /tmp: the units run with PrivateTmp=yes, and the manager's notify socket lives in
+    # the runtime folder, which must stay visible to them (the real one is /run/user/<uid>).
+    runtime = Path(tempfile.mkdtemp(prefix="tinyscheduler-test-", dir="/run"))  # mode 0700
     bus = f"unix:path={runtime}/bus"
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -149,7 +137,7 @@ def user_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserManag
                 state = manager.systemctl("is-system-running", check=False).stdout.strip()
                 return state in ("running", "degraded")
 
-            poll(answers, 30, "the systemd user manager to answer")
+            wait_for(answers, timeout=30, what="the systemd user manager to answer")
         finally:
             if created:
                 RUN_SYSTEMD_SYSTEM.rmdir()
@@ -162,3 +150,4 @@ def user_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserManag
         if dbus_pid is not None:
             bus_pid = dbus_pid
             _terminate(bus_pid, lambda: _zombie_or_gone(bus_pid), 10)
+        shutil.rmtree(runtime)

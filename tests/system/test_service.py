@@ -1,16 +1,32 @@
-"""Units under a real systemd user manager (see conftest.py for how it is started)."""
+"""The shipped unit under a real systemd user manager (conftest.py says how it is started).
+
+Each test installs a copy of deploy/systemd/tinyscheduler.service pointed at its own base folder
+and this checkout's python, talks to an in-process fake TinyTask on 127.0.0.1, and runs the
+stand-in goose. What systemd itself reports (ActiveState, StatusText, Result, NRestarts) is the
+evidence; everything is polled with deadlines.
+"""
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from harness import Workspace, kill_everything, processes_of, wait_for
+from tinyscheduler.fake_tinytask import FakeTinyTask
 
 if TYPE_CHECKING:  # a runtime import of "conftest" could find tests/conftest.py instead
     from conftest import UserManager
 
 pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "deploy" / "systemd" / "tinyscheduler.service"
+UNIT = "tinyscheduler.service"
 
 NOTIFY_SCRIPT = """\
 import signal
@@ -43,3 +59,193 @@ ExecStart={sys.executable} {script}
         assert shown == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     finally:
         user_manager.remove("trivial-notify.service")
+
+
+def unit_copy(base: Path, *, replace: dict[str, str], add: list[str]) -> str:
+    """The shipped unit with /opt/tinyscheduler etc. moved under `base`, for a user manager.
+
+    `replace` gives new values to directives the unit has; `add` appends lines to [Service].
+    """
+    text = SHIPPED.read_text()
+    for old, new in [
+        ("/opt/tinyscheduler/.venv/bin/tinyscheduler", f"{sys.executable} -m tinyscheduler"),
+        ("/opt/tinyscheduler", str(base)),
+        ("/etc/tinyscheduler", str(base / "etc")),
+        ("/var/lib/tinyscheduler", str(base / "home")),
+    ]:
+        assert old in text, f"{SHIPPED.name} no longer mentions {old}: update this copy"
+        text = text.replace(old, new)
+    replace = dict(replace)
+    lines: list[str] = []
+    for line in text.splitlines():
+        key = line.partition("=")[0]
+        if key in ("User", "Group"):
+            continue  # a user manager runs its units as its own user
+        if key in replace:
+            line = f"{key}={replace.pop(key)}"
+        if line == "[Install]":
+            lines.extend(add)
+        lines.append(line)
+    assert not replace, f"{SHIPPED.name} has no {', '.join(replace)} to replace"
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Service:
+    """The daemon unit of one test: its base folder, settings file and systemd's view of it."""
+
+    manager: UserManager
+    workspace: Workspace
+
+    @property
+    def base(self) -> Path:
+        return self.workspace.base
+
+    @property
+    def log(self) -> Path:
+        return self.base / "service.log"
+
+    def write_settings(self, **settings: str) -> None:
+        """The env file the daemon reads itself (and again on reload): the harness's fast settings."""
+        env = self.workspace.daemon_env(**{"TINYSCHEDULER_SHUTDOWN_GRACE_SEC": "1", **settings})
+        # The unit sets the base path; the stand-in's record file is for the runs (goose.env).
+        not_settings = ("TINYSCHEDULER_BASE_PATH", "TINYSCHEDULER_STANDIN_RECORD")
+        (self.base / "etc" / "tinyscheduler.env").write_text("".join(
+            f"{key}={value}\n" for key, value in env.items()
+            if key.startswith("TINYSCHEDULER_") and key not in not_settings))
+
+    def install(self, *, replace: dict[str, str] | None = None, environment: dict[str, str] | None = None) -> None:
+        add = [
+            # PrivateTmp=yes hides /tmp, where pytest's folders (and maybe this checkout) live;
+            # binding them keeps them visible. Elsewhere the binds change nothing.
+            f"BindPaths={self.base}",
+            f"BindReadOnlyPaths={ROOT} {sys.prefix}",
+            # No journald here: the output goes to a file the tests can show when they fail.
+            f"StandardOutput=append:{self.log}",
+            "StandardError=inherit",
+            *(f"Environment={key}={value}" for key, value in (environment or {}).items()),
+        ]
+        self.manager.install(UNIT, unit_copy(self.base, replace=replace or {}, add=add))
+
+    def show(self, *properties: str) -> dict[str, str]:
+        return self.manager.show(UNIT, *properties)
+
+    def status_text(self) -> str:
+        return self.show("StatusText")["StatusText"]
+
+    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 15) -> Any:
+        """`wait_for`, and on a timeout what systemd and the daemon say at that moment."""
+        try:
+            return wait_for(predicate, timeout=timeout, what=what)
+        except AssertionError as exc:
+            shown = self.show("ActiveState", "SubState", "Result", "NRestarts", "StatusText")
+            output = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(none)"
+            raise AssertionError(f"{exc}\nsystemd: {shown}\ndaemon output:\n{output}") from None
+
+    def wait_status(self, pattern: str, timeout: float = 15) -> None:
+        self.wait(lambda: re.search(pattern, self.status_text()), f"StatusText matching {pattern!r}", timeout)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTinyTask]:
+    with FakeTinyTask() as server:
+        yield server
+
+
+@pytest.fixture
+def service(user_manager: UserManager, tmp_path: Path, fake: FakeTinyTask) -> Iterator[Service]:
+    workspace = Workspace(tmp_path, fake.url)
+    for folder in ("state", "home", "etc"):
+        (tmp_path / folder).mkdir()
+    # goose.env is the runs' environment (systemd's EnvironmentFile=): where the stand-in records.
+    (tmp_path / "etc" / "goose.env").write_text(f"TINYSCHEDULER_STANDIN_RECORD={workspace.records_file}\n")
+    unit = Service(user_manager, workspace)
+    unit.write_settings()
+    yield unit
+    user_manager.remove(UNIT)
+    kill_everything(tmp_path)
+
+
+def starts(workspace: Workspace) -> list[dict[str, Any]]:
+    return [r for r in workspace.records() if r["event"] == "start"]
+
+
+def test_active_with_a_status_line_after_each_pass(service: Service, fake: FakeTinyTask) -> None:
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:2")
+    service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 30})
+    for i in range(3):
+        fake.create_task(f"task {i}", assigned_to="dev")
+    service.install()
+    service.manager.systemctl("start", UNIT)  # returns once the daemon sent READY=1
+
+    assert service.show("ActiveState", "SubState") == {"ActiveState": "active", "SubState": "running"}
+    service.wait_status(r"^2/2 slots busy, 1 queued, 0 blocked, last pass \d+\.\d\d s ok$")
+
+
+def test_reload_applies_a_changed_limit_and_keeps_the_old_one_on_a_bad_file(
+    service: Service, fake: FakeTinyTask
+) -> None:
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:1")
+    service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 30})
+    for i in range(4):
+        fake.create_task(f"task {i}", assigned_to="dev")
+    service.install()
+    service.manager.systemctl("start", UNIT)
+    service.wait_status(r"^1/1 slots busy")
+    service.wait(lambda: len(starts(service.workspace)) == 1, "the first run")
+    pid = service.show("MainPID")["MainPID"]
+
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:3", TINYSCHEDULER_LOOP_INTERVAL_SEC="soon")
+    service.manager.systemctl("reload", UNIT)
+    service.wait_status(r"^1/1 slots busy.*reload rejected: .*LOOP_INTERVAL")
+    assert len(starts(service.workspace)) == 1, "a rejected reload changed nothing"
+
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:3")
+    service.manager.systemctl("reload", UNIT)
+    service.wait_status(r"^3/3 slots busy, 1 queued, .* ok$")
+    service.wait(lambda: len(starts(service.workspace)) == 3, "two more runs")
+    assert service.show("MainPID", "NRestarts", "ActiveState") == {
+        "MainPID": pid, "NRestarts": "0", "ActiveState": "active"}, "reloaded in place, not restarted"
+
+
+def test_a_wedged_pass_ends_in_a_watchdog_restart(service: Service, fake: FakeTinyTask) -> None:
+    wedge = service.base / "wedge"
+    wedge.touch()
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:1", TINYSCHEDULER_PASS_TIMEOUT_SEC="2")
+    service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 0.2})
+    fake.create_task("after the restart", assigned_to="dev")
+    service.install(replace={"WatchdogSec": "2", "RestartSec": "3"},
+                    environment={"TINYSCHEDULER_TEST_WEDGE_FILE": str(wedge)})
+    service.manager.systemctl("start", UNIT)
+    first_pid = service.show("MainPID")["MainPID"]
+
+    # The first pass blocks on the wedge: pings stop after the pass timeout, systemd kills the
+    # daemon WatchdogSec later and waits RestartSec before starting it again.
+    service.wait(lambda: service.show("Result", "SubState") == {"Result": "watchdog", "SubState": "auto-restart"},
+                 "Result=watchdog, waiting to restart", timeout=20)
+    wedge.unlink()
+    service.wait(lambda: service.show("NRestarts", "ActiveState") == {"NRestarts": "1", "ActiveState": "active"},
+                 "the restart")
+    assert service.show("MainPID")["MainPID"] != first_pid
+    service.wait_status(r"last pass \d+\.\d\d s ok$")
+    service.wait(lambda: fake.tasks()[0]["status"] == "complete", "the task done after the restart")
+
+
+def test_stop_drains_the_runs_and_exits_cleanly(service: Service, fake: FakeTinyTask) -> None:
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:2", TINYSCHEDULER_SHUTDOWN_GRACE_SEC="30")
+    service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 3, "complete_task": True})
+    tasks = [fake.create_task(f"task {i}", assigned_to="dev") for i in range(2)]
+    service.install()
+    service.manager.systemctl("start", UNIT)
+    service.wait(lambda: len(starts(service.workspace)) == 2, "both runs started")
+
+    service.manager.systemctl("stop", UNIT)  # returns when the unit is down
+
+    ends = [r for r in service.workspace.records() if r["event"] == "end"]
+    assert sorted(r["exit"] for r in ends) == [0, 0], "the runs were allowed to finish, not stopped"
+    assert [fake.task(t["id"])["status"] for t in tasks] == ["complete", "complete"]
+    # Exit status 0, not 15: the daemon handled SIGTERM and exited itself, within TimeoutStopSec.
+    assert service.show("ActiveState", "Result", "ExecMainStatus") == {
+        "ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    assert service.workspace.leases() == []
+    assert processes_of(service.base) == []
