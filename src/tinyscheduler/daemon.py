@@ -32,7 +32,16 @@ import structlog
 from tinyscheduler import systemd
 from tinyscheduler.attempts import AttemptBook
 from tinyscheduler.config import ConfigError, LoadedSettings, Settings, redacted
-from tinyscheduler.leases import Lease, LeaseState, LeaseStore, Liveness, current_boot_id, probe, write_json_atomic
+from tinyscheduler.leases import (
+    Lease,
+    LeaseState,
+    LeaseStore,
+    Liveness,
+    current_boot_id,
+    probe,
+    processes_tagged,
+    write_json_atomic,
+)
 from tinyscheduler.lock import EXIT_LOCKED, InstanceLock, LockHeld, is_locked, read_holder
 from tinyscheduler.logs import EventLog, configure_logging
 from tinyscheduler.planner import LeaseDecision, Plan, PlanConfig, Snapshot, Verdict, judge_lease, plan
@@ -426,6 +435,8 @@ class Scheduler:
                     lease.pgid or lease.pid, lambda: probe(lease, self.boot_id) is not Liveness.ALIVE,
                     s.stop_grace_sec, log.bind(task_id=lease.task_id, agent=lease.agent, pid=lease.pid))
                 log.info("reclaim_stopped", task_id=lease.task_id, pid=lease.pid, signal=signal_used)
+            elif lease.pid is None:
+                await self._stop_unrecorded_runs(lease)
             client = await self._client()
             comment = (f"tinyscheduler: run on {self.host} (pid {lease.pid}, attempt {lease.attempt}) was reclaimed: "
                        f"{decision.reason}; the task is back in the queue")
@@ -444,6 +455,24 @@ class Scheduler:
         finally:
             self.reclaiming.discard(lease.task_id)
             self.wake()
+
+    async def _stop_unrecorded_runs(self, lease: Lease) -> None:
+        """Stop a run whose pid never reached its lease (the scheduler died right after spawning it).
+
+        Requeueing without this could start a second run of the task beside the orphan.
+        """
+        path = self.store.path(lease.task_id)
+        for pid, ticks in await anyio.to_thread.run_sync(processes_tagged, path):
+            found = lease.with_changes(pid=pid, start_ticks=ticks, boot_id=self.boot_id)
+            try:
+                group = os.getpgid(pid)
+            except ProcessLookupError:
+                continue
+            log.warning("orphan_found", task_id=lease.task_id, agent=lease.agent, pid=pid,
+                        reason="a run whose pid was never written to its lease; stopping it before requeueing")
+            await stop_process_group(group, lambda found=found: probe(found, self.boot_id) is not Liveness.ALIVE,
+                                     self.config.settings.stop_grace_sec,
+                                     log.bind(task_id=lease.task_id, agent=lease.agent, pid=pid))
 
     # --- systemd, signals, reload, shutdown ---------------------------------------------------------
 

@@ -335,3 +335,27 @@ def probe(lease: Lease, boot_id: str | None) -> Liveness:
     if lease.start_ticks is not None and ticks != lease.start_ticks:
         return Liveness.REUSED
     return Liveness.ALIVE
+
+
+def processes_tagged(lease_path: Path) -> list[tuple[int, int]]:
+    """(pid, start ticks) of live processes whose environment names this lease file.
+
+    Every run is started with TINYSCHEDULER_LEASE=<its lease path>, so a run whose pid never made
+    it into the lease (the scheduler died between spawn and the lease update) can still be found.
+    """
+    tag = f"TINYSCHEDULER_LEASE={lease_path}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                environ = handle.read() + b"\0"
+        except OSError:
+            continue  # gone, or not ours to read
+        if environ.startswith(tag) or b"\0" + tag in environ:
+            ticks = process_start_ticks(int(entry.name))
+            if ticks is not None:
+                found.append((int(entry.name), ticks))
+    return found
+

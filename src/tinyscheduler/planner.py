@@ -155,7 +155,10 @@ def judge_lease(lease: Lease, snapshot: Snapshot, config: PlanConfig) -> LeaseDe
         return decide(Verdict.FOREIGN, f"lease of host {lease.host}")
     if lease.task_id in snapshot.supervised:
         return decide(Verdict.KEEP, "supervised by this scheduler")
-    liveness = snapshot.liveness.get(lease.task_id, Liveness.DEAD)
+    liveness = snapshot.liveness.get(lease.task_id)
+    if liveness is None:
+        # Requeueing on a guess could start a second run beside a live one; wait for a probe.
+        return decide(Verdict.KEEP, "process not checked yet")
     if liveness is Liveness.NO_PROCESS:
         return decide(Verdict.REQUEUE, "lease written but its process never started")
     if liveness is Liveness.DEAD:

@@ -4,13 +4,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from harness import (
+    STANDIN,
     DaemonProcess,
     Workspace,
     kill_everything,
@@ -233,3 +236,37 @@ def test_lease_removed_by_hand_is_restored_while_its_process_runs(fake, workspac
     lease.unlink()
     wait_for(lease.exists, timeout=10, what="lease restored")
     assert any(e.get("event") == "lease_restored" for e in daemon.log_events())
+
+
+def test_run_whose_pid_never_reached_its_lease_is_found_and_stopped_before_the_task_runs_again(
+        fake, workspace, daemons):
+    """The daemon died between spawning goose and writing the pid into the lease."""
+    workspace.write_registry([("dev-a", "dev", 1)])
+    recipe = workspace.write_recipe("dev-a", {"mode": "hang"})
+    task = fake.create_task("interrupted start", queue_name="dev", assigned_to="dev-a")
+    fake_patch(fake, task["id"], status="working")
+    workspace.running_dir.mkdir(parents=True)
+    lease_path = workspace.running_dir / f"task_{task['id']}.json"
+    lease_path.write_text(json.dumps({
+        "task_id": task["id"], "agent": "dev-a", "pid": None, "recipe": "dev-a.yaml", "state": "starting",
+        "started_at": "2026-01-01T00:00:00Z", "heartbeat": "2026-01-01T00:00:00Z", "host": socket.gethostname(),
+        "owner": "previous-instance", "attempt": 1}))
+    env = workspace.daemon_env(TINYSCHEDULER_LEASE=str(lease_path), TINYTASK_ENDPOINT=fake.url)
+    orphan = subprocess.Popen([STANDIN, "run", "--recipe", str(recipe), "--params", f"task_id={task['id']}",
+                               "--params", "agent=dev-a", "--no-session"], env=env, cwd=workspace.base,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: any(r["event"] == "start" for r in workspace.records()), what="the orphan runs")
+    workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.2})
+
+    daemon = start_daemon(daemons, workspace, "--daemon")
+    wait_for(lambda: fake.task(task["id"])["status"] == "complete", timeout=60, what="the task runs again and completes")
+    assert orphan.wait(timeout=10) is not None
+    assert overlapping_runs_of_one_task(workspace.records()) == []
+    assert any(e.get("event") == "orphan_found" and e.get("pid") == orphan.pid for e in daemon.log_events())
+
+
+def fake_patch(fake: FakeTinyTask, task_id: int, **fields: object) -> None:
+    request = urllib.request.Request(f"{fake.url}/api/v1/tasks/{task_id}", data=json.dumps(fields).encode(),
+                                     method="PATCH", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 200

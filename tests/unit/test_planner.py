@@ -190,6 +190,14 @@ def test_lease_verdicts(kwargs: dict[str, Any], liveness: Liveness, supervised: 
     assert plan(s, cfg({"a": 1})).leases == (decision,)
 
 
+def test_lease_whose_process_was_not_probed_is_kept_not_requeued() -> None:
+    item = lease(9, "a", owner="instance-old", runtime=MAX_RUNTIME * 2)
+    s = Snapshot(now=NOW, host=HOST, instance_id=ME, leases=(item,))
+    decision = judge_lease(item, s, cfg({"a": 1}))
+    assert decision.verdict is Verdict.KEEP and "not checked" in decision.reason
+    assert slot(plan(s, cfg({"a": 1})), "a").busy == 1
+
+
 def test_reclaims_are_the_requeued_and_stopped_leases_only() -> None:
     leases = [
         lease(1, host="host-b"),
