@@ -294,7 +294,7 @@ class Scheduler:
     def _start_run(self, request: RunRequest) -> None:
         assert self._group is not None
         run = Run(request, self._run_policy(), client=self.client, leases=self.store, attempts=self.attempts,
-                  environ=systemd.scrubbed_environ(self.environ), on_event=self._on_run_event)
+                  environ=self.environ, on_event=self._on_run_event)
         self.runs[request.task_id] = run
         self._group.start_soon(self._supervise, run)
 

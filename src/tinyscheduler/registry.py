@@ -132,7 +132,7 @@ def recipe_path(agent: str, registry: Registry | None, settings: Settings) -> Pa
     """The recipe file of `agent`: its registry `recipe`, else `<agent>.yaml`, under recipes_dir."""
     entry = registry.entry(agent) if registry is not None else None
     name = entry.recipe if entry is not None and entry.recipe else f"{agent}.yaml"
-    problem = _escapes(name, settings.recipes_dir)
+    problem = recipe_problem(name, settings.recipes_dir)
     if problem:
         raise RegistryError([f"agent {agent!r}: recipe {name!r} {problem}"])
     return settings.recipes_dir / name
@@ -179,14 +179,15 @@ def _recipe(item: dict[str, Any], where: str, recipes_dir: Path, problems: list[
     if not isinstance(value, str) or not value.strip():
         problems.append(f"{where}.recipe: expected a file name, got {value!r}")
         return None
-    problem = _escapes(value, recipes_dir)
+    problem = recipe_problem(value, recipes_dir)
     if problem:
         problems.append(f"{where}.recipe: {value!r} {problem}")
         return None
     return value
 
 
-def _escapes(name: str, recipes_dir: Path) -> str | None:
+def recipe_problem(name: str, recipes_dir: Path) -> str | None:
+    """Why a recipe name may not be used (it leaves the recipes folder), or None."""
     if posixpath.isabs(name):
         return "is absolute; expected a path inside the recipes folder"
     normal = posixpath.normpath(name)

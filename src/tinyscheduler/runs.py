@@ -58,6 +58,8 @@ from typing import Any, TypeVar
 import structlog
 
 from tinyscheduler.attempts import AttemptBook, AttemptRecord
+from tinyscheduler.registry import recipe_problem
+from tinyscheduler.systemd import scrubbed_environ
 from tinyscheduler.leases import Lease, LeaseState, LeaseStore, process_start_ticks
 from tinyscheduler.outcomes import (
     TAIL_BYTES,
@@ -77,10 +79,6 @@ log = structlog.get_logger("tinyscheduler.runs")
 T = TypeVar("T")
 EventSink = Callable[[str, dict[str, Any]], None]
 
-#: Variables of the daemon's own systemd plumbing; a child that saw them could talk to systemd
-#: in the daemon's name (sd_notify) or try to use its sockets.
-SCRUBBED_PREFIXES = ("WATCHDOG_", "LISTEN_")
-SCRUBBED_NAMES = frozenset({"NOTIFY_SOCKET"})
 #: Never wait longer than this between two attempts to reach TinyTask for a report.
 REPORT_RETRY_MAX_SEC = 30.0
 
@@ -161,14 +159,12 @@ class RecipeError(ValueError):
 
 
 def recipe_path(recipes_dir: Path, recipe: str) -> Path:
-    """`recipes_dir/recipe`, refusing names that leave the folder or files that do not exist.
-
-    The check is on the name, not the resolved path: a recipe may be a symlink into a checkout.
-    """
-    relative = Path(recipe)
-    if not recipe or relative.is_absolute() or ".." in relative.parts:
-        raise RecipeError(f"recipe {recipe!r} is outside the recipes folder {recipes_dir}")
-    path = recipes_dir / relative
+    """`recipes_dir/recipe`, refusing names that leave the folder (the registry's rule) or files
+    that do not exist."""
+    problem = recipe_problem(recipe, recipes_dir) if recipe else "is empty"
+    if problem:
+        raise RecipeError(f"recipe {recipe!r} {problem}")
+    path = recipes_dir / recipe
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")
     return path
@@ -185,7 +181,7 @@ def goose_command(request: RunRequest, policy: RunPolicy) -> list[str]:
 def child_environment(
     base: Mapping[str, str], *, task_id: int, agent: str, attempt: int, lease_path: Path, endpoint: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k not in SCRUBBED_NAMES and not k.startswith(SCRUBBED_PREFIXES)}
+    env = scrubbed_environ(base)
     env.update(
         TINYSCHEDULER_TASK_ID=str(task_id),
         TINYSCHEDULER_AGENT=agent,

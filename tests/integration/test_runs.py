@@ -326,8 +326,8 @@ async def test_stop_request_requeues_without_counting_a_failure(bench: RunBench)
         ({"status": "working"}, "dev.yaml", "task is working, not idle"),
         ({"agent": "qa"}, "dev.yaml", "task is assigned to qa, not dev"),
         ({"tags": [FAILED_TAG]}, "dev.yaml", f"task is tagged {FAILED_TAG}"),
-        ({}, "../dev.yaml", "is outside the recipes folder"),
-        ({}, "/etc/passwd", "is outside the recipes folder"),
+        ({}, "../dev.yaml", "escapes the recipes folder"),
+        ({}, "/etc/passwd", "is absolute; expected a path inside the recipes folder"),
         ({}, "missing.yaml", "does not exist"),
     ],
 )

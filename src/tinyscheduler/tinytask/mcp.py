@@ -38,7 +38,7 @@ from tinyscheduler.tinytask._transport import (
     one_task,
     status_filter,
 )
-from tinyscheduler.tinytask.client import SCHEDULER_NAME, TinyTaskClient
+from tinyscheduler.tinytask.client import SCHEDULER_NAME
 from tinyscheduler.tinytask.errors import TaskNotFound, TinyTaskBadReply, TinyTaskError, TinyTaskRejected
 from tinyscheduler.tinytask.models import ServerFeatures, Task, TaskBatch, parse_tasks
 

@@ -1,52 +1,30 @@
 """The REST transport: TinyTask 2.x `/api/v1/...` over one pooled HTTP connection set."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from tinyscheduler.tinytask._transport import (
-    JsonHttp,
-    Sleep,
+    HttpClient,
     collect_pages,
     expect_dict,
     expect_list,
     one_task,
     status_filter,
 )
-from tinyscheduler.tinytask.client import SCHEDULER_NAME, TinyTaskClient
+from tinyscheduler.tinytask.client import SCHEDULER_NAME
 from tinyscheduler.tinytask.errors import TaskNotFound, TinyTaskBadReply
 from tinyscheduler.tinytask.models import ServerFeatures, Task, TaskBatch, parse_tasks
 
 TASKS = "/api/v1/tasks"
 
 
-class RestClient(TinyTaskClient):
+class RestClient(HttpClient):
     """TinyTask over REST. Retries connection errors, timeouts and 5xx; never retries a 4xx."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 15.0,
-        retries: int = 3,
-        backoff_base: float = 0.2,
-        sleep: Sleep = asyncio.sleep,
-        page_size: int = 500,
-    ) -> None:
-        if page_size < 1:
-            raise ValueError(f"page_size must be at least 1, got {page_size}")
-        self._api = JsonHttp(
-            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
-            retries=retries, backoff_base=backoff_base, sleep=sleep,
-        )
-        self._page_size = page_size
-        self.base_url = self._api.base_url
+    def __init__(self, base_url: str, **options: Any) -> None:
+        super().__init__(base_url, **options)
         self.features = ServerFeatures(protocol="rest")
-
-    async def aclose(self) -> None:
-        await self._api.aclose()
 
     async def health(self) -> dict[str, Any]:
         return expect_dict(await self._api.request("GET", "/health"), "GET /health")
