@@ -117,7 +117,7 @@ class Scheduler:
         self.boot_id = current_boot_id()
         self.store = LeaseStore(s.running_dir, s.quarantine_dir)
         self.attempts = AttemptBook(s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec)
-        self.events = EventLog(s.log_dir)
+        self.events = EventLog(s.log_dir, keep_days=s.log_keep_days)
         self.notifier = systemd.Notifier.from_environ(self.environ)
         # The tick loop must also keep coming back: a loop that stopped passing is as stuck as a pass.
         self.gate = systemd.WatchdogGate(
@@ -152,6 +152,8 @@ class Scheduler:
             log.info("started", pid=os.getpid(), instance=self.instance_id, host=self.host,
                      mode="once" if self.once else "daemon", limits=self.config.limits,
                      registry=str(s.agent_control_file) if self.config.registry else None)
+            for unknown in self.config.loaded.unknown_keys:
+                log.warning("unknown_setting", where=unknown, reason="not a TinyScheduler setting (a typo?); ignored")
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with anyio.create_task_group() as group:
                     self._group = group
@@ -302,6 +304,8 @@ class Scheduler:
         try:
             result = await run.execute()
             self._count(f"runs_{result.outcome}")
+            if result.spawn_failed:
+                self._count("spawn_errors")
         except Exception:  # a bug in one run must not take the others down
             log.exception("run_crashed", task_id=run.task_id, agent=run.agent)
             self._count("runs_crashed")
@@ -529,6 +533,10 @@ class Scheduler:
         self.config = fresh
         s = fresh.settings
         configure_logging(s.log_level, s.log_format, s.log_dir, s.log_keep_days)
+        self.attempts.max_attempts = s.max_attempts
+        self.attempts.retry_base_sec = s.retry_base_sec
+        if s.log_dir != old.settings.log_dir:
+            self.events = EventLog(s.log_dir, keep_days=s.log_keep_days)
         for name, (before, after) in changes.items():
             log.info("setting_changed", setting=name, old=redacted(name, before), new=redacted(name, after))
         log.info("reloaded", changed=len(changes))
@@ -567,9 +575,11 @@ class Scheduler:
 
     def _publish(self, report: PassReport) -> None:
         s = self.config.settings
-        error = report.error or (f"reload rejected: {self.reload_error}" if self.reload_error else None)
-        self.notifier.status(systemd.status_line(report.busy, report.slots, report.queued, report.blocked,
-                                                 report.duration_sec, error))
+        line = systemd.status_line(report.busy, report.slots, report.queued, report.blocked,
+                                   report.duration_sec, report.error)
+        if self.reload_error:
+            line += f"; reload rejected, previous configuration kept: {self.reload_error}"
+        self.notifier.status(line)
         data = asdict(report) | {"pid": os.getpid(), "instance": self.instance_id, "host": self.host,
                                  "reload_error": self.reload_error,
                                  "env_file": str(self.config.loaded.env_file) if self.config.loaded.env_file else None,
