@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,14 @@ def daemons() -> Iterator[list[DaemonProcess]]:
         daemon.kill()
 
 
+def wait_showing(daemon: DaemonProcess, predicate: Callable[[], Any], what: str) -> Any:
+    """wait_for, with the daemon's output in the failure message."""
+    try:
+        return wait_for(predicate, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; daemon output:\n{daemon.output()[-4000:]}") from None
+
+
 def status(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tinyscheduler", "status", *args], cwd=workspace.base,
                           env=workspace.daemon_env(), capture_output=True, text=True, timeout=30)
@@ -64,10 +72,11 @@ def test_status_of_a_running_daemon_shows_holder_slots_leases_last_pass_and_prob
                            env=workspace.daemon_env(TINYSCHEDULER_MAX_ATTEMPTS="1")).start()
     daemons.append(daemon)
     lease = workspace.running_dir / f"task_{long['id']}.json"
-    wait_for(lambda: lease.exists() and json.loads(lease.read_text()).get("pid"), what="a run with a pid")
-    wait_for(lambda: "tinyscheduler:failed" in fake.task(doomed["id"])["tags"], what="the failing task given up")
+    wait_showing(daemon, lambda: lease.exists() and json.loads(lease.read_text()).get("pid"), "a run with a pid")
+    wait_showing(daemon, lambda: "tinyscheduler:failed" in fake.task(doomed["id"])["tags"], "the task given up")
     (workspace.running_dir / "task_999.json").write_text("{not json")
-    wait_for(lambda: list((workspace.base / "state" / "quarantine").glob("task_999.json.*")), what="quarantine")
+    wait_showing(daemon, lambda: list((workspace.base / "state" / "quarantine").glob("task_999.json.*")),
+                 "the bad lease file quarantined")
 
     data = status_json(workspace)
     assert data["daemon"]["running"] is True
