@@ -110,4 +110,9 @@ def logs_command(loaded: LoadedSettings, *, task_id: int, attempt: int | None, f
         return 1
     except KeyboardInterrupt:  # Ctrl-C ends a follow; that is not an error
         return 0
+    except BrokenPipeError:
+        # `logs ID | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0

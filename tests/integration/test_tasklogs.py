@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,3 +87,13 @@ def test_follow_starts_over_when_the_log_cap_cut_the_file(tmp_path):
     log.write_bytes(b"[tinyscheduler: log capped]\ntail\n")  # shorter than what was read: a cut
     copy_new(log, offset, out)
     assert out.getvalue() == b"a" * 100 + b"\n[tinyscheduler: log capped]\ntail\n"
+
+
+def test_logs_piped_into_head_ends_quietly(tmp_path):
+    log = tmp_path / "state" / "logs" / "tasks" / "42"
+    log.mkdir(parents=True)
+    (log / "1.log").write_text("".join(f"line {n}\n" for n in range(200_000)))
+    result = subprocess.run(["bash", "-o", "pipefail", "-c",
+                             f"{shlex.quote(sys.executable)} -m tinyscheduler --base-path {tmp_path} logs 42 | head -1"],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "line 0\n", "")
