@@ -93,7 +93,6 @@ def test_logs_piped_into_head_ends_quietly(tmp_path):
     log = tmp_path / "state" / "logs" / "tasks" / "42"
     log.mkdir(parents=True)
     (log / "1.log").write_text("".join(f"line {n}\n" for n in range(200_000)))
-    result = subprocess.run(["bash", "-o", "pipefail", "-c",
-                             f"{shlex.quote(sys.executable)} -m tinyscheduler --base-path {tmp_path} logs 42 | head -1"],
-                            capture_output=True, text=True, timeout=30)
+    command = f"{shlex.quote(sys.executable)} -m tinyscheduler --base-path {tmp_path} logs 42 | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stdout, result.stderr) == (0, "line 0\n", "")
