@@ -9,8 +9,9 @@ the daemon gives up and tags it `tinyscheduler:failed`. Task tags `standin:<mode
 tell the stand-in what to do per task.
 
 The demo stops the daemon the way systemd does, with SIGTERM, so the daemon drains through its
-own shutdown path. Ctrl-C reaches the daemon's SIGINT handler: runs in flight are stopped with the
-stop ladder and their tasks requeued before the demo exits (130). Either way no process is left:
+own shutdown path. Ctrl-C reaches the daemon's SIGINT handler: runs in flight get a short shutdown
+grace period, the rest are stopped with the stop ladder and their tasks requeued, and the demo
+exits 130. Either way no process is left:
 the daemon reaps its runs, and the demo checks for stragglers before it removes its folder.
 """
 from __future__ import annotations
@@ -187,6 +188,7 @@ class Demo:
         self._serving = False
         self._drawn = 0
         self._last_line = ""
+        self._daemon_log: TextIO | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -208,7 +210,7 @@ class Demo:
 
     def close(self) -> None:
         self.fake.stop()
-        if hasattr(self, "_daemon_log"):
+        if self._daemon_log is not None:
             self._daemon_log.close()
 
     # --- running --------------------------------------------------------------------------------
@@ -297,13 +299,16 @@ class Demo:
             return
         width = 30
         bar = "#" * round(width * p.done / p.total) + "x" * round(width * p.failed / p.total)
-        lines = [f"{elapsed}  [{bar.ljust(width, '.')}]  {p.line()}", ""]
+        lines = [f"{elapsed}  {p.line()}", f"        [{bar.ljust(width, '.')}]", ""]
         rows = []
         for agent in AGENTS:
             busy = p.busy.get(agent.name, 0)
             rows.append([agent.name, agent.queue, "#" * busy + "." * max(0, agent.slots - busy),
                          f"{busy}/{agent.slots}", p.finished_by.get(agent.name, 0)])
         lines += table(["agent", "queue", "slots", "busy", "done"], rows)
+        # A wrapped line would throw off the count of lines to move up over: cut to the width.
+        columns = shutil.get_terminal_size().columns - 1
+        lines = [line[:columns] for line in lines]
         # Move up over the previous block and clear it, then draw the new one in its place.
         rewind = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
         self.out.write(rewind + "\n".join(lines) + "\n")

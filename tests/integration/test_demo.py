@@ -96,3 +96,12 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
     assert "Interrupted after" in text and "Traceback" not in text, text
     assert not Path(folder).exists(), "the demo folder is removed without --keep"
     assert processes_mentioning(folder) == []
+
+
+def test_too_few_tasks_is_a_usage_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "demo", "--tasks", "2"], cwd=tmp_path,
+                            env=demo_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("tinyscheduler: --tasks 2: expected 5 to 500 "
+                                     "(the demo's special cases need five tasks)")
+    assert list(tmp_path.iterdir()) == []
