@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from tinyscheduler.attempts import AttemptRecord
 from tinyscheduler.config import LoadedSettings, Settings
-from tinyscheduler.leases import Lease, LeaseStore, current_boot_id, probe
+from tinyscheduler.leases import Lease, LeaseScan, LeaseStore, current_boot_id, probe
 from tinyscheduler.lock import is_locked, read_holder
 from tinyscheduler.planner import PlanConfig, Snapshot, Verdict, judge_lease
 from tinyscheduler.registry import RegistryError, effective_limits, load_registry
@@ -70,7 +70,10 @@ class DaemonInfo:
 
 
 def daemon_info(lock_file: Path) -> DaemonInfo:
-    running = is_locked(lock_file)
+    try:
+        running = is_locked(lock_file)
+    except OSError:
+        running = False  # unreadable lock file: say what it claims, if anything, below
     holder = read_holder(lock_file) if lock_file.exists() else None
     match = _HOLDER.fullmatch(holder or "")
     if match is None:
@@ -128,12 +131,19 @@ def collect(settings: Settings, *, now: datetime | None = None) -> Status:
     })
     _read_last_pass(settings, status, now)
     store = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True)
-    scan = store.scan()
+    try:
+        scan = store.scan()
+        quarantined = store.quarantined_files()
+    except OSError as exc:
+        # Typically the state folder is private to the scheduler's user (0700).
+        status.problems.append(f"cannot read {exc.filename or settings.running_dir}: {exc.strerror}; "
+                               "run status as the scheduler's user")
+        scan, quarantined = LeaseScan((), ()), []
     _judge_leases(settings, status, scan.leases, now)
     for bad in scan.quarantined:
         status.quarantined.append({"file": str(bad.original), "reason": bad.reason, "moved": False})
         status.problems.append(f"bad lease file {bad.original}: {bad.reason} (the daemon moves it to quarantine)")
-    for path in store.quarantined_files():
+    for path in quarantined:
         reason = _quarantine_reason(path)
         status.quarantined.append({"file": str(path), "reason": reason, "moved": True})
         status.problems.append(f"quarantined lease file {path}: {reason}")

@@ -138,3 +138,13 @@ def test_status_of_an_empty_folder_is_calm(workspace):
     assert result.returncode == 0, result.stderr
     assert "not running" in result.stdout and "No problems found." in result.stdout
     assert sorted(p.name for p in workspace.base.iterdir()) == [], "status created files"
+
+
+def test_status_reports_a_lease_folder_it_cannot_read(workspace):
+    # As root a 0700 folder of another user is still readable, so a file where the folder should be
+    # stands in for "cannot read the lease folder".
+    (workspace.base / "state").mkdir()
+    (workspace.base / "state" / "running").write_text("not a folder")
+    data = status_json(workspace)
+    assert any("cannot read" in p and "state/running" in p for p in data["problems"]), data["problems"]
+    assert data["leases"] == []
