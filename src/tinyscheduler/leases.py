@@ -89,10 +89,12 @@ def _moment(value: Any, field: str) -> datetime:
     raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
 
 
-def _int(data: dict[str, Any], field: str, *, optional: bool) -> int | None:
+def _int(data: dict[str, Any], field: str, *, optional: bool, digits_ok: bool = False) -> int | None:
     value = data.get(field)
     if value is None and optional:
         return None
+    if digits_ok and isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise LeaseFormatError(f"field {field}: expected an integer, got {value!r}")
     return value
@@ -121,7 +123,8 @@ def lease_from_json(data: Any) -> Lease:
     started_at = _moment(data.get("started_at"), "started_at")
     heartbeat = _moment(data["heartbeat"], "heartbeat") if data.get("heartbeat") is not None else started_at
     return Lease(
-        task_id=_int(data, "task_id", optional=False),  # type: ignore[arg-type]
+        # The original scheduler wrote the task id as a JSON string ("42").
+        task_id=_int(data, "task_id", optional=False, digits_ok=True),  # type: ignore[arg-type]
         agent=_str(data, "agent", optional=False),  # type: ignore[arg-type]
         pid=_int(data, "pid", optional=True),
         recipe=_str(data, "recipe", optional=True, default="") or "",

@@ -197,10 +197,16 @@ def test_minimal_lease_defaults() -> None:
     assert lease.host  # this host's name
 
 
+def test_original_lease_with_the_task_id_as_a_string_is_read() -> None:
+    lease = lease_from_json(ORIGINAL | {"task_id": "42"})
+    assert lease.task_id == 42
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"task_id": "12"}, "task_id"),
+        ({"task_id": "twelve"}, "task_id"),
+        ({"task_id": "-12"}, "task_id"),
         ({"task_id": True}, "task_id"),
         ({"agent": None}, "agent"),
         ({"agent": 5}, "agent"),
