@@ -101,7 +101,13 @@ async def gather(
     not_before: Mapping[int, datetime] | None = None,
 ) -> Gathered:
     scan = await anyio.to_thread.run_sync(store.scan)
-    liveness: dict[int, Liveness] = {lease.task_id: probe(lease, boot_id) for lease in scan.leases}
+    # The planner reads the liveness of this host's leases that no run of ours supervises, and no
+    # other: probing the rest (one /proc read per run in flight) would be wasted work every pass.
+    liveness: dict[int, Liveness] = {
+        lease.task_id: probe(lease, boot_id)
+        for lease in scan.leases
+        if lease.host == host and lease.task_id not in supervised
+    }
     fetches = await fetch_tasks(client, config)
     snapshot = Snapshot(
         now=now,
