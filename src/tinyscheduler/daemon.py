@@ -508,10 +508,16 @@ class Scheduler:
                             reason="second stop signal: runs are stopped now, without waiting")
                 self._hurry.set()
             else:
-                log.info("stopping", signal=signal.Signals(signum).name, runs=len(self.runs))
-                self.stopping = True
-                self.notifier.stopping()
-                self.wake()
+                self.request_stop(signal.Signals(signum).name)
+
+    def request_stop(self, cause: str = "request") -> None:
+        """Stop as on SIGTERM: no new runs, drain the running ones, then return from serve()."""
+        if self.stopping:
+            return
+        log.info("stopping", cause=cause, runs=len(self.runs))
+        self.stopping = True
+        self.notifier.stopping()
+        self.wake()
 
     async def reload(self) -> None:
         self.notifier.reloading()

@@ -8,8 +8,8 @@ a chain of blockers, a task that fails once and then succeeds, and one that keep
 the daemon gives up and tags it `tinyscheduler:failed`. Task tags `standin:<mode>[:<seconds>]`
 tell the stand-in what to do per task.
 
-The demo stops the daemon the way systemd does, with SIGTERM, so the daemon drains through its
-own shutdown path. Ctrl-C reaches the daemon's SIGINT handler: runs in flight get a short shutdown
+The demo stops the daemon through `Scheduler.request_stop()`, the same shutdown path as SIGTERM,
+so the daemon drains as it would under systemd. Ctrl-C reaches the daemon's SIGINT handler: runs in flight get a short shutdown
 grace period, the rest are stopped with the stop ladder and their tasks requeued, and the demo
 exits 130. Either way no process is left:
 the daemon reaps its runs, and the demo checks for stragglers before it removes its folder.
@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import anyio
 import psutil
@@ -41,6 +40,9 @@ from tinyscheduler.leases import LeaseStore
 from tinyscheduler.logs import configure_logging
 from tinyscheduler.status import format_age, table
 from tinyscheduler.tinytask.models import FAILED_TAG
+
+if TYPE_CHECKING:
+    from tinyscheduler.daemon import Scheduler
 
 DEFAULT_TASKS = 30
 #: The special tasks (a chain of three blockers, fail-once, keeps-failing) need five.
@@ -185,7 +187,6 @@ class Demo:
         self.loaded: LoadedSettings | None = None
         self.began = time.monotonic()
         self.stopped_by_demo = False
-        self._serving = False
         self._drawn = 0
         self._last_line = ""
         self._daemon_log: TextIO | None = None
@@ -227,26 +228,22 @@ class Demo:
         scheduler = Scheduler(self.loaded, environ=environ)
         timeout = max(50.0, 2.0 * self.count)
         async with anyio.create_task_group() as group:
-            group.start_soon(self._watch, timeout)
-            self._serving = True
+            group.start_soon(self._watch, scheduler, timeout)
             code = await scheduler.serve()
-            self._serving = False
             group.cancel_scope.cancel()
         self._draw(self.progress())
         return code
 
-    async def _watch(self, timeout: float) -> None:
+    async def _watch(self, scheduler: Scheduler, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             progress = await anyio.to_thread.run_sync(self.progress)
             self._draw(progress)
-            if self._serving and (progress.settled or time.monotonic() > deadline):
+            if progress.settled or time.monotonic() > deadline:
                 if not progress.settled:
                     self._say(f"demo: not finished after {timeout:.0f}s; stopping the daemon")
                 self.stopped_by_demo = True
-                # Stop the daemon as systemd would: its SIGTERM handler drains and returns from serve().
-                # Only while serve() runs (checked with no await since): afterwards SIGTERM would kill us.
-                os.kill(os.getpid(), signal.SIGTERM)
+                scheduler.request_stop("the demo is done")
                 return
             await anyio.sleep(REFRESH_SEC)
 
