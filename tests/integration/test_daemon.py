@@ -8,15 +8,12 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
 
 from harness import (
     STANDIN,
     DaemonProcess,
     Workspace,
-    kill_everything,
     max_concurrency,
     overlapping_runs_of_one_task,
     processes_of,
@@ -25,27 +22,6 @@ from harness import (
 from tinyscheduler.fake_tinytask import FakeTinyTask
 
 AGENTS = [("dev-a", "dev", 2), ("dev-b", "dev", 1), ("qa-a", "qa", 2), ("ops-a", "ops", 1), ("ops-b", "ops", 2)]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTinyTask]:
-    with FakeTinyTask() as server:
-        yield server
-
-
-@pytest.fixture
-def workspace(tmp_path, fake) -> Iterator[Workspace]:
-    ws = Workspace(tmp_path, fake.url)
-    yield ws
-    kill_everything(tmp_path)
-
-
-@pytest.fixture
-def daemons(workspace) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def start_daemon(daemons: list[DaemonProcess], workspace: Workspace, *args: str, **env: str) -> DaemonProcess:

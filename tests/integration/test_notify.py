@@ -16,8 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import DaemonProcess, Workspace, kill_everything, max_concurrency, wait_for
-from tinyscheduler.fake_tinytask import FakeTinyTask
+from harness import DaemonProcess, max_concurrency, wait_for
 
 
 class NotifyListener:
@@ -60,19 +59,6 @@ class NotifyListener:
         self._stop.set()
         self._thread.join()
         self.sock.close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTinyTask]:
-    with FakeTinyTask() as server:
-        yield server
-
-
-@pytest.fixture
-def workspace(tmp_path, fake) -> Iterator[Workspace]:
-    ws = Workspace(tmp_path / "base", fake.url)
-    yield ws
-    kill_everything(ws.base)
 
 
 @pytest.fixture

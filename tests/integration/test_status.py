@@ -5,36 +5,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pytest
 
-from harness import DaemonProcess, Workspace, kill_everything, wait_for
-from tinyscheduler.fake_tinytask import FakeTinyTask
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTinyTask]:
-    with FakeTinyTask() as server:
-        yield server
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, fake: FakeTinyTask) -> Iterator[Workspace]:
-    ws = Workspace(tmp_path, fake.url)
-    yield ws
-    kill_everything(tmp_path)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
+from harness import DaemonProcess, Workspace, wait_for
 
 
 def wait_showing(daemon: DaemonProcess, predicate: Callable[[], Any], what: str) -> Any:

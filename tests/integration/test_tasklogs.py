@@ -6,26 +6,11 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from harness import DaemonProcess, Workspace, kill_everything, wait_for
-from tinyscheduler.fake_tinytask import FakeTinyTask
+from harness import DaemonProcess, Workspace, wait_for
 from tinyscheduler.tasklogs import copy_new
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTinyTask]:
-    with FakeTinyTask() as server:
-        yield server
-
-
-@pytest.fixture
-def workspace(tmp_path: Path, fake: FakeTinyTask) -> Iterator[Workspace]:
-    ws = Workspace(tmp_path, fake.url)
-    yield ws
-    kill_everything(tmp_path)
 
 
 @pytest.fixture
