@@ -254,3 +254,7 @@ class HttpClient(TinyTaskClient):
     async def aclose(self) -> None:
         await self._api.aclose()
 
+    async def health(self) -> dict[str, Any]:
+        # Both servers serve /health over plain HTTP, whichever protocol carries the tasks.
+        return expect_dict(await self._api.request("GET", "/health"), "GET /health")
+

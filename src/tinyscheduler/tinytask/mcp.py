@@ -177,9 +177,6 @@ class _McpClient(HttpClient):
 
     # --- the interface -------------------------------------------------------------------------
 
-    async def health(self) -> dict[str, Any]:
-        return expect_dict(await self._api.request("GET", "/health"), "GET /health")
-
     async def list_queues(self) -> list[str]:
         self._require_queues()
         reply = expect_dict(await self._tool("list_queues", {}), "MCP list_queues")

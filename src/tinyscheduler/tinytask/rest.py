@@ -26,9 +26,6 @@ class RestClient(HttpClient):
         super().__init__(base_url, **options)
         self.features = ServerFeatures(protocol="rest")
 
-    async def health(self) -> dict[str, Any]:
-        return expect_dict(await self._api.request("GET", "/health"), "GET /health")
-
     async def list_queues(self) -> list[str]:
         endpoint = "GET /api/v1/queues"
         queues = expect_list(await self._api.request("GET", "/api/v1/queues"), endpoint)
