@@ -100,6 +100,8 @@ def test_ready_status_stopping_and_no_systemd_variables_for_goose(fake, workspac
     environ = psutil.Process(pid).environ()
     assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS"} & set(environ)
     assert environ["TINYSCHEDULER_TASK_ID"] == str(hanging["id"]) and environ["GOOSE_MODE"] == "auto"
+    lock = workspace.base / "state" / "tinyscheduler.lock"
+    assert str(lock) not in {f.path for f in psutil.Process(pid).open_files()}, "goose never holds the daemon's lock"
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
