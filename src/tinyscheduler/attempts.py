@@ -168,10 +168,10 @@ class AttemptBook:
             # A broken history must not stop the daemon; keep the file for a person, start afresh.
             aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
             if self.read_only:
-                log.error("attempt history unreadable; ignoring it", path=str(self.path), reason=str(exc))
+                log.error("attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=str(exc))
                 return {}
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
-            log.error("attempt history unreadable; starting empty", path=str(self.path), moved_to=str(aside),
+            log.error("attempt_history_unreadable", action="starting empty", path=str(self.path), moved_to=str(aside),
                       reason=str(exc))
             return {}

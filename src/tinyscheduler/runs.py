@@ -243,7 +243,7 @@ async def stop_process_group(
         except ProcessLookupError:
             break
         last = sig.name
-        log.info("stop signal sent", signal=last, pgid=pgid, grace=grace)
+        log.info("stop_signal", signal=last, pgid=pgid, grace=grace)
         # After SIGKILL only the kernel can be slow (e.g. a process in uninterruptible sleep).
         if await _wait_until(is_gone, max(grace, 5.0) if sig is signal.SIGKILL else grace, poll_sec):
             break
@@ -302,7 +302,7 @@ class RunLog:
             with open(self.path, "ab") as handle:
                 handle.write(text.encode())
         except OSError as exc:
-            log.warning("cannot write the run log", path=str(self.path), reason=str(exc))
+            log.warning("run_log_write_failed", path=str(self.path), reason=str(exc))
 
     def cap(self) -> None:
         if self.max_bytes <= 0 or self.size() <= self.max_bytes:
@@ -310,7 +310,7 @@ class RunLog:
         try:
             self._cut()
         except OSError as exc:
-            log.warning("cannot cap the run log", path=str(self.path), reason=str(exc))
+            log.warning("run_log_cap_failed", path=str(self.path), reason=str(exc))
 
     def _cut(self) -> None:
         # Keep half the cap so a flood is rewritten once per max_bytes/2 of output, not on every check.
@@ -346,7 +346,7 @@ class RunLog:
                 handle.seek(max(self.start, size - TAIL_BYTES))
                 return handle.read().decode("utf-8", errors="replace")
         except OSError as exc:
-            log.warning("cannot read the run log", path=str(self.path), reason=str(exc))
+            log.warning("run_log_read_failed", path=str(self.path), reason=str(exc))
             return ""
 
 
@@ -491,7 +491,7 @@ class Run:
         try:
             process = self._spawn(command)
         except OSError as exc:
-            self._log.error("goose could not be started", reason=str(exc), command=shlex.join(command))
+            self._log.error("spawn_failed", reason=str(exc), command=shlex.join(command))
             return await self._roll_back(f"spawn failed: {exc}", spawn_failed=True)
         return await self._supervise_and_report(process)
 
@@ -506,7 +506,7 @@ class Run:
             return f"task is tagged {FAILED_TAG}"
         if self.attempts.gave_up(self.task_id):
             # The tag is gone, so a person removed it: a fresh budget of attempts.
-            self._log.info("failed tag removed by a person; attempt history reset")
+            self._log.info("failed_tag_removed", reason="a person removed the tag; attempt history reset")
             self.attempts.forget(self.task_id)
         not_before = self.attempts.not_before(self.task_id)
         if not_before is not None and self.clock() < not_before:
@@ -521,7 +521,7 @@ class Run:
             return self._not_started(f"cannot complete the task of an earlier successful run: {exc}")
         self.attempts.record_success(self.task_id)
         reason = "completed from an earlier successful run whose report had not reached TinyTask"
-        self._log.info("task completed", outcome=Outcome.SUCCEEDED.value, reason=reason)
+        self._log.info("task_completed", outcome=Outcome.SUCCEEDED.value, reason=reason)
         return RunResult(self.task_id, self.agent, self._attempt, Outcome.SUCCEEDED, reason, report=Report.COMPLETED)
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
@@ -560,7 +560,7 @@ class Run:
             start_ticks=process_start_ticks(process.pid),
         )
         self._write_lease()
-        self._log.info("run started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
+        self._log.info("run_started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
         self._emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
 
         end = await self._supervise(process, began)
@@ -570,7 +570,7 @@ class Run:
         report = await self._report(verdict, end)
         if report is not Report.UNREPORTED:
             self.leases.remove(self.task_id)
-        self._log.info("run finished", pid=process.pid, attempt=self._attempt, outcome=verdict.outcome.value,
+        self._log.info("run_finished", pid=process.pid, attempt=self._attempt, outcome=verdict.outcome.value,
                        reason=verdict.detail, duration=round(end.duration_sec, 3), report=report.value)
         self._emit("finished", pid=process.pid, attempt=self._attempt, outcome=verdict.outcome.value,
                    reason=verdict.detail, duration=end.duration_sec, report=report.value,
@@ -632,7 +632,7 @@ class Run:
 
     def _start_ladder(self, process: subprocess.Popen[bytes], cause: StopCause) -> asyncio.Task[str]:
         assert self._lease is not None
-        self._log.warning("stopping the run", pid=process.pid, attempt=self._attempt, reason=cause.value)
+        self._log.warning("run_stopping", pid=process.pid, attempt=self._attempt, reason=cause.value)
         self._lease = self._lease.with_changes(state=LeaseState.STOPPING)
         self._write_lease()
         return asyncio.create_task(stop_process_group(
@@ -653,7 +653,7 @@ class Run:
         try:
             self.leases.write(self._lease)
         except OSError as exc:
-            self._log.error("cannot write the lease", reason=str(exc))
+            self._log.error("lease_write_failed", reason=str(exc))
 
     # --- telling TinyTask -------------------------------------------------------------------------
 
@@ -666,7 +666,7 @@ class Run:
                 if not written:
                     return self._left_alone(found, succeeded=True)
                 self.attempts.record_success(self.task_id)
-                self._log.info("task completed", attempt=self._attempt)
+                self._log.info("task_completed", attempt=self._attempt)
                 return Report.COMPLETED
             if end.stopped_by is StopCause.REQUEST:
                 written, found = await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
@@ -679,7 +679,7 @@ class Run:
         except _Unreachable:
             if verdict.outcome is not Outcome.SUCCEEDED and end.stopped_by is not StopCause.REQUEST:
                 self._count_failure(verdict)
-            self._log.error("TinyTask unreachable: outcome not reported; lease left for the recovery",
+            self._log.error("outcome_unreported", reason="TinyTask unreachable; lease left for the recovery",
                             outcome=verdict.outcome.value, attempt=self._attempt)
             return Report.UNREPORTED
 
@@ -697,12 +697,12 @@ class Run:
         await self._comment(deadline, attempt_comment(self._attempt, self.policy.max_attempts, verdict,
                                                       str(self.log_path)))
         if not record.gave_up:
-            self._log.info("task requeued for a retry", attempt=self._attempt, outcome=verdict.outcome.value,
+            self._log.info("task_requeued", reason="retry after backoff", attempt=self._attempt, outcome=verdict.outcome.value,
                            not_before=record.not_before.isoformat() if record.not_before else None)
             self._emit("requeued", attempt=self._attempt, reason=verdict.detail)
             return Report.REQUEUED
         await self._comment(deadline, gave_up_comment(record.failures, FAILED_TAG))
-        self._log.warning("giving up on the task", attempt=self._attempt, outcome=verdict.outcome.value)
+        self._log.warning("gave_up", attempt=self._attempt, outcome=verdict.outcome.value)
         self._emit("gave_up", attempt=self._attempt, failures=record.failures, reason=verdict.detail)
         return Report.GAVE_UP
 
@@ -715,13 +715,15 @@ class Run:
         if succeeded and found is not None and found.status == "idle" and found.assigned_to == self.agent:
             # Requeued (by the recovery or a person) before our report got through: keep the held
             # success, so the next claim completes the task instead of running the agent again.
-            self._log.info("task requeued before the success was reported; it completes at its next claim",
+            self._log.info("success_held",
+                           reason="requeued before the success was reported; completes at its next claim",
                            attempt=self._attempt)
             return Report.LEFT_ALONE
         # Completed, transferred or reassigned by someone else: their word stands, and our history
         # of this task (a held success included) no longer applies.
         self.attempts.forget(self.task_id)
-        self._log.info("task changed while the run was going; left as it is", attempt=self._attempt)
+        self._log.info("task_left_alone", attempt=self._attempt,
+                       reason="completed, transferred or reassigned by someone else during the run")
         return Report.LEFT_ALONE
 
     async def _patch_if_ours(
@@ -731,7 +733,7 @@ class Run:
             return await self._retrying(
                 lambda: patch_if_ours(self.client, self.task_id, self.agent, fields_for), deadline)
         except TinyTaskRejected as exc:  # e.g. deleted meanwhile: not ours to write any more
-            self._log.warning("TinyTask refused the report", reason=str(exc))
+            self._log.warning("report_refused", reason=str(exc))
             return False, None
 
     async def _comment(self, deadline: float, text: str) -> None:
@@ -739,7 +741,7 @@ class Run:
         try:
             await self._retrying(lambda: self.client.add_comment(self.task_id, text), deadline)
         except (_Unreachable, TinyTaskRejected) as exc:
-            self._log.warning("comment not posted", comment=text, reason=str(exc) or "TinyTask unreachable")
+            self._log.warning("comment_not_posted", comment=text, reason=str(exc) or "TinyTask unreachable")
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], deadline: float) -> T:
         """`call` until it succeeds; refusals propagate, unreachability retries until the deadline."""
@@ -753,7 +755,7 @@ class Run:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise _Unreachable() from exc
-                self._log.warning("TinyTask unreachable; retrying the report", reason=str(exc),
+                self._log.warning("report_retrying", reason=str(exc),
                                   retry_in=round(min(wait, remaining), 2))
                 await asyncio.sleep(min(wait, remaining))
                 wait = min(wait * 2, REPORT_RETRY_MAX_SEC)
@@ -766,14 +768,14 @@ class Run:
         try:
             await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
         except _Unreachable:
-            self._log.error("TinyTask unreachable: task may stay working; lease left for the recovery",
-                            reason=reason)
+            self._log.error("rollback_unreported", reason=reason,
+                            detail="TinyTask unreachable: the task may stay working; lease left for the recovery")
         else:
             self.leases.remove(self.task_id)
         return self._not_started(reason, spawn_failed=spawn_failed)
 
     def _not_started(self, reason: str, *, spawn_failed: bool = False) -> RunResult:
-        self._log.info("run not started", reason=reason, attempt=self._attempt)
+        self._log.info("run_not_started", reason=reason, attempt=self._attempt)
         return RunResult(self.task_id, self.agent, self._attempt, Outcome.NOT_STARTED, reason,
                          spawn_failed=spawn_failed)
 
@@ -783,4 +785,4 @@ class Run:
         try:
             self.on_event(name, {"task_id": self.task_id, "agent": self.agent, **fields})
         except Exception as exc:  # an event sink's bug must not end a run
-            self._log.error("event sink failed", event_name=name, reason=repr(exc))
+            self._log.error("event_sink_failed", event_name=name, reason=repr(exc))
