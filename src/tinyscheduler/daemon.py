@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,17 +38,50 @@ from tinyscheduler.leases import (
     LeaseState,
     LeaseStore,
     Liveness,
+    Quarantined,
     current_boot_id,
     probe,
     processes_tagged,
     write_json_atomic,
 )
-from tinyscheduler.lock import EXIT_LOCKED, InstanceLock, LockHeld, is_locked, read_holder
+from tinyscheduler.lock import (
+    EXIT_LOCKED,
+    InstanceLock,
+    LockHeld,
+    is_locked,
+    read_holder,
+)
 from tinyscheduler.logs import EventLog, configure_logging
-from tinyscheduler.planner import LeaseDecision, Plan, PlanConfig, Snapshot, Verdict, judge_lease, plan
-from tinyscheduler.registry import Registry, RegistryError, effective_limits, load_registry, recipe_path
-from tinyscheduler.runs import Run, RunPolicy, RunRequest, requeue_if_ours, stop_process_group
-from tinyscheduler.tick import Gathered, gather, plan_config, queued_and_blocked, render_plan
+from tinyscheduler.planner import (
+    LeaseDecision,
+    Plan,
+    PlanConfig,
+    Snapshot,
+    Verdict,
+    judge_lease,
+    plan,
+)
+from tinyscheduler.registry import (
+    Registry,
+    RegistryError,
+    effective_limits,
+    load_registry,
+    recipe_path,
+)
+from tinyscheduler.runs import (
+    Run,
+    RunPolicy,
+    RunRequest,
+    requeue_if_ours,
+    stop_process_group,
+)
+from tinyscheduler.tick import (
+    Gathered,
+    gather,
+    plan_config,
+    queued_and_blocked,
+    render_plan,
+)
 from tinyscheduler.tinytask import TinyTaskClient, TinyTaskError
 from tinyscheduler.tinytask.connect import connect
 
@@ -238,9 +272,7 @@ class Scheduler:
         for problem in gathered.problems:
             log.warning("task_malformed", task_id=problem.task_id, field=problem.field, reason=problem.message,
                         where=problem.where)
-        for record in gathered.quarantined:
-            self._count("leases_quarantined")
-            log.error("lease_quarantined", file=str(record.original), moved_to=str(record.moved_to), reason=record.reason)
+        self._note_quarantined(gathered.quarantined)
         result = plan(gathered.snapshot, config)
         report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
         report.malformed = len(gathered.problems)
@@ -280,7 +312,8 @@ class Scheduler:
             report.assigned += 1
             self.events.record("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue,
                                reason=assignment.reason)
-            log.info("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue, reason=assignment.reason)
+            log.info("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue,
+                     reason=assignment.reason)
         for start in result.starts:
             if start.task_id in lost or start.task_id in self.runs:
                 continue
@@ -381,9 +414,7 @@ class Scheduler:
 
     async def _check_leases(self) -> None:
         scan = await anyio.to_thread.run_sync(self.store.scan)
-        for record in scan.quarantined:
-            self._count("leases_quarantined")
-            log.error("lease_quarantined", file=str(record.original), moved_to=str(record.moved_to), reason=record.reason)
+        self._note_quarantined(scan.quarantined)
         present = {lease.task_id: lease for lease in scan.leases}
         # What we knew of each lease: the last scan, and for our own runs what they last wrote.
         remembered = dict(self.known_leases)
@@ -423,8 +454,8 @@ class Scheduler:
 
     async def _reclaim(self, lease: Lease, decision: LeaseDecision) -> None:
         s = self.config.settings
-        log.warning("reclaiming", task_id=lease.task_id, agent=lease.agent, pid=lease.pid, verdict=decision.verdict.value,
-                    reason=decision.reason)
+        log.warning("reclaiming", task_id=lease.task_id, agent=lease.agent, pid=lease.pid,
+                    verdict=decision.verdict.value, reason=decision.reason)
         try:
             if decision.verdict is Verdict.STOP:
                 if lease.start_ticks is None:
@@ -596,6 +627,12 @@ class Scheduler:
         except OSError as exc:
             log.error("status_write_failed", file=str(s.last_pass_file), reason=str(exc))
 
+    def _note_quarantined(self, records: Sequence[Quarantined]) -> None:
+        for record in records:
+            self._count("leases_quarantined")
+            log.error("lease_quarantined", file=str(record.original), moved_to=str(record.moved_to),
+                      reason=record.reason)
+
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
@@ -627,10 +664,11 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
             pc = plan_config(config.limits, config.registry, client.features, disable_blocking=s.disable_blocking,
                              heartbeat_sec=s.heartbeat_sec, max_runtime_sec=s.max_runtime_sec)
+            attempts = AttemptBook(s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec,
+                                   read_only=True)
             gathered = await gather(client, pc, store, now=utcnow(), host=socket.gethostname(),
                                     instance_id=instance_id, boot_id=current_boot_id(),
-                                    not_before=AttemptBook(s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec,
-                                                           read_only=True).not_before_all())
+                                    not_before=attempts.not_before_all())
             protocol = client.features.protocol
     except TinyTaskError as exc:
         print(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}", file=sys.stderr)
@@ -640,7 +678,8 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         payload = {"dry_run": True, "tinytask": s.tinytask_url, "protocol": protocol,
                    "mode": "queue" if pc.pools else "legacy", **result.to_json(),
                    "malformed": [str(p) for p in gathered.problems],
-                   "quarantine_candidates": [{"file": str(q.original), "reason": q.reason} for q in gathered.quarantined]}
+                   "quarantine_candidates": [{"file": str(q.original), "reason": q.reason}
+                                             for q in gathered.quarantined]}
         print(json.dumps(payload, indent=2, default=str))
     else:
         mode = f"queue mode ({len(pc.pools)} queue(s))" if pc.pools else "legacy mode (agent limits only)"
