@@ -147,7 +147,9 @@ class AttemptBook:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tasks = {str(tid): rec.to_json() for tid, rec in sorted(self._records.items())}
-        write_json_atomic(self.path, {"version": FORMAT_VERSION, "tasks": tasks})
+        # Atomic but not fsynced: it is on every run's path, and a record lost to a power cut costs
+        # at most one extra attempt of a task.
+        write_json_atomic(self.path, {"version": FORMAT_VERSION, "tasks": tasks}, durable=False)
 
     def _load(self) -> dict[int, AttemptRecord]:
         try:

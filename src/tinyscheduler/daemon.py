@@ -82,7 +82,7 @@ from tinyscheduler.tick import (
     queued_and_blocked,
     render_plan,
 )
-from tinyscheduler.tinytask import TinyTaskClient, TinyTaskError
+from tinyscheduler.tinytask import Task, TinyTaskClient, TinyTaskError
 from tinyscheduler.tinytask.connect import connect
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -295,6 +295,7 @@ class Scheduler:
     async def _act(self, result: Plan, report: PassReport) -> None:
         client = await self._client()
         lost: set[int] = set()
+        read_back: dict[int, Task] = {}
         for assignment in result.assignments:
             try:
                 await client.assign(assignment.task_id, assignment.agent)
@@ -309,6 +310,7 @@ class Scheduler:
                 log.warning("assign_lost", task_id=task.id, agent=assignment.agent, winner=task.assigned_to,
                             reason="another writer assigned the task at the same time")
                 continue
+            read_back[task.id] = task
             report.assigned += 1
             self.events.record("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue,
                                reason=assignment.reason)
@@ -323,13 +325,13 @@ class Scheduler:
                 log.error("start_refused", task_id=start.task_id, agent=start.agent, reason="; ".join(exc.problems))
                 continue
             recipe_name = str(recipe.relative_to(self.config.settings.recipes_dir))
-            self._start_run(RunRequest(start.task_id, start.agent, recipe_name))
+            self._start_run(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))
             report.started += 1
 
-    def _start_run(self, request: RunRequest) -> None:
+    def _start_run(self, request: RunRequest, fresh_task: Task | None) -> None:
         assert self._group is not None
         run = Run(request, self._run_policy(), client=self.client, leases=self.store, attempts=self.attempts,
-                  environ=self.environ, on_event=self._on_run_event)
+                  environ=self.environ, on_event=self._on_run_event, fresh_task=fresh_task)
         self.runs[request.task_id] = run
         self._group.start_soon(self._supervise, run)
 
@@ -465,7 +467,7 @@ class Scheduler:
                                 reason="lease has no process start time; not signalling an unverifiable PID")
                     return
                 stopping = lease.with_changes(state=LeaseState.STOPPING)
-                await anyio.to_thread.run_sync(self.store.write, stopping)
+                self.store.write(stopping, durable=False)
                 signal_used = await stop_process_group(
                     lease.pgid or lease.pid, lambda: probe(lease, self.boot_id) is not Liveness.ALIVE,
                     s.stop_grace_sec, log.bind(task_id=lease.task_id, agent=lease.agent, pid=lease.pid))
@@ -623,7 +625,7 @@ class Scheduler:
                                  "agent_control_file": str(s.agent_control_file) if self.config.registry else None,
                                  "limits": self.config.limits}
         try:
-            write_json_atomic(s.last_pass_file, data, mode=0o644)
+            write_json_atomic(s.last_pass_file, data, mode=0o644, durable=False)
         except OSError as exc:
             log.error("status_write_failed", file=str(s.last_pass_file), reason=str(exc))
 

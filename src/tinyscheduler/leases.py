@@ -141,8 +141,13 @@ def lease_from_json(data: Any) -> Lease:
     )
 
 
-def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
-    """Write JSON so a reader sees the old file or the new one, never a torn one, even on power loss."""
+def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Write JSON so a reader sees the old file or the new one, never a torn one.
+
+    `durable` also survives power loss (fsync of the file and the folder, some milliseconds). A
+    file whose loss at power-off costs nothing (a heartbeat, a status) skips that: after a crash of
+    the machine every process it described is gone anyway.
+    """
     folder = path.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
@@ -151,12 +156,15 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600) -> None:
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    if not durable:
+        return
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -195,8 +203,10 @@ class LeaseStore:
     def path(self, task_id: int) -> Path:
         return self.running_dir / f"task_{task_id}.json"
 
-    def write(self, lease: Lease) -> None:
-        write_json_atomic(self.path(lease.task_id), lease.to_json())
+    def write(self, lease: Lease, *, durable: bool = True) -> None:
+        """Atomically; `durable` for a lease's first write, which must outlive a power loss (else a
+        task set `working` could be left with nothing to reconcile it). Rewrites need not be."""
+        write_json_atomic(self.path(lease.task_id), lease.to_json(), durable=durable)
 
     def remove(self, task_id: int) -> None:
         with contextlib.suppress(FileNotFoundError):

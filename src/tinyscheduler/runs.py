@@ -393,8 +393,12 @@ class Run:
         clock: Callable[[], datetime] = _utcnow,
         environ: Mapping[str, str] | None = None,
         on_event: EventSink | None = None,
+        fresh_task: Task | None = None,
     ) -> None:
+        """`fresh_task`: the task as the caller read it back a moment ago (after assigning it);
+        the claim then uses it instead of reading it once more."""
         self.request = request
+        self._fresh_task = fresh_task
         self.policy = policy
         self.client = client
         self.leases = leases
@@ -458,7 +462,7 @@ class Run:
         except RecipeError as exc:
             return self._not_started(str(exc))
         try:
-            task = await self.client.get_task(self.task_id)
+            task = self._fresh_task or await self.client.get_task(self.task_id)
         except TinyTaskError as exc:
             return self._not_started(f"cannot read the task: {exc}")
         refusal = self._refusal(task)
@@ -475,7 +479,8 @@ class Run:
             owner=self.policy.instance_id, attempt=self._attempt, log_path=str(self.log_path),
         )
         try:
-            self.leases.write(self._lease)
+            # Durable, so it takes a few milliseconds: in a thread, the other runs go on meanwhile.
+            await asyncio.to_thread(self.leases.write, self._lease)
         except OSError as exc:
             return self._not_started(f"cannot write the lease: {exc}")
         try:
@@ -648,10 +653,11 @@ class Run:
             self._write_lease()
 
     def _write_lease(self) -> None:
-        # A full disk must not end the supervision; the next heartbeat tries again.
+        # A rewrite (pid, heartbeat, stopping): atomic, not fsynced. A full disk must not end the
+        # supervision; the next heartbeat tries again.
         assert self._lease is not None
         try:
-            self.leases.write(self._lease)
+            self.leases.write(self._lease, durable=False)
         except OSError as exc:
             self._log.error("lease_write_failed", reason=str(exc))
 

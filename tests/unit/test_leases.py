@@ -444,3 +444,17 @@ def test_start_ticks_survive_a_command_name_with_spaces_and_parentheses(tmp_path
 def test_current_boot_id_is_this_boot() -> None:
     boot = current_boot_id()
     assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_only_a_leases_first_write_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first write must outlive a power cut; heartbeats and other rewrites need not wait for the disk."""
+    store = LeaseStore(tmp_path / "running", tmp_path / "quarantine")
+    store.ensure()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    store.write(make_lease(1))
+    assert len(synced) == 2, "the file and its folder"
+    store.write(make_lease(1), durable=False)
+    assert len(synced) == 2
+    assert lease_from_json(json.loads(store.path(1).read_text())).task_id == 1
