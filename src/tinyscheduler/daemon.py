@@ -246,7 +246,7 @@ class Scheduler:
             finished = time.monotonic()
             self.gate.pass_finished(finished)
             report.duration_sec = round(finished - started, 3)
-            report.busy = len(self.runs)
+            report.busy = sum(run.holds_slot for run in self.runs.values())
             report.slots = sum(self.config.limits.values())
             report.counters = dict(self.counters)
             report.consecutive_failures = 0 if report.ok else self.report.consecutive_failures + 1
@@ -266,7 +266,7 @@ class Scheduler:
         gathered = await gather(
             client, config, self.store, now=utcnow(), host=self.host, instance_id=self.instance_id,
             boot_id=self.boot_id, supervised=frozenset(self.runs) | frozenset(self.reclaiming),
-            in_flight={task_id: run.agent for task_id, run in self.runs.items()},
+            in_flight={task_id: run.agent for task_id, run in self.runs.items() if run.holds_slot},
             not_before=self.attempts.not_before_all(),
         )
         for problem in gathered.problems:
@@ -331,7 +331,7 @@ class Scheduler:
     def _start_run(self, request: RunRequest, fresh_task: Task | None) -> None:
         assert self._group is not None
         run = Run(request, self._run_policy(), client=self.client, leases=self.store, attempts=self.attempts,
-                  environ=self.environ, on_event=self._on_run_event, fresh_task=fresh_task)
+                  environ=self.environ, on_event=self._on_run_event, fresh_task=fresh_task, on_exit=self.wake)
         self.runs[request.task_id] = run
         self._group.start_soon(self._supervise, run)
 

@@ -33,6 +33,8 @@ class LeaseState(str, enum.Enum):
     RUNNING = "running"
     #: The process is being stopped by the SIGINT -> SIGTERM -> SIGKILL ladder.
     STOPPING = "stopping"
+    #: The process has ended; its outcome is being reported to TinyTask. It holds no slot.
+    FINISHING = "finishing"
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ Rules, in the order they apply:
 1. Leases. Each lease of this host gets a verdict: keep, requeue (its process is gone) or stop
    (alive but not ours to keep: owned by a previous scheduler instance, over max runtime, or its
    heartbeat stopped). Leases of other hosts are left alone and count for nothing here.
-2. Slots. An agent's busy slots are its leases on this host that still have (or are about to have)
-   a process, every lease except those being requeued, plus this instance's runs whose lease is
-   not written yet. Free = limit - busy, never negative.
+2. Slots. A slot is a Goose process. An agent's busy slots are its leases on this host that still
+   have (or are about to have) a process: every lease except those being requeued and those
+   `finishing` (the process ended, its outcome is being reported), plus this instance's runs whose
+   lease is not written yet. Free = limit - busy, never negative.
 3. Candidates. A task can start only if it is idle, not blocked (unless blocking is disabled), not
    tagged `tinyscheduler:failed`, not already leased here, not backing off after a failure, and not
    already chosen in this plan. Blocked tasks are filtered before slots are counted, so a blocked
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tinyscheduler.leases import Lease, Liveness
+from tinyscheduler.leases import Lease, LeaseState, Liveness
 from tinyscheduler.tinytask.models import FAILED_TAG, Task
 
 #: A heartbeat older than this many heartbeat intervals marks a lease stale.
@@ -57,8 +58,9 @@ class Snapshot:
     liveness: Mapping[int, Liveness] = field(default_factory=dict)
     #: Task ids whose run is supervised by this scheduler instance right now.
     supervised: frozenset[int] = frozenset()
-    #: Runs of this instance by task id -> agent. They hold a slot even before their lease file
-    #: exists (a run writes it only after claiming the task), so slots are never handed out twice.
+    #: Runs of this instance whose process has not ended, by task id -> agent. They hold a slot
+    #: even before their lease file exists (a run writes it only after claiming the task), so
+    #: slots are never handed out twice.
     in_flight: Mapping[int, str] = field(default_factory=dict)
     #: Idle tasks with nobody assigned, per queue, in server order.
     queue_tasks: Mapping[str, Sequence[Task]] = field(default_factory=dict)
@@ -261,7 +263,9 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
 
     decisions = tuple(judge_lease(lease, snapshot, config) for lease in snapshot.leases)
     busy: dict[str, int] = {}
-    holding = {d.task_id: d.agent for d in decisions if d.verdict in (Verdict.KEEP, Verdict.STOP)}
+    finishing = {lease.task_id for lease in snapshot.leases if lease.state is LeaseState.FINISHING}
+    holding = {d.task_id: d.agent for d in decisions
+               if d.verdict in (Verdict.KEEP, Verdict.STOP) and d.task_id not in finishing}
     for task_id, agent in {**holding, **snapshot.in_flight}.items():
         busy[agent] = busy.get(agent, 0) + 1
     agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})

@@ -394,11 +394,15 @@ class Run:
         environ: Mapping[str, str] | None = None,
         on_event: EventSink | None = None,
         fresh_task: Task | None = None,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         """`fresh_task`: the task as the caller read it back a moment ago (after assigning it);
-        the claim then uses it instead of reading it once more."""
+        the claim then uses it instead of reading it once more. `on_exit` is called the moment the
+        process has ended, before the outcome is reported: its slot is free from then on."""
         self.request = request
         self._fresh_task = fresh_task
+        self._on_exit = on_exit
+        self._process_ended = False
         self.policy = policy
         self.client = client
         self.leases = leases
@@ -447,6 +451,11 @@ class Run:
     @property
     def log_path(self) -> Path:
         return self.policy.task_log_dir / str(self.task_id) / f"{self._attempt}.log"
+
+    @property
+    def holds_slot(self) -> bool:
+        """True until the process has ended (also while claiming, before it exists)."""
+        return not self._process_ended
 
     def request_stop(self, reason: str) -> None:
         """Stop the run now through the ladder (e.g. daemon shutdown); the task gets requeued."""
@@ -569,6 +578,12 @@ class Run:
         self._emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
 
         end = await self._supervise(process, began)
+        # The slot is free now; reporting (TinyTask round trips, maybe retries) must not hold it.
+        self._lease = self._lease.with_changes(state=LeaseState.FINISHING)
+        self._write_lease()
+        self._process_ended = True
+        if self._on_exit is not None:
+            self._on_exit()
         verdict = classify(end)
         self._log_file.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
         self._log_file.cap()

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from tinyscheduler.attempts import AttemptRecord
 from tinyscheduler.config import LoadedSettings, Settings
-from tinyscheduler.leases import Lease, LeaseScan, LeaseStore, current_boot_id, probe
+from tinyscheduler.leases import Lease, LeaseScan, LeaseState, LeaseStore, current_boot_id, probe
 from tinyscheduler.lock import is_locked, read_holder
 from tinyscheduler.planner import PlanConfig, Snapshot, Verdict, judge_lease
 from tinyscheduler.registry import RegistryError, effective_limits, load_registry
@@ -232,7 +232,8 @@ def _agents(settings: Settings, status: Status) -> None:
             limits = dict(settings.agent_limits)
     busy: dict[str, int] = {}
     for row in status.leases:
-        if row.host == status.host:
+        # As the planner counts: a finishing run's process has ended, only its report is left.
+        if row.host == status.host and row.state != LeaseState.FINISHING.value:
             busy[row.agent] = busy.get(row.agent, 0) + 1
     for agent in sorted(set(limits) | set(busy)):
         status.agents.append({"agent": agent, "busy": busy.get(agent, 0), "limit": limits.get(agent, 0)})

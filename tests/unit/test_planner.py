@@ -714,3 +714,13 @@ def test_empty_snapshot_plans_nothing() -> None:
     result = plan(snap(), cfg({}))
     assert result == Plan((), (), (), (), ())
     assert result.reclaims == ()
+
+
+def test_a_finishing_run_holds_no_slot() -> None:
+    """Its process has ended; only the report to TinyTask is left, so the next run may start."""
+    done = lease(1, "a").with_changes(state=LeaseState.FINISHING)
+    s = snap(leases=[done], supervised=[1], agent_tasks={"a": [task(2, agent="a")]})
+    result = plan(s, cfg({"a": 1}))
+    assert started(result) == [(2, "a")]
+    assert result.leases[0].verdict is Verdict.KEEP, "the lease stays until the outcome is reported"
+    assert 1 not in started_ids(result)
