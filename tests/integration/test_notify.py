@@ -194,3 +194,25 @@ def test_journal_stream_gives_priority_prefixes_without_timestamps(fake, workspa
     assert error.startswith("<3>")
     assert any(line.startswith("<6>") and "started" in line for line in lines)
     assert not any(re.search(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d", line) for line in lines)
+
+
+def test_reload_reports_settings_that_need_a_restart_and_applies_the_rest(fake, workspace, listener, daemon_factory):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    env_file = workspace.base / "tinyscheduler.env"
+    env_file.write_text("TINYSCHEDULER_MAX_ATTEMPTS=3\n")
+    daemon = DaemonProcess(workspace, "--env-file", str(env_file), "run", "--daemon",
+                           env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path))).start()
+    try:
+        wait_for(lambda: "READY=1" in listener.texts(), what="READY=1")
+        env_file.write_text("TINYSCHEDULER_MAX_ATTEMPTS=5\nTINYSCHEDULER_RUNNING_DIR=elsewhere/running\n")
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: any(e.get("event") == "reloaded" for e in daemon.log_events()), what="reloaded")
+        events = daemon.log_events()
+        restart = [e for e in events if e.get("event") == "restart_needed"]
+        assert [e["setting"] for e in restart] == ["running_dir"]
+        assert restart[0]["new"].endswith("elsewhere/running")
+        changed = {e["setting"]: (e["old"], e["new"]) for e in events if e.get("event") == "setting_changed"}
+        assert changed == {"max_attempts": (3, 5)}, "applied live; the lease folder kept its old value"
+        assert daemon.proc.poll() is None
+    finally:
+        daemon.kill()
