@@ -8,7 +8,13 @@ from tinyscheduler.tinytask.errors import (
     TinyTaskRejected,
     TinyTaskUnavailable,
 )
-from tinyscheduler.tinytask.models import FAILED_TAG, ServerFeatures, Task, TaskBatch, TaskProblem
+from tinyscheduler.tinytask.models import (
+    FAILED_TAG,
+    ServerFeatures,
+    Task,
+    TaskBatch,
+    TaskProblem,
+)
 
 __all__ = [
     "FAILED_TAG", "SCHEDULER_NAME", "ServerFeatures", "Task", "TaskBatch", "TaskNotFound",

@@ -15,7 +15,11 @@ from typing import Any, TypeVar
 import httpx
 
 from tinyscheduler.tinytask.client import TinyTaskClient
-from tinyscheduler.tinytask.errors import TinyTaskBadReply, TinyTaskRejected, TinyTaskUnavailable
+from tinyscheduler.tinytask.errors import (
+    TinyTaskBadReply,
+    TinyTaskRejected,
+    TinyTaskUnavailable,
+)
 from tinyscheduler.tinytask.models import Task, parse_task
 
 # httpcore runs `import sniffio` for each lock, event and semaphore it sets up (about 9 per
@@ -257,4 +261,11 @@ class HttpClient(TinyTaskClient):
     async def health(self) -> dict[str, Any]:
         # Both servers serve /health over plain HTTP, whichever protocol carries the tasks.
         return expect_dict(await self._api.request("GET", "/health"), "GET /health")
+
+
+def queue_names(reply: Any, endpoint: str) -> list[str]:
+    queues = expect_list(reply, endpoint)
+    if not all(isinstance(name, str) for name in queues):
+        raise TinyTaskBadReply(f"{endpoint}: expected a list of queue names, got {queues!r:.80}")
+    return queues
 

@@ -1,10 +1,12 @@
 """Open a TinyTask client: pick the transport the server speaks and learn what it can do."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import httpx
 
+from tinyscheduler.tinytask._transport import HttpClient
 from tinyscheduler.tinytask.client import TinyTaskClient
 from tinyscheduler.tinytask.errors import TinyTaskBadReply, TinyTaskRejected
 from tinyscheduler.tinytask.mcp import McpHttpClient, McpSseClient
@@ -37,30 +39,24 @@ async def connect(endpoint: str, protocol: Protocol = "auto", **opts: Any) -> Ti
     base = base_url(endpoint)
     refusals: list[str] = []
 
+    # Each candidate with the call that proves the server speaks it, in the order auto tries them.
+    candidates: list[tuple[str, type[HttpClient], Callable[[Any], Awaitable[object]]]] = []
     if protocol in ("rest", "auto"):
-        rest = RestClient(base, **opts)
-        try:
-            await rest.list_queues()
-            return rest
-        except (TinyTaskRejected, TinyTaskBadReply) as exc:
-            await rest.aclose()
-            refusals.append(f"REST: {exc}")
-        except BaseException:
-            await rest.aclose()
-            raise
-
+        candidates.append(("REST", RestClient, lambda client: client.list_queues()))
     if protocol in ("mcp", "auto"):
-        for transport in (McpHttpClient, McpSseClient):
-            client = transport(base, **opts)
-            try:
-                await client.detect_features()
-                return client
-            except (TinyTaskRejected, TinyTaskBadReply) as exc:
-                await client.aclose()
-                refusals.append(f"{transport.transport}: {exc}")
-            except BaseException:
-                await client.aclose()
-                raise
+        candidates += [(transport.transport, transport, lambda client: client.detect_features())
+                       for transport in (McpHttpClient, McpSseClient)]
+    for label, transport_class, probe in candidates:
+        client = transport_class(base, **opts)
+        try:
+            await probe(client)
+            return client
+        except (TinyTaskRejected, TinyTaskBadReply) as exc:
+            await client.aclose()
+            refusals.append(f"{label}: {exc}")
+        except BaseException:
+            await client.aclose()
+            raise
 
     raise TinyTaskBadReply(f"no TinyTask {_wanted(protocol)} at {base}: " + "; ".join(refusals))
 

@@ -36,10 +36,16 @@ from tinyscheduler.tinytask._transport import (
     expect_list,
     one_line,
     one_task,
+    queue_names,
     status_filter,
 )
 from tinyscheduler.tinytask.client import SCHEDULER_NAME
-from tinyscheduler.tinytask.errors import TaskNotFound, TinyTaskBadReply, TinyTaskError, TinyTaskRejected
+from tinyscheduler.tinytask.errors import (
+    TaskNotFound,
+    TinyTaskBadReply,
+    TinyTaskError,
+    TinyTaskRejected,
+)
 from tinyscheduler.tinytask.models import ServerFeatures, Task, TaskBatch, parse_tasks
 
 #: Keys every task of TinyTask 2.x has and tinytask-mcp 1.0 never sends.
@@ -180,10 +186,7 @@ class _McpClient(HttpClient):
     async def list_queues(self) -> list[str]:
         self._require_queues()
         reply = expect_dict(await self._tool("list_queues", {}), "MCP list_queues")
-        queues = expect_list(reply.get("queues"), "MCP list_queues")
-        if not all(isinstance(name, str) for name in queues):
-            raise TinyTaskBadReply(f"MCP list_queues: expected a list of queue names, got {queues!r:.80}")
-        return queues
+        return queue_names(reply.get("queues"), "MCP list_queues")
 
     async def list_tasks(
         self,

@@ -10,10 +10,11 @@ from tinyscheduler.tinytask._transport import (
     expect_dict,
     expect_list,
     one_task,
+    queue_names,
     status_filter,
 )
 from tinyscheduler.tinytask.client import SCHEDULER_NAME
-from tinyscheduler.tinytask.errors import TaskNotFound, TinyTaskBadReply
+from tinyscheduler.tinytask.errors import TaskNotFound
 from tinyscheduler.tinytask.models import ServerFeatures, Task, TaskBatch, parse_tasks
 
 TASKS = "/api/v1/tasks"
@@ -27,11 +28,7 @@ class RestClient(HttpClient):
         self.features = ServerFeatures(protocol="rest")
 
     async def list_queues(self) -> list[str]:
-        endpoint = "GET /api/v1/queues"
-        queues = expect_list(await self._api.request("GET", "/api/v1/queues"), endpoint)
-        if not all(isinstance(name, str) for name in queues):
-            raise TinyTaskBadReply(f"{endpoint}: expected a list of queue names, got {queues!r:.80}")
-        return queues
+        return queue_names(await self._api.request("GET", "/api/v1/queues"), "GET /api/v1/queues")
 
     async def list_tasks(
         self,
