@@ -79,11 +79,14 @@ def test_failing_task_backs_off_then_is_tagged_failed(fake, workspace, daemons):
     assert len(starts) == 3
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0, f"backoff doubles from 1 s: gaps {gaps}"
-    final = fake.task(task["id"])
-    assert final["status"] == "idle"
-    comments = [c["content"] for c in final["comments"]]
-    assert any("attempt 1/3 failed" in c for c in comments)
-    assert any("gave up" in c.lower() or "tinyscheduler:failed" in c for c in comments)
+    # The tag comes with the last report's PATCH; its comments follow it.
+    def comments_once_given_up() -> list[str] | None:
+        texts = [c["content"] for c in fake.comments(task["id"])]
+        return texts if any("giving up after 3 failed attempts" in c for c in texts) else None
+
+    comments = wait_for(comments_once_given_up, what="the giving-up comment")
+    assert fake.task(task["id"])["status"] == "idle"
+    assert [c for c in comments if "attempt 1/3 failed" in c] and [c for c in comments if "attempt 3/3 failed" in c]
 
 
 def test_kill_9_mid_run_then_restart_loses_nothing_and_never_runs_a_task_twice_at_once(fake, workspace, daemons):
