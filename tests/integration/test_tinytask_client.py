@@ -2,6 +2,7 @@
 tiny stdlib servers for the failure modes the fake does not produce (5xx, garbage, silence)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import socket
@@ -45,6 +46,8 @@ class Reply:
     #: Hold the reply until the test ends: the client sees a read timeout.
     hang: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    #: Send the body without a length and keep the connection open until the test ends.
+    keep_open: bool = False
 
 
 class ScriptedServer:
@@ -72,6 +75,12 @@ class ScriptedServer:
                 self.send_header("Content-Type", reply.content_type)
                 for name, value in reply.headers:
                     self.send_header(name, value)
+                if reply.keep_open:
+                    self.end_headers()
+                    self.wfile.write(body)
+                    self.wfile.flush()
+                    script.release.wait(30)
+                    return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -328,6 +337,20 @@ async def test_mcp_http_reads_framed_replies_and_echoes_the_session() -> None:
         assert headers["Content-Type"] == "application/json"
         assert headers.get("Mcp-Session-Id") == (None if number == 0 else "session-1")
     assert server.received[2][1]["params"] == {"name": "get_task", "arguments": {"id": 7}}  # type: ignore[index]
+
+
+async def test_mcp_http_reply_stream_the_server_leaves_open_does_not_hang_the_client() -> None:
+    """The spec says a server closes the stream after its reply; one that does not must not stall us."""
+    framed = Reply(200, sse_framed({"jsonrpc": "2.0", "id": 2, "result": tool(json.dumps(TASK_7))}),
+                   "text/event-stream", keep_open=True)
+    again = Reply(200, sse_framed({"jsonrpc": "2.0", "id": 3, "result": tool(json.dumps(TASK_7))}),
+                  "text/event-stream", keep_open=True)
+    with ScriptedServer(rpc(1, INITIALIZED), ACCEPTED, framed, again) as server:
+        async with McpHttpClient(server.url, sleep=Naps(), read_timeout=30) as client:
+            first = await asyncio.wait_for(client.get_task(7), timeout=10)
+            second = await asyncio.wait_for(client.get_task(7), timeout=10)
+    assert first.id == second.id == 7
+    assert len(server.received) == 4, "each call answered once, none retried"
 
 
 async def test_mcp_http_unassign_sends_empty_string() -> None:
