@@ -697,10 +697,14 @@ def run_command(loaded: LoadedSettings, *, once: bool, daemon: bool, json_output
     configure_logging(s.log_level, s.log_format, None if s.dry_run else s.log_dir, s.log_keep_days)
     if s.dry_run:
         return anyio.run(lambda: dry_run(loaded, json_output=json_output))
+
+    async def serve() -> int:
+        # Built inside the event loop: its events belong to that loop.
+        return await Scheduler(loaded, once=once or not daemon).serve()
+
     try:
-        scheduler = Scheduler(loaded, once=once or not daemon)
+        return anyio.run(serve)
     except RegistryError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    return anyio.run(scheduler.serve)

@@ -249,3 +249,14 @@ def fake_patch(fake: FakeTinyTask, task_id: int, **fields: object) -> None:
                                      method="PATCH", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as reply:
         assert reply.status == 200
+
+
+def test_a_broken_registry_stops_the_start_with_one_line_naming_the_file(fake, workspace):
+    (workspace.base / "agent-control.json").write_text('[{"agentName": "dev-a", "agentType": "dev"},\n  {"agentName": "dev-a"}]')
+    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--daemon"], cwd=workspace.base,
+                            env=workspace.daemon_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    problems = [line for line in result.stderr.splitlines() if "agent-control.json" in line]
+    assert problems and all("[1]" in line for line in problems), result.stderr
+    assert not (workspace.base / "state" / "tinyscheduler.lock").exists(), "nothing started, nothing locked"
