@@ -584,15 +584,8 @@ def _post_comment(call: _Call) -> tuple[int, Any]:
 def _post_transfer(call: _Call) -> tuple[int, Any]:
     task_id = _task_id(call.match["id"])
     data = call.body()
-    # Two body shapes: {"to_agent", "reason"?} and the v2 server's own
-    # {"current_agent", "new_agent", "comment"} (ownership checked, comment required).
-    if "to_agent" in data:
-        to_agent, reason = data["to_agent"], data.get("reason")
-        if not isinstance(to_agent, str) or not to_agent.strip():
-            raise FakeError(400, "to_agent is required and must be a non-empty string")
-        if reason is not None and not isinstance(reason, str):
-            raise FakeError(400, "reason must be a string")
-        return 200, call.fake._store.transfer(task_id, to_agent, None, reason)
+    # The real server's only body shape: ownership checked, comment required, each checked
+    # before the task is looked up.
     for key in ("current_agent", "new_agent", "comment"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise FakeError(400, f"{key} is required and must be a non-empty string")
