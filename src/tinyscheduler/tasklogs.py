@@ -2,7 +2,9 @@
 
 Each run writes `<task_log_dir>/<task_id>/<attempt>.log`. Without `--attempt` the latest attempt
 is shown. `-f` keeps printing what the run appends for as long as its lease says it is in flight,
-then prints the rest and exits, so a script can `logs -f` a run to its end. Reads only.
+then prints the rest and exits, so a script can `logs -f` a run to its end. With no daemon holding
+the lock nobody will remove a lease, so then the run is in flight only while its process lives.
+Reads only.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from tinyscheduler.config import LoadedSettings, Settings
-from tinyscheduler.leases import LeaseStore
+from tinyscheduler.leases import LeaseState, LeaseStore, Liveness, current_boot_id, probe
+from tinyscheduler.lock import is_locked
 
 _ATTEMPT_LOG = re.compile(r"(\d+)\.log")
 #: How often `-f` looks for new output; short enough to feel live, long enough to cost nothing.
@@ -43,7 +46,15 @@ def log_path(settings: Settings, task_id: int, attempt: int) -> Path:
 def in_flight(settings: Settings, task_id: int, attempt: int | None) -> bool:
     """Whether a lease says this attempt (any, if None) of the task is running on this host."""
     lease = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True).read(task_id)
-    return lease is not None and (attempt is None or lease.attempt == attempt)
+    if lease is None or (attempt is not None and lease.attempt != attempt):
+        return False
+    try:
+        if is_locked(settings.lock_file):
+            return True  # the daemon removes the lease when the run is over, or reclaims it
+    except OSError:
+        pass  # cannot tell: judge by the process alone
+    # No daemon: the lease of a run whose process has ended stays until the next daemon starts.
+    return lease.state is not LeaseState.FINISHING and probe(lease, current_boot_id()) is Liveness.ALIVE
 
 
 def choose(settings: Settings, task_id: int, attempt: int | None) -> int:
@@ -115,4 +126,10 @@ def logs_command(loaded: LoadedSettings, *, task_id: int, attempt: int | None, f
         # interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # Typically the run logs are private to the scheduler's user (folders 0700).
+        hint = "; run logs as the scheduler's user" if isinstance(exc, PermissionError) else ""
+        print(f"tinyscheduler: cannot read {exc.filename or settings.task_log_dir}: {exc.strerror}{hint}",
+              file=sys.stderr)
+        return 1
     return 0

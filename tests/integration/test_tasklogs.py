@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 
 from harness import DaemonProcess, Workspace, wait_for
+from tinyscheduler import tasklogs
+from tinyscheduler.config import load_settings
 from tinyscheduler.tasklogs import copy_new
 
 
@@ -81,3 +86,48 @@ def test_logs_piped_into_head_ends_quietly(tmp_path):
     command = f"{shlex.quote(sys.executable)} -m tinyscheduler --base-path {tmp_path} logs 42 | head -1"
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=30)
     assert (result.returncode, result.stdout, result.stderr) == (0, "line 0\n", "")
+
+
+def _orphan_lease(workspace: Workspace, task_id: int, pid: int, state: str = "running") -> None:
+    """A lease left behind by a daemon that is gone, with the log its run wrote."""
+    now = datetime.now(timezone.utc).isoformat()
+    workspace.running_dir.mkdir(parents=True, exist_ok=True)
+    log = workspace.base / "state" / "logs" / "tasks" / str(task_id) / "1.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("stand-in goose: working\n")
+    (workspace.running_dir / f"task_{task_id}.json").write_text(json.dumps({
+        "task_id": task_id, "agent": "dev-a", "pid": pid, "recipe": "dev-a.yaml", "started_at": now,
+        "heartbeat": now, "host": os.uname().nodename, "state": state, "attempt": 1, "log_path": str(log)}))
+
+
+@pytest.mark.parametrize("state", ["running", "finishing"])
+def test_logs_follow_ends_when_no_daemon_is_left_to_end_the_run(workspace, state):
+    # The daemon was killed and its run's process is gone (PID 2**22 + 1 is above the kernel's
+    # maximum): the lease stays until the next daemon starts, but the run is over.
+    _orphan_lease(workspace, 7, 4194305, state)
+    followed = logs(workspace, "7", "-f", timeout=15)
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == "stand-in goose: working\n"
+
+
+def test_logs_follow_keeps_following_a_live_process_without_a_daemon(workspace):
+    with subprocess.Popen(["sleep", "30"]) as sleeper:
+        try:
+            _orphan_lease(workspace, 8, sleeper.pid)
+            with pytest.raises(subprocess.TimeoutExpired):
+                logs(workspace, "8", "-f", timeout=2)
+        finally:
+            sleeper.kill()
+
+
+def test_logs_that_cannot_be_read_give_one_line(tmp_path, monkeypatch, capsys):
+    # As root a 0700 folder of another user is still readable, so the refusal is simulated.
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tasklogs.os, "listdir", refuse)
+    loaded = load_settings(env_file=None, cli={"base_path": str(tmp_path)}, environ={}, cwd=tmp_path)
+    code = tasklogs.logs_command(loaded, task_id=3, attempt=None, follow_output=False, out=io.BytesIO())
+    assert code == 1
+    assert capsys.readouterr().err == (f"tinyscheduler: cannot read {tmp_path}/state/logs/tasks/3: "
+                                       "Permission denied; run logs as the scheduler's user\n")
