@@ -20,7 +20,7 @@ from tinyscheduler.attempts import AttemptRecord
 from tinyscheduler.config import LoadedSettings, Settings
 from tinyscheduler.leases import Lease, LeaseScan, LeaseState, LeaseStore, current_boot_id, probe
 from tinyscheduler.lock import is_locked, read_holder
-from tinyscheduler.planner import PlanConfig, Snapshot, Verdict, judge_lease
+from tinyscheduler.planner import LeaseDecision, PlanConfig, Snapshot, Verdict, judge_lease
 from tinyscheduler.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.tinytask.models import FAILED_TAG
 
@@ -198,6 +198,14 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
     config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
     for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
         decision = judge_lease(lease, snapshot, config)
+        if instance and lease.owner == instance and decision.verdict is Verdict.REQUEUE:
+            # A lease of the running daemon without a live process is one its run is still
+            # working on (the daemon judges only leases no run of its own supervises).
+            if lease.state is LeaseState.FINISHING:
+                decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP,
+                                         "the process has ended; the daemon is reporting its outcome")
+            elif lease.state is LeaseState.STARTING:
+                decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP, "the daemon is starting the run")
         status.leases.append(LeaseRow(
             task_id=lease.task_id, agent=lease.agent, pid=lease.pid, state=lease.state.value, host=lease.host,
             attempt=lease.attempt, started_at=_iso(lease.started_at),

@@ -12,6 +12,7 @@ from typing import Any
 
 
 from harness import DaemonProcess, Workspace, wait_for
+from tinyscheduler.lock import InstanceLock
 
 
 def wait_showing(daemon: DaemonProcess, predicate: Callable[[], Any], what: str) -> Any:
@@ -125,3 +126,35 @@ def test_status_reports_a_lease_folder_it_cannot_read(workspace):
     data = status_json(workspace)
     assert any("cannot read" in p and "state/running" in p for p in data["problems"]), data["problems"]
     assert data["leases"] == []
+
+
+def test_runs_the_daemon_is_still_starting_or_reporting_are_not_called_stale(workspace):
+    # The daemon (this test holds its lock) judges only leases no run of its own supervises: a
+    # lease of its instance in state starting (no pid yet) or finishing (the process has ended, the
+    # outcome is being reported, maybe retried while TinyTask is down) is its run at work.
+    workspace.write_registry([("dev-a", "dev", 3)])
+    running = workspace.running_dir
+    running.mkdir(parents=True)
+    now = datetime.now(timezone.utc).isoformat()
+
+    def lease(task_id: int, state: str, pid: int | None, owner: str) -> None:
+        (running / f"task_{task_id}.json").write_text(json.dumps({
+            "task_id": task_id, "agent": "dev-a", "pid": pid, "recipe": "dev-a.yaml", "started_at": now,
+            "heartbeat": now, "host": os.uname().nodename, "state": state, "owner": owner}))
+
+    lease(1, "finishing", 4194305, "live1234")
+    lease(2, "starting", None, "live1234")
+    lease(3, "running", 4194305, "live1234")  # its process is gone while it should be running
+    lease(4, "finishing", 4194305, "gone5678")  # a previous instance's: the daemon requeues it
+    lock = InstanceLock(workspace.base / "state" / "tinyscheduler.lock")
+    lock.acquire("instance live1234 config -")
+    try:
+        data = status_json(workspace)
+    finally:
+        lock.release()
+
+    verdicts = {row["task_id"]: row["verdict"] for row in data["leases"]}
+    assert verdicts == {1: "keep", 2: "keep", 3: "requeue", 4: "requeue"}
+    stale = [p for p in data["problems"] if p.startswith("stale lease")]
+    assert [p.split(" (")[0] for p in stale] == ["stale lease: task 3", "stale lease: task 4"]
+    assert {a["agent"]: a["busy"] for a in data["agents"]} == {"dev-a": 2}  # finishing holds no slot
