@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         help="a run older than this is stopped")
     stop_grace_sec: float = _setting(
         10.0, flag="--stop-grace", metavar="SECONDS", expect="expected a positive number of seconds",
-        gt=0, help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run")
+        gt=0, allow_inf_nan=False, help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run")
     idle_timeout_sec: NonNegativeInt = _setting(
         0, flag="--idle-timeout", metavar="SECONDS", expect=_NON_NEGATIVE,
         help="stop a run that printed nothing for this long; 0 = off")
@@ -297,6 +297,8 @@ def parse_agent_limits(text: str) -> dict[str, int]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise ValueError("invalid JSON: nested too deeply") from None
         return {_agent_name(k): _slot_count(v, k) for k, v in data.items()}
     return _merge_limit_items([item for item in text.split(",") if item.strip()])
 

@@ -76,6 +76,8 @@ def load_registry(path: Path, recipes_dir: Path) -> Registry | None:
     except json.JSONDecodeError as exc:
         raise RegistryError(
             [f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
+    except RecursionError:
+        raise RegistryError([f"{path}: invalid JSON: nested too deeply"]) from None
     return parse_registry(document, path, recipes_dir)
 
 

@@ -207,6 +207,7 @@ BAD_VALUES = [
     ("retry_base_sec", "-1", "expected a non-negative integer"),
     ("shutdown_grace_sec", "x", "expected a non-negative integer"),
     ("stop_grace_sec", "0", "expected a positive number of seconds"),
+    ("stop_grace_sec", "inf", "expected a positive number of seconds"),  # SIGKILL would never come
     ("dry_run", "maybe", "expected true or false"),
     ("enabled", "2", "expected true or false"),
     ("disable_blocking", "", "expected true or false"),
@@ -250,6 +251,12 @@ def test_bad_agent_limit_flag_names_the_occurrence(tmp_path: Path) -> None:
         "--agent-limit='qa': expected NAME=N or NAME:N, got 'qa'",
         "--agent-limit='ops=-2': slots of agent 'ops' must be a non-negative integer, got '-2'",
     ]
+
+
+def test_agent_limits_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    value = '{"dev": ' + "[" * 100_000
+    [problem] = problems(tmp_path, env={"TINYSCHEDULER_AGENT_LIMITS": value})
+    assert problem.endswith(": invalid JSON: nested too deeply")
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

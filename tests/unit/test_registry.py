@@ -70,6 +70,12 @@ def test_invalid_json_names_line_and_column(tmp_path: Path, recipes: Path) -> No
         "FILE: invalid JSON at line 2 column 21: Expecting property name enclosed in double quotes"]
 
 
+def test_json_nested_too_deeply_is_a_registry_error(tmp_path: Path, recipes: Path) -> None:
+    # Well under 1 MiB, but deeper than the JSON decoder recurses: one line, not a RecursionError
+    # (which a reload of the daemon would not survive).
+    assert problems_of(tmp_path, recipes, "[" * 100_000) == ["FILE: invalid JSON: nested too deeply"]
+
+
 @pytest.mark.parametrize(("document", "kind"), [({}, "an object"), ("x", "a string"), (3, "a number")])
 def test_not_an_array(tmp_path: Path, recipes: Path, document: Any, kind: str) -> None:
     assert problems_of(tmp_path, recipes, json.dumps(document)) == [
