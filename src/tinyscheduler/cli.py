@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,9 +99,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"tinyscheduler: disabled by {_kill_switch_origin(loaded)}; nothing was done "
               "(a --dry-run still works)", file=sys.stderr)
         return EXIT_OK
+    if not s.base_path.is_dir():
+        # A mistyped base path must not become a new empty tree with the state folders in it.
+        raise ConfigError([f"{_origin(loaded, 'base_path')}={str(s.base_path)!r}: not an existing folder"])
     from tinyscheduler import daemon
 
     return daemon.run_command(loaded, once=args.once, daemon=args.daemon, json_output=args.json)
+
+
+def _origin(loaded: LoadedSettings, name: str) -> str:
+    """How an error message names where a setting's value came from."""
+    info = _INFO[name]
+    source = loaded.sources[name]
+    if source == "cli":
+        return info.flag
+    if source == "env-file":
+        return f"{loaded.env_file}: {info.env_var}"
+    return info.env_var if source == "env" else f"{info.env_var} (default)"
 
 
 def _kill_switch_origin(loaded: LoadedSettings) -> str:
@@ -298,3 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `tinyscheduler config | head`: the reader has what it wanted. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A state or log folder that cannot be used (missing parent, a file in its place,
+        # read-only, another user's): name it, no traceback.
+        print(f"error: cannot use {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED

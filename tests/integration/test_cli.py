@@ -149,3 +149,40 @@ def test_validate_config_exit_codes_and_fix(tmp_path: Path) -> None:
     assert f"PASS  fix: created running dir {tmp_path / 'state/running'}" in fixed.stdout
     assert "WARN  tinytask: http://127.0.0.1:9/health unreachable" in fixed.stdout
     assert fixed.stdout.splitlines()[-1] == "0 error(s), 2 warning(s)"
+
+
+@pytest.mark.parametrize(("args", "env", "origin"), [
+    (["run", "--once", "--base-path", "nowhere"], {}, "--base-path"),
+    (["run", "--daemon"], {"TINYSCHEDULER_BASE_PATH": "nowhere"}, "TINYSCHEDULER_BASE_PATH"),
+    (["run", "--once", "--dry-run"], {"TINYSCHEDULER_BASE_PATH": "nowhere"}, "TINYSCHEDULER_BASE_PATH"),
+])
+def test_run_refuses_a_base_path_that_does_not_exist_and_creates_nothing(
+        tmp_path: Path, args: list[str], env: dict[str, str], origin: str) -> None:
+    # A typo in the base path must not turn into a fresh empty tree that a daemon runs in.
+    result = tinyscheduler(tmp_path, *args, env={"TINYSCHEDULER_MCP_ENDPOINT": "http://127.0.0.1:9", **env})
+    assert result.returncode == 2
+    assert result.stderr == f"error: {origin}={str(tmp_path / 'nowhere')!r}: not an existing folder\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_with_a_state_folder_it_cannot_use_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where the state folder belongs\n")
+    result = tinyscheduler(tmp_path, "run", "--once", env={"TINYSCHEDULER_MCP_ENDPOINT": "http://127.0.0.1:9",
+                                                           "TINYSCHEDULER_LOG_DIR": "logs"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: cannot use {tmp_path / 'state'}/") and line.endswith(": Not a directory")
+
+
+@pytest.mark.parametrize("args", [["config", "--show"], ["status"]])
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    # As `tinyscheduler config | head -1` once head has exited: the reader is gone before we write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "tinyscheduler", *args], cwd=tmp_path, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
