@@ -110,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.name and args.no_session:
         _fail("--name cannot be used with --no-session")
     params = dict(_param(p) for p in args.params)
+    if args.instructions not in (None, "-"):
+        _read_instructions(Path(args.instructions))
     recipe = _load_recipe(Path(args.recipe)) if args.recipe else {}
     if args.render_recipe:
         print(_render(yaml.safe_dump(recipe, sort_keys=False), params), end="")
@@ -274,6 +276,14 @@ def _param(text: str) -> tuple[str, str]:
     if not sep or not key:
         _fail(f"invalid --params {text!r}: expected KEY=VALUE")
     return key, value
+
+
+def _read_instructions(path: Path) -> str:
+    # goose reads the file before anything else and ends with exit 1 when it cannot.
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"Instruction file not found — did you mean to use goose run --text? ({path}: {exc})")
 
 
 def _load_recipe(path: Path) -> dict[str, Any]:

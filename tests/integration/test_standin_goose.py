@@ -88,6 +88,15 @@ def test_exactly_one_input_is_required(goose: Goose, args: tuple[str, ...]) -> N
     assert goose.records() == []
 
 
+def test_unreadable_instructions_file_fails_like_goose(goose: Goose) -> None:
+    missing = goose.run("run", "-i", str(goose.root / "nope.txt"), "--no-session")
+    assert missing.returncode == 1 and "Instruction file not found" in missing.stderr
+    assert goose.records() == []
+    instructions = goose.root / "do.txt"
+    instructions.write_text("do the work\n")
+    assert goose.run("run", "-i", str(instructions), "--no-session").returncode == 0
+
+
 def test_render_recipe_and_explain_exit_without_running(goose: Goose) -> None:
     recipe = goose.recipe(mode="hang")
     rendered = goose.run("run", "--recipe", recipe, "--params", "task_id=7", "--render-recipe")
