@@ -82,7 +82,7 @@ from tinyscheduler.tick import (
     queued_and_blocked,
     render_plan,
 )
-from tinyscheduler.tinytask import Task, TinyTaskClient, TinyTaskError
+from tinyscheduler.tinytask import Task, TaskNotFound, TinyTaskClient, TinyTaskError
 from tinyscheduler.tinytask.connect import connect
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -317,7 +317,9 @@ class Scheduler:
             log.info("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue,
                      reason=assignment.reason)
         for start in result.starts:
-            if start.task_id in lost or start.task_id in self.runs:
+            # A reclaim in flight may still requeue the task and remove its lease: a run started now
+            # would have its task set idle and its lease deleted under it. The reclaim wakes a pass.
+            if start.task_id in lost or start.task_id in self.runs or start.task_id in self.reclaiming:
                 continue
             try:
                 recipe = recipe_path(start.agent, self.config.registry, self.config.settings)
@@ -409,7 +411,13 @@ class Scheduler:
                         continue
                     match = entry.name.removeprefix("task_").removesuffix(".json")
                     ours = match.isdigit() and int(match) in self.runs
-                    entries.add((entry.name, 0 if ours else entry.stat().st_mtime_ns))
+                    try:
+                        mtime = 0 if ours else entry.stat().st_mtime_ns
+                    except OSError:
+                        # A symlink loop, a dangling link, an entry gone meanwhile: the lease scan
+                        # quarantines what is bad; here it must not end the daemon.
+                        mtime = -1
+                    entries.add((entry.name, mtime))
         except FileNotFoundError:
             pass
         return frozenset(entries)
@@ -458,6 +466,9 @@ class Scheduler:
         s = self.config.settings
         log.warning("reclaiming", task_id=lease.task_id, agent=lease.agent, pid=lease.pid,
                     verdict=decision.verdict.value, reason=decision.reason)
+        # Wake the tick only when the lease went (a slot or a task may be free now): a reclaim that
+        # changed nothing would be planned again by the pass it woke, and again, without end.
+        removed = False
         try:
             if decision.verdict is Verdict.STOP:
                 if lease.start_ticks is None:
@@ -477,8 +488,16 @@ class Scheduler:
             client = await self._client()
             comment = (f"tinyscheduler: run on {self.host} (pid {lease.pid}, attempt {lease.attempt}) was reclaimed: "
                        f"{decision.reason}; the task is back in the queue")
-            requeued = await requeue_if_ours(client, lease.task_id, lease.agent, comment)
+            try:
+                requeued = await requeue_if_ours(client, lease.task_id, lease.agent, comment)
+            except TaskNotFound:
+                # Deleted (or archived) meanwhile: nothing left to requeue, and the lease would
+                # otherwise be retried, and refused, forever.
+                requeued = False
+                log.warning("reclaim_task_gone", task_id=lease.task_id, agent=lease.agent,
+                            reason="the task no longer exists in TinyTask; removing its lease")
             await anyio.to_thread.run_sync(self.store.remove, lease.task_id)
+            removed = True
             self.known_leases.pop(lease.task_id, None)
             self._count("leases_reclaimed")
             self.events.record("reclaimed", task_id=lease.task_id, agent=lease.agent, pid=lease.pid,
@@ -491,7 +510,8 @@ class Scheduler:
             log.error("reclaim_failed", task_id=lease.task_id, agent=lease.agent, reason=str(exc))
         finally:
             self.reclaiming.discard(lease.task_id)
-            self.wake()
+            if removed:
+                self.wake()
 
     async def _stop_unrecorded_runs(self, lease: Lease) -> None:
         """Stop a run whose pid never reached its lease (the scheduler died right after spawning it).

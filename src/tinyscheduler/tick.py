@@ -15,7 +15,7 @@ import anyio
 from tinyscheduler.leases import LeaseStore, Liveness, Quarantined, probe
 from tinyscheduler.planner import Plan, PlanConfig, Snapshot, Verdict
 from tinyscheduler.registry import Registry
-from tinyscheduler.tinytask import ServerFeatures, Task, TaskBatch, TaskProblem, TinyTaskClient
+from tinyscheduler.tinytask import ServerFeatures, Task, TaskBatch, TaskProblem, TinyTaskClient, TinyTaskError
 
 #: Concurrent list requests per pass: enough to hide latency, few enough to be polite.
 FETCH_CONCURRENCY = 8
@@ -79,12 +79,25 @@ async def fetch_tasks(client: TinyTaskClient, config: PlanConfig) -> _Fetches:
                 fetches.agent_tasks[name] = batch.tasks
         fetches.problems.extend(batch.problems)
 
-    async with anyio.create_task_group() as group:
-        for queue in sorted(config.pools):
-            group.start_soon(one, "queue", queue)
-        for agent in agents:
-            group.start_soon(one, "agent", agent)
+    try:
+        async with anyio.create_task_group() as group:
+            for queue in sorted(config.pools):
+                group.start_soon(one, "queue", queue)
+            for agent in agents:
+                group.start_soon(one, "agent", agent)
+    except BaseExceptionGroup as failed:
+        # The task group wraps a failed request in an ExceptionGroup; callers handle TinyTaskError
+        # (a pass counts it as TinyTask down, a dry run prints one line), so raise it as itself.
+        errors, others = failed.split(TinyTaskError)
+        if errors is None or others is not None:
+            raise
+        raise _first_leaf(errors) from failed
     return fetches
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def gather(

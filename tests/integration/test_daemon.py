@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
+from datetime import datetime, timezone
 
 
 from harness import (
@@ -260,3 +262,112 @@ def test_a_broken_registry_stops_the_start_with_one_line_naming_the_file(fake, w
     problems = [line for line in result.stderr.splitlines() if "agent-control.json" in line]
     assert problems and all("[1]" in line for line in problems), result.stderr
     assert not (workspace.base / "state" / "tinyscheduler.lock").exists(), "nothing started, nothing locked"
+
+
+def _original_lease(workspace: Workspace, task_id: int, **fields: object) -> None:
+    workspace.running_dir.mkdir(parents=True, exist_ok=True)
+    (workspace.running_dir / f"task_{task_id}.json").write_text(json.dumps({
+        "task_id": str(task_id), "agent": "dev-a", "recipe": "dev-a.yaml", "state": "running",
+        "started_at": "2026-01-01T00:00:00Z", "heartbeat": "2026-01-01T00:00:00Z", "host": socket.gethostname(),
+        **fields}))
+
+
+def test_a_reclaim_that_changes_nothing_does_not_spin_the_tick(fake, workspace, daemons):
+    """An original-schema lease whose PID is alive cannot be stopped safely; waiting must not wake a pass
+    that plans the same reclaim again at once (it did, thousands of requests a second)."""
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a")
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        _original_lease(workspace, 77, pid=sleeper.pid)
+        daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60",
+                              TINYSCHEDULER_HEARTBEAT_SEC="30")
+        wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
+        fake.reset_requests()
+        time.sleep(2)
+        assert len(fake.requests) < 20, f"{len(fake.requests)} requests in 2 s of an idle daemon"
+        waits = [e for e in daemon.log_events() if e.get("event") == "reclaim_waiting"]
+        assert 1 <= len(waits) < 5
+        assert (workspace.running_dir / "task_77.json").exists(), "the lease is kept while its PID lives"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_the_lease_of_a_deleted_task_is_removed_not_retried_forever(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _original_lease(workspace, 4242, pid=dead.pid, start_ticks=1)  # no such task on the server
+    daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60",
+                          TINYSCHEDULER_HEARTBEAT_SEC="30")
+    wait_for(lambda: workspace.leases() == [], what="the lease removed")
+    wait_for(lambda: any(e.get("event") == "reclaim_task_gone" for e in daemon.log_events()), what="log line")
+    fake.reset_requests()
+    time.sleep(1)
+    assert len(fake.requests) < 20
+
+
+async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspace):
+    """A pass planned on a lease scan taken before a reclaim removed the lease must not start the task
+    while that reclaim can still set it idle and delete the lease (the new run's lease)."""
+    from tinyscheduler.config import load_settings
+    from tinyscheduler.daemon import PassReport, Scheduler
+    from tinyscheduler.planner import Plan, Start
+
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a")
+    task = fake.create_task("being reclaimed", queue_name="dev", assigned_to="dev-a")
+    loaded = load_settings(env_file=None, cli={}, environ=workspace.daemon_env(), cwd=workspace.base)
+    scheduler = Scheduler(loaded, environ={})
+    started: list[object] = []
+
+    class Group:
+        def start_soon(self, *args: object) -> None:
+            started.append(args)
+
+    scheduler._group = Group()  # type: ignore[assignment]
+    scheduler.reclaiming.add(task["id"])
+    try:
+        await scheduler._act(Plan((), (), (Start(task["id"], "dev-a", "assigned to dev-a"),), (), ()), PassReport())
+    finally:
+        if scheduler.client is not None:
+            await scheduler.client.aclose()
+    assert started == [] and scheduler.runs == {}
+
+
+async def test_a_failed_list_request_fails_the_pass_as_a_tinytask_error_not_an_exception_group(fake, tmp_path):
+    """The daemon counts TinyTaskError as "TinyTask down" and a dry run prints one line for it; a
+    request failing inside the concurrent fetches used to surface as an ExceptionGroup instead."""
+    import pytest
+
+    from conftest_runs import FlakyClient
+    from tinyscheduler.leases import LeaseStore
+    from tinyscheduler.planner import PlanConfig
+    from tinyscheduler.tick import gather
+    from tinyscheduler.tinytask import TinyTaskError
+    from tinyscheduler.tinytask.rest import RestClient
+
+    client = FlakyClient(RestClient(fake.url, retries=0))
+    client.down = True
+    store = LeaseStore(tmp_path / "running", tmp_path / "quarantine")
+    try:
+        with pytest.raises(TinyTaskError):
+            await gather(client, PlanConfig(limits={"dev-a": 1, "dev-b": 1}, pools={"dev": ("dev-a", "dev-b")}), store,
+                         now=datetime.now(timezone.utc), host="h", instance_id="i", boot_id=None)
+    finally:
+        await client.aclose()
+
+
+def test_a_symlink_loop_in_the_lease_folder_does_not_end_the_daemon(fake, workspace, daemons):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a")
+    daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_HEARTBEAT_SEC="30")
+    wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
+    os.symlink("task_5.json", workspace.running_dir / "task_5.json")  # ELOOP on stat
+    wait_for(lambda: any(e.get("event") == "lease_quarantined" for e in daemon.log_events()) or
+             daemon.proc.poll() is not None, timeout=10, what="the bad entry handled")
+    assert daemon.proc.poll() is None, daemon.output()[-2000:]
+    task = fake.create_task("still served", queue_name="dev")
+    wait_for(lambda: fake.task(task["id"])["status"] == "complete", timeout=30, what="work goes on")
