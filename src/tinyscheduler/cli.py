@@ -222,7 +222,7 @@ def _add_demo(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
                     "six agents with about 30 tasks, and run the real daemon with a stand-in goose in a "
                     "throw-away folder. Uses its own settings, not yours. Under a minute; Ctrl-C stops it.")
     parser.add_argument("--keep", action="store_true", help="keep the demo folder (logs, state) afterwards")
-    parser.add_argument("--tasks", type=int, default=30, metavar="N", help="number of tasks (default: 30)")
+    parser.add_argument("--tasks", type=int, default=30, metavar="N", help="number of tasks, 5 to 500 (default: 30)")
     parser.set_defaults(handler=_demo)
 
 
@@ -253,7 +253,7 @@ def _add_logs(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "logs", parents=common, allow_abbrev=False, help="print a run's Goose output",
         description="Print the output of a task's run (the latest attempt unless --attempt).")
-    parser.add_argument("task_id", type=int, metavar="TASK_ID")
+    parser.add_argument("task_id", type=int, metavar="TASK_ID", help="the TinyTask task id")
     parser.add_argument("--attempt", type=int, metavar="N", help="which attempt (default: the latest)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the run is in flight")
     add_setting_flags(parser)
@@ -277,7 +277,8 @@ def _add_report(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
         "report", parents=common, allow_abbrev=False, help="TinyTask workload report",
         description="Summary, per-agent breakdown, priority distribution, task age and the task table, "
                     "from one TinyTask list request per status.")
-    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table",
+                        help="table (default), json (every task, the original's key names) or markdown")
     parser.add_argument("--agent", metavar="A", help="only tasks assigned to this agent")
     parser.add_argument("--status", default="idle,working", metavar="S[,S]",
                         help="statuses to include: idle, working, complete (default: idle,working)")

@@ -34,6 +34,17 @@ def test_help_at_every_level(tmp_path: Path, args: list[str]) -> None:
     assert "--env-file" in result.stdout and "--base-path" in result.stdout
 
 
+@pytest.mark.parametrize(("args", "answers"), [
+    (["demo", "--help"], "number of tasks, 5 to 500"),
+    (["logs", "--help"], "TASK_ID the TinyTask task id"),
+    (["report", "--help"], "table (default), json"),
+])
+def test_operator_command_help_explains_every_argument(tmp_path: Path, args: list[str], answers: str) -> None:
+    result = tinyscheduler(tmp_path, *args)
+    assert result.returncode == 0
+    assert answers in " ".join(result.stdout.split())
+
+
 def test_run_help_describes_every_setting_flag_with_variable_and_default(tmp_path: Path) -> None:
     text = " ".join(tinyscheduler(tmp_path, "run", "--help").stdout.split())
     for info in SETTINGS:
