@@ -733,7 +733,15 @@ class Run:
         return self._failure
 
     def _left_alone(self, found: Task | None, *, succeeded: bool = False) -> Report:
-        if succeeded and found is not None and found.status == "idle" and found.assigned_to == self.agent:
+        requeued = found is not None and found.status == "idle" and found.assigned_to == self.agent
+        if requeued and not succeeded:
+            # Idle and still the agent's: our own PATCH whose reply was lost, or a requeue by the
+            # recovery or a person. Not completed, transferred or reassigned: the history (the
+            # failure just counted, its backoff, the attempt budget) still applies.
+            self._log.info("task_left_alone", attempt=self._attempt,
+                           reason="already back in the queue; attempt history kept")
+            return Report.LEFT_ALONE
+        if succeeded and requeued:
             # Requeued (by the recovery or a person) before our report got through: keep the held
             # success, so the next claim completes the task instead of running the agent again.
             self._log.info("success_held",

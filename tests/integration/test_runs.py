@@ -464,3 +464,29 @@ async def test_stop_process_group_of_a_finished_process_sends_nothing(bench: Run
     process = subprocess.Popen(["true"], start_new_session=True)
     process.wait()
     assert await stop_process_group(process.pid, lambda: True, 0.1, structlog.get_logger("test")) == ""
+
+
+async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backoff(bench: RunBench) -> None:
+    """TinyTask applied the PATCH to idle but the reply never came; the retry re-reads the task idle
+    and still the agent's. That is our own requeue, not someone else's word: the failure just counted
+    must stay (it used to be forgotten, so a flaky server erased backoff and the attempt budget)."""
+    from tinyscheduler.tinytask import TinyTaskUnavailable
+
+    bench.attempts.retry_base_sec = 3600
+    task_id = bench.task()
+    lost: list[dict[str, Any]] = []
+
+    def apply_then_lose_the_reply(tid: int, fields: dict[str, Any]) -> None:
+        if fields.get("status") == "idle" and not lost:
+            lost.append(fields)
+            bench.fake._store.update(tid, dict(fields))
+            raise TinyTaskUnavailable("reply lost by the test")
+
+    bench.client.before_update = apply_then_lose_the_reply
+    result = await bench.run(task_id, bench.recipe("dev.yaml", mode="fail")).execute()
+
+    assert lost and result.outcome is Outcome.FAILED
+    assert bench.fake.task(task_id)["status"] == "idle"
+    assert bench.attempts.next_attempt(task_id) == 2
+    assert bench.attempts.not_before(task_id) is not None, "the backoff holds"
+    assert bench.leases.read(task_id) is None
