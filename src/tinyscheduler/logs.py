@@ -14,6 +14,7 @@ Both daily files keep `keep_days` days, today included.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -119,16 +120,30 @@ class DailyFile:
 
 
 class _DailyFileHandler(logging.Handler):
-    def __init__(self, daily: DailyFile, clock: Clock) -> None:
+    def __init__(self, daily: DailyFile, clock: Clock, stream: TextIO) -> None:
         super().__init__()
         self._daily = daily
         self._clock = clock
+        #: Where a failure to write the file is said, once (the stream handler's stream).
+        self._stream = stream
+        self._failing = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._daily.write(self._clock(), self.format(record))
+        except OSError as exc:
+            # A full disk or an unwritable log folder: one line, not logging's traceback for every
+            # record; the stream still gets every line. Said again if it recovers and fails anew.
+            if not self._failing:
+                self._failing = True
+                with contextlib.suppress(Exception):
+                    self._stream.write(f"tinyscheduler: cannot write the log file in {self._daily.directory}: "
+                                       f"{exc.strerror or exc}; log lines go to this stream only until it works\n")
+                    self._stream.flush()
         except Exception:
             self.handleError(record)
+        else:
+            self._failing = False
 
     def close(self) -> None:
         self._daily.close()
@@ -237,7 +252,7 @@ def configure_logging(
     handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
     handlers[0].setFormatter(formatter(_stream_renderer(fmt, stream)))
     if log_dir is not None:
-        daily = _DailyFileHandler(DailyFile(log_dir, "scheduler", ".log", keep_days), clock)
+        daily = _DailyFileHandler(DailyFile(log_dir, "scheduler", ".log", keep_days), clock, stream)
         daily.setFormatter(formatter([structlog.processors.format_exc_info, _json]))
         handlers.append(daily)
 

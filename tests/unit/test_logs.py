@@ -217,3 +217,21 @@ def test_event_log_write_failure_is_logged_not_raised(tmp_path: Path) -> None:
     with structlog.testing.capture_logs() as captured:
         EventLog(blocker).record("gave_up", task_id=3, attempt=5)
     assert [(e["event"], e["lost_event"]) for e in captured] == [("event_log_write_failed", "gave_up")]
+
+
+def test_scheduler_file_that_cannot_be_written_is_one_line_not_a_traceback_per_record(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A full disk or an unwritable log folder while the daemon runs: every line still reaches the
+    # stream (the journal), the failure is said once, and logging prints no traceback per record.
+    blocker = tmp_path / "logs"
+    blocker.write_text("a file where the folder should be")
+    out = io.StringIO()
+    configure_logging("info", "json", blocker, stream=out)
+    log.info("pass_finished", busy=1)
+    log.warning("pass_failed", reason="TinyTask down")
+    events = [json.loads(line)["event"] for line in lines(out) if line.startswith("{")]
+    assert events == ["pass_finished", "pass_failed"]
+    said = [line for line in lines(out) if not line.startswith("{")]
+    assert said == [f"tinyscheduler: cannot write the log file in {blocker}: File exists; "
+                    "log lines go to this stream only until it works"]
+    assert "Traceback" not in capsys.readouterr().err
