@@ -168,6 +168,7 @@ class Scheduler:
         self._wake = anyio.Event()
         self._lease_change = anyio.Event()
         self._hurry = anyio.Event()
+        self._connecting = anyio.Lock()
         self._group: anyio.abc.TaskGroup | None = None
 
     # --- the whole life ---------------------------------------------------------------------------
@@ -192,7 +193,10 @@ class Scheduler:
                 async with anyio.create_task_group() as group:
                     self._group = group
                     group.start_soon(self._handle_signals, signals)
-                    await self._check_leases()  # recovery before READY: orphans stopped, dead runs requeued
+                    # Recovery before READY: orphans stopped, dead runs requeued (bounded by the stop
+                    # ladder and one TinyTask attempt each; a lease whose requeue failed stays).
+                    await self._check_leases()
+                    await self._until(lambda: not self.reclaiming, None)
                     self.notifier.ready()
                     group.start_soon(self._watchdog)
                     group.start_soon(self._lease_watcher)
@@ -365,16 +369,22 @@ class Scheduler:
         )
 
     async def _client(self) -> TinyTaskClient:
-        if self.client is None:
-            s = self.config.settings
-            self.client = await connect(s.tinytask_url, s.tinytask_protocol)
-            features = self.client.features
-            log.info("tinytask_connected", url=s.tinytask_url, protocol=features.protocol)
-            if not features.queues:
-                log.warning("tinytask_limited", url=s.tinytask_url,
-                            reason="the server has no queues or blocking (old tinytask-mcp); running legacy mode: "
-                                   "only tasks already assigned to agents start, blocking is not checked")
+        # Reclaims and the pass may all need the client at start-up: connect once, not once each.
+        async with self._connecting:
+            if self.client is None:
+                await self._connect()
+        assert self.client is not None
         return self.client
+
+    async def _connect(self) -> None:
+        s = self.config.settings
+        self.client = await connect(s.tinytask_url, s.tinytask_protocol)
+        features = self.client.features
+        log.info("tinytask_connected", url=s.tinytask_url, protocol=features.protocol)
+        if not features.queues:
+            log.warning("tinytask_limited", url=s.tinytask_url,
+                        reason="the server has no queues or blocking (old tinytask-mcp); running legacy mode: "
+                               "only tasks already assigned to agents start, blocking is not checked")
 
     # --- leases: recovery and the watcher -----------------------------------------------------------
 
@@ -625,7 +635,7 @@ class Scheduler:
         await self._until(lambda: not self.runs and not self.reclaiming, None)
 
     async def _until(self, done: Any, interrupt: anyio.Event | None) -> None:
-        """Poll a condition while keeping systemd's stop timeout extended."""
+        """Poll a condition while keeping systemd's start or stop timeout extended."""
         ladder = 2 * self.config.settings.stop_grace_sec + 10
         while not done() and not (interrupt is not None and interrupt.is_set()):
             self.notifier.extend_timeout(ladder + 5)

@@ -9,9 +9,11 @@ Rules, in the order they apply:
    (alive but not ours to keep: owned by a previous scheduler instance, over max runtime, or its
    heartbeat stopped). Leases of other hosts are left alone and count for nothing here.
 2. Slots. A slot is a Goose process. An agent's busy slots are its leases on this host that still
-   have (or are about to have) a process: every lease except those being requeued and those
-   `finishing` (the process ended, its outcome is being reported), plus this instance's runs whose
-   lease is not written yet. Free = limit - busy, never negative.
+   have (or are about to have) a process: every lease except those being requeued because their
+   process is gone and those `finishing` (the process ended, its outcome is being reported), plus
+   this instance's runs whose lease is not written yet. A lease without a pid holds its slot until
+   its reclaim is done: its process may exist with the pid unrecorded. Free = limit - busy, never
+   negative.
 3. Candidates. A task can start only if it is idle, not blocked (unless blocking is disabled), not
    tagged `tinyscheduler:failed`, not already leased here, not backing off after a failure, and not
    already chosen in this plan. Blocked tasks are filtered before slots are counted, so a blocked
@@ -258,14 +260,21 @@ class _Planning:
         return ready if not blocking else blocker_first_order(ready, self.blocks)
 
 
+def holds_slot(decision: LeaseDecision, snapshot: Snapshot) -> bool:
+    """Whether a judged lease still stands for a process (or may: a lease without a pid can have
+    one whose pid was never written, until its reclaim has found and stopped it)."""
+    if decision.verdict in (Verdict.KEEP, Verdict.STOP):
+        return True
+    return decision.verdict is Verdict.REQUEUE and snapshot.liveness.get(decision.task_id) is Liveness.NO_PROCESS
+
+
 def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
     state = _Planning(snapshot, config)
 
     decisions = tuple(judge_lease(lease, snapshot, config) for lease in snapshot.leases)
     busy: dict[str, int] = {}
     finishing = {lease.task_id for lease in snapshot.leases if lease.state is LeaseState.FINISHING}
-    holding = {d.task_id: d.agent for d in decisions
-               if d.verdict in (Verdict.KEEP, Verdict.STOP) and d.task_id not in finishing}
+    holding = {d.task_id: d.agent for d in decisions if d.task_id not in finishing and holds_slot(d, snapshot)}
     for task_id, agent in {**holding, **snapshot.in_flight}.items():
         busy[agent] = busy.get(agent, 0) + 1
     agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})

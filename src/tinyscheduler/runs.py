@@ -418,6 +418,8 @@ class Run:
         self._stop_reason: str | None = None
         #: Set on a stop request and when the child exits: the supervisor wakes at once.
         self._wake = asyncio.Event()
+        #: Set by a stop request only: cuts report retries short.
+        self._stop_requested = asyncio.Event()
         self._failure: AttemptRecord | None = None
         self._log = log.bind(task_id=request.task_id, agent=request.agent)
 
@@ -462,6 +464,7 @@ class Run:
         if self._stop_reason is None:
             self._stop_reason = reason
             self._wake.set()
+            self._stop_requested.set()
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -773,7 +776,11 @@ class Run:
             self._log.warning("comment_not_posted", comment=text, reason=str(exc) or "TinyTask unreachable")
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], deadline: float) -> T:
-        """`call` until it succeeds; refusals propagate, unreachability retries until the deadline."""
+        """`call` until it succeeds; refusals propagate, unreachability retries until the deadline.
+
+        A stop request (the daemon is shutting down) ends the retries at once: the outcome is in the
+        attempt book and the lease stays, so the next instance's recovery finishes the job.
+        """
         wait = 0.5
         while True:
             try:
@@ -782,11 +789,12 @@ class Run:
                 raise
             except TinyTaskError as exc:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._stop_reason is not None:
                     raise _Unreachable() from exc
                 self._log.warning("report_retrying", reason=str(exc),
                                   retry_in=round(min(wait, remaining), 2))
-                await asyncio.sleep(min(wait, remaining))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), timeout=min(wait, remaining))
                 wait = min(wait * 2, REPORT_RETRY_MAX_SEC)
 
     # --- not started -----------------------------------------------------------------------------

@@ -4,12 +4,13 @@ Whatever a test starts is stopped afterwards, also when the test fails.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import DaemonProcess, Workspace, kill_everything
+from runbench import RunBench, open_bench
+
 from tinyscheduler.fake_tinytask import FakeTinyTask
 
 
@@ -33,3 +34,11 @@ def daemons(workspace: Workspace) -> Iterator[list[DaemonProcess]]:
     yield started
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+async def bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBench]:
+    """One Goose run's surroundings: policy, lease store, attempt book, a client to the fake."""
+    async with open_bench(tmp_path, fake) as run_bench:
+        yield run_bench
+

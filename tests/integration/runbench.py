@@ -1,7 +1,7 @@
-"""Fixtures for the run supervisor tests: the fake TinyTask over real HTTP, real lease files under
-tmp_path, the stand-in goose as a real process. Import the fixtures explicitly from test modules.
+"""What the run supervisor tests build on: the fake TinyTask over real HTTP, real lease files under
+tmp_path, the stand-in goose as a real process (the `bench` fixture in conftest.py opens one).
 
-Every process a test starts is killed in the `bench` finalizer, found by the lease path under
+Every process a test starts is killed when the bench closes, found by the lease path under
 tmp_path that `Run` puts in its environment (runs have sessions of their own).
 """
 from __future__ import annotations
@@ -11,16 +11,15 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-import pytest
 import yaml
+from harness import STANDIN
 
 from tinyscheduler.attempts import AttemptBook
 from tinyscheduler.fake_tinytask import FakeTinyTask
@@ -29,7 +28,6 @@ from tinyscheduler.runs import Run, RunPolicy, RunRequest
 from tinyscheduler.tinytask import Task, TaskBatch, TinyTaskClient, TinyTaskUnavailable
 from tinyscheduler.tinytask.rest import RestClient
 
-STANDIN = str(Path(sys.executable).with_name("tinyscheduler-standin-goose"))
 T = TypeVar("T")
 
 
@@ -145,14 +143,9 @@ class RunBench:
         return found
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeTinyTask]:
-    with FakeTinyTask() as server:
-        yield server
-
-
-@pytest.fixture
-async def bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBench]:
+@contextlib.asynccontextmanager
+async def open_bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBench]:
+    """A run's surroundings under `tmp_path`; every process started for it is killed on the way out."""
     for folder in ("base", "recipes", "logs"):
         (tmp_path / folder).mkdir()
     policy = RunPolicy(

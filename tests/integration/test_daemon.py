@@ -11,6 +11,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 
+import pytest
 
 from harness import (
     STANDIN,
@@ -21,7 +22,13 @@ from harness import (
     processes_of,
     wait_for,
 )
+from runbench import FlakyClient
 from tinyscheduler.fake_tinytask import FakeTinyTask
+from tinyscheduler.leases import LeaseStore
+from tinyscheduler.planner import PlanConfig
+from tinyscheduler.tick import gather
+from tinyscheduler.tinytask import TinyTaskError
+from tinyscheduler.tinytask.rest import RestClient
 
 AGENTS = [("dev-a", "dev", 2), ("dev-b", "dev", 1), ("qa-a", "qa", 2), ("ops-a", "ops", 1), ("ops-b", "ops", 2)]
 
@@ -340,15 +347,6 @@ async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspa
 async def test_a_failed_list_request_fails_the_pass_as_a_tinytask_error_not_an_exception_group(fake, tmp_path):
     """The daemon counts TinyTaskError as "TinyTask down" and a dry run prints one line for it; a
     request failing inside the concurrent fetches used to surface as an ExceptionGroup instead."""
-    import pytest
-
-    from conftest_runs import FlakyClient
-    from tinyscheduler.leases import LeaseStore
-    from tinyscheduler.planner import PlanConfig
-    from tinyscheduler.tick import gather
-    from tinyscheduler.tinytask import TinyTaskError
-    from tinyscheduler.tinytask.rest import RestClient
-
     client = FlakyClient(RestClient(fake.url, retries=0))
     client.down = True
     store = LeaseStore(tmp_path / "running", tmp_path / "quarantine")

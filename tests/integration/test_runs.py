@@ -13,9 +13,16 @@ from typing import Any
 import psutil
 import pytest
 import structlog
+from runbench import STANDIN, RunBench, eventually
 
-from conftest_runs import STANDIN, RunBench, bench, eventually, fake  # noqa: F401  (fixtures)
-from tinyscheduler.leases import Lease, LeaseState, Liveness, current_boot_id, probe, process_start_ticks
+from tinyscheduler.leases import (
+    Lease,
+    LeaseState,
+    Liveness,
+    current_boot_id,
+    probe,
+    process_start_ticks,
+)
 from tinyscheduler.outcomes import Outcome
 from tinyscheduler.runs import Report, RunLog, requeue_if_ours, stop_process_group
 from tinyscheduler.tinytask import FAILED_TAG
@@ -413,6 +420,22 @@ async def test_success_requeued_by_someone_else_during_an_outage_is_not_rerun(be
     assert result.report is Report.LEFT_ALONE and bench.attempts.success_unreported(task_id)
     again = await bench.run(task_id, recipe).execute()
     assert again.report is Report.COMPLETED and bench.starts(task_id) == 1
+
+
+async def test_stop_request_ends_report_retries_at_once_and_leaves_the_lease(bench: RunBench) -> None:
+    """A daemon shutting down does not wait out the report deadline while TinyTask is down."""
+    task_id = bench.task()
+    run = bench.run(task_id, bench.recipe("dev.yaml", mode="succeed"), report_timeout_sec=300)
+    run.on_event = lambda name, fields: setattr(bench.client, "down", name == "started")
+    execution = asyncio.create_task(run.execute())
+    await eventually(lambda: bench.client.failed_calls, what="the report to meet the outage")
+
+    run.request_stop("the scheduler is shutting down")
+    result = await asyncio.wait_for(execution, timeout=10)
+
+    assert result.outcome is Outcome.SUCCEEDED and result.report is Report.UNREPORTED
+    assert bench.attempts.success_unreported(task_id), "the success is kept for the recovery"
+    assert bench.leases.read(task_id) is not None, "the lease stays for the next instance"
 
 
 async def test_failure_unreported_while_tinytask_is_down_still_counts(bench: RunBench) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest_runs import STANDIN, fake  # noqa: F401  (fixture)
+from harness import STANDIN
+
 from tinyscheduler.fake_tinytask import FakeTinyTask
 from tinyscheduler.outcomes import MAX_TURNS_SENTENCE, Outcome, ProcessEnd, classify
 

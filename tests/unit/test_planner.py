@@ -238,15 +238,15 @@ def test_more_leases_than_the_limit_never_goes_negative() -> None:
     [
         (Liveness.DEAD, {}, Verdict.REQUEUE, 1),  # requeued: its slot is free again
         (Liveness.REUSED, {}, Verdict.REQUEUE, 1),
-        (Liveness.NO_PROCESS, {"pid": None}, Verdict.REQUEUE, 1),
+        (Liveness.NO_PROCESS, {"pid": None}, Verdict.REQUEUE, 0),  # a process may run, its pid unrecorded
         (Liveness.ALIVE, {"runtime": MAX_RUNTIME + 10}, Verdict.STOP, 0),  # still running while stopped
         (Liveness.ALIVE, {"owner": "instance-old"}, Verdict.STOP, 0),
         (Liveness.ALIVE, {}, Verdict.KEEP, 0),
     ],
     ids=["dead", "reused", "no-process", "stop-runtime", "stop-previous-owner", "keep"],
 )
-def test_requeued_leases_free_their_slot_stopping_ones_do_not(liveness: Liveness, extra: dict[str, Any],
-                                                              verdict: Verdict, starts: int) -> None:
+def test_requeued_leases_free_their_slot_unless_pidless_stopping_ones_do_not(liveness: Liveness, extra: dict[str, Any],
+                                                                            verdict: Verdict, starts: int) -> None:
     s = snap(leases=[lease(100, **extra)], liveness={100: liveness}, agent_tasks={"a": [task(1, agent="a")]})
     result = plan(s, cfg({"a": 1}))
     assert result.leases[0].verdict is verdict
@@ -724,3 +724,13 @@ def test_a_finishing_run_holds_no_slot() -> None:
     assert started(result) == [(2, "a")]
     assert result.leases[0].verdict is Verdict.KEEP, "the lease stays until the outcome is reported"
     assert 1 not in started_ids(result)
+
+
+def test_a_lease_without_a_pid_holds_its_slot_until_reclaimed() -> None:
+    """Its process may exist with the pid never written; the reclaim finds it by its lease tag."""
+    orphaned = lease(1, "a", pid=None, owner="instance-old").with_changes(state=LeaseState.STARTING)
+    s = snap(leases=[orphaned], liveness={1: Liveness.NO_PROCESS}, agent_tasks={"a": [task(2, agent="a")]})
+    result = plan(s, cfg({"a": 1}))
+    assert result.leases[0].verdict is Verdict.REQUEUE
+    assert slot(result, "a").busy == 1 and started(result) == []
+

@@ -119,7 +119,10 @@ def test_never_exceeds_any_agents_limit(scene: Scene) -> None:
         assert slot.starting <= max(0, limit - slot.busy)
         holding = {
             lease.task_id: lease.agent for lease, decision in zip(scene.snapshot.leases, result.leases)
-            if decision.verdict in (Verdict.KEEP, Verdict.STOP) and lease.state is not LeaseState.FINISHING
+            if lease.state is not LeaseState.FINISHING and (
+                decision.verdict in (Verdict.KEEP, Verdict.STOP)
+                or (decision.verdict is Verdict.REQUEUE
+                    and scene.snapshot.liveness.get(lease.task_id) is Liveness.NO_PROCESS))
         } | dict(scene.snapshot.in_flight)
         assert slot.busy == sum(1 for agent in holding.values() if agent == slot.agent)
     assert set(per_agent) <= {slot.agent for slot in result.slots}
