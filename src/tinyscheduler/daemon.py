@@ -32,7 +32,7 @@ import structlog
 
 from tinyscheduler import systemd
 from tinyscheduler.attempts import AttemptBook
-from tinyscheduler.config import ConfigError, LoadedSettings, Settings, redacted
+from tinyscheduler.config import ConfigError, LoadedSettings, Settings, mask_url_passwords, redacted
 from tinyscheduler.leases import (
     Lease,
     LeaseState,
@@ -703,11 +703,12 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
                                     not_before=attempts.not_before_all())
             protocol = client.features.protocol
     except TinyTaskError as exc:
-        print(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}", file=sys.stderr)
+        print(mask_url_passwords(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}"),
+              file=sys.stderr)
         return 1
     result = plan(gathered.snapshot, pc)
     if json_output:
-        payload = {"dry_run": True, "tinytask": s.tinytask_url, "protocol": protocol,
+        payload = {"dry_run": True, "tinytask": mask_url_passwords(s.tinytask_url), "protocol": protocol,
                    "mode": "queue" if pc.pools else "legacy", **result.to_json(),
                    "malformed": [str(p) for p in gathered.problems],
                    "quarantine_candidates": [{"file": str(q.original), "reason": q.reason}
@@ -715,8 +716,8 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         print(json.dumps(payload, indent=2, default=str))
     else:
         mode = f"queue mode ({len(pc.pools)} queue(s))" if pc.pools else "legacy mode (agent limits only)"
-        header = (f"TinyScheduler dry run at {gathered.snapshot.now:%Y-%m-%d %H:%M:%S} UTC: TinyTask {s.tinytask_url} "
-                  f"({protocol}), {mode}")
+        header = (f"TinyScheduler dry run at {gathered.snapshot.now:%Y-%m-%d %H:%M:%S} UTC: "
+                  f"TinyTask {mask_url_passwords(s.tinytask_url)} ({protocol}), {mode}")
         print(render_plan(result, gathered, header=header) + "\nDry run: nothing was assigned, started or written.")
     return 0
 

@@ -28,6 +28,8 @@ from typing import IO, Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from tinyscheduler.config import mask_url_passwords
+
 log = structlog.get_logger("tinyscheduler.logs")
 
 Clock = Callable[[], datetime]
@@ -205,6 +207,11 @@ def is_journal_stream(stream: TextIO) -> bool:
         return False
 
 
+def _mask_passwords(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    # A TinyTask URL with credentials reaches many lines (errors quote it); none may show them.
+    return {key: mask_url_passwords(value) if isinstance(value, str) else value for key, value in event_dict.items()}
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -245,7 +252,7 @@ def configure_logging(
 
     def formatter(renderer: list[Processor]) -> logging.Formatter:
         return structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _mask_passwords, *renderer],
             foreign_pre_chain=foreign,
         )
 

@@ -283,6 +283,14 @@ def test_other_names_are_not_redacted() -> None:
     assert redacted("api_key", "") == ""  # nothing to hide, and "unset" stays visible
 
 
+def test_a_password_inside_a_url_is_masked_whatever_the_setting(tmp_path: Path) -> None:
+    assert redacted("mcp_endpoint", "http://bob:s3cret@127.0.0.1:3000/mcp") == "http://bob:***@127.0.0.1:3000/mcp"
+    assert redacted("mcp_endpoint", "http://127.0.0.1:3000") == "http://127.0.0.1:3000"
+    loaded = load(tmp_path, env={"TINYSCHEDULER_MCP_ENDPOINT": "https://ops:hunter2@tinytask.local:8443"})
+    shown = {row["name"]: row["value"] for row in loaded.describe()}
+    assert shown["mcp_endpoint"] == "https://ops:***@tinytask.local:8443"
+
+
 def test_describe_lists_every_setting_with_source(tmp_path: Path) -> None:
     loaded = load(tmp_path, env={"TINYSCHEDULER_AGENT_LIMITS": "dev:2"})
     rows = {row["name"]: row for row in loaded.describe()}

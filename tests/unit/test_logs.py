@@ -96,6 +96,16 @@ def test_json_lines_keep_fields_as_fields(clock: FakeClock) -> None:
     }]
 
 
+@pytest.mark.parametrize("fmt", ["json", "journal", "console"])
+def test_no_line_shows_a_password_inside_a_url(fmt: str, clock: FakeClock) -> None:
+    out = io.StringIO()
+    configure_logging("info", fmt, None, stream=out, clock=clock)
+    log.error("pass_failed", error="TinyTask unavailable at http://ops:hunter2@tinytask.local:3000: refused")
+    logging.getLogger("somelib").warning("GET http://ops:hunter2@tinytask.local:3000/health failed")
+    text = out.getvalue()
+    assert "hunter2" not in text and text.count("ops:***@tinytask.local") == 2
+
+
 def test_console_without_a_terminal_has_no_colours(clock: FakeClock) -> None:
     out = io.StringIO()
     configure_logging("info", "console", None, stream=out, clock=clock)
