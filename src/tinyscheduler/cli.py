@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tinyscheduler import __version__
 from tinyscheduler.config import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
@@ -292,9 +292,17 @@ SUBCOMMANDS: list[Registration] = [_add_run, _add_config, _add_validate_config,
                                    _add_demo, _add_status, _add_logs, _add_report]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the argument and where help is, not the whole usage block
+    (with every setting's flag, that block is twenty lines above the one that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tinyscheduler", parents=[common], allow_abbrev=False,
         description="Keeps a host's Goose agents busy with the work queued for them in TinyTask.",
         epilog="Settings: flag > environment (TINYSCHEDULER_*) > env file > default. "

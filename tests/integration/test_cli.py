@@ -60,6 +60,13 @@ def test_no_subcommand_is_a_usage_error(tmp_path: Path) -> None:
     assert "required: SUBCOMMAND" in result.stderr
 
 
+def test_a_usage_error_is_one_line_pointing_at_help(tmp_path: Path) -> None:
+    result = tinyscheduler(tmp_path, "logs", "abc")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "tinyscheduler logs: error: argument TASK_ID: invalid int value: 'abc' (see `tinyscheduler logs --help`)"]
+
+
 def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     result = tinyscheduler(tmp_path, "run", "--once", "--max-runtime", "soon",
                            env={"TINYSCHEDULER_LOOP_INTERVAL_SEC": "abc"})
