@@ -129,6 +129,9 @@ def collect(settings: Settings, *, now: datetime | None = None) -> Status:
         "last_pass_file": str(settings.last_pass_file), "attempts_file": str(settings.attempts_file),
         "task_log_dir": str(settings.task_log_dir), "quarantine_dir": str(settings.quarantine_dir),
     })
+    if not settings.base_path.is_dir():
+        status.problems.append(f"base path {settings.base_path} is not an existing folder: is --base-path or "
+                               "TINYSCHEDULER_BASE_PATH the one the daemon uses?")
     _read_last_pass(settings, status, now)
     store = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True)
     try:

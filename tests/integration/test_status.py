@@ -118,6 +118,15 @@ def test_status_of_an_empty_folder_is_calm(workspace):
     assert sorted(p.name for p in workspace.base.iterdir()) == [], "status created files"
 
 
+def test_status_of_a_base_path_that_does_not_exist_says_so(workspace):
+    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "--base-path", str(workspace.base / "typo"),
+                             "status"], cwd=workspace.base, env=workspace.daemon_env(), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "No problems found" not in result.stdout
+    assert f"base path {workspace.base / 'typo'} is not an existing folder" in result.stdout
+
+
 def test_status_reports_a_lease_folder_it_cannot_read(workspace):
     # As root a 0700 folder of another user is still readable, so a file where the folder should be
     # stands in for "cannot read the lease folder".
