@@ -22,16 +22,25 @@ import yaml
 STANDIN = str(Path(sys.executable).with_name("tinyscheduler-standin-goose"))
 
 
+class Deadline:
+    """A test's patience: `check()` fails naming what was awaited once `timeout` seconds are up."""
+
+    def __init__(self, timeout: float, what: str) -> None:
+        self.at = time.monotonic() + timeout
+        self.message = f"timed out after {timeout}s waiting for {what}"
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise AssertionError(self.message)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    deadline = Deadline(timeout, what)
+    while not (value := predicate()):
+        deadline.check()
         time.sleep(interval)
+    return value
 
 
 @dataclass

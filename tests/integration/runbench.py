@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 import psutil
 import yaml
-from harness import STANDIN
+from harness import STANDIN, Deadline
 
 from tinyscheduler.attempts import AttemptBook
 from tinyscheduler.fake_tinytask import FakeTinyTask
@@ -32,15 +31,12 @@ T = TypeVar("T")
 
 
 async def eventually(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll `predicate` until it is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """`harness.wait_for` for coroutines: poll without blocking the event loop."""
+    deadline = Deadline(timeout, what)
+    while not (value := predicate()):
+        deadline.check()
         await asyncio.sleep(0.02)
+    return value
 
 
 class FlakyClient(TinyTaskClient):

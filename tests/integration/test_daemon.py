@@ -223,7 +223,8 @@ def test_lease_removed_by_hand_is_restored_while_its_process_runs(fake, workspac
     wait_for(lambda: lease.exists() and json.loads(lease.read_text()).get("pid"), what="lease with a pid")
     lease.unlink()
     wait_for(lease.exists, timeout=10, what="lease restored")
-    assert any(e.get("event") == "lease_restored" for e in daemon.log_events())
+    # The file is written first, then the line is logged.
+    wait_for(lambda: any(e.get("event") == "lease_restored" for e in daemon.log_events()), what="lease_restored")
 
 
 def test_run_whose_pid_never_reached_its_lease_is_found_and_stopped_before_the_task_runs_again(
