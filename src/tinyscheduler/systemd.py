@@ -123,8 +123,8 @@ class WatchdogGate:
     """Whether the daemon is healthy enough to ping the watchdog; pure, times are passed in.
 
     Unhealthy when a pass has been running longer than `pass_timeout`, or, with `loop_timeout`
-    set, when no pass is running and the loop has not reported (`loop_alive` or a pass ending)
-    for longer than that. Before its first report the loop cannot be late. How a pass ended
+    set, when no pass is running and the tick loop has not started or ended one for longer than
+    that. Before its first report the loop cannot be late. How a pass ended
     does not matter: a pass that failed because TinyTask is down still ended, and a restart
     would not bring TinyTask back.
     """
@@ -141,9 +141,6 @@ class WatchdogGate:
 
     def pass_finished(self, now: float) -> None:
         self._pass_started = None
-        self._last_report = now
-
-    def loop_alive(self, now: float) -> None:
         self._last_report = now
 
     def healthy(self, now: float) -> bool:

@@ -50,7 +50,6 @@ class Gathered:
     #: Tasks the server sent that could not be used (one log line each).
     problems: tuple[TaskProblem, ...] = ()
     quarantined: tuple[Quarantined, ...] = ()
-    requests: int = 0
 
 
 @dataclass
@@ -134,8 +133,7 @@ async def gather(
         agent_tasks=fetches.agent_tasks,
         not_before=dict(not_before or {}),
     )
-    requests = len(fetches.queue_tasks) + len(fetches.agent_tasks)
-    return Gathered(snapshot, tuple(fetches.problems), scan.quarantined, requests)
+    return Gathered(snapshot, tuple(fetches.problems), scan.quarantined)
 
 
 # --- what a person reads ---------------------------------------------------------------------------

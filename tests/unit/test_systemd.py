@@ -182,11 +182,6 @@ LOOP_TIMEOUT = 30.0
             id="finished pass, then the loop goes quiet",
         ),
         pytest.param(
-            [(0, "pass_started"), (9, "pass_finished"), (30, "loop_alive"), (55, "loop_alive")],
-            [(80, True), (86, False)],
-            id="the loop reporting keeps it healthy",
-        ),
-        pytest.param(
             [(0, "pass_started"), (20, "pass_finished"), (21, "pass_started")],
             [(25, True), (31, True), (31.5, False)],
             id="a slow pass that ended is forgiven; the next one has its own timeout",
