@@ -110,6 +110,18 @@ class Workspace:
     def leases(self) -> list[Path]:
         return sorted(self.running_dir.glob("task_*.json")) if self.running_dir.exists() else []
 
+    def running_pids(self) -> list[int]:
+        """Pids named by the leases now (a lease is written before its process exists)."""
+        pids = []
+        for path in self.leases():
+            try:
+                pid = json.loads(path.read_text()).get("pid")
+            except FileNotFoundError:
+                continue  # the run ended between the listing and the read
+            if pid:
+                pids.append(pid)
+        return pids
+
 
 def max_concurrency(records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any] = lambda r: r["agent"]) -> dict[Any, int]:
     """Highest number of runs in flight at once, per key, from start/end records."""

@@ -106,7 +106,7 @@ def test_kill_9_mid_run_then_restart_loses_nothing_and_never_runs_a_task_twice_a
         fake.create_task(f"work {i}", queue_name="dev")
 
     first = start_daemon(daemons, workspace, "--daemon")
-    wait_for(lambda: len(workspace.leases()) >= 3, what="runs in flight")
+    wait_for(lambda: len(workspace.running_pids()) >= 3, what="three runs in flight")
     os.killpg(first.pid, signal.SIGKILL)  # the daemon only; its runs live in their own sessions
     first.wait()
     assert any(p for p in processes_of(workspace.base)), "runs outlived the killed daemon"
