@@ -19,7 +19,11 @@ from typing import Any
 import psutil
 import yaml
 
-STANDIN = str(Path(sys.executable).with_name("tinyscheduler-standin-goose"))
+from tinyscheduler.testing.standin_goose import write_launcher
+
+#: The stand-in goose as a program (a plain install puts none on PATH), beside the test interpreter:
+#: not under /tmp, which the system tests' units see privately (PrivateTmp=yes).
+STANDIN = str(write_launcher(Path(sys.executable).parent / "goose-standin"))
 
 
 class Deadline:

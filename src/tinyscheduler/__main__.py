@@ -1,3 +1,3 @@
-from tinyscheduler.cli import main
+from tinyscheduler.cli.main import main
 
 raise SystemExit(main())

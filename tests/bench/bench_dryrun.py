@@ -49,14 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 
 from harness import Workspace  # noqa: E402
 
-from tinyscheduler.fake_tinytask import FakeTinyTask  # noqa: E402
-from tinyscheduler.leases import LeaseStore, current_boot_id  # noqa: E402
-from tinyscheduler.planner import Plan, PlanConfig, plan  # noqa: E402
-from tinyscheduler.registry import load_registry  # noqa: E402
-from tinyscheduler.tick import FETCH_CONCURRENCY, gather, plan_config  # noqa: E402
-from tinyscheduler.tinytask import TinyTaskClient  # noqa: E402
-from tinyscheduler.tinytask.connect import connect  # noqa: E402
-from tinyscheduler.tinytask.models import FAILED_TAG  # noqa: E402
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.procfs import current_boot_id
+from tinyscheduler.core.planner import Plan, PlanConfig, plan
+from tinyscheduler.config.registry import load_registry
+from tinyscheduler.service.gather import FETCH_CONCURRENCY, gather, plan_config
+from tinyscheduler.adapters.tinytask import TinyTaskClient
+from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.core.tasks import FAILED_TAG
 
 TASKS, QUEUES, AGENTS, SLOTS = 2_000, 10, 50, 2
 GOAL_REST_OVER_BARE = 3.0

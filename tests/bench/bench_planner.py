@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from tinyscheduler.leases import Lease, LeaseState, Liveness
-from tinyscheduler.planner import PlanConfig, Snapshot, plan
-from tinyscheduler.tinytask.models import FAILED_TAG, Task
+from tinyscheduler.core.leases import Lease, LeaseState, Liveness
+from tinyscheduler.core.planner import PlanConfig, Snapshot, plan
+from tinyscheduler.core.tasks import FAILED_TAG, Task
 
 GOAL_MS = 50.0
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)

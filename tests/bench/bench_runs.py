@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the 
 
 from harness import DaemonProcess, Workspace, kill_everything, max_concurrency, wait_for  # noqa: E402
 
-from tinyscheduler.fake_tinytask import FakeTinyTask  # noqa: E402
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 GOAL_RSS_MB = 80.0
 GOAL_CPU_PERCENT = 5.0

@@ -11,7 +11,7 @@ import pytest
 from harness import DaemonProcess, Workspace, kill_everything
 from runbench import RunBench, open_bench
 
-from tinyscheduler.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 
 @pytest.fixture

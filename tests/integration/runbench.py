@@ -20,12 +20,14 @@ import psutil
 import yaml
 from harness import STANDIN, Deadline
 
-from tinyscheduler.attempts import AttemptBook
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.leases import LeaseStore, current_boot_id
-from tinyscheduler.runs import Run, RunPolicy, RunRequest
-from tinyscheduler.tinytask import Task, TaskBatch, TinyTaskClient, TinyTaskUnavailable
-from tinyscheduler.tinytask.rest import RestClient
+from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.procfs import current_boot_id
+from tinyscheduler.service.runs import Run, RunPolicy, RunRequest
+from tinyscheduler.adapters.tinytask import TaskBatch, TinyTaskClient, TinyTaskUnavailable
+from tinyscheduler.core.tasks import Task
+from tinyscheduler.adapters.tinytask.rest import RestClient
 
 T = TypeVar("T")
 

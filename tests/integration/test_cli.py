@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.config import SETTINGS
+from tinyscheduler.config.settings import SETTINGS
 
 
 def tinyscheduler(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

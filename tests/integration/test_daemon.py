@@ -23,12 +23,12 @@ from harness import (
     wait_for,
 )
 from runbench import FlakyClient
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.leases import LeaseStore
-from tinyscheduler.planner import PlanConfig
-from tinyscheduler.tick import gather
-from tinyscheduler.tinytask import TinyTaskError
-from tinyscheduler.tinytask.rest import RestClient
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.core.planner import PlanConfig
+from tinyscheduler.service.gather import gather
+from tinyscheduler.adapters.tinytask import TinyTaskError
+from tinyscheduler.adapters.tinytask.rest import RestClient
 
 AGENTS = [("dev-a", "dev", 2), ("dev-b", "dev", 1), ("qa-a", "qa", 2), ("ops-a", "ops", 1), ("ops-b", "ops", 2)]
 
@@ -320,9 +320,9 @@ def test_the_lease_of_a_deleted_task_is_removed_not_retried_forever(fake, worksp
 async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspace):
     """A pass planned on a lease scan taken before a reclaim removed the lease must not start the task
     while that reclaim can still set it idle and delete the lease (the new run's lease)."""
-    from tinyscheduler.config import load_settings
-    from tinyscheduler.daemon import PassReport, Scheduler
-    from tinyscheduler.planner import Plan, Start
+    from tinyscheduler.config.settings import load_settings
+    from tinyscheduler.service.scheduler import PassReport, Scheduler
+    from tinyscheduler.core.planner import Plan, Start
 
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")

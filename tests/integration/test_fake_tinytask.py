@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tinyscheduler.fake_tinytask import FakeError, FakeTinyTask
+from tinyscheduler.testing.fake_tinytask import FakeError, FakeTinyTask
 
 TASK_FIELDS = {
     "id", "title", "description", "status", "assigned_to", "previous_assigned_to", "created_by", "priority",
@@ -480,7 +480,7 @@ def test_cli_serves_seed_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyscheduler.fake_tinytask", "--seed", str(seed)],
+        [sys.executable, "-m", "tinyscheduler.testing.fake_tinytask", "--seed", str(seed)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import DaemonProcess, Workspace, kill_everything, wait_for
-from tinyscheduler.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 #: (transport asked for, old server?) -> what the daemon ends up speaking
 TRANSPORTS = {"rest": ("rest", False), "mcp-http": ("mcp", False), "mcp-sse": ("auto", True)}

@@ -15,17 +15,11 @@ import pytest
 import structlog
 from runbench import STANDIN, RunBench, eventually
 
-from tinyscheduler.leases import (
-    Lease,
-    LeaseState,
-    Liveness,
-    current_boot_id,
-    probe,
-    process_start_ticks,
-)
-from tinyscheduler.outcomes import Outcome
-from tinyscheduler.runs import Report, RunLog, requeue_if_ours, stop_process_group
-from tinyscheduler.tinytask import FAILED_TAG
+from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_ticks
+from tinyscheduler.core.leases import Lease, LeaseState, Liveness
+from tinyscheduler.core.outcomes import Outcome
+from tinyscheduler.service.runs import Report, RunLog, requeue_if_ours, stop_process_group
+from tinyscheduler.core.tasks import FAILED_TAG
 
 
 def running_lease(b: RunBench, task_id: int) -> Lease | None:
@@ -493,7 +487,7 @@ async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backof
     """TinyTask applied the PATCH to idle but the reply never came; the retry re-reads the task idle
     and still the agent's. That is our own requeue, not someone else's word: the failure just counted
     must stay (it used to be forgotten, so a flaky server erased backoff and the attempt budget)."""
-    from tinyscheduler.tinytask import TinyTaskUnavailable
+    from tinyscheduler.adapters.tinytask import TinyTaskUnavailable
 
     bench.attempts.retry_base_sec = 3600
     task_id = bench.task()

@@ -16,8 +16,8 @@ import yaml
 
 from harness import STANDIN
 
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.outcomes import MAX_TURNS_SENTENCE, Outcome, ProcessEnd, classify
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.core.outcomes import MAX_TURNS_SENTENCE, Outcome, ProcessEnd, classify
 
 
 class Goose:

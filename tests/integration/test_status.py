@@ -12,7 +12,7 @@ from typing import Any
 
 
 from harness import DaemonProcess, Workspace, wait_for
-from tinyscheduler.lock import InstanceLock
+from tinyscheduler.adapters.lock import InstanceLock
 
 
 def wait_showing(daemon: DaemonProcess, predicate: Callable[[], Any], what: str) -> Any:

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 import pytest
 
 from harness import DaemonProcess, Workspace, wait_for
-from tinyscheduler import tasklogs
-from tinyscheduler.config import load_settings
-from tinyscheduler.tasklogs import copy_new
+from tinyscheduler.cli import logs as tasklogs
+from tinyscheduler.config.settings import load_settings
+from tinyscheduler.cli.logs import copy_new
 
 
 @pytest.fixture

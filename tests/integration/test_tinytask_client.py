@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.tinytask import (
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.adapters.tinytask import (
     SCHEDULER_NAME,
     TaskNotFound,
     TaskProblem,
@@ -23,9 +23,9 @@ from tinyscheduler.tinytask import (
     TinyTaskRejected,
     TinyTaskUnavailable,
 )
-from tinyscheduler.tinytask.connect import connect
-from tinyscheduler.tinytask.mcp import McpHttpClient, McpSseClient
-from tinyscheduler.tinytask.rest import RestClient
+from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
+from tinyscheduler.adapters.tinytask.rest import RestClient
 
 
 class Naps:

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.tinytask import (
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.adapters.tinytask import (
     SCHEDULER_NAME,
     TaskBatch,
     TaskNotFound,
     TinyTaskClient,
     TinyTaskRejected,
 )
-from tinyscheduler.tinytask.mcp import McpHttpClient, McpSseClient
-from tinyscheduler.tinytask.rest import RestClient
+from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
+from tinyscheduler.adapters.tinytask.rest import RestClient
 
 TRANSPORTS = {"rest": RestClient, "mcp-http": McpHttpClient, "mcp-sse": McpSseClient}
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness import Workspace, kill_everything, processes_of, wait_for
-from tinyscheduler.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 if TYPE_CHECKING:  # a runtime import of "conftest" could find tests/conftest.py instead
     from conftest import UserManager
@@ -30,7 +30,7 @@ UNIT = "tinyscheduler.service"
 
 NOTIFY_SCRIPT = """\
 import signal
-from tinyscheduler.systemd import Notifier
+from tinyscheduler.adapters.systemd import Notifier
 
 notifier = Notifier.from_environ()
 notifier.status("trivial: ready")

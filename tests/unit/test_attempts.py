@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.attempts import AttemptBook, AttemptRecord
+from tinyscheduler.adapters.attempt_book import AttemptBook, AttemptRecord
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
 

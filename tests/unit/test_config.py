@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.config import (
+from tinyscheduler.config.settings import (
     SETTINGS,
     ConfigError,
     LoadedSettings,

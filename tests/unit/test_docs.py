@@ -20,17 +20,17 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.cli import build_parser
-from tinyscheduler.config import SETTINGS, SettingInfo, load_settings
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.registry import load_registry
-from tinyscheduler.validate import run_checks
+from tinyscheduler.cli.main import build_parser
+from tinyscheduler.config.settings import SETTINGS, SettingInfo, load_settings
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.config.registry import load_registry
+from tinyscheduler.cli.validate import run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ENV_EXAMPLE = ROOT / ".env.tinyscheduler.example"
 EXAMPLES = ROOT / "examples"
-STANDIN = str(Path(sys.executable).with_name("tinyscheduler-standin-goose"))
+from harness import STANDIN
 #: README lines that are parsed but not run here: the daemon never ends; the demo has its own tests
 #: (tests/integration/test_demo.py runs it to the end and interrupts it as a person would).
 NOT_RUN = ("run --daemon", "demo")

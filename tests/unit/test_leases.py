@@ -15,19 +15,17 @@ from typing import Any
 import psutil
 import pytest
 
-from tinyscheduler import leases as leases_module
-from tinyscheduler.leases import (
+from tinyscheduler.adapters import files as files_module
+from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
+from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_ticks
+from tinyscheduler.core.leases import (
     MAX_LEASE_BYTES,
     Lease,
     LeaseFormatError,
     LeaseState,
-    LeaseStore,
     Liveness,
-    current_boot_id,
     lease_from_json,
-    probe,
-    process_start_ticks,
-    write_json_atomic,
 )
 
 STARTED = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
@@ -138,7 +136,7 @@ def test_failed_replace_removes_the_temp_file(store: LeaseStore, monkeypatch: py
     def refuse(src: Any, dst: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(leases_module.os, "replace", refuse)
+    monkeypatch.setattr(files_module.os, "replace", refuse)
     with pytest.raises(OSError, match="No space"):
         store.write(make_lease())
     monkeypatch.undo()
@@ -192,9 +190,9 @@ def test_epoch_and_naive_timestamps_are_accepted() -> None:
 
 
 def test_minimal_lease_defaults() -> None:
-    lease = lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"})
+    lease = lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"}, "thishost")
     assert lease.pid is None and lease.recipe == "" and lease.state is LeaseState.RUNNING
-    assert lease.host  # this host's name
+    assert lease.host == "thishost"  # an original-schema lease was written on the host reading it
 
 
 def test_original_lease_with_the_task_id_as_a_string_is_read() -> None:
@@ -328,7 +326,7 @@ def test_read_only_store_reports_but_moves_nothing(store: LeaseStore) -> None:
 
 def test_scan_ignores_temp_files_of_a_write_in_progress(store: LeaseStore) -> None:
     (store.running_dir / ".task_5.json.abc.tmp").write_text("{half")
-    assert store.scan() == leases_module.LeaseScan((), ())
+    assert store.scan() == LeaseScan((), ())
     assert (store.running_dir / ".task_5.json.abc.tmp").exists()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tinyscheduler.logs import EventLog, configure_logging
+from tinyscheduler.adapters.logsetup import EventLog, configure_logging
 
 TZ = timezone(timedelta(hours=2))  # a non-UTC zone, so "local midnight" is not UTC midnight
 log = structlog.get_logger("tinyscheduler.test")

@@ -10,15 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyscheduler.tinytask.models import (
-    FAILED_TAG,
-    Task,
+from tinyscheduler.adapters.tinytask.models import (
     TaskBatch,
     TaskProblem,
     parse_task,
     parse_tasks,
     parse_timestamp,
 )
+from tinyscheduler.core.tasks import FAILED_TAG, Task
 
 # A task exactly as tinytask 2.x sends it from GET /api/v1/tasks/{id} (comments and links included).
 CURRENT = json.loads("""

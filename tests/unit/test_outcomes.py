@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tinyscheduler.outcomes import (
+from tinyscheduler.core.outcomes import (
     INTERRUPTED_SENTENCE,
     MAX_TURNS_SENTENCE,
     Outcome,

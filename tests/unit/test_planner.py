@@ -2,6 +2,7 @@
 blocking, skips and their reasons. Every test pins one behaviour of planner.py's docstring."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -9,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.leases import Lease, LeaseState, Liveness
-from tinyscheduler.planner import (
+from tinyscheduler.core.leases import Lease, LeaseState, Liveness
+from tinyscheduler.core.planner import (
     STALE_HEARTBEATS,
     AgentSlots,
     Plan,
@@ -22,7 +23,7 @@ from tinyscheduler.planner import (
     judge_lease,
     plan,
 )
-from tinyscheduler.tinytask.models import FAILED_TAG, Task
+from tinyscheduler.core.tasks import FAILED_TAG, Task
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
 HOST = "host-a"
@@ -483,7 +484,7 @@ def test_blocked_head_of_queue_does_not_starve_the_rest(mode: str) -> None:
         s = snap(queue_tasks={"dev": [head, *rest]})
         config = cfg({"a": 1}, {"dev": ["a"]})
     else:
-        s = snap(agent_tasks={"a": [t.model_copy(update={"assigned_to": "a"}) for t in (head, *rest)]})
+        s = snap(agent_tasks={"a": [dataclasses.replace(t, assigned_to="a") for t in (head, *rest)]})
         config = cfg({"a": 1})
     result = plan(s, config)
     assert started_ids(result) == [2]
@@ -519,7 +520,7 @@ def test_blocks_are_counted_across_every_fetched_list_and_each_task_once() -> No
             "a": [
                 task(10, agent="a", priority=5),
                 task(20, agent="a", priority=0),
-                blocked_90.model_copy(update={"assigned_to": "a"}),
+                dataclasses.replace(blocked_90, assigned_to="a"),
                 task(91, agent="b", blocked_by=20, blocked=True),
             ]
         },
@@ -604,7 +605,7 @@ def test_task_leased_by_another_host_is_not_started() -> None:
 
 def test_same_task_in_two_lists_starts_once() -> None:
     t = task(1)
-    s = snap(queue_tasks={"dev": [t], "qa": [t]}, agent_tasks={"b": [t.model_copy(update={"assigned_to": "b"})]})
+    s = snap(queue_tasks={"dev": [t], "qa": [t]}, agent_tasks={"b": [dataclasses.replace(t, assigned_to="b")]})
     result = plan(s, cfg({"a": 2, "b": 2}, {"dev": ["a"], "qa": ["a"]}))
     assert started(result) == [(1, "a")]
     assert len(result.assignments) == 1

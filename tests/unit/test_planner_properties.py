@@ -2,6 +2,8 @@
 the configuration say, a plan never breaks the rules that keep a host safe."""
 from __future__ import annotations
 
+import dataclasses
+
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -9,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyscheduler.leases import Lease, LeaseState, Liveness
-from tinyscheduler.planner import Plan, PlanConfig, Snapshot, Verdict, plan
-from tinyscheduler.tinytask.models import FAILED_TAG, Task
+from tinyscheduler.core.leases import Lease, LeaseState, Liveness
+from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict, plan
+from tinyscheduler.core.tasks import FAILED_TAG, Task
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
 HOST = "host-a"
@@ -61,7 +63,7 @@ def scenes(draw: st.DrawFn) -> Scene:
     id_lists = st.lists(st.sampled_from(ids), max_size=10) if ids else st.just([])
     queue_tasks = {q: [tasks[i] for i in draw(id_lists)] for q in queues}
     agent_tasks = {
-        a: [tasks[i].model_copy(update={"assigned_to": a}) for i in draw(id_lists)] for a in known_agents
+        a: [dataclasses.replace(tasks[i], assigned_to=a) for i in draw(id_lists)] for a in known_agents
     }
 
     leases: list[Lease] = []

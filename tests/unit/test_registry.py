@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.config import ConfigError, Settings
-from tinyscheduler.registry import (
+from tinyscheduler.config.settings import ConfigError, Settings
+from tinyscheduler.config.registry import (
     MAX_REGISTRY_BYTES,
     AgentEntry,
     Registry,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tinyscheduler.systemd import (
+from tinyscheduler.adapters.systemd import (
     Notifier,
     WatchdogGate,
     scrubbed_environ,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.config import Settings
+from tinyscheduler.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"

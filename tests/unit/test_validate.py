@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.config import LoadedSettings, load_settings
-from tinyscheduler.fake_tinytask import FakeTinyTask
-from tinyscheduler.validate import PLACEHOLDER_REGISTRY, Check, recipe_problems, run_checks
+from tinyscheduler.config.settings import LoadedSettings, load_settings
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.cli.validate import PLACEHOLDER_REGISTRY, Check, recipe_problems, run_checks
 
 GOOD_RECIPE = """\
 version: 1.0.0

@@ -1,0 +1,179 @@
+"""Attempt history per task: failures, backoff, give-up, and successes not yet reported.
+
+One small JSON file (e.g. `state/attempts.json`), rewritten atomically after every change, so the
+history survives restarts of the daemon and a crash mid-write leaves the old file or the new one.
+The daemon runs in one event loop thread; the book is only touched from there.
+
+A success whose report to TinyTask failed is held here too (`hold_success`): the task then stays
+`working` on the server until the lease watcher requeues it, and the next claim of that task
+completes it instead of running the agent again (see `runs`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.core.outcomes import MAX_RETRY_DELAY_SEC, retry_delay
+
+FORMAT_VERSION = 1
+log = structlog.get_logger("tinyscheduler.attempts")
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    task_id: int
+    failures: int = 0
+    last_outcome: str | None = None
+    last_failure_at: datetime | None = None
+    #: Earliest moment the next attempt may start (retry backoff).
+    not_before: datetime | None = None
+    gave_up: bool = False
+    #: The agent succeeded but TinyTask could not be told; complete the task instead of rerunning.
+    success_unreported: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["task_id"]  # the key of the entry
+        for key in ("last_failure_at", "not_before"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+    @classmethod
+    def from_json(cls, task_id: int, data: dict[str, Any]) -> "AttemptRecord":
+        def moment(key: str) -> datetime | None:
+            value = data.get(key)
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+        failures = data.get("failures", 0)
+        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
+            raise ValueError(f"task {task_id}: field failures: expected a count, got {failures!r}")
+        return cls(
+            task_id=task_id,
+            failures=failures,
+            last_outcome=data.get("last_outcome"),
+            last_failure_at=moment("last_failure_at"),
+            not_before=moment("not_before"),
+            gave_up=bool(data.get("gave_up", False)),
+            success_unreported=bool(data.get("success_unreported", False)),
+        )
+
+
+class AttemptBook:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_attempts: int,
+        retry_base_sec: float,
+        max_delay_sec: float = MAX_RETRY_DELAY_SEC,
+        read_only: bool = False,
+    ) -> None:
+        self.path = path
+        #: A read-only book (dry run, status) never writes nor moves the file.
+        self.read_only = read_only
+        self.max_attempts = max_attempts
+        self.retry_base_sec = retry_base_sec
+        self.max_delay_sec = max_delay_sec
+        self._records: dict[int, AttemptRecord] = self._load()
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def record(self, task_id: int) -> AttemptRecord:
+        return self._records.get(task_id) or AttemptRecord(task_id)
+
+    def next_attempt(self, task_id: int) -> int:
+        return self.record(task_id).failures + 1
+
+    def not_before(self, task_id: int) -> datetime | None:
+        return self.record(task_id).not_before
+
+    def not_before_all(self) -> dict[int, datetime]:
+        """Every task still backing off, for the planner."""
+        return {tid: rec.not_before for tid, rec in self._records.items() if rec.not_before is not None}
+
+    def gave_up(self, task_id: int) -> bool:
+        return self.record(task_id).gave_up
+
+    def success_unreported(self, task_id: int) -> bool:
+        return self.record(task_id).success_unreported
+
+    # --- changes (each one written to disk before it returns) ------------------------------------
+
+    def record_failure(self, task_id: int, outcome: str, now: datetime) -> AttemptRecord:
+        previous = self.record(task_id)
+        failures = previous.failures + 1
+        gave_up = failures >= self.max_attempts
+        delay = retry_delay(failures, self.retry_base_sec, self.max_delay_sec)
+        record = replace(
+            previous,
+            failures=failures,
+            last_outcome=outcome,
+            last_failure_at=now,
+            not_before=None if gave_up else now + timedelta(seconds=delay),
+            gave_up=gave_up,
+            success_unreported=False,
+        )
+        self._put(record)
+        return record
+
+    def record_success(self, task_id: int) -> None:
+        """The task is done (and TinyTask knows): its history goes."""
+        self.forget(task_id)
+
+    def hold_success(self, task_id: int) -> None:
+        self._put(replace(self.record(task_id), success_unreported=True))
+
+    def forget(self, task_id: int) -> None:
+        """Drop the history, e.g. when a person removed the failed tag to grant a fresh budget."""
+        if self._records.pop(task_id, None) is not None:
+            self._save()
+
+    # --- file ------------------------------------------------------------------------------------
+
+    def _put(self, record: AttemptRecord) -> None:
+        self._records[record.task_id] = record
+        self._save()
+
+    def _save(self) -> None:
+        if self.read_only:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tasks = {str(tid): rec.to_json() for tid, rec in sorted(self._records.items())}
+        # Atomic but not fsynced: it is on every run's path, and a record lost to a power cut costs
+        # at most one extra attempt of a task.
+        write_json_atomic(self.path, {"version": FORMAT_VERSION, "tasks": tasks}, durable=False)
+
+    def _load(self) -> dict[int, AttemptRecord]:
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+                raise ValueError("expected an object with a 'tasks' object")
+            records = {int(key): AttemptRecord.from_json(int(key), value) for key, value in data["tasks"].items()}
+            for record in records.values():
+                for moment in (record.last_failure_at, record.not_before):
+                    if moment is not None and moment.tzinfo is None:
+                        raise ValueError(f"task {record.task_id}: timestamp without a time zone")
+            return records
+        except (ValueError, TypeError, AttributeError) as exc:
+            # A broken history must not stop the daemon; keep the file for a person, start afresh.
+            aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            if self.read_only:
+                log.error("attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=str(exc))
+                return {}
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            log.error("attempt_history_unreadable", action="starting empty", path=str(self.path), moved_to=str(aside),
+                      reason=str(exc))
+            return {}

@@ -1,0 +1,153 @@
+"""The lease folder: `<running_dir>/task_<id>.json`, one file per run in flight on this host.
+
+Written atomically (temp file in the same folder, os.replace; the first write of a lease is also
+fsynced) with mode 0600 in a 0700 folder. A file that cannot be read as a lease is moved to the
+quarantine folder, never deleted and never allowed to crash a pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.core.leases import LEASE_NAME, MAX_LEASE_BYTES, Lease, LeaseFormatError, lease_from_json
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A file moved out of the lease folder, and why."""
+
+    original: Path
+    #: None when the store is read-only (a dry run reports the file but leaves it in place).
+    moved_to: Path | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaseScan:
+    leases: tuple[Lease, ...]
+    quarantined: tuple[Quarantined, ...]
+
+
+class LeaseStore:
+    """The lease folder of this host. All methods are plain blocking file I/O on small files."""
+
+    def __init__(self, running_dir: Path, quarantine_dir: Path, *, read_only: bool = False) -> None:
+        self.running_dir = running_dir
+        self.quarantine_dir = quarantine_dir
+        self.read_only = read_only
+        #: Host of an original-schema lease that names none: it was written on this host.
+        self.host = socket.gethostname()
+
+    def ensure(self) -> None:
+        self.running_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.running_dir, 0o700)
+
+    def path(self, task_id: int) -> Path:
+        return self.running_dir / f"task_{task_id}.json"
+
+    def write(self, lease: Lease, *, durable: bool = True) -> None:
+        """Atomically; `durable` for a lease's first write, which must outlive a power loss (else a
+        task set `working` could be left with nothing to reconcile it). Rewrites need not be."""
+        write_json_atomic(self.path(lease.task_id), lease.to_json(), durable=durable)
+
+    def remove(self, task_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(task_id))
+
+    def read(self, task_id: int) -> Lease | None:
+        """One lease; None if absent. A bad file is quarantined (and None returned)."""
+        path = self.path(task_id)
+        try:
+            return self._parse(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, LeaseFormatError) as exc:
+            self._quarantine(path, str(exc))
+            return None
+
+    def scan(self) -> LeaseScan:
+        """Every lease in the folder; anything unreadable is moved to quarantine and listed."""
+        leases: list[Lease] = []
+        quarantined: list[Quarantined] = []
+        try:
+            names = sorted(os.listdir(self.running_dir))
+        except FileNotFoundError:
+            return LeaseScan((), ())
+        for name in names:
+            if name.startswith("."):
+                continue  # temp files of a write in progress
+            path = self.running_dir / name
+            match = LEASE_NAME.fullmatch(name)
+            try:
+                if not match:
+                    raise LeaseFormatError("file name is not task_<id>.json")
+                lease = self._parse(path)
+                if lease.task_id != int(match.group(1)):
+                    raise LeaseFormatError(f"field task_id: {lease.task_id} does not match the file name")
+                leases.append(lease)
+            except FileNotFoundError:
+                continue  # removed by its run while we listed
+            except (OSError, LeaseFormatError) as exc:
+                record = self._quarantine(path, str(exc))
+                if record:
+                    quarantined.append(record)
+        return LeaseScan(tuple(leases), tuple(quarantined))
+
+    def quarantined_files(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.quarantine_dir.iterdir() if not p.name.endswith(".reason"))
+        except FileNotFoundError:
+            return []
+
+    def _parse(self, path: Path) -> Lease:
+        # O_NONBLOCK: a FIFO with a lease's name must not hang the pass waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LeaseFormatError("not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                raw = handle.read(MAX_LEASE_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_LEASE_BYTES:
+            raise LeaseFormatError(f"file is over {MAX_LEASE_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LeaseFormatError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise LeaseFormatError("not JSON: nested too deeply") from None
+        return lease_from_json(data, self.host)
+
+    def _quarantine(self, path: Path, reason: str) -> Quarantined | None:
+        if self.read_only:
+            return Quarantined(path, None, reason)
+        try:
+            self.quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.quarantine_dir, 0o700)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            base = f"{path.name}.{stamp}.{os.getpid()}"
+            # Never overwrite an earlier quarantined file (same name again within the same second).
+            target = self.quarantine_dir / base
+            serial = 1
+            while os.path.lexists(target):
+                target = self.quarantine_dir / f"{base}.{serial}"
+                serial += 1
+            os.replace(path, target)
+        except FileNotFoundError:
+            if not os.path.lexists(path):
+                return None  # removed by its run meanwhile
+            return Quarantined(path, None, f"{reason} (could not quarantine: quarantine folder missing)")
+        except OSError as exc:
+            # Left in place and reported again next pass; never lost, never a crash.
+            return Quarantined(path, None, f"{reason} (could not quarantine: {exc})")
+        with contextlib.suppress(OSError):
+            (target.parent / f"{target.name}.reason").write_text(f"{path}: {reason}\n", encoding="utf-8")
+        return Quarantined(path, target, reason)

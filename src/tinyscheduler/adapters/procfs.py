@@ -1,0 +1,64 @@
+"""The operating system's view of a lease's process, read from /proc."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tinyscheduler.core.leases import Lease, Liveness
+
+
+def current_boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":
+        return None  # a zombie has finished; only its parent's wait() is missing
+    return int(fields[19])
+
+
+def probe(lease: Lease, boot_id: str | None) -> Liveness:
+    """Is the lease's process still the one that was started for it?"""
+    if lease.pid is None:
+        return Liveness.NO_PROCESS
+    if lease.boot_id and boot_id and lease.boot_id != boot_id:
+        return Liveness.DEAD  # the host rebooted since: every process of that boot is gone
+    ticks = process_start_ticks(lease.pid)
+    if ticks is None:
+        return Liveness.DEAD
+    if lease.start_ticks is not None and ticks != lease.start_ticks:
+        return Liveness.REUSED
+    return Liveness.ALIVE
+
+
+def processes_tagged(lease_path: Path) -> list[tuple[int, int]]:
+    """(pid, start ticks) of live processes whose environment names this lease file.
+
+    Every run is started with TINYSCHEDULER_LEASE=<its lease path>, so a run whose pid never made
+    it into the lease (the scheduler died between spawn and the lease update) can still be found.
+    """
+    tag = f"TINYSCHEDULER_LEASE={lease_path}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                environ = handle.read() + b"\0"
+        except OSError:
+            continue  # gone, or not ours to read
+        if environ.startswith(tag) or b"\0" + tag in environ:
+            ticks = process_start_ticks(int(entry.name))
+            if ticks is not None:
+                found.append((int(entry.name), ticks))
+    return found

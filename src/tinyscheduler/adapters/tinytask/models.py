@@ -1,0 +1,140 @@
+"""What TinyTask sends, validated at the boundary.
+
+Accepts the current server (tinytask 2.x) and the old one (tinytask-mcp 1.0: no queue, parent or
+blocking fields, timestamps as `YYYY-MM-DD HH:MM:SS`). A task that does not fit is reported as a
+`TaskProblem` naming task and field; it never aborts a pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from tinyscheduler.core.tasks import NAME_PATTERN, Status, Task
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """Both server formats, always as an aware UTC datetime."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a timestamp string, got {type(value).__name__}")
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)  # also takes 'YYYY-MM-DD HH:MM:SS'
+    except ValueError:
+        raise ValueError(f"expected ISO 8601 or 'YYYY-MM-DD HH:MM:SS', got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class TaskRecord(BaseModel):
+    """One task as the server sends it, validated; `to_task()` gives the core's plain value."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: StrictInt
+    title: str = ""
+    description: str | None = None
+    status: Status
+    assigned_to: str | None = None
+    previous_assigned_to: str | None = None
+    created_by: str | None = None
+    priority: StrictInt = 0
+    tags: tuple[str, ...] = ()
+    parent_task_id: StrictInt | None = None
+    queue_name: str | None = None
+    blocked_by_task_id: StrictInt | None = None
+    is_currently_blocked: bool = False
+    created_at: datetime = Field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
+    updated_at: datetime | None = None
+
+    @field_validator("created_at", "updated_at", mode="before")
+    @classmethod
+    def _timestamp(cls, value: Any) -> Any:
+        return None if value is None else parse_timestamp(value)
+
+    @field_validator("assigned_to", "queue_name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        # The server stores free text; the scheduler only acts on names it can put in a file name
+        # and a command line, so anything else marks the task as not ours to touch.
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"expected a name of 1-64 letters, digits, '_', '.', '-', got {value!r}")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, value: Any) -> Any:
+        return () if value is None else value
+
+    def to_task(self) -> Task:
+        return Task(**{name: getattr(self, name) for name in _TASK_FIELDS})
+
+
+_TASK_FIELDS = tuple(TaskRecord.model_fields)
+
+
+@dataclass(frozen=True)
+class TaskProblem:
+    """A task the server sent that could not be used, and why (one log line)."""
+
+    task_id: Any
+    field: str
+    message: str
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: task {self.task_id!r} skipped: field {self.field}: {self.message}"
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Tasks from one list call, plus the ones that were skipped as malformed."""
+
+    tasks: tuple[Task, ...]
+    problems: tuple[TaskProblem, ...] = ()
+
+
+def parse_task(raw: Any, where: str) -> Task | TaskProblem:
+    if not isinstance(raw, dict):
+        return TaskProblem(None, "(task)", f"expected a JSON object, got {type(raw).__name__}", where)
+    try:
+        return TaskRecord.model_validate(raw).to_task()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(task)"
+        return TaskProblem(raw.get("id"), field, first["msg"], where)
+
+
+def parse_tasks(raw: Any, where: str) -> TaskBatch:
+    if not isinstance(raw, list):
+        return TaskBatch((), (TaskProblem(None, "(list)", f"expected a JSON array, got {type(raw).__name__}", where),))
+    tasks: list[Task] = []
+    problems: list[TaskProblem] = []
+    for item in raw:
+        parsed = parse_task(item, where)
+        (tasks if isinstance(parsed, Task) else problems).append(parsed)
+    return TaskBatch(tuple(tasks), tuple(problems))
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """What the server on the other end can do; the old server has no queues and no blocking."""
+
+    protocol: Literal["rest", "mcp-http", "mcp-sse"]
+    queues: bool = True
+    blocking: bool = True

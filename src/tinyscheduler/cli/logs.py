@@ -1,0 +1,137 @@
+"""`tinyscheduler logs TASK_ID [--attempt N] [-f]`: the Goose output of one run.
+
+Each run writes `<task_log_dir>/<task_id>/<attempt>.log`. Without `--attempt` the latest attempt
+is shown. `-f` keeps printing what the run appends for as long as its lease says it is in flight,
+then prints the rest and exits, so a script can `logs -f` a run to its end. With no daemon holding
+the lock nobody will remove a lease, so then the run is in flight only while its process lives.
+Reads only.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.procfs import current_boot_id, probe
+from tinyscheduler.core.leases import LeaseState, Liveness
+from tinyscheduler.adapters.lock import is_locked
+
+_ATTEMPT_LOG = re.compile(r"(\d+)\.log")
+#: How often `-f` looks for new output; short enough to feel live, long enough to cost nothing.
+FOLLOW_POLL_SEC = 0.2
+CHUNK = 64 * 1024
+
+
+class LogNotFound(Exception):
+    pass
+
+
+def attempts(settings: Settings, task_id: int) -> list[int]:
+    """Attempt numbers with a log, ascending."""
+    folder = settings.task_log_dir / str(task_id)
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(m.group(1)) for m in map(_ATTEMPT_LOG.fullmatch, names) if m)
+
+
+def log_path(settings: Settings, task_id: int, attempt: int) -> Path:
+    return settings.task_log_dir / str(task_id) / f"{attempt}.log"
+
+
+def in_flight(settings: Settings, task_id: int, attempt: int | None) -> bool:
+    """Whether a lease says this attempt (any, if None) of the task is running on this host."""
+    lease = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True).read(task_id)
+    if lease is None or (attempt is not None and lease.attempt != attempt):
+        return False
+    try:
+        if is_locked(settings.lock_file):
+            return True  # the daemon removes the lease when the run is over, or reclaims it
+    except OSError:
+        pass  # cannot tell: judge by the process alone
+    # No daemon: the lease of a run whose process has ended stays until the next daemon starts.
+    return lease.state is not LeaseState.FINISHING and probe(lease, current_boot_id()) is Liveness.ALIVE
+
+
+def choose(settings: Settings, task_id: int, attempt: int | None) -> int:
+    """The attempt to show; raises LogNotFound naming what exists."""
+    known = attempts(settings, task_id)
+    if attempt is None:
+        if known:
+            return known[-1]
+        raise LogNotFound(f"no run log for task {task_id} in {settings.task_log_dir / str(task_id)}")
+    if attempt in known:
+        return attempt
+    have = f"attempts with a log: {', '.join(map(str, known))}" if known else "no attempt has a log"
+    raise LogNotFound(f"no log of attempt {attempt} of task {task_id} ({have})")
+
+
+def copy_new(path: Path, offset: int, out: BinaryIO) -> int:
+    """Write what `path` holds beyond `offset`; return the new offset.
+
+    A file shorter than `offset` was cut (the run's log cap keeps the tail): start over from its
+    beginning, which holds the cut marker, rather than print nothing forever.
+    """
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < offset:
+                offset = 0
+            handle.seek(offset)
+            while chunk := handle.read(CHUNK):
+                out.write(chunk)
+                offset += len(chunk)
+    except FileNotFoundError:
+        return offset
+    out.flush()
+    return offset
+
+
+def follow(settings: Settings, task_id: int, attempt: int | None, out: BinaryIO, *,
+           sleep: Callable[[float], None] = time.sleep) -> int:
+    """Print the log and keep printing while the run is in flight. Exit code 0, or 1 if no log."""
+    if attempt is None and not attempts(settings, task_id) and in_flight(settings, task_id, None):
+        # Leased but not yet writing (the lease comes before the process): wait for the file.
+        while not attempts(settings, task_id) and in_flight(settings, task_id, None):
+            sleep(FOLLOW_POLL_SEC)
+    number = choose(settings, task_id, attempt)
+    path = log_path(settings, task_id, number)
+    offset = copy_new(path, 0, out)
+    while in_flight(settings, task_id, number):
+        sleep(FOLLOW_POLL_SEC)
+        offset = copy_new(path, offset, out)
+    copy_new(path, offset, out)  # what was written between the last read and the run's end
+    return 0
+
+
+def logs_command(loaded: LoadedSettings, *, task_id: int, attempt: int | None, follow_output: bool,
+                 out: BinaryIO | None = None) -> int:
+    """Entry point of `tinyscheduler logs`."""
+    settings = loaded.settings
+    out = out or sys.stdout.buffer
+    try:
+        if follow_output:
+            return follow(settings, task_id, attempt, out)
+        copy_new(log_path(settings, task_id, choose(settings, task_id, attempt)), 0, out)
+    except LogNotFound as exc:
+        print(f"tinyscheduler: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C ends a follow; that is not an error
+        return 0
+    except BrokenPipeError:
+        # `logs ID | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        # Typically the run logs are private to the scheduler's user (folders 0700).
+        hint = "; run logs as the scheduler's user" if isinstance(exc, PermissionError) else ""
+        print(f"tinyscheduler: cannot read {exc.filename or settings.task_log_dir}: {exc.strerror}{hint}",
+              file=sys.stderr)
+        return 1
+    return 0

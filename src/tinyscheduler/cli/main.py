@@ -1,0 +1,336 @@
+"""The command line: global options, subcommands, exit codes.
+
+Adding a subcommand is local: write a registration function `(subparsers, common) -> None` that
+adds its parser (with `parents=common`, so the global options also work after the subcommand name)
+and sets `handler=<function(args) -> int>`, then append it to SUBCOMMANDS. A handler imports what
+it needs inside its body, so `--help` and the quick paths stay fast and cannot break on an import.
+
+Exit codes: 0 success; 1 the command ran and failed (checks failed, TinyTask unreachable);
+2 bad arguments or bad configuration (one line per problem on stderr, never a traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tinyscheduler import __version__
+from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Subparsers = argparse._SubParsersAction  # argparse has no public name for it
+#: Adds one subcommand: (subparsers, parents carrying the global options) -> None.
+Registration = Callable[[Subparsers, list[argparse.ArgumentParser]], None]
+
+#: Settings that are global options (any position); the rest are flags of the subcommands.
+GLOBAL_SETTINGS = ("base_path", "log_level", "log_format")
+_INFO = {info.name: info for info in SETTINGS}
+
+
+def _default_text(info: SettingInfo) -> str:
+    if info.name == "base_path":
+        return "the current directory"
+    value = info.default
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value in ("", {}, None):
+        return "none"
+    return str(value)
+
+
+def _setting_help(info: SettingInfo) -> str:
+    # '%' would be taken for a format specifier by argparse.
+    text = f"{info.help} (env {info.env_var}; default: {_default_text(info)})"
+    return text.replace("%", "%%")
+
+
+def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo) -> None:
+    # SUPPRESS: an absent flag leaves no attribute, so it neither hides a lower source nor
+    # overwrites the same option given before the subcommand.
+    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS,
+                              "help": _setting_help(info)}
+    if info.is_bool:
+        parser.add_argument(info.flag, action=argparse.BooleanOptionalAction, **common)
+    elif info.name == "agent_limits":
+        parser.add_argument(info.flag, action="append", metavar=info.metavar, **common)
+    else:
+        # Values stay strings: config validates them and names the flag in its message.
+        parser.add_argument(info.flag, metavar=info.metavar, **common)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = common.add_argument_group("global options (before or after the subcommand)")
+    group.add_argument("--env-file", metavar="PATH", type=Path, default=argparse.SUPPRESS,
+                       help="read settings from this file; a missing file is an error "
+                            "(default: .env in the current directory, if present)")
+    for name in GLOBAL_SETTINGS:
+        _add_setting(group, _INFO[name])
+    return common
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (except the global ones), each overriding its variable."""
+    group = parser.add_argument_group("settings (flag > environment > env file > default)")
+    for info in SETTINGS:
+        if info.name not in GLOBAL_SETTINGS:
+            _add_setting(group, info)
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedSettings:
+    """Settings from the parsed arguments; raises ConfigError."""
+    cli = {info.name: getattr(args, info.name) for info in SETTINGS if hasattr(args, info.name)}
+    return load_settings(env_file=getattr(args, "env_file", None), cli=cli)
+
+
+# --- run ------------------------------------------------------------------------------------
+
+def _run(args: argparse.Namespace) -> int:
+    loaded = load_from_args(args)
+    s = loaded.settings
+    if not s.enabled and not s.dry_run:
+        print(f"tinyscheduler: disabled by {_kill_switch_origin(loaded)}; nothing was done "
+              "(a --dry-run still works)", file=sys.stderr)
+        return EXIT_OK
+    if not s.base_path.is_dir():
+        # A mistyped base path must not become a new empty tree with the state folders in it.
+        raise ConfigError([f"{_origin(loaded, 'base_path')}={str(s.base_path)!r}: not an existing folder"])
+    from tinyscheduler.service import scheduler as daemon
+
+    return daemon.run_command(loaded, once=args.once, daemon=args.daemon, json_output=args.json)
+
+
+def _origin(loaded: LoadedSettings, name: str) -> str:
+    """How an error message names where a setting's value came from."""
+    info = _INFO[name]
+    source = loaded.sources[name]
+    if source == "cli":
+        return info.flag
+    if source == "env-file":
+        return f"{loaded.env_file}: {info.env_var}"
+    return info.env_var if source == "env" else f"{info.env_var} (default)"
+
+
+def _kill_switch_origin(loaded: LoadedSettings) -> str:
+    info = _INFO["enabled"]
+    return {
+        "cli": "--no-enabled",
+        "env": f"{info.env_var}=false in the environment",
+        "env-file": f"{info.env_var}=false in {loaded.env_file}",
+    }.get(loaded.sources["enabled"], info.env_var)
+
+
+def _add_run(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "run", parents=common, allow_abbrev=False, help="schedule Goose runs",
+        description="Reconcile TinyTask, the lease files and the running processes, then assign "
+                    "and start runs. With TINYSCHEDULER_ENABLED=false it does nothing and exits 0.")
+    mode = parser.add_argument_group("mode").add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="one pass, then supervise the runs it started until they end (cron, timers)")
+    mode.add_argument("--daemon", action="store_true",
+                      help="run until stopped by SIGTERM/SIGINT; SIGHUP reloads the configuration")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (the dry-run plan)")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_run)
+
+
+# --- config ---------------------------------------------------------------------------------
+
+def _config(args: argparse.Namespace) -> int:
+    loaded = load_from_args(args)
+    for where in loaded.unknown_keys:
+        print(f"warning: {where} is not a setting (ignored)", file=sys.stderr)
+    if args.json:
+        document = {"env_file": str(loaded.env_file) if loaded.env_file else None,
+                    "settings": loaded.describe()}
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"env file: {loaded.env_file or 'none'}")
+    rows = [(row["name"], _text(row["value"]), row["source"], row["env_var"]) for row in loaded.describe()]
+    rows.insert(0, ("SETTING", "VALUE", "SOURCE", "VARIABLE"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return EXIT_OK
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _add_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "config", parents=common, allow_abbrev=False, help="show the resolved configuration",
+        description="Print every setting, its value and where it came from "
+                    "(default, env-file, env, cli). Secret values are redacted.")
+    parser.add_argument("--show", action="store_true", help="show the settings (the default action)")
+    parser.add_argument("--json", action="store_true", help="as JSON")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_config)
+
+
+# --- validate-config ------------------------------------------------------------------------
+
+def _validate_config(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.validate import run_checks
+
+    checks = run_checks(load_from_args(args), fix=args.fix)
+    marks = {(True, "error"): "PASS", (True, "warning"): "PASS",
+             (False, "error"): "FAIL", (False, "warning"): "WARN"}
+    for check in checks:
+        print(f"{marks[check.ok, check.level]}  {check.name}: {check.detail}")
+    errors = sum(1 for c in checks if not c.ok and c.level == "error")
+    warnings = sum(1 for c in checks if not c.ok and c.level == "warning")
+    print(f"{errors} error(s), {warnings} warning(s)")
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _add_validate_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "validate-config", parents=common, allow_abbrev=False, help="check the configuration",
+        description="Check paths, the goose binary, the agent registry, recipes and TinyTask. "
+                    "Exit 0 only when no error remains (warnings are fine).")
+    parser.add_argument("--fix", action="store_true",
+                        help="create the state folders and a placeholder agent-control file if "
+                             "missing; never overwrites anything")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_validate_config)
+
+
+# --- demo, status, logs, report (operator commands; the work is in their own modules) ---------
+
+def _demo(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.demo import demo_command
+
+    return demo_command(keep=args.keep, tasks=args.tasks)
+
+
+def _add_demo(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "demo", parents=common, allow_abbrev=False, help="watch the real daemon run a small workload",
+        description="Start the in-package TinyTask-compatible server on 127.0.0.1, seed three queues and "
+                    "six agents with about 30 tasks, and run the real daemon with a stand-in goose in a "
+                    "throw-away folder. Uses its own settings, not yours. Under a minute; Ctrl-C stops it.")
+    parser.add_argument("--keep", action="store_true", help="keep the demo folder (logs, state) afterwards")
+    parser.add_argument("--tasks", type=int, default=30, metavar="N", help="number of tasks, 5 to 500 (default: 30)")
+    parser.set_defaults(handler=_demo)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.status import status_command
+
+    return status_command(load_from_args(args), json_output=args.json)
+
+
+def _add_status(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "status", parents=common, allow_abbrev=False, help="what the scheduler on this host is doing",
+        description="Daemon (lock holder), slots per agent, runs in flight, the last pass and anything "
+                    "wrong, from the state folder alone: works with no daemon and changes nothing.")
+    parser.add_argument("--json", action="store_true", help="as JSON")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_status)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.logs import logs_command
+
+    return logs_command(load_from_args(args), task_id=args.task_id, attempt=args.attempt,
+                        follow_output=args.follow)
+
+
+def _add_logs(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "logs", parents=common, allow_abbrev=False, help="print a run's Goose output",
+        description="Print the output of a task's run (the latest attempt unless --attempt).")
+    parser.add_argument("task_id", type=int, metavar="TASK_ID", help="the TinyTask task id")
+    parser.add_argument("--attempt", type=int, metavar="N", help="which attempt (default: the latest)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the run is in flight")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_logs)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.report import parse_statuses, report_command
+
+    try:
+        statuses = parse_statuses(args.status)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return report_command(load_from_args(args), fmt=args.format, agent=args.agent, statuses=statuses,
+                          output=args.output)
+
+
+def _add_report(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "report", parents=common, allow_abbrev=False, help="TinyTask workload report",
+        description="Summary, per-agent breakdown, priority distribution, task age and the task table, "
+                    "from one TinyTask list request per status.")
+    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table",
+                        help="table (default), json (every task, the original's key names) or markdown")
+    parser.add_argument("--agent", metavar="A", help="only tasks assigned to this agent")
+    parser.add_argument("--status", default="idle,working", metavar="S[,S]",
+                        help="statuses to include: idle, working, complete (default: idle,working)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_report)
+
+
+#: Every subcommand, in the order `--help` lists them.
+SUBCOMMANDS: list[Registration] = [_add_run, _add_config, _add_validate_config,
+                                   _add_demo, _add_status, _add_logs, _add_report]
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the argument and where help is, not the whole usage block
+    (with every setting's flag, that block is twenty lines above the one that matters)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = _Parser(
+        prog="tinyscheduler", parents=[common], allow_abbrev=False,
+        description="Keeps a host's Goose agents busy with the work queued for them in TinyTask.",
+        epilog="Settings: flag > environment (TINYSCHEDULER_*) > env file > default. "
+               "Run `tinyscheduler SUBCOMMAND --help` for a subcommand's flags.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(sub, [common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `tinyscheduler config | head`: the reader has what it wanted. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A state or log folder that cannot be used (missing parent, a file in its place,
+        # read-only, another user's): name it, no traceback.
+        print(f"error: cannot use {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,340 @@
+"""`tinyscheduler status [--json]`: what the scheduler on this host is doing, from its files alone.
+
+Reads the lock file, the lease folder, `last_pass.json`, the attempt history and the quarantine
+folder; it never writes, moves or signals anything and never calls TinyTask, so it works with the
+daemon stopped, with TinyTask down, and as any user who can read the state folder. Lease verdicts
+come from the planner's own `judge_lease`, so "stale" here means what it means to the daemon.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from tinyscheduler.adapters.attempt_book import AttemptRecord
+from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
+from tinyscheduler.adapters.procfs import current_boot_id, probe
+from tinyscheduler.core.leases import Lease, LeaseState
+from tinyscheduler.adapters.lock import is_locked, read_holder
+from tinyscheduler.core.planner import LeaseDecision, PlanConfig, Snapshot, Verdict, judge_lease
+from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
+from tinyscheduler.core.tasks import FAILED_TAG
+
+# What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
+_HOLDER = re.compile(
+    r"pid (?P<pid>\d+) since (?P<since>\S+)(?: instance (?P<instance>\S+))?(?: config (?P<config>.+))?")
+#: A daemon that has not finished a pass for this many loop intervals is reported as stuck.
+STUCK_INTERVALS = 3
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_age(seconds: float) -> str:
+    """A duration as a person reads it: 4.2s, 42s, 5m03s, 2h07m, 3d04h."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns, as plain text lines."""
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    running: bool
+    lock_file: str
+    #: What the lock file says; for a stopped daemon, its last holder.
+    holder: str | None
+    pid: int | None = None
+    since: str | None = None
+    instance: str | None = None
+    config: str | None = None
+
+
+def daemon_info(lock_file: Path) -> DaemonInfo:
+    try:
+        running = is_locked(lock_file)
+    except OSError:
+        running = False  # unreadable lock file: say what it claims, if anything, below
+    holder = read_holder(lock_file) if lock_file.exists() else None
+    match = _HOLDER.fullmatch(holder or "")
+    if match is None:
+        return DaemonInfo(running, str(lock_file), holder)
+    config = match["config"]
+    return DaemonInfo(running, str(lock_file), holder, int(match["pid"]), match["since"], match["instance"],
+                      None if config in (None, "-") else config)
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    task_id: int
+    agent: str
+    pid: int | None
+    state: str
+    host: str
+    attempt: int
+    started_at: str
+    runtime_sec: float
+    heartbeat_age_sec: float
+    log_path: str | None
+    owner: str | None
+    verdict: str
+    reason: str
+
+
+@dataclass
+class Status:
+    now: str
+    host: str
+    daemon: DaemonInfo
+    agents: list[dict[str, Any]] = field(default_factory=list)
+    leases: list[LeaseRow] = field(default_factory=list)
+    last_pass: dict[str, Any] | None = None
+    last_pass_age_sec: float | None = None
+    backing_off: list[dict[str, Any]] = field(default_factory=list)
+    gave_up: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collect(settings: Settings, *, now: datetime | None = None) -> Status:
+    """Everything `status` shows; reads files only."""
+    now = now or utcnow()
+    host = socket.gethostname()
+    daemon = daemon_info(settings.lock_file)
+    status = Status(now=_iso(now), host=host, daemon=daemon, paths={
+        "base_path": str(settings.base_path), "running_dir": str(settings.running_dir),
+        "last_pass_file": str(settings.last_pass_file), "attempts_file": str(settings.attempts_file),
+        "task_log_dir": str(settings.task_log_dir), "quarantine_dir": str(settings.quarantine_dir),
+    })
+    if not settings.base_path.is_dir():
+        status.problems.append(f"base path {settings.base_path} is not an existing folder: is --base-path or "
+                               "TINYSCHEDULER_BASE_PATH the one the daemon uses?")
+    _read_last_pass(settings, status, now)
+    store = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True)
+    try:
+        scan = store.scan()
+        quarantined = store.quarantined_files()
+    except OSError as exc:
+        # Typically the state folder is private to the scheduler's user (0700).
+        status.problems.append(f"cannot read {exc.filename or settings.running_dir}: {exc.strerror}; "
+                               "run status as the scheduler's user")
+        scan, quarantined = LeaseScan((), ()), []
+    _judge_leases(settings, status, scan.leases, now)
+    for bad in scan.quarantined:
+        status.quarantined.append({"file": str(bad.original), "reason": bad.reason, "moved": False})
+        status.problems.append(f"bad lease file {bad.original}: {bad.reason} (the daemon moves it to quarantine)")
+    for path in quarantined:
+        reason = _quarantine_reason(path)
+        status.quarantined.append({"file": str(path), "reason": reason, "moved": True})
+        status.problems.append(f"quarantined lease file {path}: {reason}")
+    _agents(settings, status)
+    _read_attempts(settings, status, now)
+    return status
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
+    path = settings.last_pass_file
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        status.problems.append(f"{path}: unreadable ({exc})")
+        return
+    if not isinstance(data, dict):
+        status.problems.append(f"{path}: expected a JSON object")
+        return
+    status.last_pass = data
+    try:
+        started = datetime.fromisoformat(str(data.get("started_at")))
+    except ValueError:
+        started = None
+    if started is not None:
+        started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+        status.last_pass_age_sec = round((now - started).total_seconds(), 1)
+    if data.get("ok") is False:
+        failures = data.get("consecutive_failures", 1)
+        status.problems.append(f"last pass failed ({failures} in a row): {data.get('error')}")
+    if data.get("reload_error"):
+        status.problems.append(f"configuration reload rejected, the daemon keeps the previous one: "
+                               f"{data['reload_error']}")
+    stuck_after = STUCK_INTERVALS * settings.loop_interval_sec + float(data.get("duration_sec") or 0)
+    if (status.daemon.running and status.last_pass_age_sec is not None and status.last_pass_age_sec > stuck_after
+            and data.get("pid") == status.daemon.pid):
+        status.problems.append(f"no pass finished for {format_age(status.last_pass_age_sec)} "
+                               f"(loop interval {settings.loop_interval_sec}s): the daemon may be stuck")
+
+
+def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...], now: datetime) -> None:
+    boot_id = current_boot_id()
+    # Leases owned by the running daemon are its own; with no daemon every live one is an orphan.
+    instance = status.daemon.instance if status.daemon.running else None
+    snapshot = Snapshot(now=now, host=status.host, instance_id=instance or "",
+                        leases=leases, liveness={lease.task_id: probe(lease, boot_id) for lease in leases})
+    config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
+    for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
+        decision = judge_lease(lease, snapshot, config)
+        if instance and lease.owner == instance and decision.verdict is Verdict.REQUEUE:
+            # A lease of the running daemon without a live process is one its run is still
+            # working on (the daemon judges only leases no run of its own supervises).
+            if lease.state is LeaseState.FINISHING:
+                decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP,
+                                         "the process has ended; the daemon is reporting its outcome")
+            elif lease.state is LeaseState.STARTING:
+                decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP, "the daemon is starting the run")
+        status.leases.append(LeaseRow(
+            task_id=lease.task_id, agent=lease.agent, pid=lease.pid, state=lease.state.value, host=lease.host,
+            attempt=lease.attempt, started_at=_iso(lease.started_at),
+            runtime_sec=round((now - lease.started_at).total_seconds(), 1),
+            heartbeat_age_sec=round((now - lease.heartbeat).total_seconds(), 1),
+            log_path=lease.log_path, owner=lease.owner, verdict=decision.verdict.value, reason=decision.reason))
+        if decision.verdict is Verdict.REQUEUE:
+            status.problems.append(f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
+                                   "the daemon requeues the task")
+        elif decision.verdict is Verdict.STOP:
+            status.problems.append(f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
+                                   "the daemon stops the process and requeues the task")
+
+
+def _quarantine_reason(path: Path) -> str:
+    try:
+        return path.with_name(f"{path.name}.reason").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "reason not recorded"
+
+
+def _agents(settings: Settings, status: Status) -> None:
+    last = status.last_pass or {}
+    limits: dict[str, int]
+    if status.daemon.running and last.get("pid") == status.daemon.pid and isinstance(last.get("limits"), dict):
+        limits = {str(k): int(v) for k, v in last["limits"].items()}  # what the daemon actually runs with
+    else:
+        try:
+            limits = effective_limits(load_registry(settings.agent_control_file, settings.recipes_dir), settings)
+        except RegistryError as exc:
+            status.problems.extend(exc.problems)
+            limits = dict(settings.agent_limits)
+    busy: dict[str, int] = {}
+    for row in status.leases:
+        # As the planner counts: a finishing run's process has ended, only its report is left.
+        if row.host == status.host and row.state != LeaseState.FINISHING.value:
+            busy[row.agent] = busy.get(row.agent, 0) + 1
+    for agent in sorted(set(limits) | set(busy)):
+        status.agents.append({"agent": agent, "busy": busy.get(agent, 0), "limit": limits.get(agent, 0)})
+
+
+def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
+    # Parsed here rather than through AttemptBook, which sets a broken file aside: status only reads.
+    path = settings.attempts_file
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        tasks = data["tasks"]
+        records = [AttemptRecord.from_json(int(key), value) for key, value in tasks.items()]
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        status.problems.append(f"{path}: unreadable attempt history ({exc})")
+        return
+    for record in sorted(records, key=lambda r: r.task_id):
+        entry = {"task_id": record.task_id, "failures": record.failures, "last_outcome": record.last_outcome,
+                 "not_before": record.not_before.isoformat() if record.not_before else None}
+        if record.gave_up:
+            status.gave_up.append(entry)
+            status.problems.append(f"task {record.task_id} gave up after {record.failures} failed attempt(s) "
+                                   f"(last: {record.last_outcome}); it is tagged {FAILED_TAG}: "
+                                   "remove the tag to try again")
+        elif record.not_before is not None and record.not_before > now:
+            status.backing_off.append(entry)
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def render(status: Status) -> str:
+    lines = [f"TinyScheduler status on {status.host} at {status.now}", ""]
+    d = status.daemon
+    if d.running:
+        since = f" since {d.since}" if d.since else ""
+        lines.append(f"Daemon:    running, pid {d.pid}{since}, instance {d.instance or '?'}, "
+                     f"env file {d.config or '(none)'}")
+    else:
+        last = f" (last holder: {d.holder})" if d.holder and d.holder != "holder unknown" else ""
+        lines.append(f"Daemon:    not running{last}")
+    lines.append(f"Lock file: {d.lock_file}")
+    lines.append(f"Last pass: {_describe_pass(status)}")
+
+    lines += ["", "Agents (busy/limit slots)"]
+    if status.agents:
+        lines += table(["agent", "slots"], [[a["agent"], f"{a['busy']}/{a['limit']}"] for a in status.agents])
+    else:
+        lines.append("  (none: no agent-control file and no TINYSCHEDULER_AGENT_LIMITS)")
+
+    lines += ["", f"Running ({len(status.leases)})"]
+    if status.leases:
+        lines += table(
+            ["task", "agent", "pid", "state", "runtime", "heartbeat", "attempt", "log"],
+            [[r.task_id, r.agent, r.pid or "-", r.state if r.verdict == "keep" else f"{r.state} ({r.verdict})",
+              format_age(r.runtime_sec), f"{format_age(r.heartbeat_age_sec)} ago", r.attempt, r.log_path or "-"]
+             for r in status.leases])
+    else:
+        lines.append("  (nothing)")
+    if status.backing_off:
+        lines += ["", f"Waiting to retry ({len(status.backing_off)})"]
+        lines += table(["task", "failures", "last outcome", "next attempt after"],
+                       [[b["task_id"], b["failures"], b["last_outcome"], b["not_before"]] for b in status.backing_off])
+
+    lines += ["", f"Problems ({len(status.problems)})" if status.problems else "No problems found."]
+    lines += [f"  - {p}" for p in status.problems]
+    return "\n".join(lines) + "\n"
+
+
+def _describe_pass(status: Status) -> str:
+    p = status.last_pass
+    if p is None:
+        return "none recorded yet"
+    age = f" ({format_age(status.last_pass_age_sec)} ago)" if status.last_pass_age_sec is not None else ""
+    result = "ok" if p.get("ok") else f"FAILED: {p.get('error')}"
+    counts = (f"{p.get('busy', 0)} busy of {p.get('slots', 0)} slots, {p.get('queued', 0)} queued "
+              f"({p.get('blocked', 0)} blocked), {p.get('assigned', 0)} assigned, {p.get('started', 0)} started, "
+              f"{p.get('reclaimed', 0)} reclaimed, {p.get('malformed', 0)} malformed")
+    return f"{p.get('started_at')}{age}, took {p.get('duration_sec', 0)}s, {result}; {counts}"
+
+
+def status_command(loaded: LoadedSettings, *, json_output: bool, out: TextIO | None = None) -> int:
+    """Entry point of `tinyscheduler status`; always exit 0 when the state could be read."""
+    out = out or sys.stdout
+    status = collect(loaded.settings)
+    if json_output:
+        out.write(json.dumps(status.to_json(), indent=2, default=str) + "\n")
+    else:
+        out.write(render(status))
+    return 0

@@ -1,0 +1,585 @@
+"""Every TINYSCHEDULER_* setting, where each value came from, and one clear line per bad value.
+
+Precedence: CLI flag > process environment > env file > default. `load_settings` is the only
+place that reads the environment and the env file: it merges the sources itself so that it can
+report the source of every value (`config --show`) and name the variable, flag or file line of a
+bad one. `Settings(...)` on its own therefore holds defaults plus the keyword arguments given,
+which keeps tests independent of the developer's environment.
+
+Every relative path resolves against `base_path`, so `--base-path` moves them all. `load_settings`
+has no side effects (it creates nothing), so the daemon can call it again on SIGHUP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tinyscheduler.core.tasks import NAME_PATTERN
+
+ENV_PREFIX = "TINYSCHEDULER_"
+DEFAULT_ENV_FILE = Path(".env")
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+#: The password part of `scheme://user:password@host` in any value.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", re.IGNORECASE)
+REDACTED = "***"
+
+Source = Literal["default", "env-file", "env", "cli"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["auto", "console", "json", "journal"]
+Protocol = Literal["rest", "mcp", "auto"]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; `.problems` holds one line per problem."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def _setting(default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, help: str,
+             **kwargs: Any) -> Any:
+    # One place per setting for everything the CLI, `config --show` and error messages need.
+    return Field(default, description=help,
+                 json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect}, **kwargs)
+
+
+_POSITIVE = "expected a positive integer"
+_NON_NEGATIVE = "expected a non-negative integer"
+_BOOL = "expected true or false"
+_PATH = "expected a path"
+
+
+class Settings(BaseSettings):
+    """The resolved configuration of one daemon instance (immutable; a reload builds a new one)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid",
+                                      validate_default=True)
+
+    # base_path comes first: the path validators below read it from the already validated fields.
+    base_path: Path = _setting(
+        default_factory=Path.cwd, flag="--base-path", metavar="PATH", expect=_PATH,
+        help="folder every relative path resolves against")
+    running_dir: Path = _setting(
+        Path("state/running"), flag="--running-dir", metavar="PATH", expect=_PATH,
+        help="lease files of the runs in flight")
+    log_dir: Path = _setting(
+        Path("state/logs"), flag="--log-dir", metavar="PATH", expect=_PATH,
+        help="scheduler logs; run output goes to its tasks/ subfolder")
+    recipes_dir: Path = _setting(
+        Path("recipes"), flag="--recipes-dir", metavar="PATH", expect=_PATH,
+        help="Goose recipes, <agent>.yaml unless the registry names one")
+    agent_control_file: Path = _setting(
+        Path("agent-control.json"), flag="--agent-control-file", metavar="PATH", expect=_PATH,
+        help="agent registry; without it: legacy mode (agent limits only)")
+    agent_limits: dict[str, int] = _setting(
+        default_factory=dict, flag="--agent-limit", metavar="NAME=N",
+        expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
+        help="slots per agent, overriding the registry (the flag repeats; "
+             "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source")
+    default_slots: NonNegativeInt = _setting(
+        1, flag="--default-slots", metavar="N", expect=_NON_NEGATIVE,
+        help="slots of a registry agent whose slots are set nowhere else")
+    goose_bin: str = _setting(
+        "goose", flag="--goose-bin", metavar="PATH", expect="expected a program name or path",
+        help="goose executable: a bare name is looked up on PATH, a path resolves against "
+             "the base path")
+    goose_args: str = _setting(
+        "", flag="--goose-args", metavar="ARGS", expect="expected shell-style arguments",
+        help="extra arguments for `goose run`, shell-style quoting")
+    mcp_endpoint: str = _setting(
+        "http://127.0.0.1:3000", flag="--mcp-endpoint", metavar="URL",
+        expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
+        help="TinyTask base URL (a trailing /mcp is accepted)")
+    tinytask_protocol: Protocol = _setting(
+        "auto", flag="--tinytask-protocol", metavar="PROTOCOL", expect="expected rest, mcp or auto",
+        help="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)")
+    loop_interval_sec: PositiveInt = _setting(
+        60, flag="--loop-interval", metavar="SECONDS", expect=_POSITIVE,
+        help="seconds between passes (a run's end or a reload triggers one at once)")
+    heartbeat_sec: PositiveInt = _setting(
+        15, flag="--heartbeat-interval", metavar="SECONDS", expect=_POSITIVE,
+        help="seconds between lease heartbeats and lease checks")
+    pass_timeout_sec: PositiveInt = _setting(
+        120, flag="--pass-timeout", metavar="SECONDS", expect=_POSITIVE,
+        help="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
+             "the daemon (read at start)")
+    max_runtime_sec: PositiveInt = _setting(
+        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE,
+        help="a run older than this is stopped")
+    stop_grace_sec: float = _setting(
+        10.0, flag="--stop-grace", metavar="SECONDS", expect="expected a positive number of seconds",
+        gt=0, allow_inf_nan=False, help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run")
+    idle_timeout_sec: NonNegativeInt = _setting(
+        0, flag="--idle-timeout", metavar="SECONDS", expect=_NON_NEGATIVE,
+        help="stop a run that printed nothing for this long; 0 = off")
+    run_log_max_bytes: PositiveInt = _setting(
+        10 * 1024 * 1024, flag="--run-log-max-bytes", metavar="BYTES", expect=_POSITIVE,
+        help="cap of one run's output log; beyond it the tail is kept")
+    retry_base_sec: NonNegativeInt = _setting(
+        60, flag="--retry-base", metavar="SECONDS", expect=_NON_NEGATIVE,
+        help="backoff before the first retry of a failed run, doubling, capped at 1 h")
+    max_attempts: PositiveInt = _setting(
+        3, flag="--max-attempts", metavar="N", expect=_POSITIVE,
+        help="failed attempts before a task is tagged tinyscheduler:failed")
+    shutdown_grace_sec: NonNegativeInt = _setting(
+        30, flag="--shutdown-grace", metavar="SECONDS", expect=_NON_NEGATIVE,
+        help="on SIGTERM, wait this long for runs before stopping them")
+    log_level: LogLevel = _setting(
+        "INFO", flag="--log-level", metavar="LEVEL", expect="expected DEBUG, INFO, WARNING or ERROR",
+        help="DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = _setting(
+        "auto", flag="--log-format", metavar="FORMAT",
+        expect="expected auto, console, json or journal",
+        help="auto, console, json or journal (auto: journal under journald, else console)")
+    log_keep_days: PositiveInt = _setting(
+        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE,
+        help="days of scheduler log files to keep")
+    dry_run: bool = _setting(
+        False, flag="--dry-run", metavar="", expect=_BOOL,
+        help="print the plan, change nothing anywhere")
+    enabled: bool = _setting(
+        True, flag="--enabled", metavar="", expect=_BOOL,
+        help="kill switch: when false, `run` (unless a dry run) does nothing and exits 0")
+    disable_blocking: bool = _setting(
+        False, flag="--disable-blocking", metavar="", expect=_BOOL,
+        help="ignore task blockers and keep the server's order")
+    lock_file: Path = _setting(
+        Path("state/tinyscheduler.lock"), flag="--lock-file", metavar="PATH", expect=_PATH,
+        help="single-instance lock")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges env and env file itself (see the module docstring).
+        return (init_settings,)
+
+    @field_validator("base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file",
+                     "lock_file", mode="before")
+    @classmethod
+    def _non_blank_path(cls, value: Any) -> Any:
+        # An empty value would silently mean "the base path itself".
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(_PATH)
+        return value
+
+    @field_validator("base_path", mode="after")
+    @classmethod
+    def _absolute_base(cls, value: Path) -> Path:
+        return Path.cwd() / value.expanduser()
+
+    @field_validator("running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file",
+                     mode="after")
+    @classmethod
+    def _under_base(cls, value: Path, info: ValidationInfo) -> Path:
+        base = info.data.get("base_path")
+        # Without a valid base path its own error is reported; this value stays as given.
+        return value if base is None else base / value.expanduser()
+
+    @field_validator("agent_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_agent_limits(value)
+        if isinstance(value, (list, tuple)):
+            return _merge_limit_items(value)
+        if isinstance(value, Mapping):
+            return {_agent_name(k): _slot_count(v, k) for k, v in value.items()}
+        return value
+
+    @field_validator("goose_bin", mode="after")
+    @classmethod
+    def _goose_bin(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("expected a program name or path")
+        base = info.data.get("base_path")
+        if "/" in value and base is not None:
+            return str(base / Path(value).expanduser())
+        return value
+
+    @field_validator("goose_args", mode="after")
+    @classmethod
+    def _goose_args(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"expected shell-style arguments ({exc})") from None
+        return value
+
+    @field_validator("mcp_endpoint", mode="after")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        url = value.strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:3000")
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "tinytask_protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    # Derived locations: one definition, so no module builds these paths by hand.
+    @property
+    def state_dir(self) -> Path:
+        return self.running_dir.parent
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def attempts_file(self) -> Path:
+        return self.state_dir / "attempts.json"
+
+    @property
+    def last_pass_file(self) -> Path:
+        return self.state_dir / "last_pass.json"
+
+    @property
+    def task_log_dir(self) -> Path:
+        return self.log_dir / "tasks"
+
+    @property
+    def goose_argv(self) -> list[str]:
+        """TINYSCHEDULER_GOOSE_ARGS as an argument list (validated at load, so this cannot fail)."""
+        return shlex.split(self.goose_args)
+
+    @property
+    def tinytask_url(self) -> str:
+        """The TinyTask base URL: mcp_endpoint without a trailing /mcp."""
+        return self.mcp_endpoint.removesuffix("/mcp")
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.tinytask_url}/mcp"
+
+    def goose_executable(self, search_path: str | None = None) -> Path | None:
+        """The goose program that would run, or None when it is missing or not executable.
+
+        `search_path` is the PATH to search (default: the process's PATH).
+        """
+        found = shutil.which(self.goose_bin, path=search_path)
+        return Path(found) if found else None
+
+
+def parse_agent_limits(text: str) -> dict[str, int]:
+    """TINYSCHEDULER_AGENT_LIMITS: a JSON object `{"a": 1}` or pairs `a:1,b:2` (blank = none)."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise ValueError("invalid JSON: nested too deeply") from None
+        return {_agent_name(k): _slot_count(v, k) for k, v in data.items()}
+    return _merge_limit_items([item for item in text.split(",") if item.strip()])
+
+
+def _merge_limit_items(items: Iterable[Any]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for item in items:
+        name, count = parse_limit_item(item)
+        limits[name] = count
+    return limits
+
+
+def parse_limit_item(item: Any) -> tuple[str, int]:
+    """One `NAME=N` (the flag) or `NAME:N` (the variable) pair."""
+    match = re.fullmatch(r"\s*([^=:]*?)\s*[=:]\s*(.*?)\s*", item) if isinstance(item, str) else None
+    if match is None:
+        raise ValueError(f"expected NAME=N or NAME:N, got {item!r}")
+    name, count = match.groups()
+    return _agent_name(name), _slot_count(count, name)
+
+
+def _agent_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"agent name {name!r} is not 1-64 letters, digits, '_', '.', '-'")
+    return name
+
+
+def _slot_count(value: Any, name: Any) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\d+", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"slots of agent {name!r} must be a non-negative integer, got {value!r}")
+
+
+def env_var(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """What a person needs to know about one setting (CLI help, docs, `config --show`)."""
+
+    name: str
+    env_var: str
+    flag: str
+    metavar: str
+    expect: str
+    help: str
+    default: Any  # None when the default is computed at load (base_path: the current directory)
+    is_bool: bool
+
+
+def _info(name: str, spec: FieldInfo) -> SettingInfo:
+    extra = spec.json_schema_extra
+    assert isinstance(extra, dict)
+    return SettingInfo(
+        name=name, env_var=env_var(name), flag=str(extra["flag"]), metavar=str(extra["metavar"]),
+        expect=str(extra["expect"]), help=spec.description or "",
+        default=None if spec.default is PydanticUndefined else spec.default,
+        is_bool=spec.annotation is bool)
+
+
+SETTINGS: tuple[SettingInfo, ...] = tuple(_info(n, f) for n, f in Settings.model_fields.items())
+_BY_NAME = {info.name: info for info in SETTINGS}
+_BY_ENV = {info.env_var: info for info in SETTINGS}
+
+
+def redacted(name: str, value: Any) -> Any:
+    """`value`, or a mask when the setting's name says it is a secret; a password inside a URL
+    (`http://user:secret@host`) is masked whatever the setting."""
+    secret = any(marker in name.upper() for marker in SECRET_MARKERS)
+    if secret and value not in (None, ""):
+        return REDACTED
+    return mask_url_passwords(value) if isinstance(value, str) else value
+
+
+def mask_url_passwords(text: str) -> str:
+    """`http://user:secret@host` -> `http://user:***@host`, anywhere in `text`."""
+    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+
+
+def display_value(name: str, value: Any) -> Any:
+    """A setting's value as JSON-friendly data, secrets redacted."""
+    if isinstance(value, Path):
+        value = str(value)
+    elif isinstance(value, Mapping):
+        value = dict(value)
+    return redacted(name, value)
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A value before validation and how an error message names where it came from."""
+
+    value: Any
+    source: Source
+    where: str
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings plus the source of every value, and the inputs that produced them (for reloads)."""
+
+    settings: Settings
+    sources: dict[str, Source]
+    #: The env file actually read, or None.
+    env_file: Path | None
+    #: TINYSCHEDULER_* names in the env file that are no setting (likely typos), "file line N: NAME".
+    unknown_keys: tuple[str, ...] = ()
+    #: The --env-file argument (absolute), None when none was given.
+    env_file_arg: Path | None = None
+    #: The CLI values given to load_settings.
+    cli: Mapping[str, Any] = field(default_factory=dict)
+    #: The working directory relative paths resolved against.
+    cwd: Path | None = None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"name": info.name, "env_var": info.env_var,
+             "value": display_value(info.name, getattr(self.settings, info.name)),
+             "source": self.sources[info.name]}
+            for info in SETTINGS
+        ]
+
+    def reload(self, *, environ: Mapping[str, str] | None = None) -> "LoadedSettings":
+        """Load again from the same env file argument, CLI values and working directory (SIGHUP)."""
+        return load_settings(env_file=self.env_file_arg, cli=self.cli, environ=environ, cwd=self.cwd)
+
+    def with_overrides(self, values: Mapping[str, Any]) -> "LoadedSettings":
+        """A copy with `values` (validated) in place, e.g. settings that only a restart may change.
+
+        Their sources are left as they were: the caller takes the values from an earlier load.
+        """
+        settings = Settings(**{**self.settings.model_dump(), **values})
+        return dataclasses.replace(self, settings=settings)
+
+
+def load_settings(*, env_file: Path | None, cli: Mapping[str, Any],
+                  environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> LoadedSettings:
+    """Merge default < env file < process environment < CLI and validate; raise ConfigError.
+
+    `env_file` None reads `.env` in `cwd` if present. `cli` maps setting names to values; None
+    means "not given". Relative paths (the env file, the base path) resolve against `cwd`
+    (default: the current directory). Nothing is created or changed.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        cwd = Path(os.path.abspath(cwd if cwd is not None else Path.cwd()))
+    except OSError as exc:
+        raise ConfigError([f"the current directory is not accessible: {exc.strerror}"]) from None
+    unknown_cli = sorted(set(cli) - _BY_NAME.keys())
+    if unknown_cli:
+        raise TypeError(f"load_settings: not settings: {', '.join(unknown_cli)}")
+
+    explicit = env_file is not None
+    env_path = cwd / env_file.expanduser() if env_file is not None else cwd / DEFAULT_ENV_FILE
+    raw: dict[str, _Raw] = {}
+    problems: list[str] = []
+    unknown: list[str] = []
+    read_from: Path | None = None
+    if explicit or env_path.is_file():
+        lines = _read_env_file(env_path)
+        read_from = env_path
+        for number, key, value in _parse_env_lines(lines, env_path, problems):
+            info = _BY_ENV.get(key)
+            where = f"{env_path} line {number}: {key}"
+            if info is not None:
+                raw[info.name] = _Raw(value, "env-file", where)
+            elif key.startswith(ENV_PREFIX):
+                unknown.append(where)
+    for info in SETTINGS:
+        if info.env_var in environ:
+            raw[info.name] = _Raw(environ[info.env_var], "env", info.env_var)
+    for name, value in cli.items():
+        if value is not None:
+            raw[name] = _Raw(value, "cli", _BY_NAME[name].flag)
+
+    values: dict[str, Any] = {}
+    for name, item in raw.items():
+        if name == "agent_limits" and item.source == "cli" and isinstance(item.value, (list, tuple)):
+            values[name] = _cli_limits(item, problems)
+            continue
+        values[name] = item.value
+
+    # The base path defaults to, and resolves against, `cwd` (not the process's, for reload).
+    base = values.get("base_path", cwd)
+    if isinstance(base, (str, Path)) and str(base).strip():
+        values["base_path"] = cwd / Path(base).expanduser()
+    settings: Settings | None = None
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        problems.extend(_problems(exc, raw))
+    if problems or settings is None:
+        raise ConfigError(problems)
+    sources: dict[str, Source] = {info.name: "default" for info in SETTINGS}
+    sources.update({name: item.source for name, item in raw.items()})
+    return LoadedSettings(settings, sources, read_from, tuple(unknown),
+                          env_path if explicit else None, dict(cli), cwd)
+
+
+def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:
+    # Each --agent-limit is its own flag occurrence: name the one that is wrong.
+    limits: dict[str, int] = {}
+    for one in item.value:
+        try:
+            name, count = parse_limit_item(one)
+        except ValueError as exc:
+            problems.append(f"{item.where}={one!r}: {exc}")
+        else:
+            limits[name] = count
+    return limits
+
+
+def _problems(exc: ValidationError, raw: Mapping[str, _Raw]) -> list[str]:
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if name in problems:
+            continue
+        info = _BY_NAME.get(name)
+        if info is None:  # not tied to one setting; pydantic's own words are the best we have
+            problems[name] = error["msg"]
+            continue
+        if error["type"] == "value_error":
+            detail = str(error["ctx"]["error"])
+        else:
+            detail = info.expect
+        item = raw.get(name)
+        if item is None:
+            problems[name] = f"{info.env_var} (default): {detail}"
+        else:
+            problems[name] = f"{item.where}={_shown(name, item.value)}: {detail}"
+    return list(problems.values())
+
+
+def _shown(name: str, value: Any) -> str:
+    return repr(redacted(name, value))
+
+
+def _read_env_file(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError([f"env file {path}: not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"env file {path}: is a folder, expected a file"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"env file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"env file {path}: cannot read ({exc.strerror})"]) from None
+
+
+_ENV_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
+
+
+def _parse_env_lines(lines: list[str], path: Path, problems: list[str]) -> list[tuple[int, str, str]]:
+    """`NAME=VALUE` lines as systemd's EnvironmentFile= reads them: `#` comments, optional quotes.
+
+    No variable expansion and no inline comments, so the file means the same to systemd and to us.
+    """
+    entries: list[tuple[int, str, str]] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith(("#", ";")):
+            continue
+        match = _ENV_LINE.fullmatch(text)
+        if match is None:
+            problems.append(f"{path} line {number}: expected NAME=VALUE, got {text!r}")
+            continue
+        key, value = match.groups()
+        if value[:1] in ("'", '"'):
+            quote = value[0]
+            if len(value) < 2 or not value.endswith(quote):
+                problems.append(f"{path} line {number}: {key}: unterminated {quote} quote")
+                continue
+            value = value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(["\\$`])', r"\1", value)
+        entries.append((number, key, value))
+    return entries

@@ -1,0 +1,145 @@
+"""Lease values: which runs are in flight on a host, as plain data.
+
+A lease is one run's record (`task_<id>.json` in the lease folder, see adapters.leasestore). The
+original schema (task_id, agent, pid, recipe, started_at, heartbeat, host, state) stays readable;
+the extra fields (pgid, boot_id, start_ticks, owner, attempt, log_path) make liveness exact across
+PID reuse, reboots and restarts of the scheduler. Parsing is pure: a bad document raises
+`LeaseFormatError` naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+MAX_LEASE_BYTES = 1024 * 1024
+LEASE_NAME = re.compile(r"task_(\d+)\.json")
+
+
+class LeaseState(str, enum.Enum):
+    #: Written before the task is claimed and the process exists; pid is still unknown.
+    STARTING = "starting"
+    RUNNING = "running"
+    #: The process is being stopped by the SIGINT -> SIGTERM -> SIGKILL ladder.
+    STOPPING = "stopping"
+    #: The process has ended; its outcome is being reported to TinyTask. It holds no slot.
+    FINISHING = "finishing"
+
+
+@dataclass(frozen=True)
+class Lease:
+    task_id: int
+    agent: str
+    pid: int | None
+    recipe: str
+    started_at: datetime
+    heartbeat: datetime
+    host: str
+    state: LeaseState = LeaseState.RUNNING
+    pgid: int | None = None
+    boot_id: str | None = None
+    start_ticks: int | None = None
+    owner: str | None = None
+    attempt: int = 1
+    log_path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        data["started_at"] = _iso(self.started_at)
+        data["heartbeat"] = _iso(self.heartbeat)
+        return data
+
+    def with_changes(self, **changes: Any) -> "Lease":
+        return dataclasses.replace(self, **changes)
+
+
+class LeaseFormatError(ValueError):
+    """A lease file's content is not a lease; the message names the field."""
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _moment(value: Any, field: str) -> datetime:
+    # The original wrote ISO strings; epoch seconds are accepted as well.
+    if isinstance(value, bool):
+        raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, ValueError, OSError):  # NaN, infinity, beyond year 9999
+            raise LeaseFormatError(f"field {field}: epoch timestamp {value!r} is out of range") from None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise LeaseFormatError(f"field {field}: expected an ISO 8601 timestamp, got {value!r}") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
+
+
+def _int(data: dict[str, Any], field: str, *, optional: bool, digits_ok: bool = False) -> int | None:
+    value = data.get(field)
+    if value is None and optional:
+        return None
+    if digits_ok and isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LeaseFormatError(f"field {field}: expected an integer, got {value!r}")
+    return value
+
+
+def _str(data: dict[str, Any], field: str, *, optional: bool, default: str = "") -> str | None:
+    value = data.get(field)
+    if value is None:
+        if optional:
+            return default or None
+        raise LeaseFormatError(f"field {field}: missing")
+    if not isinstance(value, str):
+        raise LeaseFormatError(f"field {field}: expected a string, got {value!r}")
+    return value
+
+
+def lease_from_json(data: Any, default_host: str = "") -> Lease:
+    """A lease from its decoded JSON; `default_host` stands in for an original-schema lease without one."""
+    if not isinstance(data, dict):
+        raise LeaseFormatError(f"expected a JSON object, got {type(data).__name__}")
+    state_text = _str(data, "state", optional=True, default=LeaseState.RUNNING.value)
+    try:
+        state = LeaseState(state_text)
+    except ValueError:
+        allowed = ", ".join(s.value for s in LeaseState)
+        raise LeaseFormatError(f"field state: expected one of {allowed}, got {state_text!r}") from None
+    started_at = _moment(data.get("started_at"), "started_at")
+    heartbeat = _moment(data["heartbeat"], "heartbeat") if data.get("heartbeat") is not None else started_at
+    return Lease(
+        # The original scheduler wrote the task id as a JSON string ("42").
+        task_id=_int(data, "task_id", optional=False, digits_ok=True),  # type: ignore[arg-type]
+        agent=_str(data, "agent", optional=False),  # type: ignore[arg-type]
+        pid=_int(data, "pid", optional=True),
+        recipe=_str(data, "recipe", optional=True, default="") or "",
+        started_at=started_at,
+        heartbeat=heartbeat,
+        host=_str(data, "host", optional=True, default=default_host),  # type: ignore[arg-type]
+        state=state,
+        pgid=_int(data, "pgid", optional=True),
+        boot_id=_str(data, "boot_id", optional=True),
+        start_ticks=_int(data, "start_ticks", optional=True),
+        owner=_str(data, "owner", optional=True),
+        attempt=_int(data, "attempt", optional=True) or 1,
+        log_path=_str(data, "log_path", optional=True),
+    )
+
+
+class Liveness(str, enum.Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    #: The PID is alive but belongs to another process (start time differs): the run is gone.
+    REUSED = "reused"
+    #: The lease was written before the process existed (no pid yet).
+    NO_PROCESS = "no_process"

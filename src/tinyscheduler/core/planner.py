@@ -1,0 +1,322 @@
+"""The pure core: `plan(snapshot, config) -> Plan`.
+
+No I/O, no clock reads, no logging: the time, the leases with what the OS says of their
+processes, and the tasks TinyTask returned are all inputs. Every decision and every skip carries a
+reason, so a dry run can show exactly why a task does or does not start.
+
+Rules, in the order they apply:
+1. Leases. Each lease of this host gets a verdict: keep, requeue (its process is gone) or stop
+   (alive but not ours to keep: owned by a previous scheduler instance, over max runtime, or its
+   heartbeat stopped). Leases of other hosts are left alone and count for nothing here.
+2. Slots. A slot is a Goose process. An agent's busy slots are its leases on this host that still
+   have (or are about to have) a process: every lease except those being requeued because their
+   process is gone and those `finishing` (the process ended, its outcome is being reported), plus
+   this instance's runs whose lease is not written yet. A lease without a pid holds its slot until
+   its reclaim is done: its process may exist with the pid unrecorded. Free = limit - busy, never
+   negative.
+3. Candidates. A task can start only if it is idle, not blocked (unless blocking is disabled), not
+   tagged `tinyscheduler:failed`, not already leased here, not backing off after a failure, and not
+   already chosen in this plan. Blocked tasks are filtered before slots are counted, so a blocked
+   task at the head of a queue never starves the rest.
+4. Order. Blockers first: tasks that block the most other fetched tasks, then priority (higher
+   first), then created_at (older first), then id. With blocking disabled, server order is kept.
+5. Queue mode (a registry exists): for each queue (by name), its unassigned candidates go one by
+   one to the pool agent with the most free slots; a tie goes to the alphabetically first name.
+   Then every agent's already-assigned candidates fill its remaining slots. Agents with a limit but
+   no registry entry are served from their assigned tasks only. Legacy mode (no registry) is that
+   second step alone.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tinyscheduler.core.leases import Lease, LeaseState, Liveness
+from tinyscheduler.core.tasks import FAILED_TAG, Task
+
+#: A heartbeat older than this many heartbeat intervals marks a lease stale.
+STALE_HEARTBEATS = 3
+
+
+class Verdict(str, enum.Enum):
+    KEEP = "keep"
+    REQUEUE = "requeue"
+    STOP = "stop"
+    FOREIGN = "foreign"  # another host's lease: not ours to judge
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a pass knows, gathered by the shell before planning."""
+
+    now: datetime
+    host: str
+    instance_id: str
+    leases: Sequence[Lease] = ()
+    #: What the OS says of each lease's process, by task id (leases.probe).
+    liveness: Mapping[int, Liveness] = field(default_factory=dict)
+    #: Task ids whose run is supervised by this scheduler instance right now.
+    supervised: frozenset[int] = frozenset()
+    #: Runs of this instance whose process has not ended, by task id -> agent. They hold a slot
+    #: even before their lease file exists (a run writes it only after claiming the task), so
+    #: slots are never handed out twice.
+    in_flight: Mapping[int, str] = field(default_factory=dict)
+    #: Idle tasks with nobody assigned, per queue, in server order.
+    queue_tasks: Mapping[str, Sequence[Task]] = field(default_factory=dict)
+    #: Idle tasks assigned to each agent, in server order.
+    agent_tasks: Mapping[str, Sequence[Task]] = field(default_factory=dict)
+    #: Earliest next start of tasks backing off after a failed attempt.
+    not_before: Mapping[int, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    limits: Mapping[str, int]
+    #: queue name -> agents of that pool; empty in legacy mode.
+    pools: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    disable_blocking: bool = False
+    heartbeat_sec: float = 15
+    max_runtime_sec: float = 3600
+
+
+@dataclass(frozen=True)
+class LeaseDecision:
+    task_id: int
+    agent: str
+    verdict: Verdict
+    reason: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    task_id: int
+    agent: str
+    queue: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Start:
+    task_id: int
+    agent: str
+    reason: str
+    #: True when this plan also assigns the task (it was unassigned in its queue).
+    newly_assigned: bool = False
+
+
+@dataclass(frozen=True)
+class Skip:
+    task_id: int
+    agent: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class AgentSlots:
+    agent: str
+    limit: int
+    busy: int
+    starting: int
+
+    @property
+    def free_after(self) -> int:
+        return max(0, self.limit - self.busy - self.starting)
+
+
+@dataclass(frozen=True)
+class Plan:
+    leases: tuple[LeaseDecision, ...]
+    assignments: tuple[Assignment, ...]
+    starts: tuple[Start, ...]
+    skips: tuple[Skip, ...]
+    slots: tuple[AgentSlots, ...]
+
+    @property
+    def reclaims(self) -> tuple[LeaseDecision, ...]:
+        return tuple(d for d in self.leases if d.verdict in (Verdict.REQUEUE, Verdict.STOP))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "leases": [asdict(d) | {"verdict": d.verdict.value} for d in self.leases],
+            "assignments": [asdict(a) for a in self.assignments],
+            "starts": [asdict(s) for s in self.starts],
+            "skips": [asdict(s) for s in self.skips],
+            "slots": [asdict(s) | {"free_after": s.free_after} for s in self.slots],
+        }
+
+
+# --- leases --------------------------------------------------------------------------------------
+
+
+def judge_lease(lease: Lease, snapshot: Snapshot, config: PlanConfig) -> LeaseDecision:
+    def decide(verdict: Verdict, reason: str) -> LeaseDecision:
+        return LeaseDecision(lease.task_id, lease.agent, verdict, reason)
+
+    if lease.host != snapshot.host:
+        return decide(Verdict.FOREIGN, f"lease of host {lease.host}")
+    if lease.task_id in snapshot.supervised:
+        return decide(Verdict.KEEP, "supervised by this scheduler")
+    liveness = snapshot.liveness.get(lease.task_id)
+    if liveness is None:
+        # Requeueing on a guess could start a second run beside a live one; wait for a probe.
+        return decide(Verdict.KEEP, "process not checked yet")
+    if liveness is Liveness.NO_PROCESS:
+        return decide(Verdict.REQUEUE, "lease written but its process never started")
+    if liveness is Liveness.DEAD:
+        return decide(Verdict.REQUEUE, f"process {lease.pid} is gone")
+    if liveness is Liveness.REUSED:
+        return decide(Verdict.REQUEUE, f"process {lease.pid} is gone (its PID now belongs to another process)")
+    if lease.owner and lease.owner != snapshot.instance_id:
+        return decide(Verdict.STOP, f"process {lease.pid} belongs to a previous scheduler instance ({lease.owner})")
+    runtime = (snapshot.now - lease.started_at).total_seconds()
+    if runtime > config.max_runtime_sec:
+        return decide(Verdict.STOP, f"runtime {runtime:.0f}s is over the maximum {config.max_runtime_sec:.0f}s")
+    heartbeat_age = (snapshot.now - lease.heartbeat).total_seconds()
+    if heartbeat_age > STALE_HEARTBEATS * config.heartbeat_sec:
+        return decide(Verdict.STOP, f"heartbeat is {heartbeat_age:.0f}s old (stale after {STALE_HEARTBEATS * config.heartbeat_sec:.0f}s)")
+    return decide(Verdict.KEEP, f"process {lease.pid} is alive")
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+
+
+def blocker_first_order(tasks: Iterable[Task], blocks: Mapping[int, int]) -> list[Task]:
+    return sorted(tasks, key=lambda t: (-blocks.get(t.id, 0), -t.priority, t.created_at, t.id))
+
+
+def count_blocked_by(snapshot: Snapshot) -> dict[int, int]:
+    """How many fetched tasks each task blocks (a task fetched twice counts once)."""
+    seen = {
+        task.id: task.blocked_by_task_id
+        for tasks in (*snapshot.queue_tasks.values(), *snapshot.agent_tasks.values())
+        for task in tasks
+    }
+    counts: dict[int, int] = {}
+    for blocker in seen.values():
+        if blocker is not None:
+            counts[blocker] = counts.get(blocker, 0) + 1
+    return counts
+
+
+class _Planning:
+    """The mutable bookkeeping of one `plan` call; never escapes it."""
+
+    def __init__(self, snapshot: Snapshot, config: PlanConfig) -> None:
+        self.snapshot = snapshot
+        self.config = config
+        self.leased = {lease.task_id for lease in snapshot.leases} | set(snapshot.in_flight)
+        self.chosen: set[int] = set()
+        self.skips: list[Skip] = []
+        self.blocks = {} if config.disable_blocking else count_blocked_by(snapshot)
+
+    def unstartable(self, task: Task) -> str | None:
+        if task.status != "idle":
+            return f"status is {task.status}"
+        if task.id in self.leased:
+            return "already running on this host"
+        if task.id in self.chosen:
+            return "already planned in this pass"
+        if task.failed_for_good:
+            return "tagged tinyscheduler:failed; remove the tag to retry"
+        if not self.config.disable_blocking and task.is_currently_blocked:
+            return f"blocked by task {task.blocked_by_task_id}"
+        not_before = self.snapshot.not_before.get(task.id)
+        if not_before is not None and not_before > self.snapshot.now:
+            return f"retry backs off until {not_before.isoformat(timespec='seconds')}"
+        return None
+
+    def candidates(self, tasks: Sequence[Task], agent: str | None) -> list[Task]:
+        ready = []
+        seen: set[int] = set()
+        # Locals and an inline fast path for the common startable task (10,000 tasks per pass);
+        # anything else goes through unstartable(), which alone words the reasons.
+        leased, chosen, not_before, now = self.leased, self.chosen, self.snapshot.not_before, self.snapshot.now
+        blocking = not self.config.disable_blocking
+        for task in tasks:
+            task_id = task.id
+            # A list may hold a task twice (offset paging over a list that changed meanwhile):
+            # the first copy decides, or it would be started twice.
+            if task_id in seen:
+                continue
+            seen.add(task_id)
+            if (
+                task.status == "idle"
+                and task_id not in leased
+                and task_id not in chosen
+                and FAILED_TAG not in task.tags
+                and not (blocking and task.is_currently_blocked)
+                and (task_id not in not_before or not not_before[task_id] > now)
+            ):
+                ready.append(task)
+                continue
+            reason = self.unstartable(task)
+            if reason is None:
+                ready.append(task)
+            elif reason != "already planned in this pass":
+                self.skips.append(Skip(task_id, agent, reason))
+        return ready if not blocking else blocker_first_order(ready, self.blocks)
+
+
+def holds_slot(decision: LeaseDecision, snapshot: Snapshot) -> bool:
+    """Whether a judged lease still stands for a process (or may: a lease without a pid can have
+    one whose pid was never written, until its reclaim has found and stopped it)."""
+    if decision.verdict in (Verdict.KEEP, Verdict.STOP):
+        return True
+    return decision.verdict is Verdict.REQUEUE and snapshot.liveness.get(decision.task_id) is Liveness.NO_PROCESS
+
+
+def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
+    state = _Planning(snapshot, config)
+
+    decisions = tuple(judge_lease(lease, snapshot, config) for lease in snapshot.leases)
+    busy: dict[str, int] = {}
+    finishing = {lease.task_id for lease in snapshot.leases if lease.state is LeaseState.FINISHING}
+    holding = {d.task_id: d.agent for d in decisions if d.task_id not in finishing and holds_slot(d, snapshot)}
+    for task_id, agent in {**holding, **snapshot.in_flight}.items():
+        busy[agent] = busy.get(agent, 0) + 1
+    agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
+    limits = {agent: max(0, config.limits.get(agent, 0)) for agent in agents}
+    free = {agent: max(0, limits[agent] - busy.get(agent, 0)) for agent in agents}
+    starting = dict.fromkeys(agents, 0)
+
+    assignments: list[Assignment] = []
+    starts: list[Start] = []
+
+    def take(task: Task, agent: str, reason: str, newly_assigned: bool) -> None:
+        state.chosen.add(task.id)
+        free[agent] -= 1
+        starting[agent] += 1
+        starts.append(Start(task.id, agent, reason, newly_assigned))
+
+    for queue in sorted(config.pools):
+        pool = sorted(set(config.pools[queue]))
+        exhausted = f"no free slot in pool {queue}"
+        # Free slots only go down while planning: once the pool has none, the rest of the queue
+        # is skipped without looking for an agent again.
+        open_pool = bool(pool)
+        for task in state.candidates(snapshot.queue_tasks.get(queue, ()), None):
+            if open_pool:
+                # max() keeps the first of equal maxima and the pool is sorted: the most free
+                # slots, ties to the alphabetically first name.
+                agent = max(pool, key=free.__getitem__)
+                open_pool = free[agent] > 0
+            if not open_pool:
+                state.skips.append(Skip(task.id, None, exhausted))
+                continue
+            reason = f"unassigned in queue {queue}; {agent} has the most free slots ({free[agent]})"
+            assignments.append(Assignment(task.id, agent, queue, reason))
+            take(task, agent, reason, newly_assigned=True)
+
+    for agent in agents:
+        full = f"no free slot ({limits[agent]} of {limits[agent]} busy or starting)"
+        for task in state.candidates(snapshot.agent_tasks.get(agent, ()), agent):
+            if free[agent] <= 0:
+                state.skips.append(Skip(task.id, agent, full))
+                continue
+            take(task, agent, f"assigned to {agent}, priority {task.priority}", newly_assigned=False)
+
+    slots = tuple(AgentSlots(a, limits[a], busy.get(a, 0), starting[a]) for a in agents)
+    return Plan(decisions, tuple(assignments), tuple(starts), tuple(state.skips), slots)

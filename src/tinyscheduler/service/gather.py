@@ -1,0 +1,199 @@
+"""One pass, minus the acting: gather a snapshot from TinyTask, the lease folder and the OS, then plan.
+
+The daemon acts on the plan; `run --dry-run` only renders it. Both use exactly this code, so a
+dry run shows what the daemon would do.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from tinyscheduler.adapters.leasestore import LeaseStore, Quarantined
+from tinyscheduler.adapters.procfs import probe
+from tinyscheduler.core.leases import Liveness
+from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict
+from tinyscheduler.config.registry import Registry
+from tinyscheduler.adapters.tinytask import (
+    ServerFeatures,
+    TaskBatch,
+    TaskProblem,
+    TinyTaskClient,
+    TinyTaskError,
+)
+from tinyscheduler.core.tasks import Task
+
+#: Concurrent list requests per pass: enough to hide latency, few enough to be polite.
+FETCH_CONCURRENCY = 8
+
+
+def plan_config(
+    limits: Mapping[str, int],
+    registry: Registry | None,
+    features: ServerFeatures,
+    *,
+    disable_blocking: bool,
+    heartbeat_sec: float,
+    max_runtime_sec: float,
+) -> PlanConfig:
+    """Queue mode needs a registry and a server with queues; otherwise legacy mode."""
+    pools: dict[str, tuple[str, ...]] = {}
+    if registry is not None and features.queues:
+        for entry in registry.entries:
+            pools[entry.queue] = (*pools.get(entry.queue, ()), entry.name)
+    return PlanConfig(
+        limits=dict(limits),
+        pools=pools,
+        disable_blocking=disable_blocking or not features.blocking,
+        heartbeat_sec=heartbeat_sec,
+        max_runtime_sec=max_runtime_sec,
+    )
+
+
+@dataclass(frozen=True)
+class Gathered:
+    snapshot: Snapshot
+    #: Tasks the server sent that could not be used (one log line each).
+    problems: tuple[TaskProblem, ...] = ()
+    quarantined: tuple[Quarantined, ...] = ()
+
+
+@dataclass
+class _Fetches:
+    queue_tasks: dict[str, tuple[Task, ...]] = field(default_factory=dict)
+    agent_tasks: dict[str, tuple[Task, ...]] = field(default_factory=dict)
+    problems: list[TaskProblem] = field(default_factory=list)
+
+
+async def fetch_tasks(client: TinyTaskClient, config: PlanConfig) -> _Fetches:
+    """Idle unassigned tasks of every pool's queue and idle tasks of every agent, concurrently.
+
+    Raises the client's errors: a pass with a partial view of TinyTask must not act.
+    """
+    fetches = _Fetches()
+    limiter = anyio.CapacityLimiter(FETCH_CONCURRENCY)
+    agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
+
+    async def one(kind: str, name: str) -> None:
+        async with limiter:
+            if kind == "queue":
+                batch: TaskBatch = await client.idle_unassigned(name)
+                fetches.queue_tasks[name] = batch.tasks
+            else:
+                batch = await client.idle_assigned(name)
+                fetches.agent_tasks[name] = batch.tasks
+        fetches.problems.extend(batch.problems)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for queue in sorted(config.pools):
+                group.start_soon(one, "queue", queue)
+            for agent in agents:
+                group.start_soon(one, "agent", agent)
+    except BaseExceptionGroup as failed:
+        # The task group wraps a failed request in an ExceptionGroup; callers handle TinyTaskError
+        # (a pass counts it as TinyTask down, a dry run prints one line), so raise it as itself.
+        errors, others = failed.split(TinyTaskError)
+        if errors is None or others is not None:
+            raise
+        raise _first_leaf(errors) from failed
+    return fetches
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def gather(
+    client: TinyTaskClient,
+    config: PlanConfig,
+    store: LeaseStore,
+    *,
+    now: datetime,
+    host: str,
+    instance_id: str,
+    boot_id: str | None,
+    supervised: frozenset[int] = frozenset(),
+    in_flight: Mapping[int, str] | None = None,
+    not_before: Mapping[int, datetime] | None = None,
+) -> Gathered:
+    scan = await anyio.to_thread.run_sync(store.scan)
+    # The planner reads the liveness of this host's leases that no run of ours supervises, and no
+    # other: probing the rest (one /proc read per run in flight) would be wasted work every pass.
+    liveness: dict[int, Liveness] = {
+        lease.task_id: probe(lease, boot_id)
+        for lease in scan.leases
+        if lease.host == host and lease.task_id not in supervised
+    }
+    fetches = await fetch_tasks(client, config)
+    snapshot = Snapshot(
+        now=now,
+        host=host,
+        instance_id=instance_id,
+        leases=scan.leases,
+        liveness=liveness,
+        supervised=supervised,
+        in_flight=dict(in_flight or {}),
+        queue_tasks=fetches.queue_tasks,
+        agent_tasks=fetches.agent_tasks,
+        not_before=dict(not_before or {}),
+    )
+    return Gathered(snapshot, tuple(fetches.problems), scan.quarantined)
+
+
+# --- what a person reads ---------------------------------------------------------------------------
+
+
+def queued_and_blocked(snapshot: Snapshot) -> tuple[int, int]:
+    """Idle tasks this scheduler could serve, and how many of them are blocked (for STATUS)."""
+    seen: dict[int, bool] = {}
+    for tasks in (*snapshot.queue_tasks.values(), *snapshot.agent_tasks.values()):
+        for task in tasks:
+            seen[task.id] = task.is_currently_blocked
+    return len(seen), sum(seen.values())
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+
+
+def render_plan(result: Plan, gathered: Gathered, *, header: str) -> str:
+    """The dry-run table: slots, what would be assigned and started, lease verdicts, skips."""
+    snapshot = gathered.snapshot
+    lines = [header, ""]
+    queued, blocked = queued_and_blocked(snapshot)
+    lines.append(f"{queued} idle task(s) seen, {blocked} blocked, {len(snapshot.leases)} lease(s) on disk")
+    lines += ["", "Slots"]
+    lines += _table(["agent", "limit", "busy", "would start", "free after"],
+                    [[s.agent, s.limit, s.busy, s.starting, s.free_after] for s in result.slots]) if result.slots \
+        else ["  (no agents: set TINYSCHEDULER_AGENT_LIMITS or an agent-control file)"]
+    if result.assignments:
+        lines += ["", f"Would assign ({len(result.assignments)})"]
+        lines += _table(["task", "queue", "agent", "reason"],
+                        [[a.task_id, a.queue, a.agent, a.reason] for a in result.assignments])
+    lines += ["", f"Would start ({len(result.starts)})"]
+    lines += _table(["task", "agent", "reason"], [[s.task_id, s.agent, s.reason] for s in result.starts]) \
+        if result.starts else ["  (nothing)"]
+    leases = [d for d in result.leases if d.verdict is not Verdict.FOREIGN]
+    if leases:
+        lines += ["", f"Leases ({len(leases)})"]
+        lines += _table(["task", "agent", "verdict", "reason"],
+                        [[d.task_id, d.agent, d.verdict.value, d.reason] for d in leases])
+    if result.skips:
+        lines += ["", f"Not started ({len(result.skips)})"]
+        lines += _table(["task", "agent", "reason"],
+                        [[s.task_id, s.agent or "-", s.reason] for s in result.skips])
+    if gathered.problems:
+        lines += ["", f"Skipped as malformed ({len(gathered.problems)})"]
+        lines += [f"  {p}" for p in gathered.problems]
+    if gathered.quarantined:
+        lines += ["", f"Quarantined lease files ({len(gathered.quarantined)})"]
+        lines += [f"  {q.original} -> {q.moved_to or '(left in place: dry run)'}: {q.reason}"
+                  for q in gathered.quarantined]
+    return "\n".join(lines) + "\n"
