@@ -3,6 +3,7 @@
 Every process a test starts is stopped in a finalizer, the daemon and every Goose run it left
 (runs live in sessions of their own, so they are found by the lease path in their environment).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ class Deadline:
             raise AssertionError(self.message)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
     deadline = Deadline(timeout, what)
     while not (value := predicate()):
@@ -87,19 +90,23 @@ class Workspace:
         return path
 
     def daemon_env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        env.update({
-            "TINYSCHEDULER_BASE_PATH": str(self.base),
-            "TINYSCHEDULER_MCP_ENDPOINT": self.tinytask_url,
-            "TINYSCHEDULER_TINYTASK_PROTOCOL": "rest",
-            "TINYSCHEDULER_GOOSE_BIN": STANDIN,
-            "TINYSCHEDULER_LOOP_INTERVAL_SEC": "1",
-            "TINYSCHEDULER_HEARTBEAT_SEC": "1",
-            "TINYSCHEDULER_STOP_GRACE_SEC": "0.5",
-            "TINYSCHEDULER_RETRY_BASE_SEC": "1",
-            "TINYSCHEDULER_LOG_FORMAT": "json",
-            "TINYSCHEDULER_STANDIN_RECORD": str(self.records_file),
-        })
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_"))
+        }
+        env.update(
+            {
+                "TINYSCHEDULER_BASE_PATH": str(self.base),
+                "TINYSCHEDULER_MCP_ENDPOINT": self.tinytask_url,
+                "TINYSCHEDULER_TINYTASK_PROTOCOL": "rest",
+                "TINYSCHEDULER_GOOSE_BIN": STANDIN,
+                "TINYSCHEDULER_LOOP_INTERVAL_SEC": "1",
+                "TINYSCHEDULER_HEARTBEAT_SEC": "1",
+                "TINYSCHEDULER_STOP_GRACE_SEC": "0.5",
+                "TINYSCHEDULER_RETRY_BASE_SEC": "1",
+                "TINYSCHEDULER_LOG_FORMAT": "json",
+                "TINYSCHEDULER_STANDIN_RECORD": str(self.records_file),
+            }
+        )
         env.update(self.env)
         env.update(overrides)
         return env
@@ -127,7 +134,9 @@ class Workspace:
         return pids
 
 
-def max_concurrency(records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any] = lambda r: r["agent"]) -> dict[Any, int]:
+def max_concurrency(
+    records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any] = lambda r: r["agent"]
+) -> dict[Any, int]:
     """Highest number of runs in flight at once, per key, from start/end records."""
     live: dict[Any, int] = {}
     peak: dict[Any, int] = {}
@@ -176,10 +185,16 @@ class DaemonProcess:
         self.out = workspace.base / f"daemon-{time.monotonic_ns()}.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         with open(self.out, "wb") as sink:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tinyscheduler", *self.args], cwd=self.workspace.base,
-                                         env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tinyscheduler", *self.args],
+                cwd=self.workspace.base,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     @property

@@ -3,6 +3,7 @@
 
 Bootstraps .venv with the test extras through the ./tinyscheduler launcher, then runs pytest.
 """
+
 from __future__ import annotations
 
 import importlib.machinery

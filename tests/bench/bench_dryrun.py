@@ -23,6 +23,7 @@ process and shares the GIL with it, as stated in docs/performance.md).
 Goals: rest <= 3 x bare (ratio of medians), mcp <= 2 x rest (ratio of medians). Exit 1 if missed.
 `--profile rest|mcp` runs that pass under cProfile instead and prints the top functions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -47,17 +48,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
 
-from harness import Workspace  # noqa: E402
-
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.procfs import current_boot_id
-from tinyscheduler.core.planner import Plan, PlanConfig, plan
-from tinyscheduler.config.registry import load_registry
-from tinyscheduler.service.gather import FETCH_CONCURRENCY, gather, plan_config
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.config.registry import load_registry
+from tinyscheduler.core.planner import Plan, PlanConfig, plan
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.service.gather import FETCH_CONCURRENCY, gather, plan_config
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import Workspace
 
 TASKS, QUEUES, AGENTS, SLOTS = 2_000, 10, 50, 2
 GOAL_REST_OVER_BARE = 3.0
@@ -73,8 +74,12 @@ def seed(fake: FakeTinyTask, rng: random.Random) -> tuple[list[str], dict[str, l
         assigned = rng.choice(pools[queue]) if rng.random() < 0.5 else None
         blocker = rng.randrange(1, n) if n > 1 and rng.random() < 0.10 else None
         fake.create_task(
-            f"bench task {n}", queue_name=queue, assigned_to=assigned, priority=rng.randint(-2, 5),
-            blocked_by_task_id=blocker, tags=[FAILED_TAG] if rng.random() < 0.02 else ["bench"],
+            f"bench task {n}",
+            queue_name=queue,
+            assigned_to=assigned,
+            priority=rng.randint(-2, 5),
+            blocked_by_task_id=blocker,
+            tags=[FAILED_TAG] if rng.random() < 0.02 else ["bench"],
             description="seeded by tests/bench/bench_dryrun.py " + "x" * rng.randint(0, 200),
         )
     return queues, pools
@@ -102,8 +107,15 @@ class Bench:
         self.bare_client: httpx.AsyncClient | None = None
 
     async def dry_pass(self, client: TinyTaskClient) -> Plan:
-        gathered = await gather(client, self.config, self.store, now=datetime.now(timezone.utc), host=self.host,
-                                instance_id="dry-run", boot_id=self.boot_id)
+        gathered = await gather(
+            client,
+            self.config,
+            self.store,
+            now=datetime.now(UTC),
+            host=self.host,
+            instance_id="dry-run",
+            boot_id=self.boot_id,
+        )
         return plan(gathered.snapshot, self.config)
 
     async def record_requests(self, client: TinyTaskClient) -> int:
@@ -143,8 +155,9 @@ async def timed(fn: Callable[[], Awaitable[object]]) -> tuple[float, float]:
 
 
 def same_plan(a: Plan, b: Plan) -> bool:
-    return ([(s.task_id, s.agent) for s in a.starts] == [(s.task_id, s.agent) for s in b.starts]
-            and len(a.skips) == len(b.skips))
+    return [(s.task_id, s.agent) for s in a.starts] == [(s.task_id, s.agent) for s in b.starts] and len(a.skips) == len(
+        b.skips
+    )
 
 
 async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> int:
@@ -161,8 +174,9 @@ async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> in
     mcp = await connect(fake.url, "mcp")
     bench: Bench | None = None
     try:
-        config = plan_config(limits, registry, rest.features, disable_blocking=False, heartbeat_sec=15,
-                             max_runtime_sec=3600)
+        config = plan_config(
+            limits, registry, rest.features, disable_blocking=False, heartbeat_sec=15, max_runtime_sec=3600
+        )
         bench = Bench(fake, config, store)
         bench.bare_client = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
         requests = await bench.record_requests(rest)
@@ -171,10 +185,12 @@ async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> in
             print("ERROR: the REST and MCP passes planned differently", file=sys.stderr)
             return 1
         rows = await bench.bare_pass()
-        print(f"dry-run pass: {TASKS} idle tasks, {QUEUES} queues, {AGENTS} agents x {SLOTS} slots; "
-              f"{requests} list requests ({len(bench.lists)} lists), {rows} task rows decoded per pass; "
-              f"plan: {len(rest_plan.starts)} starts, {len(rest_plan.assignments)} assignments, "
-              f"{len(rest_plan.skips)} skips")
+        print(
+            f"dry-run pass: {TASKS} idle tasks, {QUEUES} queues, {AGENTS} agents x {SLOTS} slots; "
+            f"{requests} list requests ({len(bench.lists)} lists), {rows} task rows decoded per pass; "
+            f"plan: {len(rest_plan.starts)} starts, {len(rest_plan.assignments)} assignments, "
+            f"{len(rest_plan.skips)} skips"
+        )
 
         variants: dict[str, Callable[[], Awaitable[object]]] = {
             "rest": lambda: bench.dry_pass(rest),
@@ -201,22 +217,30 @@ async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> in
         await rest.aclose()
         await mcp.aclose()
 
-    print(f"{args.rounds} rounds; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.rounds} rounds; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"  {'variant':<6} {'wall median':>12} {'wall p95':>10} {'loop CPU median':>16} {'loop CPU p95':>13}")
     for name in variants:
-        print(f"  {name:<6} {statistics.median(walls[name]):>9.1f} ms {p95(walls[name]):>7.1f} ms "
-              f"{statistics.median(cpus[name]):>13.1f} ms {p95(cpus[name]):>10.1f} ms")
+        print(
+            f"  {name:<6} {statistics.median(walls[name]):>9.1f} ms {p95(walls[name]):>7.1f} ms "
+            f"{statistics.median(cpus[name]):>13.1f} ms {p95(cpus[name]):>10.1f} ms"
+        )
     med = {name: statistics.median(values) for name, values in walls.items()}
     cpu_med = {name: statistics.median(values) for name, values in cpus.items()}
     rest_ratio, mcp_ratio = med["rest"] / med["bare"], med["mcp"] / med["rest"]
     rest_ok, mcp_ok = rest_ratio <= GOAL_REST_OVER_BARE, mcp_ratio <= GOAL_MCP_OVER_REST
-    print(f"goal: REST pass <= {GOAL_REST_OVER_BARE:g} x bare requests (median wall): "
-          f"{rest_ratio:.2f}x {'met' if rest_ok else 'MISSED'}  "
-          f"(loop CPU {cpu_med['rest'] / cpu_med['bare']:.2f}x)")
-    print(f"goal: MCP pass <= {GOAL_MCP_OVER_REST:g} x REST pass (median wall): "
-          f"{mcp_ratio:.2f}x {'met' if mcp_ok else 'MISSED'}  "
-          f"(loop CPU {cpu_med['mcp'] / cpu_med['rest']:.2f}x)")
+    print(
+        f"goal: REST pass <= {GOAL_REST_OVER_BARE:g} x bare requests (median wall): "
+        f"{rest_ratio:.2f}x {'met' if rest_ok else 'MISSED'}  "
+        f"(loop CPU {cpu_med['rest'] / cpu_med['bare']:.2f}x)"
+    )
+    print(
+        f"goal: MCP pass <= {GOAL_MCP_OVER_REST:g} x REST pass (median wall): "
+        f"{mcp_ratio:.2f}x {'met' if mcp_ok else 'MISSED'}  "
+        f"(loop CPU {cpu_med['mcp'] / cpu_med['rest']:.2f}x)"
+    )
     return 0 if rest_ok and mcp_ok else 1
 
 

@@ -35,6 +35,7 @@ Every process started here (daemon, stand-ins, the fake) is stopped on the way o
 Ctrl-C included. Exit status 1 when a goal is missed. `--profile-daemon DIR` runs the daemon under
 `python -m cProfile -o DIR/<part>.prof` (the numbers then include the profiler's overhead).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
 
-from harness import DaemonProcess, Workspace, kill_everything, max_concurrency, wait_for  # noqa: E402
-
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import DaemonProcess, Workspace, kill_everything, max_concurrency, wait_for
 
 GOAL_RSS_MB = 80.0
 GOAL_CPU_PERCENT = 5.0
@@ -90,8 +91,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-            f"load average {os.getloadavg()[0]:.2f}")
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
 
 
 @dataclass
@@ -116,13 +116,18 @@ class ProfiledDaemon(DaemonProcess):
         super().__init__(workspace, *args, env=env)
         self.profile_to = profile_to
 
-    def start(self) -> "ProfiledDaemon":
+    def start(self) -> ProfiledDaemon:
         import subprocess
 
         with open(self.out, "wb") as sink:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cProfile", "-o", str(self.profile_to), "-m", "tinyscheduler", *self.args],
-                cwd=self.workspace.base, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=self.workspace.base,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
 
@@ -140,8 +145,9 @@ class Session:
         environment = self.workspace.daemon_env(**env)
         if self.profile_dir is not None:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
-            self.daemon = ProfiledDaemon(self.workspace, "run", "--daemon", env=environment,
-                                         profile_to=self.profile_dir / f"{self.name}.prof")
+            self.daemon = ProfiledDaemon(
+                self.workspace, "run", "--daemon", env=environment, profile_to=self.profile_dir / f"{self.name}.prof"
+            )
         else:
             self.daemon = DaemonProcess(self.workspace, "run", "--daemon", env=environment)
         return self.daemon.start()
@@ -214,10 +220,15 @@ def idle_runs(root: Path, args: argparse.Namespace, heartbeat: int, result: Resu
         for n in range(runs):
             session.fake.create_task(f"idle run {n}", queue_name="bench")
         began = time.monotonic()
-        daemon = session.start_daemon(TINYSCHEDULER_HEARTBEAT_SEC=str(heartbeat),
-                                      TINYSCHEDULER_LOOP_INTERVAL_SEC=str(args.loop_interval))
-        wait_for(lambda: len([r for r in ws.records() if r["event"] == "start"]) >= runs,
-                 timeout=args.idle_seconds - window - 5, interval=0.5, what=f"{runs} runs started")
+        daemon = session.start_daemon(
+            TINYSCHEDULER_HEARTBEAT_SEC=str(heartbeat), TINYSCHEDULER_LOOP_INTERVAL_SEC=str(args.loop_interval)
+        )
+        wait_for(
+            lambda: len([r for r in ws.records() if r["event"] == "start"]) >= runs,
+            timeout=args.idle_seconds - window - 5,
+            interval=0.5,
+            what=f"{runs} runs started",
+        )
         ramp = time.monotonic() - began
         time.sleep(2.0)  # the last runs' lease rewrites and the pass they triggered
         window_start = time.time()
@@ -228,11 +239,15 @@ def idle_runs(root: Path, args: argparse.Namespace, heartbeat: int, result: Resu
         in_flight = sum(max_concurrency(records).values())
         if ended_early:
             raise RuntimeError(f"{len(ended_early)} runs ended before the window closed; raise --idle-seconds")
-        result.say(f"- {runs} concurrent sleeping runs, heartbeat {heartbeat} s, loop interval {args.loop_interval} s: "
-                   f"{in_flight} in flight (from the records), ramp-up {ramp:.1f} s, window {window:.0f} s "
-                   f"from {datetime.fromtimestamp(window_start):%H:%M:%S}")
-        result.say(f"    daemon RSS: median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB; "
-                   f"daemon CPU: {cpu:.2f}% of one core")
+        result.say(
+            f"- {runs} concurrent sleeping runs, heartbeat {heartbeat} s, loop interval {args.loop_interval} s: "
+            f"{in_flight} in flight (from the records), ramp-up {ramp:.1f} s, window {window:.0f} s "
+            f"from {datetime.fromtimestamp(window_start):%H:%M:%S}"
+        )
+        result.say(
+            f"    daemon RSS: median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB; "
+            f"daemon CPU: {cpu:.2f}% of one core"
+        )
         session.stop_daemon(hurry=True)
         return cpu, max(rss)
     finally:
@@ -278,8 +293,9 @@ def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
         wait_for(done, timeout=args.throughput_timeout, interval=0.5, what=f"{args.tasks} runs ended")
         cpu_total = psutil.Process(daemon.pid).cpu_times()
         wall = time.monotonic() - began
-        wait_for(lambda: all(t["status"] == "complete" for t in session.fake.tasks()), timeout=30,
-                 what="every task complete")
+        wait_for(
+            lambda: all(t["status"] == "complete" for t in session.fake.tasks()), timeout=30, what="every task complete"
+        )
         session.stop_daemon(hurry=False)
         records, events = ws.records(), session.events()
     finally:
@@ -301,13 +317,19 @@ def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
     plain = sum(measured.values()) / (slots * makespan)
     overhead = [measured[t] - requested[t] for t in order]
 
-    result.say(f"- {args.tasks} tasks of 0.2-1 s (seed {args.seed}, {sum(requested.values()):.0f} s of requested work) "
-               f"on {len(agents)} agents x 4 slots; loop interval {args.loop_interval} s, heartbeat 1 s")
-    result.say(f"    peak runs in flight per agent: {dict(sorted(peaks.items()))}; failed runs: {len(failed)}; "
-               f"daemon CPU over the whole run {100 * (cpu_total.user + cpu_total.system) / wall:.1f}% of one core")
+    result.say(
+        f"- {args.tasks} tasks of 0.2-1 s (seed {args.seed}, {sum(requested.values()):.0f} s of requested work) "
+        f"on {len(agents)} agents x 4 slots; loop interval {args.loop_interval} s, heartbeat 1 s"
+    )
+    result.say(
+        f"    peak runs in flight per agent: {dict(sorted(peaks.items()))}; failed runs: {len(failed)}; "
+        f"daemon CPU over the whole run {100 * (cpu_total.user + cpu_total.system) / wall:.1f}% of one core"
+    )
     result.say(f"    ideal greedy schedule of the requested seconds: {ideal_requested:.2f} s")
-    result.say(f"    stand-in start-to-end minus requested seconds: "
-               f"median {statistics.median(overhead) * 1000:.0f} ms, p95 {p95(overhead) * 1000:.0f} ms")
+    result.say(
+        f"    stand-in start-to-end minus requested seconds: "
+        f"median {statistics.median(overhead) * 1000:.0f} ms, p95 {p95(overhead) * 1000:.0f} ms"
+    )
     result.say(f"    plain utilisation sum(durations) / ({slots} x makespan): {plain:.1%}")
     finished = {e["task_id"]: e for e in events if e["event"] == "finished"}
     started_at = {e["task_id"]: _epoch(e["timestamp"]) for e in events if e["event"] == "started"}
@@ -316,14 +338,21 @@ def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
     lifetime = {t: float(finished[t]["duration"]) for t in order}
     proc_makespan = max(started_at[t] + lifetime[t] for t in order) - min(started_at[t] for t in order)
     proc_ideal = greedy_makespan([lifetime[t] for t in order], slots)
-    result.say(f"    stand-in records (first start to last end) as context: makespan {makespan:.2f} s, ideal "
-               f"{ideal:.2f} s, ideal / measured {utilisation_vs_ideal:.1%}")
-    result.say(f"    process lifetimes (spawn to exit, as the daemon saw them): makespan {proc_makespan:.2f} s, "
-               f"ideal {proc_ideal:.2f} s; stand-in start-up (spawn to its start record) median "
-               f"{statistics.median(starts[t]['t'] - started_at[t] for t in order) * 1000:.0f} ms")
-    result.goal("(b) work conservation", proc_ideal / proc_makespan >= GOAL_UTILISATION,
-                f"ideal / measured makespan of the process lifetimes {proc_ideal / proc_makespan:.1%} "
-                f"(>= {GOAL_UTILISATION:.0%})")
+    result.say(
+        f"    stand-in records (first start to last end) as context: makespan {makespan:.2f} s, ideal "
+        f"{ideal:.2f} s, ideal / measured {utilisation_vs_ideal:.1%}"
+    )
+    result.say(
+        f"    process lifetimes (spawn to exit, as the daemon saw them): makespan {proc_makespan:.2f} s, "
+        f"ideal {proc_ideal:.2f} s; stand-in start-up (spawn to its start record) median "
+        f"{statistics.median(starts[t]['t'] - started_at[t] for t in order) * 1000:.0f} ms"
+    )
+    result.goal(
+        "(b) work conservation",
+        proc_ideal / proc_makespan >= GOAL_UTILISATION,
+        f"ideal / measured makespan of the process lifetimes {proc_ideal / proc_makespan:.1%} "
+        f"(>= {GOAL_UTILISATION:.0%})",
+    )
 
     # (c) refill latency, matched per agent first-in first-out.
     by_agent: dict[str, list[tuple[float, str, int]]] = defaultdict(list)
@@ -349,16 +378,22 @@ def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
     if not latencies:
         raise RuntimeError("no refill observed")
     lat_ms = sorted(x * 1000 for x in latencies)
-    result.say(f"    refill latency (end -> next start on the agent), {len(lat_ms)} refills: "
-               f"p50 {statistics.median(lat_ms):.0f} ms, p95 {p95(lat_ms):.0f} ms, max {max(lat_ms):.0f} ms")
-    for label, values in (("end record -> next run spawned (stand-in teardown, exit seen, pass, claim, spawn)",
-                           scheduling),
-                          ("spawned -> stand-in start record (its own start-up)", standin_start)):
+    result.say(
+        f"    refill latency (end -> next start on the agent), {len(lat_ms)} refills: "
+        f"p50 {statistics.median(lat_ms):.0f} ms, p95 {p95(lat_ms):.0f} ms, max {max(lat_ms):.0f} ms"
+    )
+    for label, values in (
+        ("end record -> next run spawned (stand-in teardown, exit seen, pass, claim, spawn)", scheduling),
+        ("spawned -> stand-in start record (its own start-up)", standin_start),
+    ):
         if values:
             ms = [v * 1000 for v in values]
             result.say(f"      {label}: p50 {statistics.median(ms):.0f} ms, p95 {p95(ms):.0f} ms, max {max(ms):.0f} ms")
-    result.goal("(c) refill p95", p95(lat_ms) / 1000 < GOAL_REFILL_P95_SEC,
-                f"p95 {p95(lat_ms):.0f} ms (< {GOAL_REFILL_P95_SEC * 1000:.0f} ms)")
+    result.goal(
+        "(c) refill p95",
+        p95(lat_ms) / 1000 < GOAL_REFILL_P95_SEC,
+        f"p95 {p95(lat_ms):.0f} ms (< {GOAL_REFILL_P95_SEC * 1000:.0f} ms)",
+    )
 
 
 def main() -> int:
@@ -367,8 +402,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=200, help="concurrent runs of the idle part")
     parser.add_argument("--idle-seconds", type=float, default=75.0, help="sleep of each idle run")
-    parser.add_argument("--idle-heartbeats", type=lambda text: [int(x) for x in text.split(",")], default=[15, 1],
-                        metavar="S[,S...]", help="heartbeat of each idle measurement; the first one has the goals")
+    parser.add_argument(
+        "--idle-heartbeats",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[15, 1],
+        metavar="S[,S...]",
+        help="heartbeat of each idle measurement; the first one has the goals",
+    )
     parser.add_argument("--loop-interval", type=int, default=1)
     parser.add_argument("--tasks", type=int, default=500, help="short tasks of the throughput part")
     parser.add_argument("--throughput-timeout", type=float, default=150.0)
@@ -386,8 +426,9 @@ def main() -> int:
                     cpu, rss = idle_runs(root, args, heartbeat, result)
                     if number == 0:  # the others are context, without a goal
                         result.goal("(a) RSS", rss < GOAL_RSS_MB, f"max {rss:.1f} MB (< {GOAL_RSS_MB:.0f} MB)")
-                        result.goal("(a) CPU", cpu < GOAL_CPU_PERCENT,
-                                    f"{cpu:.2f}% of one core (< {GOAL_CPU_PERCENT:.0f}%)")
+                        result.goal(
+                            "(a) CPU", cpu < GOAL_CPU_PERCENT, f"{cpu:.2f}% of one core (< {GOAL_CPU_PERCENT:.0f}%)"
+                        )
             if args.part in ("all", "throughput"):
                 throughput(root, args, result)
     except (KeyboardInterrupt, Interrupted):

@@ -2,16 +2,18 @@
 
 Whatever a test starts is stopped afterwards, also when the test fails.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from harness import DaemonProcess, Workspace, kill_everything
-from runbench import RunBench, open_bench
 
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import DaemonProcess, Workspace, kill_everything
+from runbench import RunBench, open_bench
 
 
 @pytest.fixture
@@ -41,4 +43,3 @@ async def bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBench]:
     """One Goose run's surroundings: policy, lease store, attempt book, a client to the fake."""
     async with open_bench(tmp_path, fake) as run_bench:
         yield run_bench
-

@@ -4,6 +4,7 @@ tmp_path, the stand-in goose as a real process (the `bench` fixture in conftest.
 Every process a test starts is killed when the bench closes, found by the lease path under
 tmp_path that `Run` puts in its environment (runs have sessions of their own).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,16 +19,17 @@ from typing import Any, TypeVar
 
 import psutil
 import yaml
-from harness import STANDIN, Deadline
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.procfs import current_boot_id
-from tinyscheduler.service.runs import Run, RunPolicy, RunRequest
 from tinyscheduler.adapters.tinytask import TaskBatch, TinyTaskClient, TinyTaskUnavailable
-from tinyscheduler.core.tasks import Task
 from tinyscheduler.adapters.tinytask.rest import RestClient
+from tinyscheduler.core.tasks import Task
+from tinyscheduler.service.runs import Run, RunPolicy, RunRequest
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import STANDIN, Deadline
 
 T = TypeVar("T")
 
@@ -69,8 +71,9 @@ class FlakyClient(TinyTaskClient):
         self._gate()
         return await self.inner.list_queues()
 
-    async def list_tasks(self, *, status: Sequence[str] | None = None, assigned_to: str | None = None,
-                         queue_name: str | None = None) -> TaskBatch:
+    async def list_tasks(
+        self, *, status: Sequence[str] | None = None, assigned_to: str | None = None, queue_name: str | None = None
+    ) -> TaskBatch:
         self._gate()
         return await self.inner.list_tasks(status=status, assigned_to=assigned_to, queue_name=queue_name)
 
@@ -102,10 +105,16 @@ class RunBench:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def recipe(self, name: str, **standin: Any) -> str:
-        recipe = {"title": name, "description": "stand-in recipe", "prompt": "work on {{ task_id }} as {{ agent }}",
-                  "parameters": [{"key": "task_id", "input_type": "string", "requirement": "required"},
-                                 {"key": "agent", "input_type": "string", "requirement": "required"}],
-                  "standin": standin}
+        recipe = {
+            "title": name,
+            "description": "stand-in recipe",
+            "prompt": "work on {{ task_id }} as {{ agent }}",
+            "parameters": [
+                {"key": "task_id", "input_type": "string", "requirement": "required"},
+                {"key": "agent", "input_type": "string", "requirement": "required"},
+            ],
+            "standin": standin,
+        }
         (self.policy.recipes_dir / name).write_text(yaml.safe_dump(recipe))
         return name
 
@@ -114,8 +123,12 @@ class RunBench:
 
     def run(self, task_id: int, recipe: str, agent: str = "dev", **policy_changes: Any) -> Run:
         return Run(
-            RunRequest(task_id, agent, recipe), replace(self.policy, **policy_changes), client=self.client,
-            leases=self.leases, attempts=self.attempts, environ=self.environ,
+            RunRequest(task_id, agent, recipe),
+            replace(self.policy, **policy_changes),
+            client=self.client,
+            leases=self.leases,
+            attempts=self.attempts,
+            environ=self.environ,
             on_event=lambda name, fields: self.events.append((name, fields)),
         )
 
@@ -135,8 +148,9 @@ class RunBench:
         found = []
         for process in psutil.process_iter():
             with contextlib.suppress(psutil.Error):
-                if process.status() != psutil.STATUS_ZOMBIE and \
-                        process.environ().get("TINYSCHEDULER_LEASE", "").startswith(str(self.root)):
+                if process.status() != psutil.STATUS_ZOMBIE and process.environ().get(
+                    "TINYSCHEDULER_LEASE", ""
+                ).startswith(str(self.root)):
                     found.append(process)
         return found
 
@@ -147,17 +161,34 @@ async def open_bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBen
     for folder in ("base", "recipes", "logs"):
         (tmp_path / folder).mkdir()
     policy = RunPolicy(
-        goose_bin=STANDIN, goose_args=(), base_path=tmp_path / "base", recipes_dir=tmp_path / "recipes",
-        task_log_dir=tmp_path / "logs", tinytask_url=fake.url, heartbeat_sec=0.2, max_runtime_sec=30,
-        stop_grace_sec=0.3, idle_timeout_sec=0, run_log_max_bytes=1024 * 1024, max_attempts=3,
-        retry_base_sec=0, host="testhost", instance_id="instance-under-test", boot_id=current_boot_id(),
+        goose_bin=STANDIN,
+        goose_args=(),
+        base_path=tmp_path / "base",
+        recipes_dir=tmp_path / "recipes",
+        task_log_dir=tmp_path / "logs",
+        tinytask_url=fake.url,
+        heartbeat_sec=0.2,
+        max_runtime_sec=30,
+        stop_grace_sec=0.3,
+        idle_timeout_sec=0,
+        run_log_max_bytes=1024 * 1024,
+        max_attempts=3,
+        retry_base_sec=0,
+        host="testhost",
+        instance_id="instance-under-test",
+        boot_id=current_boot_id(),
         report_timeout_sec=2,
     )
     leases = LeaseStore(tmp_path / "state" / "running", tmp_path / "state" / "quarantine")
     leases.ensure()
     record = tmp_path / "standin-record.jsonl"
-    environ = {**os.environ, "TINYSCHEDULER_STANDIN_RECORD": str(record), "NOTIFY_SOCKET": "/run/test/notify",
-               "WATCHDOG_USEC": "1000000", "LISTEN_FDS": "1"}
+    environ = {
+        **os.environ,
+        "TINYSCHEDULER_STANDIN_RECORD": str(record),
+        "NOTIFY_SOCKET": "/run/test/notify",
+        "WATCHDOG_USEC": "1000000",
+        "LISTEN_FDS": "1",
+    }
     client = FlakyClient(RestClient(fake.url, retries=0, connect_timeout=2, read_timeout=5))
     attempts = AttemptBook(tmp_path / "state" / "attempts.json", max_attempts=3, retry_base_sec=0)
     bench = RunBench(tmp_path, fake, client, policy, leases, attempts, record, environ)
@@ -168,4 +199,3 @@ async def open_bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBen
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
         await client.aclose()
-

@@ -1,4 +1,5 @@
 """The CLI as a real subprocess: exit codes, help, config sources, global options, kill switch."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from tinyscheduler.config.settings import SETTINGS
 def tinyscheduler(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # A clean environment: the developer's TINYSCHEDULER_* variables must not leak in.
     base = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
-    return subprocess.run([sys.executable, "-m", "tinyscheduler", *args], cwd=cwd, env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def shown(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
@@ -25,8 +32,7 @@ def shown(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]
     return {row["name"]: row for row in json.loads(result.stdout)["settings"]}
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["config", "--help"],
-                                  ["validate-config", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["config", "--help"], ["validate-config", "--help"]])
 def test_help_at_every_level(tmp_path: Path, args: list[str]) -> None:
     result = tinyscheduler(tmp_path, *args)
     assert result.returncode == 0
@@ -34,11 +40,14 @@ def test_help_at_every_level(tmp_path: Path, args: list[str]) -> None:
     assert "--env-file" in result.stdout and "--base-path" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "answers"), [
-    (["demo", "--help"], "number of tasks, 5 to 500"),
-    (["logs", "--help"], "TASK_ID the TinyTask task id"),
-    (["report", "--help"], "table (default), json"),
-])
+@pytest.mark.parametrize(
+    ("args", "answers"),
+    [
+        (["demo", "--help"], "number of tasks, 5 to 500"),
+        (["logs", "--help"], "TASK_ID the TinyTask task id"),
+        (["report", "--help"], "table (default), json"),
+    ],
+)
 def test_operator_command_help_explains_every_argument(tmp_path: Path, args: list[str], answers: str) -> None:
     result = tinyscheduler(tmp_path, *args)
     assert result.returncode == 0
@@ -64,12 +73,14 @@ def test_a_usage_error_is_one_line_pointing_at_help(tmp_path: Path) -> None:
     result = tinyscheduler(tmp_path, "logs", "abc")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "tinyscheduler logs: error: argument TASK_ID: invalid int value: 'abc' (see `tinyscheduler logs --help`)"]
+        "tinyscheduler logs: error: argument TASK_ID: invalid int value: 'abc' (see `tinyscheduler logs --help`)"
+    ]
 
 
 def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
-    result = tinyscheduler(tmp_path, "run", "--once", "--max-runtime", "soon",
-                           env={"TINYSCHEDULER_LOOP_INTERVAL_SEC": "abc"})
+    result = tinyscheduler(
+        tmp_path, "run", "--once", "--max-runtime", "soon", env={"TINYSCHEDULER_LOOP_INTERVAL_SEC": "abc"}
+    )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: TINYSCHEDULER_LOOP_INTERVAL_SEC='abc': expected a positive integer",
@@ -87,8 +98,17 @@ def test_missing_env_file_exits_2(tmp_path: Path) -> None:
 
 def test_config_show_json_reports_each_source(tmp_path: Path) -> None:
     (tmp_path / "site.env").write_text("TINYSCHEDULER_HEARTBEAT_SEC=5\nTINYSCHEDULER_MAX_RUNTIME_SEC=100\n")
-    result = tinyscheduler(tmp_path, "config", "--show", "--json", "--env-file", "site.env",
-                           "--loop-interval", "7", env={"TINYSCHEDULER_MAX_RUNTIME_SEC": "200"})
+    result = tinyscheduler(
+        tmp_path,
+        "config",
+        "--show",
+        "--json",
+        "--env-file",
+        "site.env",
+        "--loop-interval",
+        "7",
+        env={"TINYSCHEDULER_MAX_RUNTIME_SEC": "200"},
+    )
     rows = shown(result)
     assert json.loads(result.stdout)["env_file"] == str(tmp_path / "site.env")
     assert (rows["loop_interval_sec"]["value"], rows["loop_interval_sec"]["source"]) == (7, "cli")
@@ -121,8 +141,9 @@ def test_global_option_after_the_subcommand_wins(tmp_path: Path) -> None:
 
 
 def test_config_show_human(tmp_path: Path) -> None:
-    result = tinyscheduler(tmp_path, "config", "--show", "--agent-limit", "dev=2",
-                           env={"TINYSCHEDULER_GOOSE_BIN": "/opt/goose"})
+    result = tinyscheduler(
+        tmp_path, "config", "--show", "--agent-limit", "dev=2", env={"TINYSCHEDULER_GOOSE_BIN": "/opt/goose"}
+    )
     assert result.returncode == 0
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
     assert lines["agent_limits"] == ["agent_limits", '{"dev":', "2}", "cli", "TINYSCHEDULER_AGENT_LIMITS"]
@@ -130,12 +151,16 @@ def test_config_show_human(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[0] == "env file: none"
 
 
-@pytest.mark.parametrize(("args", "env", "origin"), [
-    (["run", "--once"], {"TINYSCHEDULER_ENABLED": "false"}, "TINYSCHEDULER_ENABLED=false in the environment"),
-    (["run", "--daemon", "--no-enabled"], {}, "--no-enabled"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "origin"),
+    [
+        (["run", "--once"], {"TINYSCHEDULER_ENABLED": "false"}, "TINYSCHEDULER_ENABLED=false in the environment"),
+        (["run", "--daemon", "--no-enabled"], {}, "--no-enabled"),
+    ],
+)
 def test_kill_switch_refuses_to_run_and_touches_nothing(
-        tmp_path: Path, args: list[str], env: dict[str, str], origin: str) -> None:
+    tmp_path: Path, args: list[str], env: dict[str, str], origin: str
+) -> None:
     result = tinyscheduler(tmp_path, *args, env=env)
     assert result.returncode == 0
     assert result.stderr == f"tinyscheduler: disabled by {origin}; nothing was done (a --dry-run still works)\n"
@@ -158,7 +183,8 @@ def test_validate_config_exit_codes_and_fix(tmp_path: Path) -> None:
     goose.chmod(0o755)
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes/example-agent.yaml").write_text(
-        "title: t\ndescription: d\nprompt: 'task {{ task_id }}'\nparameters:\n  - key: task_id\n")
+        "title: t\ndescription: d\nprompt: 'task {{ task_id }}'\nparameters:\n  - key: task_id\n"
+    )
     before = tinyscheduler(tmp_path, "validate-config", "--goose-bin", "./goose", env=unreachable)
     assert before.returncode == 1
     assert f"FAIL  paths: running dir {tmp_path / 'state/running'} does not exist" in before.stdout
@@ -169,13 +195,17 @@ def test_validate_config_exit_codes_and_fix(tmp_path: Path) -> None:
     assert fixed.stdout.splitlines()[-1] == "0 error(s), 2 warning(s)"
 
 
-@pytest.mark.parametrize(("args", "env", "origin"), [
-    (["run", "--once", "--base-path", "nowhere"], {}, "--base-path"),
-    (["run", "--daemon"], {"TINYSCHEDULER_BASE_PATH": "nowhere"}, "TINYSCHEDULER_BASE_PATH"),
-    (["run", "--once", "--dry-run"], {"TINYSCHEDULER_BASE_PATH": "nowhere"}, "TINYSCHEDULER_BASE_PATH"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "origin"),
+    [
+        (["run", "--once", "--base-path", "nowhere"], {}, "--base-path"),
+        (["run", "--daemon"], {"TINYSCHEDULER_BASE_PATH": "nowhere"}, "TINYSCHEDULER_BASE_PATH"),
+        (["run", "--once", "--dry-run"], {"TINYSCHEDULER_BASE_PATH": "nowhere"}, "TINYSCHEDULER_BASE_PATH"),
+    ],
+)
 def test_run_refuses_a_base_path_that_does_not_exist_and_creates_nothing(
-        tmp_path: Path, args: list[str], env: dict[str, str], origin: str) -> None:
+    tmp_path: Path, args: list[str], env: dict[str, str], origin: str
+) -> None:
     # A typo in the base path must not turn into a fresh empty tree that a daemon runs in.
     result = tinyscheduler(tmp_path, *args, env={"TINYSCHEDULER_MCP_ENDPOINT": "http://127.0.0.1:9", **env})
     assert result.returncode == 2
@@ -185,8 +215,12 @@ def test_run_refuses_a_base_path_that_does_not_exist_and_creates_nothing(
 
 def test_run_with_a_state_folder_it_cannot_use_says_so_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("a file where the state folder belongs\n")
-    result = tinyscheduler(tmp_path, "run", "--once", env={"TINYSCHEDULER_MCP_ENDPOINT": "http://127.0.0.1:9",
-                                                           "TINYSCHEDULER_LOG_DIR": "logs"})
+    result = tinyscheduler(
+        tmp_path,
+        "run",
+        "--once",
+        env={"TINYSCHEDULER_MCP_ENDPOINT": "http://127.0.0.1:9", "TINYSCHEDULER_LOG_DIR": "logs"},
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -199,8 +233,14 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: list[str])
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run([sys.executable, "-m", "tinyscheduler", *args], cwd=tmp_path, stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "tinyscheduler", *args],
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (0, "")

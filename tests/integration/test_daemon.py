@@ -1,4 +1,5 @@
 """The real daemon as a subprocess, the fake TinyTask over HTTP, the stand-in goose as real processes."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.tinytask import TinyTaskError
+from tinyscheduler.adapters.tinytask.rest import RestClient
+from tinyscheduler.core.planner import PlanConfig
+from tinyscheduler.service.gather import gather
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 from harness import (
     STANDIN,
@@ -23,12 +31,6 @@ from harness import (
     wait_for,
 )
 from runbench import FlakyClient
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
-from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.core.planner import PlanConfig
-from tinyscheduler.service.gather import gather
-from tinyscheduler.adapters.tinytask import TinyTaskError
-from tinyscheduler.adapters.tinytask.rest import RestClient
 
 AGENTS = [("dev-a", "dev", 2), ("dev-b", "dev", 1), ("qa-a", "qa", 2), ("ops-a", "ops", 1), ("ops-b", "ops", 2)]
 
@@ -88,6 +90,7 @@ def test_failing_task_backs_off_then_is_tagged_failed(fake, workspace, daemons):
     assert len(starts) == 3
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0, f"backoff doubles from 1 s: gaps {gaps}"
+
     # The tag comes with the last report's PATCH; its comments follow it.
     def comments_once_given_up() -> list[str] | None:
         texts = [c["content"] for c in fake.comments(task["id"])]
@@ -169,8 +172,14 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fake, workspace):
     fake.reset_requests()
     before = fake.tasks()
 
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run", "--json"],
-                            cwd=workspace.base, env=workspace.daemon_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run", "--json"],
+        cwd=workspace.base,
+        env=workspace.daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     started = {s["task_id"]: s["agent"] for s in plan["starts"]}
@@ -180,8 +189,14 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fake, workspace):
     assert {method for method, _ in fake.requests} == {"GET"}
     assert sorted(p.name for p in workspace.base.iterdir()) == ["agent-control.json"]
 
-    table = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run"],
-                           cwd=workspace.base, env=workspace.daemon_env(), capture_output=True, text=True, timeout=60)
+    table = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run"],
+        cwd=workspace.base,
+        env=workspace.daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert table.returncode == 0, table.stderr
     assert "Would start (2)" in table.stdout and "blocked by task" in table.stdout
 
@@ -189,8 +204,14 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fake, workspace):
 def test_dry_run_with_tinytask_down_says_so_in_one_line_and_exits_1(workspace, tmp_path):
     workspace.write_registry([("dev-a", "dev", 1)])
     env = workspace.daemon_env(TINYSCHEDULER_MCP_ENDPOINT="http://127.0.0.1:9")
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run"],
-                            cwd=workspace.base, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run"],
+        cwd=workspace.base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0], result.stderr
@@ -206,8 +227,10 @@ def test_daemon_survives_tinytask_outage_and_resumes(workspace, daemons):
     server.stop()
     daemon = start_daemon(daemons, workspace, "--daemon")
     last_pass = workspace.base / "state" / "last_pass.json"
-    wait_for(lambda: last_pass.exists() and json.loads(last_pass.read_text())["consecutive_failures"] >= 2,
-             what="failed passes counted")
+    wait_for(
+        lambda: last_pass.exists() and json.loads(last_pass.read_text())["consecutive_failures"] >= 2,
+        what="failed passes counted",
+    )
     assert daemon.proc.poll() is None, "TinyTask down never ends the daemon"
     with FakeTinyTask(port=int(port)) as again:
         task = again.create_task("after the outage", queue_name="dev")
@@ -228,7 +251,8 @@ def test_lease_removed_by_hand_is_restored_while_its_process_runs(fake, workspac
 
 
 def test_run_whose_pid_never_reached_its_lease_is_found_and_stopped_before_the_task_runs_again(
-        fake, workspace, daemons):
+    fake, workspace, daemons
+):
     """The daemon died between spawning goose and writing the pid into the lease."""
     workspace.write_registry([("dev-a", "dev", 1)])
     recipe = workspace.write_recipe("dev-a", {"mode": "hang"})
@@ -236,35 +260,76 @@ def test_run_whose_pid_never_reached_its_lease_is_found_and_stopped_before_the_t
     fake_patch(fake, task["id"], status="working")
     workspace.running_dir.mkdir(parents=True)
     lease_path = workspace.running_dir / f"task_{task['id']}.json"
-    lease_path.write_text(json.dumps({
-        "task_id": task["id"], "agent": "dev-a", "pid": None, "recipe": "dev-a.yaml", "state": "starting",
-        "started_at": "2026-01-01T00:00:00Z", "heartbeat": "2026-01-01T00:00:00Z", "host": socket.gethostname(),
-        "owner": "previous-instance", "attempt": 1}))
+    lease_path.write_text(
+        json.dumps(
+            {
+                "task_id": task["id"],
+                "agent": "dev-a",
+                "pid": None,
+                "recipe": "dev-a.yaml",
+                "state": "starting",
+                "started_at": "2026-01-01T00:00:00Z",
+                "heartbeat": "2026-01-01T00:00:00Z",
+                "host": socket.gethostname(),
+                "owner": "previous-instance",
+                "attempt": 1,
+            }
+        )
+    )
     env = workspace.daemon_env(TINYSCHEDULER_LEASE=str(lease_path), TINYTASK_ENDPOINT=fake.url)
-    orphan = subprocess.Popen([STANDIN, "run", "--recipe", str(recipe), "--params", f"task_id={task['id']}",
-                               "--params", "agent=dev-a", "--no-session"], env=env, cwd=workspace.base,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    orphan = subprocess.Popen(
+        [
+            STANDIN,
+            "run",
+            "--recipe",
+            str(recipe),
+            "--params",
+            f"task_id={task['id']}",
+            "--params",
+            "agent=dev-a",
+            "--no-session",
+        ],
+        env=env,
+        cwd=workspace.base,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     wait_for(lambda: any(r["event"] == "start" for r in workspace.records()), what="the orphan runs")
     workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.2})
 
     daemon = start_daemon(daemons, workspace, "--daemon")
-    wait_for(lambda: fake.task(task["id"])["status"] == "complete", timeout=60, what="the task runs again and completes")
+    wait_for(
+        lambda: fake.task(task["id"])["status"] == "complete", timeout=60, what="the task runs again and completes"
+    )
     assert orphan.wait(timeout=10) is not None
     assert overlapping_runs_of_one_task(workspace.records()) == []
     assert any(e.get("event") == "orphan_found" and e.get("pid") == orphan.pid for e in daemon.log_events())
 
 
 def fake_patch(fake: FakeTinyTask, task_id: int, **fields: object) -> None:
-    request = urllib.request.Request(f"{fake.url}/api/v1/tasks/{task_id}", data=json.dumps(fields).encode(),
-                                     method="PATCH", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{fake.url}/api/v1/tasks/{task_id}",
+        data=json.dumps(fields).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as reply:
         assert reply.status == 200
 
 
 def test_a_broken_registry_stops_the_start_with_one_line_naming_the_file(fake, workspace):
-    (workspace.base / "agent-control.json").write_text('[{"agentName": "dev-a", "agentType": "dev"},\n  {"agentName": "dev-a"}]')
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--daemon"], cwd=workspace.base,
-                            env=workspace.daemon_env(), capture_output=True, text=True, timeout=60)
+    (workspace.base / "agent-control.json").write_text(
+        '[{"agentName": "dev-a", "agentType": "dev"},\n  {"agentName": "dev-a"}]'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "run", "--daemon"],
+        cwd=workspace.base,
+        env=workspace.daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     problems = [line for line in result.stderr.splitlines() if "agent-control.json" in line]
@@ -274,10 +339,20 @@ def test_a_broken_registry_stops_the_start_with_one_line_naming_the_file(fake, w
 
 def _original_lease(workspace: Workspace, task_id: int, **fields: object) -> None:
     workspace.running_dir.mkdir(parents=True, exist_ok=True)
-    (workspace.running_dir / f"task_{task_id}.json").write_text(json.dumps({
-        "task_id": str(task_id), "agent": "dev-a", "recipe": "dev-a.yaml", "state": "running",
-        "started_at": "2026-01-01T00:00:00Z", "heartbeat": "2026-01-01T00:00:00Z", "host": socket.gethostname(),
-        **fields}))
+    (workspace.running_dir / f"task_{task_id}.json").write_text(
+        json.dumps(
+            {
+                "task_id": str(task_id),
+                "agent": "dev-a",
+                "recipe": "dev-a.yaml",
+                "state": "running",
+                "started_at": "2026-01-01T00:00:00Z",
+                "heartbeat": "2026-01-01T00:00:00Z",
+                "host": socket.gethostname(),
+                **fields,
+            }
+        )
+    )
 
 
 def test_a_reclaim_that_changes_nothing_does_not_spin_the_tick(fake, workspace, daemons):
@@ -288,8 +363,9 @@ def test_a_reclaim_that_changes_nothing_does_not_spin_the_tick(fake, workspace, 
     sleeper = subprocess.Popen(["sleep", "120"])
     try:
         _original_lease(workspace, 77, pid=sleeper.pid)
-        daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60",
-                              TINYSCHEDULER_HEARTBEAT_SEC="30")
+        daemon = start_daemon(
+            daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60", TINYSCHEDULER_HEARTBEAT_SEC="30"
+        )
         wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
         fake.reset_requests()
         time.sleep(2)
@@ -308,8 +384,9 @@ def test_the_lease_of_a_deleted_task_is_removed_not_retried_forever(fake, worksp
     dead = subprocess.Popen(["true"])
     dead.wait()
     _original_lease(workspace, 4242, pid=dead.pid, start_ticks=1)  # no such task on the server
-    daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60",
-                          TINYSCHEDULER_HEARTBEAT_SEC="30")
+    daemon = start_daemon(
+        daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60", TINYSCHEDULER_HEARTBEAT_SEC="30"
+    )
     wait_for(lambda: workspace.leases() == [], what="the lease removed")
     wait_for(lambda: any(e.get("event") == "reclaim_task_gone" for e in daemon.log_events()), what="log line")
     fake.reset_requests()
@@ -321,8 +398,8 @@ async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspa
     """A pass planned on a lease scan taken before a reclaim removed the lease must not start the task
     while that reclaim can still set it idle and delete the lease (the new run's lease)."""
     from tinyscheduler.config.settings import load_settings
-    from tinyscheduler.service.scheduler import PassReport, Scheduler
     from tinyscheduler.core.planner import Plan, Start
+    from tinyscheduler.service.scheduler import PassReport, Scheduler
 
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
@@ -353,8 +430,15 @@ async def test_a_failed_list_request_fails_the_pass_as_a_tinytask_error_not_an_e
     store = LeaseStore(tmp_path / "running", tmp_path / "quarantine")
     try:
         with pytest.raises(TinyTaskError):
-            await gather(client, PlanConfig(limits={"dev-a": 1, "dev-b": 1}, pools={"dev": ("dev-a", "dev-b")}), store,
-                         now=datetime.now(timezone.utc), host="h", instance_id="i", boot_id=None)
+            await gather(
+                client,
+                PlanConfig(limits={"dev-a": 1, "dev-b": 1}, pools={"dev": ("dev-a", "dev-b")}),
+                store,
+                now=datetime.now(UTC),
+                host="h",
+                instance_id="i",
+                boot_id=None,
+            )
     finally:
         await client.aclose()
 
@@ -365,8 +449,13 @@ def test_a_symlink_loop_in_the_lease_folder_does_not_end_the_daemon(fake, worksp
     daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_HEARTBEAT_SEC="30")
     wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
     os.symlink("task_5.json", workspace.running_dir / "task_5.json")  # ELOOP on stat
-    wait_for(lambda: any(e.get("event") == "lease_quarantined" for e in daemon.log_events()) or
-             daemon.proc.poll() is not None, timeout=10, what="the bad entry handled")
+    wait_for(
+        lambda: (
+            any(e.get("event") == "lease_quarantined" for e in daemon.log_events()) or daemon.proc.poll() is not None
+        ),
+        timeout=10,
+        what="the bad entry handled",
+    )
     assert daemon.proc.poll() is None, daemon.output()[-2000:]
     task = fake.create_task("still served", queue_name="dev")
     wait_for(lambda: fake.task(task["id"])["status"] == "complete", timeout=30, what="work goes on")

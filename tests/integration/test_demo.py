@@ -1,4 +1,5 @@
 """`tinyscheduler demo`: the real daemon on a small workload, as a user runs it (a subprocess)."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,10 @@ from harness import wait_for
 
 def demo_env() -> dict[str, str]:
     # The demo must not pick up the developer's settings; a stray one should not matter anyway.
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")},
-            "TINYSCHEDULER_LOOP_INTERVAL_SEC": "999"}
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")},
+        "TINYSCHEDULER_LOOP_INTERVAL_SEC": "999",
+    }
 
 
 def processes_mentioning(folder: str) -> list[psutil.Process]:
@@ -50,8 +53,14 @@ def kept() -> Iterator[list[str]]:
 
 
 def test_demo_runs_the_workload_to_the_end_and_leaves_nothing_running(tmp_path, kept):
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "demo", "--tasks", "8", "--keep"],
-                            cwd=tmp_path, env=demo_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "demo", "--tasks", "8", "--keep"],
+        cwd=tmp_path,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     folder = demo_folder(result.stdout)
     kept.append(folder)
 
@@ -68,19 +77,35 @@ def test_demo_runs_the_workload_to_the_end_and_leaves_nothing_running(tmp_path, 
     assert Path(folder, "state", "running").is_dir() and not list(Path(folder, "state", "running").iterdir())
 
     # The commands the demo suggests work on what it kept.
-    status = subprocess.run([sys.executable, "-m", "tinyscheduler", "--base-path", folder, "status"],
-                            env=demo_env(), capture_output=True, text=True, timeout=30)
+    status = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "--base-path", folder, "status"],
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert status.returncode == 0 and "not running" in status.stdout, status.stderr
-    logs = subprocess.run([sys.executable, "-m", "tinyscheduler", "--base-path", folder, "logs", "5"],
-                          env=demo_env(), capture_output=True, text=True, timeout=30)
+    logs = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "--base-path", folder, "logs", "5"],
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert logs.returncode == 0 and "attempt 3" in logs.stdout, logs.stderr
 
 
 def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
     out = tmp_path / "demo.out"
     with open(out, "wb") as sink:
-        demo = subprocess.Popen([sys.executable, "-m", "tinyscheduler", "demo"], cwd=tmp_path, env=demo_env(),
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "tinyscheduler", "demo"],
+            cwd=tmp_path,
+            env=demo_env(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: re.search(r"running [1-9]", out.read_text()), what="runs in flight")
         demo.send_signal(signal.SIGINT)
@@ -99,9 +124,16 @@ def test_ctrl_c_stops_the_demo_cleanly(tmp_path):
 
 
 def test_too_few_tasks_is_a_usage_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "demo", "--tasks", "2"], cwd=tmp_path,
-                            env=demo_env(), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "demo", "--tasks", "2"],
+        cwd=tmp_path,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("tinyscheduler: --tasks 2: expected 5 to 500 "
-                                     "(the demo's special cases need five tasks)")
+    assert result.stderr.strip() == (
+        "tinyscheduler: --tasks 2: expected 5 to 500 (the demo's special cases need five tasks)"
+    )
     assert list(tmp_path.iterdir()) == []

@@ -1,10 +1,11 @@
 """The fake TinyTask server keeps the real server's contract, quirks included, over real HTTP."""
+
 from __future__ import annotations
 
 import json
-import re
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,22 @@ import pytest
 from tinyscheduler.testing.fake_tinytask import FakeError, FakeTinyTask
 
 TASK_FIELDS = {
-    "id", "title", "description", "status", "assigned_to", "previous_assigned_to", "created_by", "priority",
-    "tags", "parent_task_id", "queue_name", "blocked_by_task_id", "is_currently_blocked", "created_at",
-    "updated_at", "archived_at",
+    "id",
+    "title",
+    "description",
+    "status",
+    "assigned_to",
+    "previous_assigned_to",
+    "created_by",
+    "priority",
+    "tags",
+    "parent_task_id",
+    "queue_name",
+    "blocked_by_task_id",
+    "is_currently_blocked",
+    "created_at",
+    "updated_at",
+    "archived_at",
 }
 ISO_SECONDS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"
 
@@ -152,8 +166,10 @@ def test_create_returns_201_with_full_shape(api: httpx.Client) -> None:
         ({"title": "t", "created_by": "me", "priority": True}, "priority must be a finite integer"),
         ({"title": "t", "created_by": "me", "priority": None}, "priority must be a finite integer"),
         ({"title": "t", "created_by": "me", "tags": "a"}, "tags must be an array of strings"),
-        ({"title": "t", "created_by": "me", "status": "done"},
-         "Invalid status: done. Must be one of: idle, working, complete"),
+        (
+            {"title": "t", "created_by": "me", "status": "done"},
+            "Invalid status: done. Must be one of: idle, working, complete",
+        ),
         ({"title": "t", "created_by": "me", "parent_task_id": 77}, "Parent task not found: 77"),
         ({"title": "t", "created_by": "me", "blocked_by_task_id": 77}, "Blocking task not found: 77"),
     ],
@@ -217,7 +233,10 @@ def test_subtask_filters(fake: FakeTinyTask, api: httpx.Client) -> None:
     assert ids(api.get("/tasks", params={"parent_task_id": "null"}).json()) == [root["id"], loose["id"]]
     assert ids(api.get("/queues/dev/tasks", params={"exclude_subtasks": "true"}).json()) == [root["id"], loose["id"]]
     assert ids(api.get("/tasks", params={"exclude_subtasks": "false", "include_archived": "true"}).json()) == [
-        root["id"], child["id"], loose["id"]]
+        root["id"],
+        child["id"],
+        loose["id"],
+    ]
 
 
 def test_limit_and_offset(fake: FakeTinyTask, api: httpx.Client) -> None:
@@ -285,7 +304,11 @@ def test_patch_partial_update_and_assignment_history(fake: FakeTinyTask, api: ht
     assigned = api.patch(f"/tasks/{tid}", json={"assigned_to": "alice"}).json()
     assert assigned["assigned_to"] == "alice" and assigned["previous_assigned_to"] is None
     assert (assigned["priority"], assigned["tags"], assigned["queue_name"], assigned["description"]) == (
-        3, ["x"], "dev", "d")
+        3,
+        ["x"],
+        "dev",
+        "d",
+    )
 
     moved = api.patch(f"/tasks/{tid}", json={"assigned_to": "bob", "status": "working"}).json()
     assert (moved["assigned_to"], moved["previous_assigned_to"], moved["status"]) == ("bob", "alice", "working")
@@ -349,7 +372,11 @@ def test_comments(fake: FakeTinyTask, api: httpx.Client) -> None:
     assert reply.status_code == 201
     comment = reply.json()
     assert {k: comment[k] for k in ("id", "task_id", "content", "created_by")} == {
-        "id": 1, "task_id": task["id"], "content": "run failed", "created_by": "sched"}
+        "id": 1,
+        "task_id": task["id"],
+        "content": "run failed",
+        "created_by": "sched",
+    }
     anonymous = api.post(f"/tasks/{task['id']}/comments", json={"content": "x"}).json()
     assert anonymous["created_by"] is None
     bad = api.post(f"/tasks/{task['id']}/comments", json={"text": "x"})
@@ -391,8 +418,9 @@ def test_agent_queue_is_idle_and_working_of_that_agent(fake: FakeTinyTask, api: 
 
 def test_transfer(fake: FakeTinyTask, api: httpx.Client) -> None:
     task = fake.create_task("t", assigned_to="dev", status="working")
-    reply = api.post(f"/tasks/{task['id']}/transfer",
-                     json={"current_agent": "dev", "new_agent": "qa", "comment": " needs review "})
+    reply = api.post(
+        f"/tasks/{task['id']}/transfer", json={"current_agent": "dev", "new_agent": "qa", "comment": " needs review "}
+    )
     assert reply.status_code == 200
     moved = reply.json()["task"]
     assert (moved["assigned_to"], moved["previous_assigned_to"], moved["status"]) == ("qa", "dev", "idle")
@@ -400,8 +428,7 @@ def test_transfer(fake: FakeTinyTask, api: httpx.Client) -> None:
     assert [(c["content"], c["created_by"]) for c in fake.comments(task["id"])] == [("needs review", "dev")]
 
     # Ownership is checked against the current assignee.
-    wrong = api.post(f"/tasks/{task['id']}/transfer",
-                     json={"current_agent": "dev", "new_agent": "ops", "comment": "x"})
+    wrong = api.post(f"/tasks/{task['id']}/transfer", json={"current_agent": "dev", "new_agent": "ops", "comment": "x"})
     assert wrong.status_code == 400
     assert wrong.json() == {"error": f"Task {task['id']} is not assigned to dev (currently assigned to: qa)"}
 
@@ -412,19 +439,26 @@ def test_transfer(fake: FakeTinyTask, api: httpx.Client) -> None:
     assert (missing.status_code, missing.json()) == (404, {"error": "Task not found: 99"})
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "current_agent"),
-    # Not a body the real server knows: it asks for current_agent, as for any body without it.
-    ({"to_agent": "qa", "reason": "needs review"}, "current_agent"),
-    ({"current_agent": "dev", "new_agent": " ", "comment": "c"}, "new_agent"),
-    ({"current_agent": "dev", "new_agent": "qa"}, "comment"),
-])
-def test_transfer_body_is_checked_before_the_task(fake: FakeTinyTask, api: httpx.Client,
-                                                  body: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "current_agent"),
+        # Not a body the real server knows: it asks for current_agent, as for any body without it.
+        ({"to_agent": "qa", "reason": "needs review"}, "current_agent"),
+        ({"current_agent": "dev", "new_agent": " ", "comment": "c"}, "new_agent"),
+        ({"current_agent": "dev", "new_agent": "qa"}, "comment"),
+    ],
+)
+def test_transfer_body_is_checked_before_the_task(
+    fake: FakeTinyTask, api: httpx.Client, body: dict[str, Any], field: str
+) -> None:
     task = fake.create_task("t", assigned_to="dev")
     for task_id in (task["id"], 99):
         reply = api.post(f"/tasks/{task_id}/transfer", json=body)
-        assert (reply.status_code, reply.json()) == (400, {"error": f"{field} is required and must be a non-empty string"})
+        assert (reply.status_code, reply.json()) == (
+            400,
+            {"error": f"{field} is required and must be a non-empty string"},
+        )
     assert fake.task(task["id"])["assigned_to"] == "dev"
 
 
@@ -438,8 +472,13 @@ def test_queues_queue_tasks_and_stats(fake: FakeTinyTask, api: httpx.Client) -> 
     assert ids(api.get("/queues/dev/tasks", params={"status": "idle"}).json()) == [b["id"]]
     assert ids(api.get("/queues/qa/tasks", params={"assigned_to": "tester"}).json()) == [a["id"]]
     assert api.get("/queues/dev/stats").json() == {
-        "queue_name": "dev", "total_tasks": 2, "by_status": {"idle": 1, "working": 1, "complete": 0},
-        "assigned": 1, "unassigned": 1, "agents": ["coder"]}
+        "queue_name": "dev",
+        "total_tasks": 2,
+        "by_status": {"idle": 1, "working": 1, "complete": 0},
+        "assigned": 1,
+        "unassigned": 1,
+        "agents": ["coder"],
+    }
     assert api.get("/queues/empty/stats").json()["total_tasks"] == 0
 
 
@@ -473,15 +512,22 @@ def test_parent_status_follows_children_and_queue_is_inherited(fake: FakeTinyTas
 
 def test_cli_serves_seed_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     seed = tmp_path / "seed.json"
-    seed.write_text(json.dumps([
-        {"title": "one", "queue_name": "dev", "priority": 1},
-        {"title": "two", "assigned_to": "dev", "blocked_by_task_id": 1},
-    ]))
+    seed.write_text(
+        json.dumps(
+            [
+                {"title": "one", "queue_name": "dev", "priority": 1},
+                {"title": "two", "assigned_to": "dev", "blocked_by_task_id": 1},
+            ]
+        )
+    )
     src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tinyscheduler.testing.fake_tinytask", "--seed", str(seed)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None
@@ -512,8 +558,11 @@ class Mcp:
 
     def rpc(self, method: str, params: dict | None = None) -> dict:
         self.next_id += 1
-        reply = self.http.post("/mcp", json={"jsonrpc": "2.0", "id": self.next_id, "method": method,
-                                             "params": params or {}}, headers=MCP_ACCEPT)
+        reply = self.http.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params or {}},
+            headers=MCP_ACCEPT,
+        )
         assert reply.status_code == 200, reply.text
         assert reply.headers["content-type"].startswith("text/event-stream")
         assert "mcp-session-id" not in reply.headers  # stateless
@@ -560,8 +609,7 @@ def mcp(fake: FakeTinyTask) -> Iterator[Mcp]:
 @pytest.mark.parametrize("accept", [None, "application/json", "text/event-stream", "*/*"])
 def test_mcp_post_needs_both_accept_types(fake: FakeTinyTask, accept: str | None) -> None:
     headers = {"Accept": accept} if accept else {}
-    reply = httpx.post(f"{fake.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                       headers=headers)
+    reply = httpx.post(f"{fake.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
     assert reply.status_code == 406
     assert reply.json()["error"]["message"].startswith("Not Acceptable")
 
@@ -569,16 +617,17 @@ def test_mcp_post_needs_both_accept_types(fake: FakeTinyTask, accept: str | None
 def test_mcp_rejects_other_content_types_and_bad_json(fake: FakeTinyTask) -> None:
     as_text = httpx.post(f"{fake.url}/mcp", content=b"{}", headers={**MCP_ACCEPT, "Content-Type": "text/plain"})
     assert as_text.status_code == 415
-    broken = httpx.post(f"{fake.url}/mcp", content=b"{nope",
-                        headers={**MCP_ACCEPT, "Content-Type": "application/json"})
+    broken = httpx.post(f"{fake.url}/mcp", content=b"{nope", headers={**MCP_ACCEPT, "Content-Type": "application/json"})
     assert broken.status_code == 400 and broken.json()["error"]["code"] == -32700
 
 
 def test_mcp_is_stateless_and_initialize_is_optional(fake: FakeTinyTask, mcp: Mcp) -> None:
     fake.create_task("t")
     assert json.loads(mcp.ok("get_task", {"id": 1}))["title"] == "t"  # no initialize first
-    init = mcp.rpc("initialize", {"protocolVersion": "2025-03-26", "capabilities": {},
-                                  "clientInfo": {"name": "test", "version": "0"}})["result"]
+    init = mcp.rpc(
+        "initialize",
+        {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}},
+    )["result"]
     assert init["protocolVersion"] == "2025-03-26"
     assert "tools" in init["capabilities"] and init["serverInfo"]["name"] == "tinytask"
     note = mcp.http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=MCP_ACCEPT)
@@ -591,8 +640,17 @@ def test_mcp_is_stateless_and_initialize_is_optional(fake: FakeTinyTask, mcp: Mc
 
 def test_mcp_tool_list(mcp: Mcp) -> None:
     tools = {t["name"]: t for t in mcp.rpc("tools/list")["result"]["tools"]}
-    assert set(tools) == {"list_tasks", "get_queue_tasks", "get_task", "update_task", "add_comment",
-                          "signup_for_task", "list_queues", "create_task", "move_task"}
+    assert set(tools) == {
+        "list_tasks",
+        "get_queue_tasks",
+        "get_task",
+        "update_task",
+        "add_comment",
+        "signup_for_task",
+        "list_queues",
+        "create_task",
+        "move_task",
+    }
     assert "get_unassigned_in_queue" not in tools
     update = tools["update_task"]["inputSchema"]
     assert update["required"] == ["id"] and update["properties"]["assigned_to"]["type"] == "string"
@@ -642,7 +700,7 @@ def test_mcp_get_task(fake: FakeTinyTask, mcp: Mcp) -> None:
     task = fake.create_task("t")
     mcp.ok("add_comment", {"task_id": task["id"], "content": "hello"})
     text = mcp.ok("get_task", {"id": task["id"]})
-    assert text.startswith("{\n  \"id\"")  # pretty-printed JSON
+    assert text.startswith('{\n  "id"')  # pretty-printed JSON
     got = json.loads(text)
     assert [c["content"] for c in got["comments"]] == ["hello"] and got["links"] == []
     assert mcp.failure("get_task", {"id": 77}) == "Task not found: 77"
@@ -678,7 +736,8 @@ def test_mcp_update_task(fake: FakeTinyTask, mcp: Mcp) -> None:
 def test_mcp_add_comment(fake: FakeTinyTask, mcp: Mcp) -> None:
     task = fake.create_task("t")
     sentence, comment = sentence_and_json(
-        mcp.ok("add_comment", {"task_id": task["id"], "content": "failed twice", "created_by": "sched"}))
+        mcp.ok("add_comment", {"task_id": task["id"], "content": "failed twice", "created_by": "sched"})
+    )
     assert str(task["id"]) in sentence
     assert (comment["content"], comment["created_by"], comment["task_id"]) == ("failed twice", "sched", task["id"])
     # add_comment is the one tool whose schema is not strict: unknown keys are dropped.
@@ -698,20 +757,30 @@ def test_mcp_signup_for_task(fake: FakeTinyTask, mcp: Mcp) -> None:
 
 
 def test_mcp_create_and_move_task(fake: FakeTinyTask, mcp: Mcp) -> None:
-    created = json.loads(mcp.ok("create_task", {"title": "new", "created_by": "me", "priority": "4",
-                                                "queue_name": "dev", "assigned_to": "dev"}))
+    created = json.loads(
+        mcp.ok(
+            "create_task",
+            {"title": "new", "created_by": "me", "priority": "4", "queue_name": "dev", "assigned_to": "dev"},
+        )
+    )
     assert (created["priority"], created["queue_name"], created["status"]) == (4, "dev", "idle")
     assert fake.task(created["id"])["title"] == "new"
     assert "Required" in mcp.failure("create_task", {"created_by": "me"})
     assert "Unrecognized key" in mcp.failure("create_task", {"title": "x", "status": "working"})
     assert mcp.failure("create_task", {"title": "x", "blocked_by_task_id": 50}) == (
-        "Error creating task: Blocking task not found: 50")
+        "Error creating task: Blocking task not found: 50"
+    )
 
-    moved = json.loads(mcp.ok("move_task", {"task_id": created["id"], "current_agent": "dev",
-                                            "new_agent": "qa", "comment": "review please"}))
+    moved = json.loads(
+        mcp.ok(
+            "move_task",
+            {"task_id": created["id"], "current_agent": "dev", "new_agent": "qa", "comment": "review please"},
+        )
+    )
     assert moved["task"]["assigned_to"] == "qa" and moved["comment"]["content"] == "review please"
-    assert mcp.failure("move_task", {"task_id": created["id"], "current_agent": "dev", "new_agent": "x",
-                                     "comment": "c"}).startswith(f"Task {created['id']} is not assigned to dev")
+    assert mcp.failure(
+        "move_task", {"task_id": created["id"], "current_agent": "dev", "new_agent": "x", "comment": "c"}
+    ).startswith(f"Task {created['id']} is not assigned to dev")
 
 
 def test_mcp_unknown_tool_is_a_tool_error(mcp: Mcp) -> None:
@@ -777,8 +846,11 @@ def test_sse_endpoint_event_and_replies_on_the_stream(fake: FakeTinyTask) -> Non
     assert re.fullmatch(r"/mcp\?sessionId=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", endpoint)
     assert httpx.get(f"{fake.url}/health").json()["sessionCount"] == 1
 
-    accepted = sse_post(fake.url, endpoint, {"id": 7, "method": "tools/call",
-                                             "params": {"name": "signup_for_task", "arguments": {"agent_name": "dev"}}})
+    accepted = sse_post(
+        fake.url,
+        endpoint,
+        {"id": 7, "method": "tools/call", "params": {"name": "signup_for_task", "arguments": {"agent_name": "dev"}}},
+    )
     assert (accepted.status_code, accepted.text) == (202, "Accepted")
     event, data = stream.next()
     reply = json.loads(data)
@@ -821,8 +893,14 @@ def legacy() -> Iterator[FakeTinyTask]:
 
 def test_legacy_has_no_rest(legacy: FakeTinyTask) -> None:
     legacy.create_task("t")
-    for method, path in [("GET", "/api/v1/tasks"), ("GET", "/api/v1/tasks/1"), ("PATCH", "/api/v1/tasks/1"),
-                         ("POST", "/api/v1/tasks"), ("GET", "/api/v1/queues"), ("POST", "/api/v1/agents/a/signup")]:
+    for method, path in [
+        ("GET", "/api/v1/tasks"),
+        ("GET", "/api/v1/tasks/1"),
+        ("PATCH", "/api/v1/tasks/1"),
+        ("POST", "/api/v1/tasks"),
+        ("GET", "/api/v1/queues"),
+        ("POST", "/api/v1/agents/a/signup"),
+    ]:
         reply = httpx.request(method, f"{legacy.url}{path}", json={})
         assert (reply.status_code, reply.json()) == (404, {"error": "Not found"}), path
     health = httpx.get(f"{legacy.url}/health").json()
@@ -830,8 +908,9 @@ def test_legacy_has_no_rest(legacy: FakeTinyTask) -> None:
 
 
 def test_legacy_has_no_streamable_http(legacy: FakeTinyTask) -> None:
-    reply = httpx.post(f"{legacy.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                       headers=MCP_ACCEPT)
+    reply = httpx.post(
+        f"{legacy.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=MCP_ACCEPT
+    )
     assert (reply.status_code, reply.json()) == (400, {"error": "Missing session ID"})
 
 
@@ -839,8 +918,7 @@ def test_legacy_task_shape_and_tools_over_sse(legacy: FakeTinyTask) -> None:
     blocker = legacy.create_task("blocker", queue_name="dev")
     legacy.create_task("t", blocked_by_task_id=blocker["id"])
     for task in legacy.tasks():
-        assert set(task) == TASK_FIELDS - {"queue_name", "parent_task_id", "blocked_by_task_id",
-                                           "is_currently_blocked"}
+        assert set(task) == TASK_FIELDS - {"queue_name", "parent_task_id", "blocked_by_task_id", "is_currently_blocked"}
         assert re.match(LEGACY_TIMESTAMP, task["created_at"]) and re.match(LEGACY_TIMESTAMP, task["updated_at"])
 
     stream = SseStream(f"{legacy.url}/mcp", {})  # the old server does not look at Accept

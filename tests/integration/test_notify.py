@@ -1,4 +1,5 @@
 """The daemon as systemd sees it: a real SOCK_DGRAM socket as NOTIFY_SOCKET, the daemon a subprocess."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,9 @@ def daemon_factory(workspace, listener) -> Iterator:
     started: list[DaemonProcess] = []
 
     def start(**env: str) -> DaemonProcess:
-        daemon = DaemonProcess(workspace, "run", "--daemon",
-                               env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path), **env)).start()
+        daemon = DaemonProcess(
+            workspace, "run", "--daemon", env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path), **env)
+        ).start()
         started.append(daemon)
         return daemon
 
@@ -128,14 +130,20 @@ def test_watchdog_pings_at_half_the_interval(fake, workspace, listener, daemon_f
 def test_watchdog_pings_stop_while_a_pass_is_stuck(fake, workspace, listener, daemon_factory, tmp_path):
     workspace.write_registry([("dev-a", "dev", 1)])
     wedge = tmp_path / "wedge"
-    daemon_factory(WATCHDOG_USEC="400000", TINYSCHEDULER_PASS_TIMEOUT_SEC="1",
-                   TINYSCHEDULER_TEST_WEDGE_FILE=str(wedge), TINYSCHEDULER_LOOP_INTERVAL_SEC="1")
+    daemon_factory(
+        WATCHDOG_USEC="400000",
+        TINYSCHEDULER_PASS_TIMEOUT_SEC="1",
+        TINYSCHEDULER_TEST_WEDGE_FILE=str(wedge),
+        TINYSCHEDULER_LOOP_INTERVAL_SEC="1",
+    )
     wait_for(lambda: len(listener.times_of("WATCHDOG=1")) >= 3, what="pings while healthy")
     wedge.touch()
+
     # Once the stuck pass is past its 1 s timeout no ping may arrive: wait for a 1.5 s silence.
     def silent() -> bool:
         pings = listener.times_of("WATCHDOG=1")
         return bool(pings) and time.monotonic() - pings[-1] > 1.5
+
     wait_for(silent, timeout=15, what="pings withheld")
     wedge.unlink()
     count = len(listener.times_of("WATCHDOG=1"))
@@ -154,14 +162,14 @@ def test_sighup_reload_good_then_bad(fake, workspace, listener, daemon_factory):
     reloading = next(t for t in listener.texts() if t.startswith("RELOADING=1"))
     assert re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", reloading), "one datagram with both fields"
     texts = listener.texts()
-    wait_for(lambda: listener.texts()[texts.index(reloading):].count("READY=1") >= 1, what="READY after reload")
+    wait_for(lambda: listener.texts()[texts.index(reloading) :].count("READY=1") >= 1, what="READY after reload")
     wait_for(lambda: any(e.get("event") == "reloaded" for e in daemon.log_events()), what="reloaded")
 
     tasks = [fake.create_task(f"t{i}", queue_name="dev") for i in range(6)]
     wait_for(lambda: all(fake.task(t["id"])["status"] == "complete" for t in tasks), timeout=60, what="tasks done")
     assert max_concurrency(workspace.records())["dev-a"] == 3, "the raised limit applies to the next passes"
 
-    registry.write_text("[{\"agentName\": \"dev-a\",")  # broken JSON
+    registry.write_text('[{"agentName": "dev-a",')  # broken JSON
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: any("reload rejected" in s for s in listener.statuses()), what="rejection in STATUS")
     rejected = next(e for e in daemon.log_events() if e.get("event") == "reload_rejected")
@@ -179,10 +187,19 @@ def test_journal_stream_gives_priority_prefixes_without_timestamps(fake, workspa
     out = tmp_path / "journal.out"
     with open(out, "wb") as sink:
         stat = os.fstat(sink.fileno())
-        env = workspace.daemon_env(JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}", TINYSCHEDULER_LOG_FORMAT="auto",
-                                   TINYSCHEDULER_MCP_ENDPOINT="http://127.0.0.1:9")
-        proc = subprocess.Popen([sys.executable, "-m", "tinyscheduler", "run", "--daemon"], cwd=workspace.base,
-                                env=env, stdout=sink, stderr=sink, start_new_session=True)
+        env = workspace.daemon_env(
+            JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}",
+            TINYSCHEDULER_LOG_FORMAT="auto",
+            TINYSCHEDULER_MCP_ENDPOINT="http://127.0.0.1:9",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tinyscheduler", "run", "--daemon"],
+            cwd=workspace.base,
+            env=env,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: "pass_failed" in out.read_text(), what="an error line")
     finally:
@@ -200,8 +217,14 @@ def test_reload_reports_settings_that_need_a_restart_and_applies_the_rest(fake, 
     workspace.write_registry([("dev-a", "dev", 1)])
     env_file = workspace.base / "tinyscheduler.env"
     env_file.write_text("TINYSCHEDULER_MAX_ATTEMPTS=3\n")
-    daemon = DaemonProcess(workspace, "--env-file", str(env_file), "run", "--daemon",
-                           env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path))).start()
+    daemon = DaemonProcess(
+        workspace,
+        "--env-file",
+        str(env_file),
+        "run",
+        "--daemon",
+        env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path)),
+    ).start()
     try:
         wait_for(lambda: "READY=1" in listener.texts(), what="READY=1")
         env_file.write_text("TINYSCHEDULER_MAX_ATTEMPTS=5\nTINYSCHEDULER_RUNNING_DIR=elsewhere/running\n")

@@ -1,5 +1,6 @@
 """The daemon does not know which transport it speaks: REST, MCP over streamable HTTP, MCP over
 legacy SSE (the old server's only one) give the same plan and the same end state."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import DaemonProcess, Workspace, kill_everything, wait_for
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import DaemonProcess, Workspace, kill_everything, wait_for
 
 #: (transport asked for, old server?) -> what the daemon ends up speaking
 TRANSPORTS = {"rest": ("rest", False), "mcp-http": ("mcp", False), "mcp-sse": ("auto", True)}
@@ -34,8 +36,14 @@ def servers() -> Iterator[dict[str, FakeTinyTask]]:
 
 def dry_run(workspace: Workspace, protocol: str, *extra: str) -> dict:
     env = workspace.daemon_env(TINYSCHEDULER_TINYTASK_PROTOCOL=protocol, TINYSCHEDULER_AGENT_LIMITS="ann:2,bob:1")
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run", "--json", *extra],
-                            cwd=workspace.base, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "run", "--once", "--dry-run", "--json", *extra],
+        cwd=workspace.base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -47,7 +55,10 @@ def test_same_tasks_give_the_same_plan_over_every_transport(servers, tmp_path):
         workspace = Workspace(tmp_path / name, servers[name].url)
         plans[name] = dry_run(workspace, protocol)
     assert {name: plan["protocol"] for name, plan in plans.items()} == {
-        "rest": "rest", "mcp-http": "mcp-http", "mcp-sse": "mcp-sse"}
+        "rest": "rest",
+        "mcp-http": "mcp-http",
+        "mcp-sse": "mcp-sse",
+    }
     decisions = {name: (plan["starts"], plan["skips"], plan["slots"]) for name, plan in plans.items()}
     assert decisions["rest"] == decisions["mcp-http"] == decisions["mcp-sse"]
     assert [(s["task_id"], s["agent"]) for s in plans["rest"]["starts"]] == [(2, "ann"), (3, "ann"), (5, "bob")]
@@ -84,8 +95,10 @@ def test_same_end_state_over_every_transport(servers, tmp_path):
         finally:
             once.kill()
             kill_everything(workspace.base)
-        final[name] = [(t["id"], t["status"], t["assigned_to"], len(t.get("comments", server.comments(t["id"]))))
-                       for t in server.tasks()]
+        final[name] = [
+            (t["id"], t["status"], t["assigned_to"], len(t.get("comments", server.comments(t["id"]))))
+            for t in server.tasks()
+        ]
     assert final["rest"] == final["mcp-http"] == final["mcp-sse"]
     assert sorted(status for _, status, _, _ in final["rest"]) == ["complete"] * 3 + ["idle"] * 3
 
@@ -96,8 +109,9 @@ def test_old_server_is_named_once_and_served_in_legacy_mode(servers, tmp_path):
     workspace = Workspace(tmp_path, server.url)
     workspace.write_registry([("ann", "dev", 1)])
     workspace.write_recipe("ann", {"mode": "succeed", "seconds": 0.1})
-    daemon = DaemonProcess(workspace, "run", "--daemon",
-                           env=workspace.daemon_env(TINYSCHEDULER_TINYTASK_PROTOCOL="auto")).start()
+    daemon = DaemonProcess(
+        workspace, "run", "--daemon", env=workspace.daemon_env(TINYSCHEDULER_TINYTASK_PROTOCOL="auto")
+    ).start()
     try:
         wait_for(lambda: server.task(task["id"])["status"] == "complete", timeout=60, what="assigned task done")
         last_pass = workspace.base / "state" / "last_pass.json"
@@ -106,7 +120,9 @@ def test_old_server_is_named_once_and_served_in_legacy_mode(servers, tmp_path):
         limited = [e for e in daemon.log_events() if e.get("event") == "tinytask_limited"]
         assert len(limited) == 1
         assert "legacy mode" in limited[0]["reason"] and "blocking" in limited[0]["reason"]
-        assert any(e.get("event") == "tinytask_connected" and e.get("protocol") == "mcp-sse" for e in daemon.log_events())
+        assert any(
+            e.get("event") == "tinytask_connected" and e.get("protocol") == "mcp-sse" for e in daemon.log_events()
+        )
     finally:
         daemon.kill()
         kill_everything(workspace.base)

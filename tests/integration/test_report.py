@@ -1,23 +1,34 @@
 """`tinyscheduler report` against the fake TinyTask over HTTP, with and without a daemon at work."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
-
 from harness import DaemonProcess, Workspace, wait_for
 
 
 def report(workspace: Workspace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tinyscheduler", "report", *args], cwd=workspace.base,
-                          env=workspace.daemon_env(**env), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "report", *args],
+        cwd=workspace.base,
+        env=workspace.daemon_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_one_list_request_per_status_whatever_the_number_of_tasks(fake, workspace):
     for i in range(120):
-        fake.create_task(f"task {i}", queue_name="dev" if i % 2 else "qa", priority=i % 3,
-                         assigned_to="dev-a" if i % 5 == 0 else None, status="working" if i % 7 == 0 else "idle")
+        fake.create_task(
+            f"task {i}",
+            queue_name="dev" if i % 2 else "qa",
+            priority=i % 3,
+            assigned_to="dev-a" if i % 5 == 0 else None,
+            status="working" if i % 7 == 0 else "idle",
+        )
     fake.reset_requests()
 
     result = report(workspace, "--format", "json", "--status", "idle,working,complete")

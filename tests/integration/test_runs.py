@@ -1,5 +1,6 @@
 """One Goose run end to end: the stand-in goose as a real process, real signals, real lease files,
 the fake TinyTask over HTTP. Timings are small (heartbeat 0.2 s, grace 0.3 s); waits poll."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,13 +14,14 @@ from typing import Any
 import psutil
 import pytest
 import structlog
-from runbench import STANDIN, RunBench, eventually
 
 from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_ticks
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.outcomes import Outcome
-from tinyscheduler.service.runs import Report, RunLog, requeue_if_ours, stop_process_group
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.service.runs import Report, RunLog, requeue_if_ours, stop_process_group
+
+from runbench import STANDIN, RunBench, eventually
 
 
 def running_lease(b: RunBench, task_id: int) -> Lease | None:
@@ -44,7 +46,9 @@ async def test_success_completes_the_task_and_removes_the_lease(bench: RunBench)
     assert [name for name, _ in bench.events] == ["started", "finished"]
     assert bench.events[0][1]["pid"] == run.pid
     assert [(r["event"], r["exit"] if r["event"] == "end" else None) for r in bench.records()] == [
-        ("start", None), ("end", 0)]
+        ("start", None),
+        ("end", 0),
+    ]
     assert bench.comments(task_id) == []
 
 
@@ -68,13 +72,19 @@ async def test_running_lease_has_exact_liveness_fields_and_a_heartbeat(bench: Ru
         lease = await eventually(lambda: running_lease(bench, task_id), what="a running lease")
         assert lease.pid == run.pid and lease.pgid == run.pid
         assert lease.start_ticks == process_start_ticks(run.pid)
-        assert (lease.owner, lease.host, lease.attempt, lease.recipe) == ("instance-under-test", "testhost", 1, "dev.yaml")
+        assert (lease.owner, lease.host, lease.attempt, lease.recipe) == (
+            "instance-under-test",
+            "testhost",
+            1,
+            "dev.yaml",
+        )
         assert lease.boot_id == current_boot_id() and lease.log_path == str(run.log_path)
         assert probe(lease, current_boot_id()) is Liveness.ALIVE
         assert bench.fake.task(task_id)["status"] == "working"
         # Lease timestamps have one-second resolution: wait for the next second to show.
-        await eventually(lambda: (bench.leases.read(task_id) or lease).heartbeat > lease.heartbeat,
-                         what="a newer heartbeat")
+        await eventually(
+            lambda: (bench.leases.read(task_id) or lease).heartbeat > lease.heartbeat, what="a newer heartbeat"
+        )
     finally:
         run.request_stop("test over")
         result = await execution
@@ -119,8 +129,10 @@ async def test_after_max_attempts_the_task_is_tagged_failed_and_left_alone(bench
     comments = bench.comments(task_id)
     assert [c.split(" (")[0] for c in comments[:3]] == [f"tinyscheduler: attempt {n}/3 failed" for n in (1, 2, 3)]
     assert comments[3].startswith("tinyscheduler: giving up after 3 failed attempts; tagged tinyscheduler:failed.")
-    assert ("gave_up", {"task_id": task_id, "agent": "dev", "attempt": 3, "failures": 3,
-                        "reason": results[2].reason}) in bench.events
+    assert (
+        "gave_up",
+        {"task_id": task_id, "agent": "dev", "attempt": 3, "failures": 3, "reason": results[2].reason},
+    ) in bench.events
 
     refused = await bench.run(task_id, recipe).execute()
     assert refused.outcome is Outcome.NOT_STARTED and refused.reason == f"task is tagged {FAILED_TAG}"
@@ -168,12 +180,16 @@ async def test_silent_run_is_stopped_by_the_idle_timeout(bench: RunBench) -> Non
     ("standin", "outcome", "reason"),
     [
         ({"mode": "max-turns"}, Outcome.INCOMPLETE, "stopped at the max-turns limit; exit 0 after "),
-        ({"mode": "stream-json", "error": "provider exploded"}, Outcome.FAILED,
-         "goose reported an error: provider exploded; exit 0 after "),
+        (
+            {"mode": "stream-json", "error": "provider exploded"},
+            Outcome.FAILED,
+            "goose reported an error: provider exploded; exit 0 after ",
+        ),
     ],
 )
-async def test_exit_zero_is_not_always_success(bench: RunBench, standin: dict[str, Any], outcome: Outcome,
-                                               reason: str) -> None:
+async def test_exit_zero_is_not_always_success(
+    bench: RunBench, standin: dict[str, Any], outcome: Outcome, reason: str
+) -> None:
     task_id = bench.task()
     result = await bench.run(task_id, bench.recipe("dev.yaml", **standin)).execute()
 
@@ -193,11 +209,14 @@ async def test_goose_json_output_success_via_extra_args(bench: RunBench) -> None
 
 @pytest.mark.parametrize(
     ("standin", "status", "assigned_to"),
-    [({"mode": "transfer", "to": "qa", "seconds": 0.2}, "idle", "qa"),
-     ({"mode": "succeed", "complete_task": True}, "complete", "dev")],
+    [
+        ({"mode": "transfer", "to": "qa", "seconds": 0.2}, "idle", "qa"),
+        ({"mode": "succeed", "complete_task": True}, "complete", "dev"),
+    ],
 )
-async def test_task_changed_by_the_agent_is_not_overwritten(bench: RunBench, standin: dict[str, Any], status: str,
-                                                            assigned_to: str) -> None:
+async def test_task_changed_by_the_agent_is_not_overwritten(
+    bench: RunBench, standin: dict[str, Any], status: str, assigned_to: str
+) -> None:
     task_id = bench.task()
     result = await bench.run(task_id, bench.recipe("dev.yaml", **standin)).execute()
 
@@ -211,8 +230,9 @@ async def test_task_changed_by_the_agent_is_not_overwritten(bench: RunBench, sta
 async def test_transferred_task_that_then_fails_is_not_requeued_or_counted(bench: RunBench) -> None:
     task_id = bench.task()
     # The stand-in hands the task over, then overstays its max runtime.
-    result = await bench.run(task_id, bench.recipe("dev.yaml", mode="transfer", to="qa", seconds=30),
-                             max_runtime_sec=1.0).execute()
+    result = await bench.run(
+        task_id, bench.recipe("dev.yaml", mode="transfer", to="qa", seconds=30), max_runtime_sec=1.0
+    ).execute()
 
     assert result.outcome is Outcome.TIMED_OUT and result.report is Report.LEFT_ALONE
     assert bench.fake.task(task_id)["assigned_to"] == "qa"
@@ -222,8 +242,9 @@ async def test_transferred_task_that_then_fails_is_not_requeued_or_counted(bench
 async def test_log_is_capped_keeping_the_tail_with_a_marker(bench: RunBench) -> None:
     task_id = bench.task()
     cap = 64 * 1024
-    result = await bench.run(task_id, bench.recipe("dev.yaml", mode="flood", megabytes=4),
-                             run_log_max_bytes=cap).execute()
+    result = await bench.run(
+        task_id, bench.recipe("dev.yaml", mode="flood", megabytes=4), run_log_max_bytes=cap
+    ).execute()
 
     assert result.outcome is Outcome.SUCCEEDED
     assert result.log_path.stat().st_size <= cap
@@ -298,8 +319,16 @@ async def test_child_gets_a_scrubbed_environment_and_the_base_path(bench: RunBen
     assert env["TINYTASK_ENDPOINT"] == bench.fake.url and env["TINYSCHEDULER_ATTEMPT"] == "1"
     assert env["GOOSE_MODE"] == "smart_approve"  # an operator's choice is kept
     assert cwd == str(bench.policy.base_path)
-    assert cmdline[-8:] == ["run", "--recipe", str(bench.policy.recipes_dir / "dev.yaml"), "--params",
-                            f"task_id={task_id}", "--params", "agent=dev", "--no-session"]
+    assert cmdline[-8:] == [
+        "run",
+        "--recipe",
+        str(bench.policy.recipes_dir / "dev.yaml"),
+        "--params",
+        f"task_id={task_id}",
+        "--params",
+        "agent=dev",
+        "--no-session",
+    ]
 
 
 async def test_stop_request_requeues_without_counting_a_failure(bench: RunBench) -> None:
@@ -316,7 +345,8 @@ async def test_stop_request_requeues_without_counting_a_failure(bench: RunBench)
     assert bench.fake.task(task_id)["status"] == "idle"
     assert bench.comments(task_id) == [
         "tinyscheduler: run stopped (daemon shutdown); task requeued, not counted as a failed attempt; "
-        f"log: {result.log_path}"]
+        f"log: {result.log_path}"
+    ]
     assert bench.attempts.next_attempt(task_id) == 1
     assert bench.leases.read(task_id) is None and bench.ours() == []
 
@@ -460,15 +490,34 @@ async def test_stop_process_group_works_from_the_lease_alone(bench: RunBench, mo
     # As the recovery sees a run of a previous daemon instance: only a lease, liveness via /proc.
     recipe = bench.policy.recipes_dir / bench.recipe("dev.yaml", mode=mode)
     env = {**bench.environ, "TINYSCHEDULER_LEASE": str(bench.leases.path(99))}
-    process = subprocess.Popen([STANDIN, "run", "--recipe", str(recipe), "--params", "task_id=99"], env=env,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [STANDIN, "run", "--recipe", str(recipe), "--params", "task_id=99"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         await eventually(lambda: bench.starts(99), what="the stand-in to start")
         now = datetime.now().astimezone()
-        lease = Lease(99, "dev", process.pid, "dev.yaml", now, now, "testhost", pgid=process.pid,
-                      start_ticks=process_start_ticks(process.pid), boot_id=current_boot_id())
-        last = await stop_process_group(process.pid, lambda: probe(lease, current_boot_id()) is not Liveness.ALIVE,
-                                        0.3, structlog.get_logger("test"))
+        lease = Lease(
+            99,
+            "dev",
+            process.pid,
+            "dev.yaml",
+            now,
+            now,
+            "testhost",
+            pgid=process.pid,
+            start_ticks=process_start_ticks(process.pid),
+            boot_id=current_boot_id(),
+        )
+        last = await stop_process_group(
+            process.pid,
+            lambda: probe(lease, current_boot_id()) is not Liveness.ALIVE,
+            0.3,
+            structlog.get_logger("test"),
+        )
         assert last == needed
         assert process.wait(timeout=5) == (1 if mode == "hang" else -signal.SIGKILL)
     finally:

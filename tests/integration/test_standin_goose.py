@@ -1,5 +1,6 @@
 """The stand-in goose behaves like goose where the scheduler can tell: arguments, exit codes, output
 formats, signals; and does what its recipe or a task tag says. Real processes, the fake TinyTask."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from harness import STANDIN
-
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 from tinyscheduler.core.outcomes import MAX_TURNS_SENTENCE, Outcome, ProcessEnd, classify
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import STANDIN
 
 
 class Goose:
@@ -33,17 +34,25 @@ class Goose:
 
     def recipe(self, **standin: Any) -> str:
         path = self.root / f"recipe-{len(list(self.root.glob('recipe-*')))}.yaml"
-        path.write_text(yaml.safe_dump({"title": "t", "description": "d", "prompt": "p {{ task_id }}",
-                                        "standin": standin}))
+        path.write_text(
+            yaml.safe_dump({"title": "t", "description": "d", "prompt": "p {{ task_id }}", "standin": standin})
+        )
         return str(path)
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([STANDIN, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=30)
+        return subprocess.run(
+            [STANDIN, *args], env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=30
+        )
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen([STANDIN, *args], env=self.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [STANDIN, *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.started.append(process)
         deadline = time.monotonic() + 10
         while not self.records():  # the start record is written once signal handling is set up
@@ -82,7 +91,9 @@ def test_help_says_it_is_a_stand_in(goose: Goose) -> None:
     assert all(mode in done.stdout for mode in ("succeed", "fail-once", "stubborn", "transfer"))
 
 
-@pytest.mark.parametrize("args", [("run",), ("run", "--recipe", "x.yaml", "-t", "hello"), ("run", "-i", "-", "-t", "x")])
+@pytest.mark.parametrize(
+    "args", [("run",), ("run", "--recipe", "x.yaml", "-t", "hello"), ("run", "-i", "-", "-t", "x")]
+)
 def test_exactly_one_input_is_required(goose: Goose, args: tuple[str, ...]) -> None:
     done = goose.run(*args)
     assert done.returncode == 1 and "Must provide exactly one of" in done.stderr
@@ -115,8 +126,9 @@ def test_missing_recipe_and_unknown_mode_fail_like_goose(goose: Goose) -> None:
 
 
 def test_records_start_and_end_with_pid_and_exit(goose: Goose) -> None:
-    done = goose.run("run", "--recipe", goose.recipe(mode="fail"), "--params", "task_id=5", "--params", "agent=a",
-                     "--no-session")
+    done = goose.run(
+        "run", "--recipe", goose.recipe(mode="fail"), "--params", "task_id=5", "--params", "agent=a", "--no-session"
+    )
     assert done.returncode == 1
     start, end = goose.records()
     assert (start["event"], start["task_id"], start["agent"]) == ("start", 5, "a")
@@ -202,8 +214,15 @@ def test_task_tag_overrides_the_recipe(served_goose: Goose, fake: FakeTinyTask) 
 
 def test_transfer_hands_the_task_to_another_agent(served_goose: Goose, fake: FakeTinyTask) -> None:
     task_id = fake.create_task("t", assigned_to="dev", status="working")["id"]
-    done = served_goose.run("run", "--recipe", served_goose.recipe(mode="transfer", to="qa"),
-                            "--params", f"task_id={task_id}", "--params", "agent=dev")
+    done = served_goose.run(
+        "run",
+        "--recipe",
+        served_goose.recipe(mode="transfer", to="qa"),
+        "--params",
+        f"task_id={task_id}",
+        "--params",
+        "agent=dev",
+    )
     assert done.returncode == 0, done.stderr
     task = fake.task(task_id)
     assert (task["status"], task["assigned_to"]) == ("idle", "qa")
@@ -212,12 +231,19 @@ def test_transfer_hands_the_task_to_another_agent(served_goose: Goose, fake: Fak
 
 def test_complete_task_completes_its_own_task(served_goose: Goose, fake: FakeTinyTask) -> None:
     task_id = fake.create_task("t", assigned_to="dev", status="working")["id"]
-    done = served_goose.run("run", "--recipe", served_goose.recipe(mode="succeed", complete_task=True),
-                            "--params", f"task_id={task_id}")
+    done = served_goose.run(
+        "run", "--recipe", served_goose.recipe(mode="succeed", complete_task=True), "--params", f"task_id={task_id}"
+    )
     assert done.returncode == 0 and fake.task(task_id)["status"] == "complete"
 
 
 def test_unreachable_tinytask_falls_back_to_the_recipe(goose: Goose) -> None:
-    done = goose.run("run", "--recipe", goose.recipe(mode="succeed"), "--params", "task_id=1",
-                     env={"TINYTASK_ENDPOINT": "http://127.0.0.1:9/mcp"})
+    done = goose.run(
+        "run",
+        "--recipe",
+        goose.recipe(mode="succeed"),
+        "--params",
+        "task_id=1",
+        env={"TINYTASK_ENDPOINT": "http://127.0.0.1:9/mcp"},
+    )
     assert done.returncode == 0 and "could not read the task's tags" in done.stderr

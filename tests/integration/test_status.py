@@ -1,4 +1,5 @@
 """`tinyscheduler status` against a real daemon subprocess and the fake TinyTask, and with no daemon."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tinyscheduler.adapters.lock import InstanceLock
 
 from harness import DaemonProcess, Workspace, wait_for
-from tinyscheduler.adapters.lock import InstanceLock
 
 
 def wait_showing(daemon: DaemonProcess, predicate: Callable[[], Any], what: str) -> Any:
@@ -24,8 +25,14 @@ def wait_showing(daemon: DaemonProcess, predicate: Callable[[], Any], what: str)
 
 
 def status(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tinyscheduler", "status", *args], cwd=workspace.base,
-                          env=workspace.daemon_env(), capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "status", *args],
+        cwd=workspace.base,
+        env=workspace.daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def status_json(workspace: Workspace) -> dict[str, Any]:
@@ -36,8 +43,9 @@ def status_json(workspace: Workspace) -> dict[str, Any]:
 
 def tree(folder: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under `folder` with its mode and content: proof that nothing changed."""
-    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_status_of_a_running_daemon_shows_holder_slots_leases_last_pass_and_problems(fake, workspace, daemons):
@@ -46,15 +54,19 @@ def test_status_of_a_running_daemon_shows_holder_slots_leases_last_pass_and_prob
     workspace.write_recipe("qa-a", {"mode": "fail"})
     long = fake.create_task("long job", queue_name="dev")
     doomed = fake.create_task("always fails", queue_name="qa")
-    daemon = DaemonProcess(workspace, "run", "--daemon",
-                           env=workspace.daemon_env(TINYSCHEDULER_MAX_ATTEMPTS="1")).start()
+    daemon = DaemonProcess(
+        workspace, "run", "--daemon", env=workspace.daemon_env(TINYSCHEDULER_MAX_ATTEMPTS="1")
+    ).start()
     daemons.append(daemon)
     lease = workspace.running_dir / f"task_{long['id']}.json"
     wait_showing(daemon, lambda: lease.exists() and json.loads(lease.read_text()).get("pid"), "a run with a pid")
     wait_showing(daemon, lambda: "tinyscheduler:failed" in fake.task(doomed["id"])["tags"], "the task given up")
     (workspace.running_dir / "task_999.json").write_text("{not json")
-    wait_showing(daemon, lambda: list((workspace.base / "state" / "quarantine").glob("task_999.json.*")),
-                 "the bad lease file quarantined")
+    wait_showing(
+        daemon,
+        lambda: list((workspace.base / "state" / "quarantine").glob("task_999.json.*")),
+        "the bad lease file quarantined",
+    )
 
     data = status_json(workspace)
     assert data["daemon"]["running"] is True
@@ -82,16 +94,36 @@ def test_status_without_a_daemon_reads_only_and_names_what_is_wrong(workspace):
     workspace.write_registry([("dev-a", "dev", 3)])
     running = workspace.running_dir
     running.mkdir(parents=True)
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     # A lease whose process is long gone (PID 2**22 + 1 is above the kernel's maximum).
-    (running / "task_7.json").write_text(json.dumps({
-        "task_id": 7, "agent": "dev-a", "pid": 4194305, "recipe": "dev-a.yaml", "started_at": now,
-        "heartbeat": now, "host": os.uname().nodename, "state": "running", "attempt": 2,
-        "log_path": "state/logs/tasks/7/2.log"}))
+    (running / "task_7.json").write_text(
+        json.dumps(
+            {
+                "task_id": 7,
+                "agent": "dev-a",
+                "pid": 4194305,
+                "recipe": "dev-a.yaml",
+                "started_at": now,
+                "heartbeat": now,
+                "host": os.uname().nodename,
+                "state": "running",
+                "attempt": 2,
+                "log_path": "state/logs/tasks/7/2.log",
+            }
+        )
+    )
     (running / "task_8.json").write_text("truncated {")
-    (workspace.base / "state" / "attempts.json").write_text(json.dumps({"version": 1, "tasks": {
-        "5": {"failures": 3, "last_outcome": "failed", "gave_up": True},
-        "6": {"failures": 1, "last_outcome": "timed_out", "not_before": "2999-01-01T00:00:00+00:00"}}}))
+    (workspace.base / "state" / "attempts.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "tasks": {
+                    "5": {"failures": 3, "last_outcome": "failed", "gave_up": True},
+                    "6": {"failures": 1, "last_outcome": "timed_out", "not_before": "2999-01-01T00:00:00+00:00"},
+                },
+            }
+        )
+    )
     before = tree(workspace.base)
 
     data = status_json(workspace)
@@ -119,9 +151,14 @@ def test_status_of_an_empty_folder_is_calm(workspace):
 
 
 def test_status_of_a_base_path_that_does_not_exist_says_so(workspace):
-    result = subprocess.run([sys.executable, "-m", "tinyscheduler", "--base-path", str(workspace.base / "typo"),
-                             "status"], cwd=workspace.base, env=workspace.daemon_env(), capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "--base-path", str(workspace.base / "typo"), "status"],
+        cwd=workspace.base,
+        env=workspace.daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert "No problems found" not in result.stdout
     assert f"base path {workspace.base / 'typo'} is not an existing folder" in result.stdout
@@ -144,12 +181,24 @@ def test_runs_the_daemon_is_still_starting_or_reporting_are_not_called_stale(wor
     workspace.write_registry([("dev-a", "dev", 3)])
     running = workspace.running_dir
     running.mkdir(parents=True)
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
 
     def lease(task_id: int, state: str, pid: int | None, owner: str) -> None:
-        (running / f"task_{task_id}.json").write_text(json.dumps({
-            "task_id": task_id, "agent": "dev-a", "pid": pid, "recipe": "dev-a.yaml", "started_at": now,
-            "heartbeat": now, "host": os.uname().nodename, "state": state, "owner": owner}))
+        (running / f"task_{task_id}.json").write_text(
+            json.dumps(
+                {
+                    "task_id": task_id,
+                    "agent": "dev-a",
+                    "pid": pid,
+                    "recipe": "dev-a.yaml",
+                    "started_at": now,
+                    "heartbeat": now,
+                    "host": os.uname().nodename,
+                    "state": state,
+                    "owner": owner,
+                }
+            )
+        )
 
     lease(1, "finishing", 4194305, "live1234")
     lease(2, "starting", None, "live1234")

@@ -1,4 +1,5 @@
 """`tinyscheduler logs` against a real daemon subprocess and the fake TinyTask."""
+
 from __future__ import annotations
 
 import io
@@ -8,14 +9,15 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from harness import DaemonProcess, Workspace, wait_for
 from tinyscheduler.cli import logs as tasklogs
-from tinyscheduler.config.settings import load_settings
 from tinyscheduler.cli.logs import copy_new
+from tinyscheduler.config.settings import load_settings
+
+from harness import DaemonProcess, Workspace, wait_for
 
 
 @pytest.fixture
@@ -28,8 +30,14 @@ def daemon(workspace: Workspace) -> Iterator[DaemonProcess]:
 
 
 def logs(workspace: Workspace, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tinyscheduler", "logs", *args], cwd=workspace.base,
-                          env=workspace.daemon_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tinyscheduler", "logs", *args],
+        cwd=workspace.base,
+        env=workspace.daemon_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_logs_shows_the_latest_attempt_or_the_one_asked_for(fake, workspace, daemon):
@@ -65,8 +73,9 @@ def test_logs_follow_prints_while_the_run_is_in_flight_and_ends_with_it(fake, wo
 def test_logs_of_a_task_that_never_ran(workspace):
     result = logs(workspace, "4242")
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"tinyscheduler: no run log for task 4242 in "
-                                     f"{workspace.base / 'state' / 'logs' / 'tasks' / '4242'}")
+    assert result.stderr.strip() == (
+        f"tinyscheduler: no run log for task 4242 in {workspace.base / 'state' / 'logs' / 'tasks' / '4242'}"
+    )
 
 
 def test_follow_starts_over_when_the_log_cap_cut_the_file(tmp_path):
@@ -90,14 +99,27 @@ def test_logs_piped_into_head_ends_quietly(tmp_path):
 
 def _orphan_lease(workspace: Workspace, task_id: int, pid: int, state: str = "running") -> None:
     """A lease left behind by a daemon that is gone, with the log its run wrote."""
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     workspace.running_dir.mkdir(parents=True, exist_ok=True)
     log = workspace.base / "state" / "logs" / "tasks" / str(task_id) / "1.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("stand-in goose: working\n")
-    (workspace.running_dir / f"task_{task_id}.json").write_text(json.dumps({
-        "task_id": task_id, "agent": "dev-a", "pid": pid, "recipe": "dev-a.yaml", "started_at": now,
-        "heartbeat": now, "host": os.uname().nodename, "state": state, "attempt": 1, "log_path": str(log)}))
+    (workspace.running_dir / f"task_{task_id}.json").write_text(
+        json.dumps(
+            {
+                "task_id": task_id,
+                "agent": "dev-a",
+                "pid": pid,
+                "recipe": "dev-a.yaml",
+                "started_at": now,
+                "heartbeat": now,
+                "host": os.uname().nodename,
+                "state": state,
+                "attempt": 1,
+                "log_path": str(log),
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize("state", ["running", "finishing"])
@@ -129,5 +151,7 @@ def test_logs_that_cannot_be_read_give_one_line(tmp_path, monkeypatch, capsys):
     loaded = load_settings(env_file=None, cli={"base_path": str(tmp_path)}, environ={}, cwd=tmp_path)
     code = tasklogs.logs_command(loaded, task_id=3, attempt=None, follow_output=False, out=io.BytesIO())
     assert code == 1
-    assert capsys.readouterr().err == (f"tinyscheduler: cannot read {tmp_path}/state/logs/tasks/3: "
-                                       "Permission denied; run logs as the scheduler's user\n")
+    assert capsys.readouterr().err == (
+        f"tinyscheduler: cannot read {tmp_path}/state/logs/tasks/3: "
+        "Permission denied; run logs as the scheduler's user\n"
+    )

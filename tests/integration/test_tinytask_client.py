@@ -1,5 +1,6 @@
 """The TinyTask client transports against real HTTP on 127.0.0.1: the project's fake server, and
 tiny stdlib servers for the failure modes the fake does not produce (5xx, garbage, silence)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 from tinyscheduler.adapters.tinytask import (
     SCHEDULER_NAME,
     TaskNotFound,
@@ -26,6 +26,7 @@ from tinyscheduler.adapters.tinytask import (
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
 from tinyscheduler.adapters.tinytask.rest import RestClient
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 
 class Naps:
@@ -99,7 +100,7 @@ class ScriptedServer:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> ScriptedServer:
         self.thread.start()
         return self
 
@@ -170,7 +171,9 @@ async def test_read_timeout_is_retried_then_unavailable() -> None:
 
 
 async def test_client_error_is_rejected_with_server_message_and_not_retried() -> None:
-    with ScriptedServer(Reply(400, '{"error":"Invalid status: done. Must be one of: idle, working, complete"}')) as server:
+    with ScriptedServer(
+        Reply(400, '{"error":"Invalid status: done. Must be one of: idle, working, complete"}')
+    ) as server:
         naps = Naps()
         async with RestClient(server.url, sleep=naps) as client:
             with pytest.raises(TinyTaskRejected) as caught:
@@ -217,8 +220,7 @@ async def test_list_tasks_walks_every_page_in_server_order(fake: FakeTinyTask) -
     assert [t.id for t in batch.tasks][:2] == [2, 4]  # ties: insertion order
     assert batch.problems == ()
     assert fake.requests == [
-        ("GET", f"/api/v1/tasks?status=idle%2Cworking&queue_name=dev&limit=2&offset={offset}")
-        for offset in (0, 2, 4)
+        ("GET", f"/api/v1/tasks?status=idle%2Cworking&queue_name=dev&limit=2&offset={offset}") for offset in (0, 2, 4)
     ]
 
 
@@ -291,8 +293,17 @@ async def test_invalid_update_is_rejected_once(fake: FakeTinyTask) -> None:
 
 # --- MCP streamable HTTP: reply framing and quirks, scripted ------------------------------------
 
-TASK_7 = {"id": 7, "title": "seven", "status": "idle", "assigned_to": None, "priority": 2, "tags": [],
-          "queue_name": "dev", "is_currently_blocked": False, "created_at": "2026-11-26T06:37:12Z"}
+TASK_7 = {
+    "id": 7,
+    "title": "seven",
+    "status": "idle",
+    "assigned_to": None,
+    "priority": 2,
+    "tags": [],
+    "queue_name": "dev",
+    "is_currently_blocked": False,
+    "created_at": "2026-11-26T06:37:12Z",
+}
 ACCEPTED = Reply(202, "", "text/plain")
 
 
@@ -341,10 +352,18 @@ async def test_mcp_http_reads_framed_replies_and_echoes_the_session() -> None:
 
 async def test_mcp_http_reply_stream_the_server_leaves_open_does_not_hang_the_client() -> None:
     """The spec says a server closes the stream after its reply; one that does not must not stall us."""
-    framed = Reply(200, sse_framed({"jsonrpc": "2.0", "id": 2, "result": tool(json.dumps(TASK_7))}),
-                   "text/event-stream", keep_open=True)
-    again = Reply(200, sse_framed({"jsonrpc": "2.0", "id": 3, "result": tool(json.dumps(TASK_7))}),
-                  "text/event-stream", keep_open=True)
+    framed = Reply(
+        200,
+        sse_framed({"jsonrpc": "2.0", "id": 2, "result": tool(json.dumps(TASK_7))}),
+        "text/event-stream",
+        keep_open=True,
+    )
+    again = Reply(
+        200,
+        sse_framed({"jsonrpc": "2.0", "id": 3, "result": tool(json.dumps(TASK_7))}),
+        "text/event-stream",
+        keep_open=True,
+    )
     with ScriptedServer(rpc(1, INITIALIZED), ACCEPTED, framed, again) as server:
         async with McpHttpClient(server.url, sleep=Naps(), read_timeout=30) as client:
             first = await asyncio.wait_for(client.get_task(7), timeout=10)
@@ -393,8 +412,12 @@ async def test_mcp_http_unusable_results_are_bad_replies(result: dict[str, objec
 
 
 async def test_mcp_http_server_error_is_retried_with_a_fresh_id() -> None:
-    script = (rpc(1, INITIALIZED), ACCEPTED, Reply(500, '{"error":"Internal server error"}'),
-              rpc(3, tool(json.dumps(TASK_7))))
+    script = (
+        rpc(1, INITIALIZED),
+        ACCEPTED,
+        Reply(500, '{"error":"Internal server error"}'),
+        rpc(3, tool(json.dumps(TASK_7))),
+    )
     with ScriptedServer(*script) as server:
         naps = Naps()
         async with McpHttpClient(server.url, sleep=naps) as client:
@@ -485,7 +508,7 @@ class LegacyMcpServer:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "LegacyMcpServer":
+    def __enter__(self) -> LegacyMcpServer:
         self.thread.start()
         return self
 
@@ -514,8 +537,15 @@ async def test_mcp_sse_matches_replies_and_reconnects_after_stream_loss() -> Non
     assert server.streams == 2
     # Whether the client saw the stream end first or the POST's 404 first, the new stream is
     # initialized before the call is sent again.
-    assert server.methods == ["initialize", "notifications/initialized", "tools/call", "tools/call",
-                              "initialize", "notifications/initialized", "tools/call"]
+    assert server.methods == [
+        "initialize",
+        "notifications/initialized",
+        "tools/call",
+        "tools/call",
+        "initialize",
+        "notifications/initialized",
+        "tools/call",
+    ]
 
 
 async def test_mcp_sse_call_pending_when_stream_drops_is_retried_on_a_new_stream() -> None:
@@ -567,9 +597,8 @@ async def test_connect_to_nothing_is_one_clear_line(dead_url: str) -> None:
 
 
 async def test_connect_to_a_server_that_is_not_tinytask() -> None:
-    with ScriptedServer(Reply(404, '{"error":"Not found"}')) as server:
-        with pytest.raises(TinyTaskBadReply) as caught:
-            await connect(server.url, sleep=Naps())
+    with ScriptedServer(Reply(404, '{"error":"Not found"}')) as server, pytest.raises(TinyTaskBadReply) as caught:
+        await connect(server.url, sleep=Naps())
     message = str(caught.value)
     assert message.startswith(f"no TinyTask REST API or MCP endpoint at {server.url}: REST: Not found")
     assert "mcp-http: Not found (POST /mcp: HTTP 404)" in message
@@ -577,8 +606,9 @@ async def test_connect_to_a_server_that_is_not_tinytask() -> None:
     assert [request for request in server.seen] == [("GET", "/api/v1/queues"), ("POST", "/mcp"), ("GET", "/mcp")]
 
 
-@pytest.mark.parametrize(("endpoint", "protocol"), [("ftp://host/", "auto"), ("tinytask:3000", "auto"),
-                                                    ("http://127.0.0.1:1", "grpc")])
+@pytest.mark.parametrize(
+    ("endpoint", "protocol"), [("ftp://host/", "auto"), ("tinytask:3000", "auto"), ("http://127.0.0.1:1", "grpc")]
+)
 async def test_connect_refuses_bad_arguments(endpoint: str, protocol: str) -> None:
     with pytest.raises(ValueError):
         await connect(endpoint, protocol)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 Every test here runs unchanged against each transport on the fake server: the same seeded tasks
 must give the same answers from every interface method and leave the same end state.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
@@ -10,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 from tinyscheduler.adapters.tinytask import (
     SCHEDULER_NAME,
     TaskBatch,
@@ -20,6 +20,7 @@ from tinyscheduler.adapters.tinytask import (
 )
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
 from tinyscheduler.adapters.tinytask.rest import RestClient
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 TRANSPORTS = {"rest": RestClient, "mcp-http": McpHttpClient, "mcp-sse": McpSseClient}
 
@@ -47,15 +48,15 @@ async def client(request: pytest.FixtureRequest, fake: FakeTinyTask) -> AsyncIte
 
 def seed(fake: FakeTinyTask) -> None:
     """Ids 1..9 in creation order; server order is priority desc, then creation."""
-    fake.create_task("blocker", assigned_to="dev", queue_name="dev", priority=1)                      # 1
+    fake.create_task("blocker", assigned_to="dev", queue_name="dev", priority=1)  # 1
     fake.create_task("blocked", assigned_to="dev", queue_name="dev", priority=9, blocked_by_task_id=1)  # 2
-    fake.create_task("free dev a", queue_name="dev", priority=3, tags=["x"])                           # 3
-    fake.create_task("free dev b", queue_name="dev", priority=3)                                       # 4
-    fake.create_task("dev working", assigned_to="dev", queue_name="dev", status="working")            # 5
-    fake.create_task("qa idle", assigned_to="qa", queue_name="qa", priority=-1)                       # 6
-    fake.create_task("dev done", assigned_to="dev", queue_name="dev", status="complete")              # 7
-    fake.create_task("no queue", assigned_to="dev", priority=2, description="loose")                  # 8
-    fake.create_task("child", assigned_to="qa", parent_task_id=6)                                       # 9 (queue qa)
+    fake.create_task("free dev a", queue_name="dev", priority=3, tags=["x"])  # 3
+    fake.create_task("free dev b", queue_name="dev", priority=3)  # 4
+    fake.create_task("dev working", assigned_to="dev", queue_name="dev", status="working")  # 5
+    fake.create_task("qa idle", assigned_to="qa", queue_name="qa", priority=-1)  # 6
+    fake.create_task("dev done", assigned_to="dev", queue_name="dev", status="complete")  # 7
+    fake.create_task("no queue", assigned_to="dev", priority=2, description="loose")  # 8
+    fake.create_task("child", assigned_to="qa", parent_task_id=6)  # 9 (queue qa)
 
 
 def ids(batch: TaskBatch) -> list[int]:
@@ -63,8 +64,19 @@ def ids(batch: TaskBatch) -> list[int]:
     return [task.id for task in batch.tasks]
 
 
-STATE_FIELDS = ("id", "title", "status", "assigned_to", "previous_assigned_to", "priority", "tags",
-                "queue_name", "blocked_by_task_id", "is_currently_blocked", "parent_task_id")
+STATE_FIELDS = (
+    "id",
+    "title",
+    "status",
+    "assigned_to",
+    "previous_assigned_to",
+    "priority",
+    "tags",
+    "queue_name",
+    "blocked_by_task_id",
+    "is_currently_blocked",
+    "parent_task_id",
+)
 
 
 def state(fake: FakeTinyTask) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ and `apt-get install` breaks). The manager gets its own D-Bus session bus, runti
 unit folder (`$XDG_CONFIG_HOME/systemd/user`) and a minimal environment, so nothing from this
 process or the host leaks in. Teardown stops the manager and the bus by PID, always.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,14 @@ class UserManager:
     log: Path
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["systemctl", "--user", *args], env=self.env, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            ["systemctl", "--user", *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"systemctl --user {' '.join(args)} exited {result.returncode}: "
-                                 f"{result.stderr.strip() or result.stdout.strip()}")
+            raise AssertionError(
+                f"systemctl --user {' '.join(args)} exited {result.returncode}: "
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
         return result
 
     def show(self, unit: str, *properties: str) -> dict[str, str]:
@@ -61,8 +65,11 @@ class UserManager:
 
 
 def _missing() -> str | None:
-    for program in (SYSTEMD, Path(shutil.which("dbus-daemon") or "/nonexistent/dbus-daemon"),
-                    Path(shutil.which("systemctl") or "/nonexistent/systemctl")):
+    for program in (
+        SYSTEMD,
+        Path(shutil.which("dbus-daemon") or "/nonexistent/dbus-daemon"),
+        Path(shutil.which("systemctl") or "/nonexistent/systemctl"),
+    ):
         if not program.exists():
             return f"systemd is missing here: no {program.name}"
     if os.geteuid() != 0 and not RUN_SYSTEMD_SYSTEM.exists():
@@ -123,17 +130,24 @@ def user_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserManag
         try:
             started = subprocess.run(
                 ["dbus-daemon", "--session", f"--address={bus}", "--fork", "--print-pid"],
-                env=env, capture_output=True, text=True, timeout=30, check=True)
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
             dbus_pid = int(started.stdout.split()[0])
             with open(manager.log, "wb") as log:
-                process = subprocess.Popen([str(SYSTEMD), "--user"], env=env, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+                process = subprocess.Popen(
+                    [str(SYSTEMD), "--user"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
 
             def answers() -> bool:
                 assert process is not None
                 if process.poll() is not None:
-                    raise AssertionError(f"systemd --user exited {process.returncode}: "
-                                         f"{manager.log.read_text(errors='replace')[-2000:]}")
+                    raise AssertionError(
+                        f"systemd --user exited {process.returncode}: {manager.log.read_text(errors='replace')[-2000:]}"
+                    )
                 state = manager.systemctl("is-system-running", check=False).stdout.strip()
                 return state in ("running", "degraded")
 

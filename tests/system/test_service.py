@@ -5,6 +5,7 @@ and this checkout's python, talks to an in-process fake TinyTask on 127.0.0.1, a
 stand-in goose. What systemd itself reports (ActiveState, StatusText, Result, NRestarts) is the
 evidence; everything is polled with deadlines.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness import Workspace, kill_everything, processes_of, wait_for
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+
+from harness import Workspace, kill_everything, processes_of, wait_for
 
 if TYPE_CHECKING:  # a runtime import of "conftest" could find tests/conftest.py instead
     from conftest import UserManager
@@ -44,11 +46,14 @@ def test_harness_runs_a_notify_unit(user_manager: UserManager, tmp_path: Path) -
     """The harness itself: a Type=notify unit that reports READY through our Notifier."""
     script = tmp_path / "notify.py"
     script.write_text(NOTIFY_SCRIPT)
-    user_manager.install("trivial-notify.service", f"""\
+    user_manager.install(
+        "trivial-notify.service",
+        f"""\
 [Service]
 Type=notify
 ExecStart={sys.executable} {script}
-""")
+""",
+    )
     try:
         # `start` of a Type=notify unit returns only once READY=1 arrived (or it failed).
         user_manager.systemctl("start", "trivial-notify.service")
@@ -110,9 +115,13 @@ class Service:
         env = self.workspace.daemon_env(**{"TINYSCHEDULER_SHUTDOWN_GRACE_SEC": "1", **settings})
         # The unit sets the base path; the stand-in's record file is for the runs (goose.env).
         not_settings = ("TINYSCHEDULER_BASE_PATH", "TINYSCHEDULER_STANDIN_RECORD")
-        (self.base / "etc" / "tinyscheduler.env").write_text("".join(
-            f"{key}={value}\n" for key, value in env.items()
-            if key.startswith("TINYSCHEDULER_") and key not in not_settings))
+        (self.base / "etc" / "tinyscheduler.env").write_text(
+            "".join(
+                f"{key}={value}\n"
+                for key, value in env.items()
+                if key.startswith("TINYSCHEDULER_") and key not in not_settings
+            )
+        )
 
     def install(self, *, replace: dict[str, str] | None = None, environment: dict[str, str] | None = None) -> None:
         add = [
@@ -205,7 +214,10 @@ def test_reload_applies_a_changed_limit_and_keeps_the_old_one_on_a_bad_file(
     service.wait_status(r"^3/3 slots busy, 1 queued, .* ok$")
     service.wait(lambda: len(starts(service.workspace)) == 3, "two more runs")
     assert service.show("MainPID", "NRestarts", "ActiveState") == {
-        "MainPID": pid, "NRestarts": "0", "ActiveState": "active"}, "reloaded in place, not restarted"
+        "MainPID": pid,
+        "NRestarts": "0",
+        "ActiveState": "active",
+    }, "reloaded in place, not restarted"
 
 
 def test_a_wedged_pass_ends_in_a_watchdog_restart(service: Service, fake: FakeTinyTask) -> None:
@@ -214,19 +226,27 @@ def test_a_wedged_pass_ends_in_a_watchdog_restart(service: Service, fake: FakeTi
     service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:1", TINYSCHEDULER_PASS_TIMEOUT_SEC="2")
     service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 0.2})
     fake.create_task("after the restart", assigned_to="dev")
-    service.install(replace={"WatchdogSec": "2", "RestartSec": "3"},
-                    environment={"TINYSCHEDULER_TEST_WEDGE_FILE": str(wedge)})
+    service.install(
+        replace={"WatchdogSec": "2", "RestartSec": "3"}, environment={"TINYSCHEDULER_TEST_WEDGE_FILE": str(wedge)}
+    )
     service.manager.systemctl("start", UNIT)
     first_pid = service.show("MainPID")["MainPID"]
 
     # The first pass blocks on the wedge: pings stop after the pass timeout, systemd kills the
     # daemon WatchdogSec later and waits RestartSec before starting it again.
-    service.wait(lambda: service.show("Result", "SubState") == {"Result": "watchdog", "SubState": "auto-restart"},
-                 "Result=watchdog, waiting to restart", timeout=20)
+    service.wait(
+        lambda: service.show("Result", "SubState") == {"Result": "watchdog", "SubState": "auto-restart"},
+        "Result=watchdog, waiting to restart",
+        timeout=20,
+    )
     wedge.unlink()
     # Under load the poll may first see a later round of the same loop: count restarts, not one.
-    service.wait(lambda: (lambda shown: int(shown["NRestarts"]) >= 1 and shown["ActiveState"] == "active")(
-                 service.show("NRestarts", "ActiveState")), "the restart")
+    service.wait(
+        lambda: (lambda shown: int(shown["NRestarts"]) >= 1 and shown["ActiveState"] == "active")(
+            service.show("NRestarts", "ActiveState")
+        ),
+        "the restart",
+    )
     assert service.show("MainPID")["MainPID"] != first_pid
     service.wait_status(r"last pass \d+\.\d\d s ok$")
     service.wait(lambda: fake.tasks()[0]["status"] == "complete", "the task done after the restart")
@@ -247,6 +267,9 @@ def test_stop_drains_the_runs_and_exits_cleanly(service: Service, fake: FakeTiny
     assert [fake.task(t["id"])["status"] for t in tasks] == ["complete", "complete"]
     # Exit status 0, not 15: the daemon handled SIGTERM and exited itself, within TimeoutStopSec.
     assert service.show("ActiveState", "Result", "ExecMainStatus") == {
-        "ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+        "ActiveState": "inactive",
+        "Result": "success",
+        "ExecMainStatus": "0",
+    }
     assert service.workspace.leases() == []
     assert processes_of(service.base) == []

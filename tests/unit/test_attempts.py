@@ -1,16 +1,17 @@
 """Attempt history: counting, backoff, give-up, held successes, persistence across restarts."""
+
 from __future__ import annotations
 
 import json
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tinyscheduler.adapters.attempt_book import AttemptBook, AttemptRecord
 
-NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
 
 
 def book(path: Path, max_attempts: int = 3, base: float = 60) -> AttemptBook:
@@ -30,8 +31,9 @@ def test_fresh_task_has_no_history(tmp_path: Path) -> None:
     ("failures", "next_attempt", "wait", "gave_up"),
     [(1, 2, 60, False), (2, 3, 120, False), (3, 4, None, True)],
 )
-def test_failures_back_off_then_give_up(tmp_path: Path, failures: int, next_attempt: int, wait: float | None,
-                                        gave_up: bool) -> None:
+def test_failures_back_off_then_give_up(
+    tmp_path: Path, failures: int, next_attempt: int, wait: float | None, gave_up: bool
+) -> None:
     b = book(tmp_path / "a.json")
     for i in range(failures):
         record = b.record_failure(9, "failed", NOW + timedelta(seconds=i))
@@ -92,8 +94,15 @@ def test_forget_grants_a_fresh_budget(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "content",
-    ["not json", "[]", '{"tasks": []}', '{"tasks": {"x": {}}}', '{"tasks": {"1": {"failures": "two"}}}',
-     '{"tasks": {"1": {"not_before": "yesterday"}}}', '{"tasks": {"1": {"not_before": "2026-01-01T00:00:00"}}}'],
+    [
+        "not json",
+        "[]",
+        '{"tasks": []}',
+        '{"tasks": {"x": {}}}',
+        '{"tasks": {"1": {"failures": "two"}}}',
+        '{"tasks": {"1": {"not_before": "yesterday"}}}',
+        '{"tasks": {"1": {"not_before": "2026-01-01T00:00:00"}}}',
+    ],
 )
 def test_unreadable_history_is_set_aside_not_fatal(tmp_path: Path, content: str) -> None:
     path = tmp_path / "a.json"

@@ -1,4 +1,5 @@
 """Settings: precedence and sources, path resolution, every bad-value message, redaction."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,9 @@ from tinyscheduler.config.settings import (
 )
 
 
-def load(tmp_path: Path, *, env: dict[str, str] | None = None, cli: dict | None = None,
-         env_file: Path | None = None) -> LoadedSettings:
+def load(
+    tmp_path: Path, *, env: dict[str, str] | None = None, cli: dict | None = None, env_file: Path | None = None
+) -> LoadedSettings:
     return load_settings(env_file=env_file, cli=cli or {}, environ=env or {}, cwd=tmp_path)
 
 
@@ -63,7 +65,8 @@ def test_precedence_cli_over_env_over_env_file_over_default(tmp_path: Path) -> N
         "export TINYSCHEDULER_MAX_RUNTIME_SEC='12'\n"
     )
     loaded = load(
-        tmp_path, env_file=env_file,
+        tmp_path,
+        env_file=env_file,
         env={"TINYSCHEDULER_LOOP_INTERVAL_SEC": "20", "TINYSCHEDULER_HEARTBEAT_SEC": "21"},
         cli={"loop_interval_sec": "30", "default_slots": None},
     )
@@ -94,8 +97,7 @@ def test_explicit_env_file_replaces_dot_env(tmp_path: Path) -> None:
 
 
 def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
-    assert problems(tmp_path, env_file=tmp_path / "nope.env") == [
-        f"env file {tmp_path / 'nope.env'}: not found"]
+    assert problems(tmp_path, env_file=tmp_path / "nope.env") == [f"env file {tmp_path / 'nope.env'}: not found"]
 
 
 def test_env_file_syntax(tmp_path: Path) -> None:
@@ -126,10 +128,15 @@ def test_env_file_bad_lines_name_file_and_line(tmp_path: Path) -> None:
 
 
 def test_relative_paths_resolve_against_base_path(tmp_path: Path) -> None:
-    loaded = load(tmp_path, env={"TINYSCHEDULER_RUNNING_DIR": "leases",
-                                 "TINYSCHEDULER_LOG_DIR": "/var/log/ts",
-                                 "TINYSCHEDULER_BASE_PATH": "srv"},
-                  cli={"recipes_dir": "my-recipes"})
+    loaded = load(
+        tmp_path,
+        env={
+            "TINYSCHEDULER_RUNNING_DIR": "leases",
+            "TINYSCHEDULER_LOG_DIR": "/var/log/ts",
+            "TINYSCHEDULER_BASE_PATH": "srv",
+        },
+        cli={"recipes_dir": "my-recipes"},
+    )
     s = loaded.settings
     assert s.base_path == tmp_path / "srv"  # a relative base path resolves against the cwd
     assert s.running_dir == tmp_path / "srv/leases"
@@ -157,40 +164,51 @@ def test_goose_bin_bare_name_stays_for_path_lookup_and_path_resolves(tmp_path: P
     assert s.goose_executable(search_path=str(tmp_path)) is None
 
 
-@pytest.mark.parametrize(("endpoint", "base"), [
-    ("http://127.0.0.1:3000", "http://127.0.0.1:3000"),
-    ("http://127.0.0.1:3000/", "http://127.0.0.1:3000"),
-    ("http://tt.example:8080/mcp", "http://tt.example:8080"),
-    ("https://tt.example/prefix/mcp/", "https://tt.example/prefix"),
-])
+@pytest.mark.parametrize(
+    ("endpoint", "base"),
+    [
+        ("http://127.0.0.1:3000", "http://127.0.0.1:3000"),
+        ("http://127.0.0.1:3000/", "http://127.0.0.1:3000"),
+        ("http://tt.example:8080/mcp", "http://tt.example:8080"),
+        ("https://tt.example/prefix/mcp/", "https://tt.example/prefix"),
+    ],
+)
 def test_mcp_endpoint_accepts_trailing_mcp(tmp_path: Path, endpoint: str, base: str) -> None:
     s = load(tmp_path, env={"TINYSCHEDULER_MCP_ENDPOINT": endpoint}).settings
     assert s.tinytask_url == base
     assert s.mcp_url == f"{base}/mcp"
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ('{"dev": 2, "qa": 0}', {"dev": 2, "qa": 0}),
-    ("dev:2,qa:0", {"dev": 2, "qa": 0}),
-    (" dev : 2 , ", {"dev": 2}),
-    ("", {}),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"dev": 2, "qa": 0}', {"dev": 2, "qa": 0}),
+        ("dev:2,qa:0", {"dev": 2, "qa": 0}),
+        (" dev : 2 , ", {"dev": 2}),
+        ("", {}),
+    ],
+)
 def test_agent_limits_formats(tmp_path: Path, value: str, expected: dict[str, int]) -> None:
     s = load(tmp_path, env={"TINYSCHEDULER_AGENT_LIMITS": value}).settings
     assert s.agent_limits == expected
 
 
 def test_agent_limit_flags_replace_the_variable(tmp_path: Path) -> None:
-    loaded = load(tmp_path, env={"TINYSCHEDULER_AGENT_LIMITS": "dev:1,qa:1"},
-                  cli={"agent_limits": ["dev=3", "ops=2"]})
+    loaded = load(tmp_path, env={"TINYSCHEDULER_AGENT_LIMITS": "dev:1,qa:1"}, cli={"agent_limits": ["dev=3", "ops=2"]})
     assert loaded.settings.agent_limits == {"dev": 3, "ops": 2}
     assert loaded.sources["agent_limits"] == "cli"
 
 
 def test_case_insensitive_choices(tmp_path: Path) -> None:
-    s = load(tmp_path, env={"TINYSCHEDULER_LOG_LEVEL": "debug", "TINYSCHEDULER_LOG_FORMAT": "JSON",
-                            "TINYSCHEDULER_TINYTASK_PROTOCOL": "Rest",
-                            "TINYSCHEDULER_ENABLED": "no"}).settings
+    s = load(
+        tmp_path,
+        env={
+            "TINYSCHEDULER_LOG_LEVEL": "debug",
+            "TINYSCHEDULER_LOG_FORMAT": "JSON",
+            "TINYSCHEDULER_TINYTASK_PROTOCOL": "Rest",
+            "TINYSCHEDULER_ENABLED": "no",
+        },
+    ).settings
     assert (s.log_level, s.log_format, s.tinytask_protocol, s.enabled) == ("DEBUG", "json", "rest", False)
 
 
@@ -230,18 +248,20 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(("name", "value", "detail"), BAD_VALUES)
-def test_bad_value_from_env_names_variable_value_and_rule(
-        tmp_path: Path, name: str, value: str, detail: str) -> None:
+def test_bad_value_from_env_names_variable_value_and_rule(tmp_path: Path, name: str, value: str, detail: str) -> None:
     var = f"TINYSCHEDULER_{name.upper()}"
     assert problems(tmp_path, env={var: value}) == [f"{var}={value!r}: {detail}"]
 
 
-@pytest.mark.parametrize(("name", "flag", "detail"), [
-    ("loop_interval_sec", "--loop-interval", "expected a positive integer"),
-    ("heartbeat_sec", "--heartbeat-interval", "expected a positive integer"),
-    ("max_runtime_sec", "--max-runtime", "expected a positive integer"),
-    ("stop_grace_sec", "--stop-grace", "expected a positive number of seconds"),
-])
+@pytest.mark.parametrize(
+    ("name", "flag", "detail"),
+    [
+        ("loop_interval_sec", "--loop-interval", "expected a positive integer"),
+        ("heartbeat_sec", "--heartbeat-interval", "expected a positive integer"),
+        ("max_runtime_sec", "--max-runtime", "expected a positive integer"),
+        ("stop_grace_sec", "--stop-grace", "expected a positive number of seconds"),
+    ],
+)
 def test_bad_value_from_cli_names_the_flag(tmp_path: Path, name: str, flag: str, detail: str) -> None:
     assert problems(tmp_path, cli={name: "0"}) == [f"{flag}='0': {detail}"]
 
@@ -260,8 +280,9 @@ def test_agent_limits_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    found = problems(tmp_path, env={"TINYSCHEDULER_HEARTBEAT_SEC": "x", "TINYSCHEDULER_DRY_RUN": "x"},
-                     cli={"max_runtime_sec": "x"})
+    found = problems(
+        tmp_path, env={"TINYSCHEDULER_HEARTBEAT_SEC": "x", "TINYSCHEDULER_DRY_RUN": "x"}, cli={"max_runtime_sec": "x"}
+    )
     assert len(found) == 3
 
 
@@ -295,8 +316,12 @@ def test_describe_lists_every_setting_with_source(tmp_path: Path) -> None:
     loaded = load(tmp_path, env={"TINYSCHEDULER_AGENT_LIMITS": "dev:2"})
     rows = {row["name"]: row for row in loaded.describe()}
     assert set(rows) == set(Settings.model_fields)
-    assert rows["agent_limits"] == {"name": "agent_limits", "env_var": "TINYSCHEDULER_AGENT_LIMITS",
-                                    "value": {"dev": 2}, "source": "env"}
+    assert rows["agent_limits"] == {
+        "name": "agent_limits",
+        "env_var": "TINYSCHEDULER_AGENT_LIMITS",
+        "value": {"dev": 2},
+        "source": "env",
+    }
     assert rows["running_dir"]["value"] == str(tmp_path / "state/running")
 
 

@@ -6,6 +6,7 @@
   (against the fake TinyTask, in a folder set up from the examples);
 - the example registries and recipes pass `validate-config`'s checks.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,16 +22,17 @@ from typing import Any
 import pytest
 
 from tinyscheduler.cli.main import build_parser
+from tinyscheduler.cli.validate import run_checks
+from tinyscheduler.config.registry import load_registry
 from tinyscheduler.config.settings import SETTINGS, SettingInfo, load_settings
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
-from tinyscheduler.config.registry import load_registry
-from tinyscheduler.cli.validate import run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ENV_EXAMPLE = ROOT / ".env.tinyscheduler.example"
 EXAMPLES = ROOT / "examples"
 from harness import STANDIN
+
 #: README lines that are parsed but not run here: the daemon never ends; the demo has its own tests
 #: (tests/integration/test_demo.py runs it to the end and interrupts it as a person would).
 NOT_RUN = ("run --daemon", "demo")
@@ -38,14 +40,17 @@ NOT_RUN = ("run --daemon", "demo")
 
 def shell_lines(text: str) -> list[str]:
     """Lines of the ```sh blocks, in order."""
-    return [line.strip() for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
-            for line in block.splitlines() if line.strip()]
+    return [
+        line.strip()
+        for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+        for line in block.splitlines()
+        if line.strip()
+    ]
 
 
 def commands(text: str) -> list[list[str]]:
     """Every `tinyscheduler ...` / `./tinyscheduler ...` line as argv, comments dropped."""
-    return [shlex.split(line, comments=True) for line in shell_lines(text)
-            if re.match(r"(\./)?tinyscheduler\s", line)]
+    return [shlex.split(line, comments=True) for line in shell_lines(text) if re.match(r"(\./)?tinyscheduler\s", line)]
 
 
 def default_text(info: SettingInfo) -> str:
@@ -130,9 +135,17 @@ def test_every_readme_command_line_parses():
 
 @pytest.mark.parametrize("registry", sorted(p.name for p in (EXAMPLES / "agent-control-examples").glob("*.json")))
 def test_example_registries_and_recipes_pass_validate_config(registry, tmp_path):
-    loaded = load_settings(env_file=None, environ={}, cwd=tmp_path, cli={
-        "agent_control_file": str(EXAMPLES / "agent-control-examples" / registry),
-        "recipes_dir": str(EXAMPLES / "recipes"), "goose_bin": STANDIN, "mcp_endpoint": "http://127.0.0.1:9"})
+    loaded = load_settings(
+        env_file=None,
+        environ={},
+        cwd=tmp_path,
+        cli={
+            "agent_control_file": str(EXAMPLES / "agent-control-examples" / registry),
+            "recipes_dir": str(EXAMPLES / "recipes"),
+            "goose_bin": STANDIN,
+            "mcp_endpoint": "http://127.0.0.1:9",
+        },
+    )
     assert load_registry(loaded.settings.agent_control_file, loaded.settings.recipes_dir) is not None
     checks = [c for c in run_checks(loaded, fix=False) if c.name in ("agent registry", "recipe")]
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
@@ -175,8 +188,14 @@ def test_readme_command_lines_run(readme_folder):
         line = shlex.join(argv)
         if any(skip in line for skip in NOT_RUN):
             continue
-        result = subprocess.run([sys.executable, "-m", "tinyscheduler", *argv[1:]], cwd=base, env=env,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "tinyscheduler", *argv[1:]],
+            cwd=base,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
         assert "Traceback" not in result.stderr, line
         ran.append(line)

@@ -1,5 +1,6 @@
 """Lease files on a real file system and liveness against real processes: atomic writes, modes, the
 original schema, quarantine of everything that is not a lease, PID reuse, reboots and zombies."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,26 @@ from tinyscheduler.core.leases import (
     lease_from_json,
 )
 
-STARTED = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
-BEAT = datetime(2026, 11, 26, 6, 5, 0, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
+BEAT = datetime(2026, 11, 26, 6, 5, 0, tzinfo=UTC)
 
 
 def make_lease(task_id: int = 7, **changes: Any) -> Lease:
     base = Lease(
-        task_id=task_id, agent="dev-1", pid=1234, recipe="dev-1.yaml", started_at=STARTED, heartbeat=BEAT,
-        host="host-a", state=LeaseState.RUNNING, pgid=1234, boot_id="boot-1", start_ticks=98765,
-        owner="instance-1", attempt=2, log_path="/var/log/tinyscheduler/task_7.log",
+        task_id=task_id,
+        agent="dev-1",
+        pid=1234,
+        recipe="dev-1.yaml",
+        started_at=STARTED,
+        heartbeat=BEAT,
+        host="host-a",
+        state=LeaseState.RUNNING,
+        pgid=1234,
+        boot_id="boot-1",
+        start_ticks=98765,
+        owner="instance-1",
+        attempt=2,
+        log_path="/var/log/tinyscheduler/task_7.log",
     )
     return base.with_changes(**changes)
 
@@ -170,20 +182,31 @@ def test_original_schema_lease_is_readable(store: LeaseStore) -> None:
     scan = store.scan()
     assert scan.quarantined == ()
     (lease,) = scan.leases
-    assert (lease.task_id, lease.agent, lease.pid, lease.recipe, lease.host) == (12, "dev-1", 4321, "dev-1.yaml",
-                                                                                 "old-host")
+    assert (lease.task_id, lease.agent, lease.pid, lease.recipe, lease.host) == (
+        12,
+        "dev-1",
+        4321,
+        "dev-1.yaml",
+        "old-host",
+    )
     assert lease.state is LeaseState.RUNNING
-    assert lease.started_at == datetime(2026, 11, 26, 6, 0, 0, 123456, tzinfo=timezone.utc)
+    assert lease.started_at == datetime(2026, 11, 26, 6, 0, 0, 123456, tzinfo=UTC)
     assert lease.heartbeat == BEAT
     # the fields the original never wrote get their "unknown" values
     assert (lease.pgid, lease.boot_id, lease.start_ticks, lease.owner, lease.attempt, lease.log_path) == (
-        None, None, None, None, 1, None)
+        None,
+        None,
+        None,
+        None,
+        1,
+        None,
+    )
 
 
 def test_epoch_and_naive_timestamps_are_accepted() -> None:
     lease = lease_from_json(ORIGINAL | {"started_at": 1795672800, "heartbeat": 1795673100.5})
     assert lease.started_at == STARTED
-    assert lease.heartbeat == datetime(2026, 11, 26, 6, 5, 0, 500000, tzinfo=timezone.utc)
+    assert lease.heartbeat == datetime(2026, 11, 26, 6, 5, 0, 500000, tzinfo=UTC)
     naive = lease_from_json(ORIGINAL | {"started_at": "2026-11-26T06:00:00", "heartbeat": None})
     assert naive.started_at == STARTED
     assert naive.heartbeat == STARTED  # no heartbeat yet: the start counts as one
@@ -246,20 +269,29 @@ BAD_FILES: list[tuple[str, str, bytes, str]] = [
     ("not utf-8", "task_5.json", b"\xff\xfe\xfa{\x00", "not JSON"),
     ("not an object", "task_5.json", b"[1, 2, 3]", "expected a JSON object"),
     ("missing field", "task_5.json", json.dumps({"task_id": 5, "started_at": 0}).encode(), "field agent"),
-    ("over 1 MiB", "task_5.json",
-     json.dumps(ORIGINAL | {"task_id": 5, "recipe": "r" * MAX_LEASE_BYTES}).encode(), "over 1048576 bytes"),
+    (
+        "over 1 MiB",
+        "task_5.json",
+        json.dumps(ORIGINAL | {"task_id": 5, "recipe": "r" * MAX_LEASE_BYTES}).encode(),
+        "over 1048576 bytes",
+    ),
     ("deeply nested", "task_5.json", b"[" * 200_000 + b"]" * 200_000, "not JSON"),
     ("wrong name", "task_abc.json", json.dumps(ORIGINAL).encode(), "file name"),
     ("stray file", "notes.txt", b"remember the milk", "file name"),
     ("mismatched id", "task_5.json", json.dumps(ORIGINAL | {"task_id": 6}).encode(), "does not match"),
-    ("huge epoch", "task_5.json", json.dumps(ORIGINAL | {"task_id": 5, "started_at": 1e300}).encode(),
-     "field started_at"),
+    (
+        "huge epoch",
+        "task_5.json",
+        json.dumps(ORIGINAL | {"task_id": 5, "started_at": 1e300}).encode(),
+        "field started_at",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "content", "words"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
-def test_bad_file_is_quarantined_with_its_content_and_a_reason(store: LeaseStore, name: str, content: bytes,
-                                                               words: str) -> None:
+def test_bad_file_is_quarantined_with_its_content_and_a_reason(
+    store: LeaseStore, name: str, content: bytes, words: str
+) -> None:
     _good(store)
     bad = store.running_dir / name
     bad.write_bytes(content)
@@ -371,7 +403,8 @@ def child() -> Any:
 
 def lease_for(pid: int, **changes: Any) -> Lease:
     return make_lease(pid=pid, pgid=pid, boot_id=current_boot_id(), start_ticks=process_start_ticks(pid)).with_changes(
-        **changes)
+        **changes
+    )
 
 
 def test_probe_alive_then_dead_after_exit_and_reap(child: subprocess.Popen[bytes]) -> None:

@@ -1,4 +1,5 @@
 """logs.py: what each format writes, the daily files, the event log; clocks are injected."""
+
 from __future__ import annotations
 
 import io
@@ -90,10 +91,17 @@ def test_json_lines_keep_fields_as_fields(clock: FakeClock) -> None:
     out = io.StringIO()
     configure_logging("info", "json", None, stream=out, clock=clock)
     log.info("finished", task_id=7, agent="dev", outcome="success", duration=12.5)
-    assert [json.loads(line) for line in lines(out)] == [{
-        "event": "finished", "level": "info", "timestamp": "2026-03-14T23:59:58.000+02:00",
-        "task_id": 7, "agent": "dev", "outcome": "success", "duration": 12.5,
-    }]
+    assert [json.loads(line) for line in lines(out)] == [
+        {
+            "event": "finished",
+            "level": "info",
+            "timestamp": "2026-03-14T23:59:58.000+02:00",
+            "task_id": 7,
+            "agent": "dev",
+            "outcome": "success",
+            "duration": 12.5,
+        }
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["json", "journal", "console"])
@@ -116,9 +124,7 @@ def test_console_without_a_terminal_has_no_colours(clock: FakeClock) -> None:
     assert re.search(r"\bstarted\b.*\bagent=dev\b.*\btask_id=7\b", line)
 
 
-def test_auto_is_journal_only_on_the_stream_journald_gave_us(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_auto_is_journal_only_on_the_stream_journald_gave_us(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with open(tmp_path / "journal", "w") as journal, open(tmp_path / "other", "w") as other:
         st = os.fstat(journal.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
@@ -167,21 +173,36 @@ def test_scheduler_file_is_json_and_switches_at_local_midnight(tmp_path: Path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scheduler_20260314.log", "scheduler_20260315.log"]
     [before] = (tmp_path / "scheduler_20260314.log").read_text().splitlines()
     [after] = (tmp_path / "scheduler_20260315.log").read_text().splitlines()
-    assert json.loads(before) == {"event": "pass_finished", "level": "info", "busy": 1,
-                                  "timestamp": "2026-03-14T23:59:58.000+02:00"}
+    assert json.loads(before) == {
+        "event": "pass_finished",
+        "level": "info",
+        "busy": 1,
+        "timestamp": "2026-03-14T23:59:58.000+02:00",
+    }
     assert json.loads(after)["reason"] == "TinyTask down"
 
 
 def test_scheduler_files_older_than_keep_days_are_deleted(tmp_path: Path, clock: FakeClock) -> None:
-    for name in ["scheduler_20260310.log", "scheduler_20260312.log", "scheduler_20260313.log",
-                 "scheduler_notes.log", "scheduler_20261399.log", "events_20260301.jsonl"]:
+    for name in [
+        "scheduler_20260310.log",
+        "scheduler_20260312.log",
+        "scheduler_20260313.log",
+        "scheduler_notes.log",
+        "scheduler_20261399.log",
+        "events_20260301.jsonl",
+    ]:
         (tmp_path / name).write_text("old\n")
     configure_logging("info", "console", tmp_path, keep_days=2, stream=io.StringIO(), clock=clock)
     log.info("started")  # the 14th: keeps the 13th and the 14th
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
-        "events_20260301.jsonl", "scheduler_20261399.log", "scheduler_20260313.log",
-        "scheduler_20260314.log", "scheduler_notes.log",
-    ])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [
+            "events_20260301.jsonl",
+            "scheduler_20261399.log",
+            "scheduler_20260313.log",
+            "scheduler_20260314.log",
+            "scheduler_notes.log",
+        ]
+    )
     clock.now += timedelta(days=1)
     log.info("still running")  # the 15th: the 13th goes
     assert not (tmp_path / "scheduler_20260313.log").exists()
@@ -198,13 +219,33 @@ def test_event_log_writes_one_json_line_per_event(tmp_path: Path, clock: FakeClo
     day1 = [json.loads(x) for x in (tmp_path / "events_20260314.jsonl").read_text().splitlines()]
     day2 = [json.loads(x) for x in (tmp_path / "events_20260315.jsonl").read_text().splitlines()]
     assert day1 == [
-        {"timestamp": "2026-03-14T23:59:58.000+02:00", "event": "assigned", "task_id": 7, "agent": "dev",
-         "queue": "dev"},
-        {"timestamp": "2026-03-14T23:59:58.000+02:00", "event": "started", "task_id": 7, "agent": "dev",
-         "pid": 4242, "attempt": 1, "log_path": str(tmp_path / "t7.log")},
+        {
+            "timestamp": "2026-03-14T23:59:58.000+02:00",
+            "event": "assigned",
+            "task_id": 7,
+            "agent": "dev",
+            "queue": "dev",
+        },
+        {
+            "timestamp": "2026-03-14T23:59:58.000+02:00",
+            "event": "started",
+            "task_id": 7,
+            "agent": "dev",
+            "pid": 4242,
+            "attempt": 1,
+            "log_path": str(tmp_path / "t7.log"),
+        },
     ]
-    assert day2 == [{"timestamp": "2026-03-15T00:00:03.000+02:00", "event": "finished", "task_id": 7,
-                     "agent": "dev", "outcome": "success", "duration": 4.2}]
+    assert day2 == [
+        {
+            "timestamp": "2026-03-15T00:00:03.000+02:00",
+            "event": "finished",
+            "task_id": 7,
+            "agent": "dev",
+            "outcome": "success",
+            "duration": 4.2,
+        }
+    ]
 
 
 def test_event_log_keeps_keep_days(tmp_path: Path, clock: FakeClock) -> None:
@@ -230,7 +271,8 @@ def test_event_log_write_failure_is_logged_not_raised(tmp_path: Path) -> None:
 
 
 def test_scheduler_file_that_cannot_be_written_is_one_line_not_a_traceback_per_record(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # A full disk or an unwritable log folder while the daemon runs: every line still reaches the
     # stream (the journal), the failure is said once, and logging prints no traceback per record.
     blocker = tmp_path / "logs"
@@ -242,6 +284,8 @@ def test_scheduler_file_that_cannot_be_written_is_one_line_not_a_traceback_per_r
     events = [json.loads(line)["event"] for line in lines(out) if line.startswith("{")]
     assert events == ["pass_finished", "pass_failed"]
     said = [line for line in lines(out) if not line.startswith("{")]
-    assert said == [f"tinyscheduler: cannot write the log file in {blocker}: File exists; "
-                    "log lines go to this stream only until it works"]
+    assert said == [
+        f"tinyscheduler: cannot write the log file in {blocker}: File exists; "
+        "log lines go to this stream only until it works"
+    ]
     assert "Traceback" not in capsys.readouterr().err

@@ -1,9 +1,10 @@
 """TinyTask task models at the boundary: what the current and the old server send parses; anything
 malformed becomes a TaskProblem naming task and field, and parsing never raises."""
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -57,7 +58,7 @@ OLD = {
     "updated_at": "2026-11-26 06:40:00",
 }
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_current_server_task_parses() -> None:

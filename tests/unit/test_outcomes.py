@@ -1,4 +1,5 @@
 """Outcome classification, backoff and comment texts: plain data in, plain data out."""
+
 from __future__ import annotations
 
 import json
@@ -49,33 +50,63 @@ COMPLETE = {"type": "complete", "total_tokens": 12}
         (ProcessEnd(0, 1.25, tail="all good\n"), Outcome.SUCCEEDED, "exit 0 after 1.2s"),
         (ProcessEnd(1, 42), Outcome.FAILED, "exit 1 after 42s"),
         (ProcessEnd(2, 3, tail="boom"), Outcome.FAILED, "exit 2 after 3.0s"),
-        (ProcessEnd(0, 5, tail=f"working...\n{MAX_TURNS_SENTENCE}\n"), Outcome.INCOMPLETE,
-         "stopped at the max-turns limit; exit 0 after 5.0s"),
+        (
+            ProcessEnd(0, 5, tail=f"working...\n{MAX_TURNS_SENTENCE}\n"),
+            Outcome.INCOMPLETE,
+            "stopped at the max-turns limit; exit 0 after 5.0s",
+        ),
         # The turn limit with a failing exit is a failure, not merely incomplete.
         (ProcessEnd(1, 5, tail=f"{MAX_TURNS_SENTENCE}\n"), Outcome.FAILED, "exit 1 after 5.0s"),
         (ProcessEnd(0, 5, tail=json_document("completed")), Outcome.SUCCEEDED, "exit 0 after 5.0s"),
-        (ProcessEnd(0, 5, tail=json_document("error")), Outcome.FAILED,
-         "goose reported an error: status 'error'; exit 0 after 5.0s"),
-        (ProcessEnd(0, 5, tail=json_document("completed", MAX_TURNS_SENTENCE)), Outcome.INCOMPLETE,
-         "stopped at the max-turns limit; exit 0 after 5.0s"),
+        (
+            ProcessEnd(0, 5, tail=json_document("error")),
+            Outcome.FAILED,
+            "goose reported an error: status 'error'; exit 0 after 5.0s",
+        ),
+        (
+            ProcessEnd(0, 5, tail=json_document("completed", MAX_TURNS_SENTENCE)),
+            Outcome.INCOMPLETE,
+            "stopped at the max-turns limit; exit 0 after 5.0s",
+        ),
         (ProcessEnd(0, 5, tail=stream(MESSAGE, COMPLETE)), Outcome.SUCCEEDED, "exit 0 after 5.0s"),
-        (ProcessEnd(0, 5, tail=stream(MESSAGE, {"type": "error", "error": "provider said no"})), Outcome.FAILED,
-         "goose reported an error: provider said no; exit 0 after 5.0s"),
-        (ProcessEnd(1, 5, tail=stream(MESSAGE, {"type": "error", "error": "rate limited"})), Outcome.FAILED,
-         "exit 1 after 5.0s: rate limited"),
-        (ProcessEnd(0, 5, tail=stream(MESSAGE)), Outcome.FAILED,
-         "goose reported an error: stream ended without a complete event; exit 0 after 5.0s"),
+        (
+            ProcessEnd(0, 5, tail=stream(MESSAGE, {"type": "error", "error": "provider said no"})),
+            Outcome.FAILED,
+            "goose reported an error: provider said no; exit 0 after 5.0s",
+        ),
+        (
+            ProcessEnd(1, 5, tail=stream(MESSAGE, {"type": "error", "error": "rate limited"})),
+            Outcome.FAILED,
+            "exit 1 after 5.0s: rate limited",
+        ),
+        (
+            ProcessEnd(0, 5, tail=stream(MESSAGE)),
+            Outcome.FAILED,
+            "goose reported an error: stream ended without a complete event; exit 0 after 5.0s",
+        ),
         (ProcessEnd(-signal.SIGKILL, 7), Outcome.KILLED, "killed by SIGKILL after 7.0s"),
         (ProcessEnd(-signal.SIGTERM, 70), Outcome.KILLED, "killed by SIGTERM after 70s"),
-        (ProcessEnd(1, 8, tail=f"{INTERRUPTED_SENTENCE}\n"), Outcome.KILLED,
-         "interrupted by a SIGINT from elsewhere after 8.0s"),
-        (ProcessEnd(1, 3600, StopCause.MAX_RUNTIME, "SIGTERM", tail=f"{INTERRUPTED_SENTENCE}\n"), Outcome.TIMED_OUT,
-         "max runtime reached, stopped with SIGTERM after 3600s"),
+        (
+            ProcessEnd(1, 8, tail=f"{INTERRUPTED_SENTENCE}\n"),
+            Outcome.KILLED,
+            "interrupted by a SIGINT from elsewhere after 8.0s",
+        ),
+        (
+            ProcessEnd(1, 3600, StopCause.MAX_RUNTIME, "SIGTERM", tail=f"{INTERRUPTED_SENTENCE}\n"),
+            Outcome.TIMED_OUT,
+            "max runtime reached, stopped with SIGTERM after 3600s",
+        ),
         # Our stop decides even if the process managed to exit 0 while dying.
-        (ProcessEnd(0, 20, StopCause.IDLE, "SIGINT"), Outcome.IDLE_TIMEOUT,
-         "no output for too long, stopped with SIGINT after 20s"),
-        (ProcessEnd(-signal.SIGKILL, 12, StopCause.REQUEST, "SIGKILL", stop_reason="daemon shutdown"),
-         Outcome.KILLED, "stopped on request (daemon shutdown), stopped with SIGKILL after 12s"),
+        (
+            ProcessEnd(0, 20, StopCause.IDLE, "SIGINT"),
+            Outcome.IDLE_TIMEOUT,
+            "no output for too long, stopped with SIGINT after 20s",
+        ),
+        (
+            ProcessEnd(-signal.SIGKILL, 12, StopCause.REQUEST, "SIGKILL", stop_reason="daemon shutdown"),
+            Outcome.KILLED,
+            "stopped on request (daemon shutdown), stopped with SIGKILL after 12s",
+        ),
         (ProcessEnd(None, 9), Outcome.LOST, "process lost, exit status unknown after 9.0s"),
     ],
 )
@@ -110,8 +141,19 @@ def test_max_turns_sentence_counts_only_at_the_end() -> None:
 
 @pytest.mark.parametrize(
     ("failures", "base", "delay"),
-    [(0, 60, 0), (1, 60, 60), (2, 60, 120), (3, 60, 240), (6, 60, 1920), (7, 60, 3600), (50, 60, 3600),
-     (10_000, 60, 3600), (1, 0.01, 0.01), (3, 0.5, 2.0), (1, 7200, 3600)],
+    [
+        (0, 60, 0),
+        (1, 60, 60),
+        (2, 60, 120),
+        (3, 60, 240),
+        (6, 60, 1920),
+        (7, 60, 3600),
+        (50, 60, 3600),
+        (10_000, 60, 3600),
+        (1, 0.01, 0.01),
+        (3, 0.5, 2.0),
+        (1, 7200, 3600),
+    ],
 )
 def test_retry_delay(failures: int, base: float, delay: float) -> None:
     assert retry_delay(failures, base) == pytest.approx(delay)
@@ -121,7 +163,9 @@ def test_retry_delay_custom_cap() -> None:
     assert retry_delay(5, 1, cap_sec=10) == 10
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0.0s"), (9.94, "9.9s"), (10, "10s"), (42.4, "42s"), (3599.6, "3600s")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0.0s"), (9.94, "9.9s"), (10, "10s"), (42.4, "42s"), (3599.6, "3600s")]
+)
 def test_format_seconds(seconds: float, text: str) -> None:
     assert format_seconds(seconds) == text
 

@@ -1,11 +1,12 @@
 """The planner, rule by rule, with plain data: lease verdicts, slots, queue and legacy mode,
 blocking, skips and their reasons. Every test pins one behaviour of planner.py's docstring."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from tinyscheduler.core.planner import (
 )
 from tinyscheduler.core.tasks import FAILED_TAG, Task
 
-NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
 HOST = "host-a"
 ME = "instance-now"
 HEARTBEAT = 15.0
@@ -162,10 +163,22 @@ LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, Verdict, str]] = [
     ("original schema has no owner", {"owner": None}, Liveness.ALIVE, False, Verdict.KEEP, "alive"),
     ("over max runtime", {"runtime": MAX_RUNTIME + 1}, Liveness.ALIVE, False, Verdict.STOP, "runtime"),
     ("exactly max runtime", {"runtime": MAX_RUNTIME}, Liveness.ALIVE, False, Verdict.KEEP, "alive"),
-    ("stale heartbeat", {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT + 1}, Liveness.ALIVE, False,
-     Verdict.STOP, "heartbeat"),
-    ("heartbeat exactly at the limit", {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT}, Liveness.ALIVE, False,
-     Verdict.KEEP, "alive"),
+    (
+        "stale heartbeat",
+        {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT + 1},
+        Liveness.ALIVE,
+        False,
+        Verdict.STOP,
+        "heartbeat",
+    ),
+    (
+        "heartbeat exactly at the limit",
+        {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT},
+        Liveness.ALIVE,
+        False,
+        Verdict.KEEP,
+        "alive",
+    ),
     ("heartbeat 2 intervals old", {"heartbeat_age": 2 * HEARTBEAT}, Liveness.ALIVE, False, Verdict.KEEP, "alive"),
     ("alive and fresh", {}, Liveness.ALIVE, False, Verdict.KEEP, "4242 is alive"),
     # A dead process cannot be stopped: being gone outranks every reason to stop it.
@@ -179,8 +192,9 @@ LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, Verdict, str]] = [
     [case[1:] for case in LEASE_CASES],
     ids=[case[0] for case in LEASE_CASES],
 )
-def test_lease_verdicts(kwargs: dict[str, Any], liveness: Liveness, supervised: bool, verdict: Verdict,
-                        words: str) -> None:
+def test_lease_verdicts(
+    kwargs: dict[str, Any], liveness: Liveness, supervised: bool, verdict: Verdict, words: str
+) -> None:
     item = lease(9, "a", **kwargs)
     s = snap(leases=[item], liveness={9: liveness}, supervised=[9] if supervised else [])
     decision = judge_lease(item, s, cfg({"a": 1}))
@@ -246,8 +260,9 @@ def test_more_leases_than_the_limit_never_goes_negative() -> None:
     ],
     ids=["dead", "reused", "no-process", "stop-runtime", "stop-previous-owner", "keep"],
 )
-def test_requeued_leases_free_their_slot_unless_pidless_stopping_ones_do_not(liveness: Liveness, extra: dict[str, Any],
-                                                                            verdict: Verdict, starts: int) -> None:
+def test_requeued_leases_free_their_slot_unless_pidless_stopping_ones_do_not(
+    liveness: Liveness, extra: dict[str, Any], verdict: Verdict, starts: int
+) -> None:
     s = snap(leases=[lease(100, **extra)], liveness={100: liveness}, agent_tasks={"a": [task(1, agent="a")]})
     result = plan(s, cfg({"a": 1}))
     assert result.leases[0].verdict is verdict
@@ -281,8 +296,12 @@ def test_run_in_flight_before_its_lease_exists_holds_a_slot() -> None:
 
 @pytest.mark.parametrize("liveness", [Liveness.ALIVE, Liveness.DEAD])
 def test_run_in_flight_with_its_lease_counts_once(liveness: Liveness) -> None:
-    s = snap(leases=[lease(50, "a")], liveness={50: liveness}, in_flight={50: "a"},
-             agent_tasks={"a": [task(1, agent="a"), task(2, agent="a")]})
+    s = snap(
+        leases=[lease(50, "a")],
+        liveness={50: liveness},
+        in_flight={50: "a"},
+        agent_tasks={"a": [task(1, agent="a"), task(2, agent="a")]},
+    )
     result = plan(s, cfg({"a": 2}))
     assert slot(result, "a").busy == 1
     assert started_ids(result) == [1]
@@ -568,8 +587,7 @@ def test_failed_tag_is_skipped_with_a_reason() -> None:
 
 @pytest.mark.parametrize(
     ("offset", "starts"),
-    [(timedelta(seconds=1), False), (timedelta(hours=2), False), (timedelta(0), True),
-     (-timedelta(seconds=1), True)],
+    [(timedelta(seconds=1), False), (timedelta(hours=2), False), (timedelta(0), True), (-timedelta(seconds=1), True)],
     ids=["1s-ahead", "2h-ahead", "exactly-now", "past"],
 )
 def test_backoff_not_before(offset: timedelta, starts: bool) -> None:
@@ -582,8 +600,10 @@ def test_backoff_not_before(offset: timedelta, starts: bool) -> None:
 
 
 def test_backoff_of_one_task_does_not_hold_back_the_others() -> None:
-    s = snap(agent_tasks={"a": [task(1, agent="a", priority=9), task(2, agent="a")]},
-             not_before={1: NOW + timedelta(minutes=1)})
+    s = snap(
+        agent_tasks={"a": [task(1, agent="a", priority=9), task(2, agent="a")]},
+        not_before={1: NOW + timedelta(minutes=1)},
+    )
     assert started_ids(plan(s, cfg({"a": 1}))) == [2]
 
 
@@ -696,8 +716,7 @@ def test_plan_to_json_round_trips_through_json() -> None:
     text = json.dumps(data)
     assert json.loads(text) == data
     assert [d["verdict"] for d in data["leases"]] == ["keep", "stop", "requeue", "foreign"]
-    assert data["starts"][0] == {"task_id": 1, "agent": "b", "reason": result.starts[0].reason,
-                                 "newly_assigned": True}
+    assert data["starts"][0] == {"task_id": 1, "agent": "b", "reason": result.starts[0].reason, "newly_assigned": True}
     assert data["assignments"][0]["queue"] == "dev"
     assert {"task_id": 2, "agent": None, "reason": "blocked by task 1"} in data["skips"]
     assert data["slots"][0] == {"agent": "a", "limit": 2, "busy": 1, "starting": 1, "free_after": 0}
@@ -734,4 +753,3 @@ def test_a_lease_without_a_pid_holds_its_slot_until_reclaimed() -> None:
     result = plan(s, cfg({"a": 1}))
     assert result.leases[0].verdict is Verdict.REQUEUE
     assert slot(result, "a").busy == 1 and started(result) == []
-

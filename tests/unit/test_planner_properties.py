@@ -1,12 +1,12 @@
 """Planner properties over generated snapshots (hypothesis): whatever TinyTask, the lease folder and
 the configuration say, a plan never breaks the rules that keep a host safe."""
+
 from __future__ import annotations
 
 import dataclasses
-
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,7 +15,7 @@ from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict, plan
 from tinyscheduler.core.tasks import FAILED_TAG, Task
 
-NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
 HOST = "host-a"
 ME = "instance-now"
 
@@ -62,40 +62,53 @@ def scenes(draw: st.DrawFn) -> Scene:
     tasks = {i: draw(task_bodies(i, ids)) for i in ids}
     id_lists = st.lists(st.sampled_from(ids), max_size=10) if ids else st.just([])
     queue_tasks = {q: [tasks[i] for i in draw(id_lists)] for q in queues}
-    agent_tasks = {
-        a: [dataclasses.replace(tasks[i], assigned_to=a) for i in draw(id_lists)] for a in known_agents
-    }
+    agent_tasks = {a: [dataclasses.replace(tasks[i], assigned_to=a) for i in draw(id_lists)] for a in known_agents}
 
     leases: list[Lease] = []
     liveness: dict[int, Liveness] = {}
     for task_id in draw(st.sets(TASK_IDS, max_size=8)):
         pid = draw(st.none() | st.integers(2, 99999))
-        leases.append(Lease(
-            task_id=task_id,
-            agent=draw(st.sampled_from(agents)),
-            pid=pid,
-            recipe="r.yaml",
-            started_at=NOW - timedelta(seconds=draw(st.integers(0, 8000))),
-            heartbeat=NOW - timedelta(seconds=draw(st.integers(0, 100))),
-            host=draw(st.sampled_from([HOST, HOST, "host-b"])),
-            state=draw(st.sampled_from(list(LeaseState))),
-            owner=draw(st.sampled_from([ME, ME, None, "instance-old"])),
-        ))
+        leases.append(
+            Lease(
+                task_id=task_id,
+                agent=draw(st.sampled_from(agents)),
+                pid=pid,
+                recipe="r.yaml",
+                started_at=NOW - timedelta(seconds=draw(st.integers(0, 8000))),
+                heartbeat=NOW - timedelta(seconds=draw(st.integers(0, 100))),
+                host=draw(st.sampled_from([HOST, HOST, "host-b"])),
+                state=draw(st.sampled_from(list(LeaseState))),
+                owner=draw(st.sampled_from([ME, ME, None, "instance-old"])),
+            )
+        )
         liveness[task_id] = Liveness.NO_PROCESS if pid is None else draw(st.sampled_from(list(Liveness)))
     supervised = frozenset(draw(st.lists(st.sampled_from([lease.task_id for lease in leases]))) if leases else ())
     # runs of this instance: some with a lease already written, some not yet
     in_flight = {i: draw(st.sampled_from(agents)) for i in draw(st.sets(TASK_IDS, max_size=3))}
-    not_before = {
-        i: NOW + timedelta(seconds=draw(st.integers(-120, 120)))
-        for i in draw(st.lists(st.sampled_from(ids))) if ids
-    } if ids else {}
+    not_before = (
+        {i: NOW + timedelta(seconds=draw(st.integers(-120, 120))) for i in draw(st.lists(st.sampled_from(ids))) if ids}
+        if ids
+        else {}
+    )
 
     snapshot = Snapshot(
-        now=NOW, host=HOST, instance_id=ME, leases=tuple(leases), liveness=liveness, supervised=supervised,
-        in_flight=in_flight, queue_tasks=queue_tasks, agent_tasks=agent_tasks, not_before=not_before,
+        now=NOW,
+        host=HOST,
+        instance_id=ME,
+        leases=tuple(leases),
+        liveness=liveness,
+        supervised=supervised,
+        in_flight=in_flight,
+        queue_tasks=queue_tasks,
+        agent_tasks=agent_tasks,
+        not_before=not_before,
     )
     config = PlanConfig(
-        limits=limits, pools=pools, disable_blocking=draw(st.booleans()), heartbeat_sec=15, max_runtime_sec=3600,
+        limits=limits,
+        pools=pools,
+        disable_blocking=draw(st.booleans()),
+        heartbeat_sec=15,
+        max_runtime_sec=3600,
     )
     return Scene(snapshot, config, tasks)
 
@@ -120,11 +133,16 @@ def test_never_exceeds_any_agents_limit(scene: Scene) -> None:
         # busy may already be over the limit (limit lowered); then nothing starts
         assert slot.starting <= max(0, limit - slot.busy)
         holding = {
-            lease.task_id: lease.agent for lease, decision in zip(scene.snapshot.leases, result.leases)
-            if lease.state is not LeaseState.FINISHING and (
+            lease.task_id: lease.agent
+            for lease, decision in zip(scene.snapshot.leases, result.leases)
+            if lease.state is not LeaseState.FINISHING
+            and (
                 decision.verdict in (Verdict.KEEP, Verdict.STOP)
-                or (decision.verdict is Verdict.REQUEUE
-                    and scene.snapshot.liveness.get(lease.task_id) is Liveness.NO_PROCESS))
+                or (
+                    decision.verdict is Verdict.REQUEUE
+                    and scene.snapshot.liveness.get(lease.task_id) is Liveness.NO_PROCESS
+                )
+            )
         } | dict(scene.snapshot.in_flight)
         assert slot.busy == sum(1 for agent in holding.values() if agent == slot.agent)
     assert set(per_agent) <= {slot.agent for slot in result.slots}
@@ -196,8 +214,12 @@ def _reordered(scene: Scene) -> tuple[Snapshot, PlanConfig]:
     """The same facts with every mapping in reverse insertion order and pools listed backwards."""
     s, c = scene.snapshot, scene.config
     snapshot = Snapshot(
-        now=s.now, host=s.host, instance_id=s.instance_id, leases=tuple(s.leases),
-        liveness=dict(reversed(list(s.liveness.items()))), supervised=frozenset(s.supervised),
+        now=s.now,
+        host=s.host,
+        instance_id=s.instance_id,
+        leases=tuple(s.leases),
+        liveness=dict(reversed(list(s.liveness.items()))),
+        supervised=frozenset(s.supervised),
         in_flight=dict(reversed(list(s.in_flight.items()))),
         queue_tasks=dict(reversed(list(s.queue_tasks.items()))),
         agent_tasks=dict(reversed(list(s.agent_tasks.items()))),
@@ -206,7 +228,9 @@ def _reordered(scene: Scene) -> tuple[Snapshot, PlanConfig]:
     config = PlanConfig(
         limits=dict(reversed(list(c.limits.items()))),
         pools={q: list(reversed(p)) for q, p in reversed(list(c.pools.items()))},
-        disable_blocking=c.disable_blocking, heartbeat_sec=c.heartbeat_sec, max_runtime_sec=c.max_runtime_sec,
+        disable_blocking=c.disable_blocking,
+        heartbeat_sec=c.heartbeat_sec,
+        max_runtime_sec=c.max_runtime_sec,
     )
     return snapshot, config
 

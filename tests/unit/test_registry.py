@@ -1,4 +1,5 @@
 """The agent registry: every validation rule, limits precedence, recipe paths."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from tinyscheduler.config.settings import ConfigError, Settings
 from tinyscheduler.config.registry import (
     MAX_REGISTRY_BYTES,
     AgentEntry,
@@ -17,6 +17,7 @@ from tinyscheduler.config.registry import (
     load_registry,
     recipe_path,
 )
+from tinyscheduler.config.settings import ConfigError, Settings
 
 
 @pytest.fixture
@@ -40,12 +41,20 @@ def problems_of(tmp_path: Path, recipes: Path, document: Any) -> list[str]:
 
 
 def test_original_format_with_pools(tmp_path: Path, recipes: Path) -> None:
-    path = write(tmp_path, [
-        {"agentName": "dev-1", "agentType": "dev"},
-        {"agentName": "qa", "agentType": "qa", "slots": 2, "recipe": "sub/qa.yaml",
-         "comment": "unknown keys are fine"},
-        {"agentName": "dev-2", "agentType": "dev", "slots": 0},
-    ])
+    path = write(
+        tmp_path,
+        [
+            {"agentName": "dev-1", "agentType": "dev"},
+            {
+                "agentName": "qa",
+                "agentType": "qa",
+                "slots": 2,
+                "recipe": "sub/qa.yaml",
+                "comment": "unknown keys are fine",
+            },
+            {"agentName": "dev-2", "agentType": "dev", "slots": 0},
+        ],
+    )
     registry = load_registry(path, recipes)
     assert registry is not None
     assert registry.path == path
@@ -67,7 +76,8 @@ def test_registry_error_is_a_config_error() -> None:
 
 def test_invalid_json_names_line_and_column(tmp_path: Path, recipes: Path) -> None:
     assert problems_of(tmp_path, recipes, '[\n  {"agentName": "a",}\n]') == [
-        "FILE: invalid JSON at line 2 column 21: Expecting property name enclosed in double quotes"]
+        "FILE: invalid JSON at line 2 column 21: Expecting property name enclosed in double quotes"
+    ]
 
 
 def test_json_nested_too_deeply_is_a_registry_error(tmp_path: Path, recipes: Path) -> None:
@@ -79,12 +89,14 @@ def test_json_nested_too_deeply_is_a_registry_error(tmp_path: Path, recipes: Pat
 @pytest.mark.parametrize(("document", "kind"), [({}, "an object"), ("x", "a string"), (3, "a number")])
 def test_not_an_array(tmp_path: Path, recipes: Path, document: Any, kind: str) -> None:
     assert problems_of(tmp_path, recipes, json.dumps(document)) == [
-        f"FILE: expected a JSON array of agents, got {kind}"]
+        f"FILE: expected a JSON array of agents, got {kind}"
+    ]
 
 
 def test_empty_array(tmp_path: Path, recipes: Path) -> None:
     assert problems_of(tmp_path, recipes, []) == [
-        "FILE: the array is empty; list at least one agent, or delete the file for legacy mode"]
+        "FILE: the array is empty; list at least one agent, or delete the file for legacy mode"
+    ]
 
 
 def test_file_over_one_mebibyte(tmp_path: Path, recipes: Path) -> None:
@@ -104,64 +116,94 @@ def test_folder_instead_of_file(tmp_path: Path, recipes: Path) -> None:
         load_registry(recipes, recipes)
 
 
-@pytest.mark.parametrize(("entry", "problem"), [
-    ("dev", "FILE[0]: expected an object, got a string"),
-    ({"agentType": "dev"}, "FILE[0].agentName: missing"),
-    ({"agentName": "  ", "agentType": "dev"}, "FILE[0].agentName: blank"),
-    ({"agentName": 7, "agentType": "dev"}, "FILE[0].agentName: expected a string, got a number"),
-    ({"agentName": "a b", "agentType": "dev"},
-     "FILE[0].agentName: 'a b' is not 1-64 letters, digits, '_', '.', '-'"),
-    ({"agentName": "a" * 65, "agentType": "dev"},
-     f"FILE[0].agentName: {'a' * 65!r} is not 1-64 letters, digits, '_', '.', '-'"),
-    ({"agentName": "dev"}, "FILE[0].agentType: missing"),
-    ({"agentName": "dev", "agentType": ""}, "FILE[0].agentType: blank"),
-    ({"agentName": "dev", "agentType": "q", "slots": -1},
-     "FILE[0].slots: -1 is negative, expected a non-negative integer"),
-    ({"agentName": "dev", "agentType": "q", "slots": "2"},
-     "FILE[0].slots: expected a non-negative integer, got '2'"),
-    ({"agentName": "dev", "agentType": "q", "slots": 1.5},
-     "FILE[0].slots: expected a non-negative integer, got 1.5"),
-    ({"agentName": "dev", "agentType": "q", "slots": True},
-     "FILE[0].slots: expected a non-negative integer, got True"),
-    ({"agentName": "dev", "agentType": "q", "recipe": ""},
-     "FILE[0].recipe: expected a file name, got ''"),
-    ({"agentName": "dev", "agentType": "q", "recipe": "../secrets.yaml"},
-     "FILE[0].recipe: '../secrets.yaml' escapes the recipes folder"),
-    ({"agentName": "dev", "agentType": "q", "recipe": "a/../../b.yaml"},
-     "FILE[0].recipe: 'a/../../b.yaml' escapes the recipes folder"),
-    ({"agentName": "dev", "agentType": "q", "recipe": "/etc/passwd"},
-     "FILE[0].recipe: '/etc/passwd' is absolute; expected a path inside the recipes folder"),
-])
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("dev", "FILE[0]: expected an object, got a string"),
+        ({"agentType": "dev"}, "FILE[0].agentName: missing"),
+        ({"agentName": "  ", "agentType": "dev"}, "FILE[0].agentName: blank"),
+        ({"agentName": 7, "agentType": "dev"}, "FILE[0].agentName: expected a string, got a number"),
+        (
+            {"agentName": "a b", "agentType": "dev"},
+            "FILE[0].agentName: 'a b' is not 1-64 letters, digits, '_', '.', '-'",
+        ),
+        (
+            {"agentName": "a" * 65, "agentType": "dev"},
+            f"FILE[0].agentName: {'a' * 65!r} is not 1-64 letters, digits, '_', '.', '-'",
+        ),
+        ({"agentName": "dev"}, "FILE[0].agentType: missing"),
+        ({"agentName": "dev", "agentType": ""}, "FILE[0].agentType: blank"),
+        (
+            {"agentName": "dev", "agentType": "q", "slots": -1},
+            "FILE[0].slots: -1 is negative, expected a non-negative integer",
+        ),
+        (
+            {"agentName": "dev", "agentType": "q", "slots": "2"},
+            "FILE[0].slots: expected a non-negative integer, got '2'",
+        ),
+        (
+            {"agentName": "dev", "agentType": "q", "slots": 1.5},
+            "FILE[0].slots: expected a non-negative integer, got 1.5",
+        ),
+        (
+            {"agentName": "dev", "agentType": "q", "slots": True},
+            "FILE[0].slots: expected a non-negative integer, got True",
+        ),
+        ({"agentName": "dev", "agentType": "q", "recipe": ""}, "FILE[0].recipe: expected a file name, got ''"),
+        (
+            {"agentName": "dev", "agentType": "q", "recipe": "../secrets.yaml"},
+            "FILE[0].recipe: '../secrets.yaml' escapes the recipes folder",
+        ),
+        (
+            {"agentName": "dev", "agentType": "q", "recipe": "a/../../b.yaml"},
+            "FILE[0].recipe: 'a/../../b.yaml' escapes the recipes folder",
+        ),
+        (
+            {"agentName": "dev", "agentType": "q", "recipe": "/etc/passwd"},
+            "FILE[0].recipe: '/etc/passwd' is absolute; expected a path inside the recipes folder",
+        ),
+    ],
+)
 def test_entry_rules_name_index_and_field(tmp_path: Path, recipes: Path, entry: Any, problem: str) -> None:
     assert problems_of(tmp_path, recipes, [entry]) == [problem]
 
 
 def test_duplicate_agent_name_names_both_entries(tmp_path: Path, recipes: Path) -> None:
-    assert problems_of(tmp_path, recipes, [
-        {"agentName": "dev", "agentType": "a"},
-        {"agentName": "qa", "agentType": "a"},
-        {"agentName": "dev", "agentType": "b"},
-    ]) == ["FILE[2].agentName: duplicate 'dev', already at [0]"]
+    assert problems_of(
+        tmp_path,
+        recipes,
+        [
+            {"agentName": "dev", "agentType": "a"},
+            {"agentName": "qa", "agentType": "a"},
+            {"agentName": "dev", "agentType": "b"},
+        ],
+    ) == ["FILE[2].agentName: duplicate 'dev', already at [0]"]
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path, recipes: Path) -> None:
-    found = problems_of(tmp_path, recipes, [
-        {"agentName": "ok", "agentType": "q"},
-        {"agentName": "", "agentType": "q", "slots": -2},
-        42,
-    ])
-    assert found == ["FILE[1].agentName: blank",
-                     "FILE[1].slots: -2 is negative, expected a non-negative integer",
-                     "FILE[2]: expected an object, got a number"]
+    found = problems_of(
+        tmp_path,
+        recipes,
+        [
+            {"agentName": "ok", "agentType": "q"},
+            {"agentName": "", "agentType": "q", "slots": -2},
+            42,
+        ],
+    )
+    assert found == [
+        "FILE[1].agentName: blank",
+        "FILE[1].slots: -2 is negative, expected a non-negative integer",
+        "FILE[2]: expected an object, got a number",
+    ]
 
 
 def test_recipe_symlink_leading_out_is_refused(tmp_path: Path, recipes: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (recipes / "shared").symlink_to(outside)
-    assert problems_of(tmp_path, recipes, [
-        {"agentName": "dev", "agentType": "q", "recipe": "shared/dev.yaml"}]) == [
-        "FILE[0].recipe: 'shared/dev.yaml' leads out of the recipes folder through a symbolic link"]
+    assert problems_of(tmp_path, recipes, [{"agentName": "dev", "agentType": "q", "recipe": "shared/dev.yaml"}]) == [
+        "FILE[0].recipe: 'shared/dev.yaml' leads out of the recipes folder through a symbolic link"
+    ]
 
 
 def settings(tmp_path: Path, **values: Any) -> Settings:
@@ -174,13 +216,12 @@ def registry_of(*entries: AgentEntry) -> Registry:
 
 def test_limits_agent_limits_over_registry_slots_over_default(tmp_path: Path) -> None:
     registry = registry_of(
-        AgentEntry("a", "q", 3, None),   # registry slots
+        AgentEntry("a", "q", 3, None),  # registry slots
         AgentEntry("b", "q", None, None),  # default slots
-        AgentEntry("c", "q", 5, None),   # overridden
+        AgentEntry("c", "q", 5, None),  # overridden
         AgentEntry("d", "q", 0, None),
     )
-    limits = effective_limits(registry, settings(tmp_path, default_slots=2,
-                                                 agent_limits={"c": 1, "outsider": 4}))
+    limits = effective_limits(registry, settings(tmp_path, default_slots=2, agent_limits={"c": 1, "outsider": 4}))
     # An agent with a limit but no registry entry is still served from its assigned tasks.
     assert limits == {"a": 3, "b": 2, "c": 1, "d": 0, "outsider": 4}
 

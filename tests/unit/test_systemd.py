@@ -1,4 +1,5 @@
 """systemd.py against a real AF_UNIX datagram socket standing in for systemd's notify socket."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 verify checks that ExecStart's program exists, so it runs on a copy whose install folder
 (/opt/tinyscheduler) points at a temporary one holding an executable `tinyscheduler`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -50,8 +51,7 @@ def test_systemd_analyze_verify_is_clean(unit: str, tmp_path: Path) -> None:
     # All units together: the timer's Unit= must resolve to the one-shot next to it.
     for shipped in UNITS.iterdir():
         (copies / shipped.name).write_text(shipped.read_text().replace(INSTALL, str(install)))
-    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copies / unit)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copies / unit)], capture_output=True, text=True, timeout=60)
     # verify exits 0 on unknown keys and bad values ("..., ignoring."), so its output must be empty too.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
@@ -60,8 +60,9 @@ def test_daemon_unit() -> None:
     service = directives(UNITS / "tinyscheduler.service")["Service"]
     assert service["Type"] == ["notify"]
     assert "#Type=notify-reload" in (UNITS / "tinyscheduler.service").read_text()
-    assert service["ExecStart"] == [f"{INSTALL}/.venv/bin/tinyscheduler run --daemon "
-                                    "--env-file /etc/tinyscheduler/tinyscheduler.env"]
+    assert service["ExecStart"] == [
+        f"{INSTALL}/.venv/bin/tinyscheduler run --daemon --env-file /etc/tinyscheduler/tinyscheduler.env"
+    ]
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["WatchdogSec"] == ["60"]
     assert service["Restart"] == ["on-failure"]

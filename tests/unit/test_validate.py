@@ -1,4 +1,5 @@
 """validate-config checks and --fix, on real folders, a real executable and the fake TinyTask."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from tinyscheduler.cli.validate import PLACEHOLDER_REGISTRY, Check, recipe_problems, run_checks
 from tinyscheduler.config.settings import LoadedSettings, load_settings
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
-from tinyscheduler.cli.validate import PLACEHOLDER_REGISTRY, Check, recipe_problems, run_checks
 
 GOOD_RECIPE = """\
 version: 1.0.0
@@ -58,8 +59,7 @@ def ready_host(base: Path) -> None:
     goose.parent.mkdir()
     goose.write_text("#!/bin/sh\nexit 0\n")
     goose.chmod(0o755)
-    write_registry(base, [{"agentName": "dev", "agentType": "dev"},
-                          {"agentName": "qa", "agentType": "qa", "slots": 2}])
+    write_registry(base, [{"agentName": "dev", "agentType": "dev"}, {"agentName": "qa", "agentType": "qa", "slots": 2}])
 
 
 def write_registry(base: Path, entries: Any) -> None:
@@ -67,8 +67,9 @@ def write_registry(base: Path, entries: Any) -> None:
 
 
 def loaded(base: Path, url: str, **cli: Any) -> LoadedSettings:
-    return load_settings(env_file=None, environ={}, cwd=base,
-                         cli={"goose_bin": "bin/goose", "mcp_endpoint": url, **cli})
+    return load_settings(
+        env_file=None, environ={}, cwd=base, cli={"goose_bin": "bin/goose", "mcp_endpoint": url, **cli}
+    )
 
 
 def failures(checks: list[Check]) -> list[tuple[str, str, str]]:
@@ -89,8 +90,11 @@ def test_missing_folders_and_goose_are_errors(tmp_path: Path, closed_port_url: s
     checks = run_checks(loaded(tmp_path, closed_port_url, goose_bin="no-such-goose-binary"), fix=False)
     found = failures(checks)
     assert ("error", "paths", f"recipes dir {tmp_path / 'recipes'} does not exist") in found
-    assert ("error", "paths", f"running dir {tmp_path / 'state/running'} does not exist "
-                              "(validate-config --fix creates it)") in found
+    assert (
+        "error",
+        "paths",
+        f"running dir {tmp_path / 'state/running'} does not exist (validate-config --fix creates it)",
+    ) in found
     assert ("error", "goose", "TINYSCHEDULER_GOOSE_BIN='no-such-goose-binary': not found on PATH") in found
 
 
@@ -101,8 +105,11 @@ def test_path_that_is_a_file_and_goose_not_executable(tmp_path: Path, closed_por
     (tmp_path / "bin/goose").chmod(0o644)
     found = failures(run_checks(loaded(tmp_path, closed_port_url), fix=False))
     assert ("error", "paths", f"log dir {tmp_path / 'state/logs'} is not a folder") in found
-    assert ("error", "goose", f"TINYSCHEDULER_GOOSE_BIN={str(tmp_path / 'bin/goose')!r}: "
-                              "not found or not executable") in found
+    assert (
+        "error",
+        "goose",
+        f"TINYSCHEDULER_GOOSE_BIN={str(tmp_path / 'bin/goose')!r}: not found or not executable",
+    ) in found
 
 
 def test_unreachable_tinytask_is_only_a_warning(tmp_path: Path, closed_port_url: str) -> None:
@@ -117,8 +124,7 @@ def test_unreachable_tinytask_is_only_a_warning(tmp_path: Path, closed_port_url:
 def test_registry_problems_are_errors_and_skip_the_agent_checks(tmp_path: Path, closed_port_url: str) -> None:
     ready_host(tmp_path)
     write_registry(tmp_path, [{"agentName": "dev"}, {"agentName": "dev", "agentType": "q", "slots": -1}])
-    found = [f for f in failures(run_checks(loaded(tmp_path, closed_port_url), fix=False))
-             if f[1] != "tinytask"]
+    found = [f for f in failures(run_checks(loaded(tmp_path, closed_port_url), fix=False)) if f[1] != "tinytask"]
     registry = tmp_path / "agent-control.json"
     assert found == [
         ("error", "agent registry", f"{registry}[0].agentType: missing"),
@@ -129,10 +135,10 @@ def test_registry_problems_are_errors_and_skip_the_agent_checks(tmp_path: Path, 
 
 def test_zero_slots_and_their_missing_recipe_are_warnings(tmp_path: Path, closed_port_url: str) -> None:
     ready_host(tmp_path)
-    write_registry(tmp_path, [{"agentName": "dev", "agentType": "dev"},
-                              {"agentName": "idle", "agentType": "dev", "slots": 0}])
-    found = [f for f in failures(run_checks(loaded(tmp_path, closed_port_url), fix=False))
-             if f[1] != "tinytask"]
+    write_registry(
+        tmp_path, [{"agentName": "dev", "agentType": "dev"}, {"agentName": "idle", "agentType": "dev", "slots": 0}]
+    )
+    found = [f for f in failures(run_checks(loaded(tmp_path, closed_port_url), fix=False)) if f[1] != "tinytask"]
     assert found == [
         ("warning", "slots", "agent 'idle' has 0 slots: it never runs"),
         ("warning", "recipe", f"agent 'idle': {tmp_path / 'recipes/idle.yaml'}: recipe not found"),
@@ -158,24 +164,33 @@ def test_legacy_mode_without_limits_warns_that_nothing_runs(tmp_path: Path, clos
     ready_host(tmp_path)
     (tmp_path / "agent-control.json").unlink()
     found = failures(run_checks(loaded(tmp_path, closed_port_url), fix=False))
-    assert ("warning", "agent registry",
-            "no registry and no TINYSCHEDULER_AGENT_LIMITS: no agent will ever run") in found
+    assert (
+        "warning",
+        "agent registry",
+        "no registry and no TINYSCHEDULER_AGENT_LIMITS: no agent will ever run",
+    ) in found
 
 
 def test_open_running_dir_is_a_warning(tmp_path: Path, closed_port_url: str) -> None:
     ready_host(tmp_path)
     (tmp_path / "state/running").chmod(0o755)
     found = failures(run_checks(loaded(tmp_path, closed_port_url), fix=False))
-    assert ("warning", "paths", f"running dir {tmp_path / 'state/running'} has mode 0755; "
-                                "0700 keeps leases private") in found
+    assert (
+        "warning",
+        "paths",
+        f"running dir {tmp_path / 'state/running'} has mode 0755; 0700 keeps leases private",
+    ) in found
 
 
 def test_unknown_env_file_names_are_warnings(tmp_path: Path, closed_port_url: str) -> None:
     ready_host(tmp_path)
     (tmp_path / ".env").write_text("TINYSCHEDULER_LOOP_INTERVAL=5\n")
     found = failures(run_checks(loaded(tmp_path, closed_port_url), fix=False))
-    assert ("warning", "settings",
-            f"{tmp_path / '.env'} line 1: TINYSCHEDULER_LOOP_INTERVAL is not a setting (ignored)") in found
+    assert (
+        "warning",
+        "settings",
+        f"{tmp_path / '.env'} line 1: TINYSCHEDULER_LOOP_INTERVAL is not a setting (ignored)",
+    ) in found
 
 
 def test_fix_creates_state_folders_and_a_placeholder_registry(tmp_path: Path, closed_port_url: str) -> None:
@@ -229,33 +244,53 @@ def test_good_recipe_has_no_problems(tmp_path: Path) -> None:
 
 
 def test_unquoted_template_is_fine_since_goose_renders_before_parsing(tmp_path: Path) -> None:
-    text = ("title: t\ndescription: d\nprompt: {{ task_id }}\n"
-            "parameters:\n  - key: task_id\n    requirement: required\n")
+    text = "title: t\ndescription: d\nprompt: {{ task_id }}\nparameters:\n  - key: task_id\n    requirement: required\n"
     assert recipe(tmp_path, text) == []
 
 
-@pytest.mark.parametrize(("text", "problems"), [
-    ("title: t\n", ["description: missing or empty (goose needs it for a headless run)",
-                    "prompt: missing or empty (goose needs it for a headless run)"]),
-    ("title: t\ndescription: '  '\nprompt: p\n", ["description: missing or empty (goose needs it for a headless run)"]),
-    ("- a list\n", ["expected a YAML mapping with title, description and prompt"]),
-    ("title: [unclosed\n", ["invalid YAML at line 2: expected ',' or ']', but got '<stream end>'"]),
-    ("title: t\ndescription: d\nprompt: do {{ task_id }} for {{ who }}\n"
-     "parameters:\n  - key: task_id\n    requirement: required\n",
-     ["{{ who }} is not a declared parameter"]),
-    ("title: t\ndescription: d\nprompt: p\nparameters:\n  - key: task_id\n    requirement: required\n",
-     ["parameter 'task_id' is declared but never used (goose refuses that)"]),
-    ("title: t\ndescription: d\nprompt: '{{ repo }}'\nparameters:\n  - key: repo\n    requirement: user_prompt\n",
-     ["parameters[0] 'repo': required without a default, but the scheduler passes only agent, task_id"]),
-    ("title: t\ndescription: d\nprompt: p\nparameters: nope\n", ["parameters: expected a list"]),
-    ("title: t\ndescription: d\nprompt: p\nparameters:\n  - input_type: string\n",
-     ["parameters[0]: expected a mapping with a key"]),
-])
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        (
+            "title: t\n",
+            [
+                "description: missing or empty (goose needs it for a headless run)",
+                "prompt: missing or empty (goose needs it for a headless run)",
+            ],
+        ),
+        (
+            "title: t\ndescription: '  '\nprompt: p\n",
+            ["description: missing or empty (goose needs it for a headless run)"],
+        ),
+        ("- a list\n", ["expected a YAML mapping with title, description and prompt"]),
+        ("title: [unclosed\n", ["invalid YAML at line 2: expected ',' or ']', but got '<stream end>'"]),
+        (
+            "title: t\ndescription: d\nprompt: do {{ task_id }} for {{ who }}\n"
+            "parameters:\n  - key: task_id\n    requirement: required\n",
+            ["{{ who }} is not a declared parameter"],
+        ),
+        (
+            "title: t\ndescription: d\nprompt: p\nparameters:\n  - key: task_id\n    requirement: required\n",
+            ["parameter 'task_id' is declared but never used (goose refuses that)"],
+        ),
+        (
+            "title: t\ndescription: d\nprompt: '{{ repo }}'\nparameters:\n  - key: repo\n    requirement: user_prompt\n",
+            ["parameters[0] 'repo': required without a default, but the scheduler passes only agent, task_id"],
+        ),
+        ("title: t\ndescription: d\nprompt: p\nparameters: nope\n", ["parameters: expected a list"]),
+        (
+            "title: t\ndescription: d\nprompt: p\nparameters:\n  - input_type: string\n",
+            ["parameters[0]: expected a mapping with a key"],
+        ),
+    ],
+)
 def test_recipe_problems(tmp_path: Path, text: str, problems: list[str]) -> None:
     assert recipe(tmp_path, text) == problems
 
 
 def test_recipe_defaults_and_builtins_are_fine(tmp_path: Path) -> None:
-    text = ("title: t\ndescription: d\nprompt: '{{ repo }} in {{ recipe_dir }}'\n"
-            "parameters:\n  - key: repo\n    requirement: required\n    default: main\n")
+    text = (
+        "title: t\ndescription: d\nprompt: '{{ repo }} in {{ recipe_dir }}'\n"
+        "parameters:\n  - key: repo\n    requirement: required\n    default: main\n"
+    )
     assert recipe(tmp_path, text) == []

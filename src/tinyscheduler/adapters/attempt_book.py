@@ -8,13 +8,14 @@ A success whose report to TinyTask failed is held here too (`hold_success`): the
 `working` on the server until the lease watcher requeues it, and the next claim of that task
 completes it instead of running the agent again (see `runs`).
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ class AttemptRecord:
         return data
 
     @classmethod
-    def from_json(cls, task_id: int, data: dict[str, Any]) -> "AttemptRecord":
+    def from_json(cls, task_id: int, data: dict[str, Any]) -> AttemptRecord:
         def moment(key: str) -> datetime | None:
             value = data.get(key)
             return datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -168,12 +169,19 @@ class AttemptBook:
             return records
         except (ValueError, TypeError, AttributeError) as exc:
             # A broken history must not stop the daemon; keep the file for a person, start afresh.
-            aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
             if self.read_only:
-                log.error("attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=str(exc))
+                log.error(
+                    "attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=str(exc)
+                )
                 return {}
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
-            log.error("attempt_history_unreadable", action="starting empty", path=str(self.path), moved_to=str(aside),
-                      reason=str(exc))
+            log.error(
+                "attempt_history_unreadable",
+                action="starting empty",
+                path=str(self.path),
+                moved_to=str(aside),
+                reason=str(exc),
+            )
             return {}

@@ -1,4 +1,5 @@
 """Files written so that a reader never sees a torn one."""
+
 from __future__ import annotations
 
 import contextlib

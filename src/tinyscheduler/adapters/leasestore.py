@@ -4,6 +4,7 @@ Written atomically (temp file in the same folder, os.replace; the first write of
 fsynced) with mode 0600 in a 0700 folder. A file that cannot be read as a lease is moved to the
 quarantine folder, never deleted and never allowed to crash a pass.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tinyscheduler.adapters.files import write_json_atomic
@@ -132,7 +133,7 @@ class LeaseStore:
         try:
             self.quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.quarantine_dir, 0o700)
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             base = f"{path.name}.{stamp}.{os.getpid()}"
             # Never overwrite an earlier quarantined file (same name again within the same second).
             target = self.quarantine_dir / base

@@ -4,11 +4,12 @@ The file is never deleted (deleting a held lock file lets a second instance lock
 descriptor is close-on-exec so Goose runs never inherit it, and the holder's PID is written in it
 only for diagnostics: the lock itself is the flock, not the PID.
 """
+
 from __future__ import annotations
 
 import fcntl
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 #: Exit code of a second instance (EX_TEMPFAIL: try again later).
@@ -59,7 +60,7 @@ class InstanceLock:
         except BlockingIOError:
             os.close(fd)
             raise LockHeld(self.path, read_holder(self.path)) from None
-        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        since = datetime.now(UTC).isoformat(timespec="seconds")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {since}{' ' + note if note else ''}\n".encode(), 0)
         self._fd = fd

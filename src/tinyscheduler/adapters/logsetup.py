@@ -12,6 +12,7 @@ touching the loggers other modules already hold.
 - `<log_dir>/events_YYYYMMDD.jsonl` (`EventLog`): one JSON line per task lifecycle event.
 Both daily files keep `keep_days` days, today included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -139,8 +140,10 @@ class _DailyFileHandler(logging.Handler):
             if not self._failing:
                 self._failing = True
                 with contextlib.suppress(Exception):
-                    self._stream.write(f"tinyscheduler: cannot write the log file in {self._daily.directory}: "
-                                       f"{exc.strerror or exc}; log lines go to this stream only until it works\n")
+                    self._stream.write(
+                        f"tinyscheduler: cannot write the log file in {self._daily.directory}: "
+                        f"{exc.strerror or exc}; log lines go to this stream only until it works\n"
+                    )
                     self._stream.flush()
         except Exception:
             self.handleError(record)
@@ -162,16 +165,18 @@ class EventLog:
     def record(self, event: str, **fields: Any) -> None:
         """Append `{"timestamp", "event", **fields}`; a write error is logged, never raised."""
         if event not in LIFECYCLE_EVENTS:
-            raise ValueError(f"unknown task lifecycle event {event!r}; expected one of "
-                             f"{', '.join(sorted(LIFECYCLE_EVENTS))}")
+            raise ValueError(
+                f"unknown task lifecycle event {event!r}; expected one of {', '.join(sorted(LIFECYCLE_EVENTS))}"
+            )
         now = self._clock()
         line = json.dumps({"timestamp": _iso(now), "event": event, **fields}, default=_json_default)
         try:
             self._file.write(now, line)
         except OSError as exc:
             # The events file is for scraping; losing a line must not fail the pass reporting it.
-            log.warning("event_log_write_failed", path=str(self._file.path_for(now.date())),
-                        error=str(exc), lost_event=event)
+            log.warning(
+                "event_log_write_failed", path=str(self._file.path_for(now.date())), error=str(exc), lost_event=event
+            )
 
     def close(self) -> None:
         self._file.close()

@@ -1,4 +1,5 @@
 """The operating system's view of a lease's process, read from /proc."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ def process_start_ticks(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None  # a zombie has finished; only its parent's wait() is missing
     return int(fields[19])

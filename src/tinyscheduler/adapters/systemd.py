@@ -5,6 +5,7 @@ the address comes from an environ we are given (tests pass their own), a failed 
 once and never raised, and the messages the daemon sends have names. `WatchdogGate` is the pure
 rule for "is it safe to ping the watchdog now", driven by times the daemon passes in.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ class Notifier:
                 self._fail(exc)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> "Notifier":
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Notifier:
         return cls(environ.get("NOTIFY_SOCKET") or None)
 
     @property

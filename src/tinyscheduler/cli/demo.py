@@ -14,6 +14,7 @@ grace period, the rest are stopped with the stop ladder and their tasks requeued
 exits 130. Either way no process is left:
 the daemon reaps its runs, and the demo checks for stragglers before it removes its folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,13 +35,13 @@ import psutil
 import yaml
 
 from tinyscheduler.adapters.attempt_book import AttemptRecord
-from tinyscheduler.config.settings import LoadedSettings, load_settings
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
-from tinyscheduler.testing.standin_goose import write_launcher
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.cli.status import format_age, table
+from tinyscheduler.config.settings import LoadedSettings, load_settings
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.standin_goose import write_launcher
 
 if TYPE_CHECKING:
     from tinyscheduler.service.scheduler import Scheduler
@@ -61,9 +62,12 @@ class Agent:
 
 
 AGENTS: tuple[Agent, ...] = (
-    Agent("dev-alice", "dev", 3), Agent("dev-bob", "dev", 2),
-    Agent("qa-carol", "qa", 2), Agent("qa-dan", "qa", 1),
-    Agent("docs-erin", "docs", 1), Agent("docs-frank", "docs", 1),
+    Agent("dev-alice", "dev", 3),
+    Agent("dev-bob", "dev", 2),
+    Agent("qa-carol", "qa", 2),
+    Agent("qa-dan", "qa", 1),
+    Agent("docs-erin", "docs", 1),
+    Agent("docs-frank", "docs", 1),
 )
 
 
@@ -79,10 +83,21 @@ class Seed:
 
 
 _CHORES = {
-    "dev": ["fix the login redirect", "add retries to the uploader", "refactor the billing module",
-            "upgrade the HTTP client", "remove the dead feature flag", "speed up the search query"],
-    "qa": ["regression-test checkout", "write tests for the uploader", "verify the billing refactor",
-           "check the mobile layout", "fuzz the config parser"],
+    "dev": [
+        "fix the login redirect",
+        "add retries to the uploader",
+        "refactor the billing module",
+        "upgrade the HTTP client",
+        "remove the dead feature flag",
+        "speed up the search query",
+    ],
+    "qa": [
+        "regression-test checkout",
+        "write tests for the uploader",
+        "verify the billing refactor",
+        "check the mobile layout",
+        "fuzz the config parser",
+    ],
     "docs": ["document the new API", "update the changelog", "write the upgrade notes"],
 }
 
@@ -112,9 +127,22 @@ def workload(count: int, seed: int = 7) -> list[Seed]:
 
 
 def write_config(folder: Path) -> None:
-    (folder / "agent-control.json").write_text(json.dumps(
-        [{"agentName": a.name, "agentType": a.queue, "slots": a.slots,
-          "comment": f"{a.queue} queue, {a.slots} slot(s)"} for a in AGENTS], indent=2) + "\n", encoding="utf-8")
+    (folder / "agent-control.json").write_text(
+        json.dumps(
+            [
+                {
+                    "agentName": a.name,
+                    "agentType": a.queue,
+                    "slots": a.slots,
+                    "comment": f"{a.queue} queue, {a.slots} slot(s)",
+                }
+                for a in AGENTS
+            ],
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     recipes = folder / "recipes"
     recipes.mkdir(parents=True, exist_ok=True)
     for agent in AGENTS:
@@ -135,10 +163,19 @@ def write_config(folder: Path) -> None:
 def demo_settings(folder: Path, tinytask_url: str, goose: Path) -> LoadedSettings:
     """Fast timings so retries and give-up happen within seconds; nothing from the caller's env."""
     cli = {
-        "base_path": str(folder), "mcp_endpoint": tinytask_url, "tinytask_protocol": "rest",
-        "goose_bin": str(goose), "loop_interval_sec": "1", "heartbeat_sec": "1", "max_runtime_sec": "60",
-        "stop_grace_sec": "1", "shutdown_grace_sec": "2", "retry_base_sec": "1", "max_attempts": "3",
-        "log_level": "INFO", "log_format": "console",
+        "base_path": str(folder),
+        "mcp_endpoint": tinytask_url,
+        "tinytask_protocol": "rest",
+        "goose_bin": str(goose),
+        "loop_interval_sec": "1",
+        "heartbeat_sec": "1",
+        "max_runtime_sec": "60",
+        "stop_grace_sec": "1",
+        "shutdown_grace_sec": "2",
+        "retry_base_sec": "1",
+        "max_attempts": "3",
+        "log_level": "INFO",
+        "log_format": "console",
     }
     return load_settings(env_file=None, cli=cli, environ={}, cwd=folder)
 
@@ -162,8 +199,10 @@ class Progress:
         return self.done + self.failed == self.total and self.leases == 0
 
     def line(self) -> str:
-        return (f"done {self.done}/{self.total}  running {self.running}  idle {self.idle} "
-                f"({self.blocked} blocked, {self.retrying} retrying)  failed {self.failed}")
+        return (
+            f"done {self.done}/{self.total}  running {self.running}  idle {self.idle} "
+            f"({self.blocked} blocked, {self.retrying} retrying)  failed {self.failed}"
+        )
 
 
 class Demo:
@@ -190,8 +229,15 @@ class Demo:
         self.fake.start()
         for seed in self.seeds:
             blocker = self.ids[seed.blocked_by] if seed.blocked_by is not None else None
-            task = self.fake.create_task(seed.title, created_by="demo", queue_name=seed.queue, priority=seed.priority,
-                                         tags=seed.tags, blocked_by_task_id=blocker, assigned_to=seed.assigned_to)
+            task = self.fake.create_task(
+                seed.title,
+                created_by="demo",
+                queue_name=seed.queue,
+                priority=seed.priority,
+                tags=seed.tags,
+                blocked_by_task_id=blocker,
+                assigned_to=seed.assigned_to,
+            )
             self.ids.append(task["id"])
         self.loaded = demo_settings(self.folder, self.fake.url, goose)
         s = self.loaded.settings
@@ -211,11 +257,16 @@ class Demo:
         from tinyscheduler.service.scheduler import Scheduler
 
         assert self.loaded is not None
-        self._say(f"TinyScheduler demo: {self.count} tasks, {len({a.queue for a in AGENTS})} queues, "
-                  f"{len(AGENTS)} agents, {sum(a.slots for a in AGENTS)} slots, in {self.folder}\n"
-                  f"TinyTask (the in-package fake) at {self.fake.url}; goose is a stand-in. Ctrl-C stops it cleanly.")
-        environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
+        self._say(
+            f"TinyScheduler demo: {self.count} tasks, {len({a.queue for a in AGENTS})} queues, "
+            f"{len(AGENTS)} agents, {sum(a.slots for a in AGENTS)} slots, in {self.folder}\n"
+            f"TinyTask (the in-package fake) at {self.fake.url}; goose is a stand-in. Ctrl-C stops it cleanly."
+        )
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))
+        }
         scheduler = Scheduler(self.loaded, environ=environ)
         timeout = max(50.0, 2.0 * self.count)
         async with anyio.create_task_group() as group:
@@ -291,8 +342,15 @@ class Demo:
         rows = []
         for agent in AGENTS:
             busy = p.busy.get(agent.name, 0)
-            rows.append([agent.name, agent.queue, "#" * busy + "." * max(0, agent.slots - busy),
-                         f"{busy}/{agent.slots}", p.finished_by.get(agent.name, 0)])
+            rows.append(
+                [
+                    agent.name,
+                    agent.queue,
+                    "#" * busy + "." * max(0, agent.slots - busy),
+                    f"{busy}/{agent.slots}",
+                    p.finished_by.get(agent.name, 0),
+                ]
+            )
         lines += table(["agent", "queue", "slots", "busy", "done"], rows)
         # A wrapped line would throw off the count of lines to move up over: cut to the width.
         columns = shutil.get_terminal_size().columns - 1
@@ -314,11 +372,14 @@ class Demo:
         lines = [""]
         took = format_age(time.monotonic() - self.began)
         if interrupted:
-            lines.append(f"Interrupted after {took}: {p.done} of {p.total} tasks complete; runs in flight got the "
-                         "shutdown grace period, then were stopped and their tasks put back in the queue.")
+            lines.append(
+                f"Interrupted after {took}: {p.done} of {p.total} tasks complete; runs in flight got the "
+                "shutdown grace period, then were stopped and their tasks put back in the queue."
+            )
         else:
-            lines.append(f"Finished in {took}: {p.done} of {p.total} tasks complete, {p.failed} given up "
-                         f"(tagged {FAILED_TAG}).")
+            lines.append(
+                f"Finished in {took}: {p.done} of {p.total} tasks complete, {p.failed} given up (tagged {FAILED_TAG})."
+            )
         rows = []
         for agent in AGENTS:
             mine = [e for e in finished if e.get("agent") == agent.name]
@@ -340,13 +401,16 @@ class Demo:
             task = by_id[task_id]
             outcomes = [e.get("outcome") for e in runs.get(task_id, [])]
             if any(tag.startswith("standin:fail-once") for tag in seed.tags) and task["status"] == "complete":
-                notes.append(f"task {task_id} \"{seed.title}\": runs {', '.join(map(str, outcomes))}: "
-                             "retried after a backoff and completed")
+                notes.append(
+                    f'task {task_id} "{seed.title}": runs {", ".join(map(str, outcomes))}: '
+                    "retried after a backoff and completed"
+                )
             elif FAILED_TAG in task["tags"]:
                 comments = self.fake.comments(task_id)
                 last = f"; its last comment: {comments[-1]['content']}" if comments else ""
-                notes.append(f"task {task_id} \"{seed.title}\": {len(outcomes)} failed attempts, then tagged "
-                             f"{FAILED_TAG}{last}")
+                notes.append(
+                    f'task {task_id} "{seed.title}": {len(outcomes)} failed attempts, then tagged {FAILED_TAG}{last}'
+                )
         chain = [i for i, seed in enumerate(self.seeds) if seed.blocked_by is not None]
         if chain:
             ids = [self.ids[self.seeds[chain[0]].blocked_by or 0], *(self.ids[i] for i in chain)]
@@ -357,8 +421,11 @@ class Demo:
         assert self.loaded is not None
         events = _events(self.loaded.settings.log_dir)
         started = {e["task_id"]: e["timestamp"] for e in events if e.get("event") == "started"}
-        ended = {e["task_id"]: e["timestamp"] for e in events
-                 if e.get("event") == "finished" and e.get("outcome") == "succeeded"}
+        ended = {
+            e["task_id"]: e["timestamp"]
+            for e in events
+            if e.get("event") == "finished" and e.get("outcome") == "succeeded"
+        }
         pairs = list(zip(ids, ids[1:]))
         if not all(b in ended and t in started for b, t in pairs):
             return "not all of it ran"
@@ -400,8 +467,11 @@ def demo_command(*, keep: bool = False, tasks: int = DEFAULT_TASKS, out: TextIO 
     """Entry point of `tinyscheduler demo`: 0 when every task ended as planned."""
     out = out or sys.stdout
     if not MIN_TASKS <= tasks <= MAX_TASKS:
-        print(f"tinyscheduler: --tasks {tasks}: expected {MIN_TASKS} to {MAX_TASKS} "
-              "(the demo's special cases need five tasks)", file=sys.stderr)
+        print(
+            f"tinyscheduler: --tasks {tasks}: expected {MIN_TASKS} to {MAX_TASKS} "
+            "(the demo's special cases need five tasks)",
+            file=sys.stderr,
+        )
         return 2
     folder = Path(tempfile.mkdtemp(prefix="tinyscheduler-demo-"))
     demo = Demo(folder, tasks, out)
@@ -428,10 +498,12 @@ def demo_command(*, keep: bool = False, tasks: int = DEFAULT_TASKS, out: TextIO 
         demo.close()
         logs = folder / "state" / "logs"
         if keep:
-            out.write(f"\nLogs: {logs} (scheduler_*.log, events_*.jsonl, tasks/<id>/<attempt>.log)\n"
-                      f"Folder kept: {folder}\n"
-                      f"  tinyscheduler --base-path {folder} status\n"
-                      f"  tinyscheduler --base-path {folder} logs {demo.ids[4] if demo.ids else 1}\n")
+            out.write(
+                f"\nLogs: {logs} (scheduler_*.log, events_*.jsonl, tasks/<id>/<attempt>.log)\n"
+                f"Folder kept: {folder}\n"
+                f"  tinyscheduler --base-path {folder} status\n"
+                f"  tinyscheduler --base-path {folder} logs {demo.ids[4] if demo.ids else 1}\n"
+            )
         else:
             shutil.rmtree(folder, ignore_errors=True)
             out.write(f"\nLogs were in {logs}; removed with the demo folder (--keep keeps them).\n")

@@ -6,20 +6,22 @@ then prints the rest and exits, so a script can `logs -f` a run to its end. With
 the lock nobody will remove a lease, so then the run is in flight only while its process lives.
 Reads only.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
-from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.procfs import current_boot_id, probe
-from tinyscheduler.core.leases import LeaseState, Liveness
 from tinyscheduler.adapters.lock import is_locked
+from tinyscheduler.adapters.procfs import current_boot_id, probe
+from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.core.leases import LeaseState, Liveness
 
 _ATTEMPT_LOG = re.compile(r"(\d+)\.log")
 #: How often `-f` looks for new output; short enough to feel live, long enough to cost nothing.
@@ -92,8 +94,9 @@ def copy_new(path: Path, offset: int, out: BinaryIO) -> int:
     return offset
 
 
-def follow(settings: Settings, task_id: int, attempt: int | None, out: BinaryIO, *,
-           sleep: Callable[[float], None] = time.sleep) -> int:
+def follow(
+    settings: Settings, task_id: int, attempt: int | None, out: BinaryIO, *, sleep: Callable[[float], None] = time.sleep
+) -> int:
     """Print the log and keep printing while the run is in flight. Exit code 0, or 1 if no log."""
     if attempt is None and not attempts(settings, task_id) and in_flight(settings, task_id, None):
         # Leased but not yet writing (the lease comes before the process): wait for the file.
@@ -109,8 +112,9 @@ def follow(settings: Settings, task_id: int, attempt: int | None, out: BinaryIO,
     return 0
 
 
-def logs_command(loaded: LoadedSettings, *, task_id: int, attempt: int | None, follow_output: bool,
-                 out: BinaryIO | None = None) -> int:
+def logs_command(
+    loaded: LoadedSettings, *, task_id: int, attempt: int | None, follow_output: bool, out: BinaryIO | None = None
+) -> int:
     """Entry point of `tinyscheduler logs`."""
     settings = loaded.settings
     out = out or sys.stdout.buffer
@@ -131,7 +135,8 @@ def logs_command(loaded: LoadedSettings, *, task_id: int, attempt: int | None, f
     except OSError as exc:
         # Typically the run logs are private to the scheduler's user (folders 0700).
         hint = "; run logs as the scheduler's user" if isinstance(exc, PermissionError) else ""
-        print(f"tinyscheduler: cannot read {exc.filename or settings.task_log_dir}: {exc.strerror}{hint}",
-              file=sys.stderr)
+        print(
+            f"tinyscheduler: cannot read {exc.filename or settings.task_log_dir}: {exc.strerror}{hint}", file=sys.stderr
+        )
         return 1
     return 0

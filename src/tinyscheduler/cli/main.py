@@ -8,6 +8,7 @@ it needs inside its body, so `--help` and the quick paths stay fast and cannot b
 Exit codes: 0 success; 1 the command ran and failed (checks failed, TinyTask unreachable);
 2 bad arguments or bad configuration (one line per problem on stderr, never a traceback).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,7 @@ def _setting_help(info: SettingInfo) -> str:
 def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo) -> None:
     # SUPPRESS: an absent flag leaves no attribute, so it neither hides a lower source nor
     # overwrites the same option given before the subcommand.
-    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS,
-                              "help": _setting_help(info)}
+    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS, "help": _setting_help(info)}
     if info.is_bool:
         parser.add_argument(info.flag, action=argparse.BooleanOptionalAction, **common)
     elif info.name == "agent_limits":
@@ -68,9 +68,14 @@ def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo) -> None:
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = common.add_argument_group("global options (before or after the subcommand)")
-    group.add_argument("--env-file", metavar="PATH", type=Path, default=argparse.SUPPRESS,
-                       help="read settings from this file; a missing file is an error "
-                            "(default: .env in the current directory, if present)")
+    group.add_argument(
+        "--env-file",
+        metavar="PATH",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="read settings from this file; a missing file is an error "
+        "(default: .env in the current directory, if present)",
+    )
     for name in GLOBAL_SETTINGS:
         _add_setting(group, _INFO[name])
     return common
@@ -92,12 +97,15 @@ def load_from_args(args: argparse.Namespace) -> LoadedSettings:
 
 # --- run ------------------------------------------------------------------------------------
 
+
 def _run(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     s = loaded.settings
     if not s.enabled and not s.dry_run:
-        print(f"tinyscheduler: disabled by {_kill_switch_origin(loaded)}; nothing was done "
-              "(a --dry-run still works)", file=sys.stderr)
+        print(
+            f"tinyscheduler: disabled by {_kill_switch_origin(loaded)}; nothing was done (a --dry-run still works)",
+            file=sys.stderr,
+        )
         return EXIT_OK
     if not s.base_path.is_dir():
         # A mistyped base path must not become a new empty tree with the state folders in it.
@@ -129,14 +137,20 @@ def _kill_switch_origin(loaded: LoadedSettings) -> str:
 
 def _add_run(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "run", parents=common, allow_abbrev=False, help="schedule Goose runs",
+        "run",
+        parents=common,
+        allow_abbrev=False,
+        help="schedule Goose runs",
         description="Reconcile TinyTask, the lease files and the running processes, then assign "
-                    "and start runs. With TINYSCHEDULER_ENABLED=false it does nothing and exits 0.")
+        "and start runs. With TINYSCHEDULER_ENABLED=false it does nothing and exits 0.",
+    )
     mode = parser.add_argument_group("mode").add_mutually_exclusive_group()
-    mode.add_argument("--once", action="store_true",
-                      help="one pass, then supervise the runs it started until they end (cron, timers)")
-    mode.add_argument("--daemon", action="store_true",
-                      help="run until stopped by SIGTERM/SIGINT; SIGHUP reloads the configuration")
+    mode.add_argument(
+        "--once", action="store_true", help="one pass, then supervise the runs it started until they end (cron, timers)"
+    )
+    mode.add_argument(
+        "--daemon", action="store_true", help="run until stopped by SIGTERM/SIGINT; SIGHUP reloads the configuration"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output (the dry-run plan)")
     add_setting_flags(parser)
     parser.set_defaults(handler=_run)
@@ -144,13 +158,13 @@ def _add_run(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
 
 # --- config ---------------------------------------------------------------------------------
 
+
 def _config(args: argparse.Namespace) -> int:
     loaded = load_from_args(args)
     for where in loaded.unknown_keys:
         print(f"warning: {where} is not a setting (ignored)", file=sys.stderr)
     if args.json:
-        document = {"env_file": str(loaded.env_file) if loaded.env_file else None,
-                    "settings": loaded.describe()}
+        document = {"env_file": str(loaded.env_file) if loaded.env_file else None, "settings": loaded.describe()}
         print(json.dumps(document, indent=2))
         return EXIT_OK
     print(f"env file: {loaded.env_file or 'none'}")
@@ -170,9 +184,13 @@ def _text(value: Any) -> str:
 
 def _add_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "config", parents=common, allow_abbrev=False, help="show the resolved configuration",
+        "config",
+        parents=common,
+        allow_abbrev=False,
+        help="show the resolved configuration",
         description="Print every setting, its value and where it came from "
-                    "(default, env-file, env, cli). Secret values are redacted.")
+        "(default, env-file, env, cli). Secret values are redacted.",
+    )
     parser.add_argument("--show", action="store_true", help="show the settings (the default action)")
     parser.add_argument("--json", action="store_true", help="as JSON")
     add_setting_flags(parser)
@@ -181,12 +199,12 @@ def _add_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
 
 # --- validate-config ------------------------------------------------------------------------
 
+
 def _validate_config(args: argparse.Namespace) -> int:
     from tinyscheduler.cli.validate import run_checks
 
     checks = run_checks(load_from_args(args), fix=args.fix)
-    marks = {(True, "error"): "PASS", (True, "warning"): "PASS",
-             (False, "error"): "FAIL", (False, "warning"): "WARN"}
+    marks = {(True, "error"): "PASS", (True, "warning"): "PASS", (False, "error"): "FAIL", (False, "warning"): "WARN"}
     for check in checks:
         print(f"{marks[check.ok, check.level]}  {check.name}: {check.detail}")
     errors = sum(1 for c in checks if not c.ok and c.level == "error")
@@ -197,17 +215,24 @@ def _validate_config(args: argparse.Namespace) -> int:
 
 def _add_validate_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "validate-config", parents=common, allow_abbrev=False, help="check the configuration",
+        "validate-config",
+        parents=common,
+        allow_abbrev=False,
+        help="check the configuration",
         description="Check paths, the goose binary, the agent registry, recipes and TinyTask. "
-                    "Exit 0 only when no error remains (warnings are fine).")
-    parser.add_argument("--fix", action="store_true",
-                        help="create the state folders and a placeholder agent-control file if "
-                             "missing; never overwrites anything")
+        "Exit 0 only when no error remains (warnings are fine).",
+    )
+    parser.add_argument(
+        "--fix",
+        action="store_true",
+        help="create the state folders and a placeholder agent-control file if missing; never overwrites anything",
+    )
     add_setting_flags(parser)
     parser.set_defaults(handler=_validate_config)
 
 
 # --- demo, status, logs, report (operator commands; the work is in their own modules) ---------
+
 
 def _demo(args: argparse.Namespace) -> int:
     from tinyscheduler.cli.demo import demo_command
@@ -217,10 +242,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "demo", parents=common, allow_abbrev=False, help="watch the real daemon run a small workload",
+        "demo",
+        parents=common,
+        allow_abbrev=False,
+        help="watch the real daemon run a small workload",
         description="Start the in-package TinyTask-compatible server on 127.0.0.1, seed three queues and "
-                    "six agents with about 30 tasks, and run the real daemon with a stand-in goose in a "
-                    "throw-away folder. Uses its own settings, not yours. Under a minute; Ctrl-C stops it.")
+        "six agents with about 30 tasks, and run the real daemon with a stand-in goose in a "
+        "throw-away folder. Uses its own settings, not yours. Under a minute; Ctrl-C stops it.",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the demo folder (logs, state) afterwards")
     parser.add_argument("--tasks", type=int, default=30, metavar="N", help="number of tasks, 5 to 500 (default: 30)")
     parser.set_defaults(handler=_demo)
@@ -234,9 +263,13 @@ def _status(args: argparse.Namespace) -> int:
 
 def _add_status(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "status", parents=common, allow_abbrev=False, help="what the scheduler on this host is doing",
+        "status",
+        parents=common,
+        allow_abbrev=False,
+        help="what the scheduler on this host is doing",
         description="Daemon (lock holder), slots per agent, runs in flight, the last pass and anything "
-                    "wrong, from the state folder alone: works with no daemon and changes nothing.")
+        "wrong, from the state folder alone: works with no daemon and changes nothing.",
+    )
     parser.add_argument("--json", action="store_true", help="as JSON")
     add_setting_flags(parser)
     parser.set_defaults(handler=_status)
@@ -245,14 +278,17 @@ def _add_status(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
 def _logs(args: argparse.Namespace) -> int:
     from tinyscheduler.cli.logs import logs_command
 
-    return logs_command(load_from_args(args), task_id=args.task_id, attempt=args.attempt,
-                        follow_output=args.follow)
+    return logs_command(load_from_args(args), task_id=args.task_id, attempt=args.attempt, follow_output=args.follow)
 
 
 def _add_logs(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "logs", parents=common, allow_abbrev=False, help="print a run's Goose output",
-        description="Print the output of a task's run (the latest attempt unless --attempt).")
+        "logs",
+        parents=common,
+        allow_abbrev=False,
+        help="print a run's Goose output",
+        description="Print the output of a task's run (the latest attempt unless --attempt).",
+    )
     parser.add_argument("task_id", type=int, metavar="TASK_ID", help="the TinyTask task id")
     parser.add_argument("--attempt", type=int, metavar="N", help="which attempt (default: the latest)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the run is in flight")
@@ -268,28 +304,48 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return report_command(load_from_args(args), fmt=args.format, agent=args.agent, statuses=statuses,
-                          output=args.output)
+    return report_command(
+        load_from_args(args), fmt=args.format, agent=args.agent, statuses=statuses, output=args.output
+    )
 
 
 def _add_report(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "report", parents=common, allow_abbrev=False, help="TinyTask workload report",
+        "report",
+        parents=common,
+        allow_abbrev=False,
+        help="TinyTask workload report",
         description="Summary, per-agent breakdown, priority distribution, task age and the task table, "
-                    "from one TinyTask list request per status.")
-    parser.add_argument("--format", choices=("table", "json", "markdown"), default="table",
-                        help="table (default), json (every task, the original's key names) or markdown")
+        "from one TinyTask list request per status.",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("table", "json", "markdown"),
+        default="table",
+        help="table (default), json (every task, the original's key names) or markdown",
+    )
     parser.add_argument("--agent", metavar="A", help="only tasks assigned to this agent")
-    parser.add_argument("--status", default="idle,working", metavar="S[,S]",
-                        help="statuses to include: idle, working, complete (default: idle,working)")
+    parser.add_argument(
+        "--status",
+        default="idle,working",
+        metavar="S[,S]",
+        help="statuses to include: idle, working, complete (default: idle,working)",
+    )
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     add_setting_flags(parser)
     parser.set_defaults(handler=_report)
 
 
 #: Every subcommand, in the order `--help` lists them.
-SUBCOMMANDS: list[Registration] = [_add_run, _add_config, _add_validate_config,
-                                   _add_demo, _add_status, _add_logs, _add_report]
+SUBCOMMANDS: list[Registration] = [
+    _add_run,
+    _add_config,
+    _add_validate_config,
+    _add_demo,
+    _add_status,
+    _add_logs,
+    _add_report,
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -303,10 +359,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = _Parser(
-        prog="tinyscheduler", parents=[common], allow_abbrev=False,
+        prog="tinyscheduler",
+        parents=[common],
+        allow_abbrev=False,
         description="Keeps a host's Goose agents busy with the work queued for them in TinyTask.",
         epilog="Settings: flag > environment (TINYSCHEDULER_*) > env file > default. "
-               "Run `tinyscheduler SUBCOMMAND --help` for a subcommand's flags.")
+        "Run `tinyscheduler SUBCOMMAND --help` for a subcommand's flags.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for register in SUBCOMMANDS:

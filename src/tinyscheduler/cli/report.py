@@ -6,24 +6,24 @@ original reporter fetched every task again to count its comments and links, whic
 a busy server cost thousands of requests. The JSON keeps the original's key names, so scripts such
 as `jq .summary.total_idle` keep working; comment and link counts are gone for the reason above.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import anyio
 
-from tinyscheduler.config.settings import LoadedSettings
-from tinyscheduler.cli.status import format_age, table
 from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskClient, TinyTaskError
-from tinyscheduler.core.tasks import Task
 from tinyscheduler.adapters.tinytask.connect import connect
-from tinyscheduler.core.tasks import STATUSES
+from tinyscheduler.cli.status import format_age, table
+from tinyscheduler.config.settings import LoadedSettings
+from tinyscheduler.core.tasks import STATUSES, Task
 
 Format = Literal["table", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "json", "markdown")
@@ -66,8 +66,15 @@ def _hours(seconds: float) -> float:
     return round(seconds / 3600, 2)
 
 
-def build(tasks: Sequence[Task], *, now: datetime, statuses: Sequence[str], agent: str | None,
-          tinytask: str, skipped: Sequence[str] = ()) -> dict[str, Any]:
+def build(
+    tasks: Sequence[Task],
+    *,
+    now: datetime,
+    statuses: Sequence[str],
+    agent: str | None,
+    tinytask: str,
+    skipped: Sequence[str] = (),
+) -> dict[str, Any]:
     """The report as plain data (pure: `now` is an input)."""
     ordered = sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id))  # the server's own order
     by_status = {s: sum(1 for t in ordered if t.status == s) for s in STATUSES}
@@ -79,8 +86,17 @@ def build(tasks: Sequence[Task], *, now: datetime, statuses: Sequence[str], agen
     breakdown: dict[str, dict[str, Any]] = {}
     for t in ordered:
         name = t.assigned_to or UNASSIGNED
-        entry = breakdown.setdefault(name, {"agent_name": name, "total_tasks": 0, "idle_tasks": 0,
-                                            "working_tasks": 0, "complete_tasks": 0, "task_ids": []})
+        entry = breakdown.setdefault(
+            name,
+            {
+                "agent_name": name,
+                "total_tasks": 0,
+                "idle_tasks": 0,
+                "working_tasks": 0,
+                "complete_tasks": 0,
+                "task_ids": [],
+            },
+        )
         entry["total_tasks"] += 1
         entry[f"{t.status}_tasks"] += 1
         entry["task_ids"].append(t.id)
@@ -106,13 +122,25 @@ def build(tasks: Sequence[Task], *, now: datetime, statuses: Sequence[str], agen
         "newest_task_id": newest.id if newest else None,
     }
 
-    rows = [{
-        "id": t.id, "title": t.title, "description": t.description, "status": t.status,
-        "assigned_to": t.assigned_to, "created_by": t.created_by, "priority": t.priority, "tags": list(t.tags),
-        "queue_name": t.queue_name, "blocked_by_task_id": t.blocked_by_task_id,
-        "is_currently_blocked": t.is_currently_blocked, "created_at": t.created_at.isoformat(),
-        "updated_at": t.updated_at.isoformat() if t.updated_at else None, "age_hours": _hours(ages[t.id]),
-    } for t in ordered]
+    rows = [
+        {
+            "id": t.id,
+            "title": t.title,
+            "description": t.description,
+            "status": t.status,
+            "assigned_to": t.assigned_to,
+            "created_by": t.created_by,
+            "priority": t.priority,
+            "tags": list(t.tags),
+            "queue_name": t.queue_name,
+            "blocked_by_task_id": t.blocked_by_task_id,
+            "is_currently_blocked": t.is_currently_blocked,
+            "created_at": t.created_at.isoformat(),
+            "updated_at": t.updated_at.isoformat() if t.updated_at else None,
+            "age_hours": _hours(ages[t.id]),
+        }
+        for t in ordered
+    ]
 
     return {
         "generated_at": now.isoformat(timespec="seconds"),
@@ -155,27 +183,45 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[An
     statuses = report["filters"]["status"]
     summary = [["tasks", s["total_open_tasks"]]]
     summary += [[status, s[f"total_{status}"]] for status in statuses]
-    summary += [["blocked", s["total_blocked"]], ["unassigned", s["total_unassigned"]],
-                ["agents with work", f"{s['total_agents']} ({', '.join(s['agents_with_work']) or '-'})"]]
+    summary += [
+        ["blocked", s["total_blocked"]],
+        ["unassigned", s["total_unassigned"]],
+        ["agents with work", f"{s['total_agents']} ({', '.join(s['agents_with_work']) or '-'})"],
+    ]
     summary += [[f"queue {q}", n] for q, n in s["by_queue"].items()]
 
-    agents = [[a["agent_name"], a["total_tasks"], *[a[f"{st}_tasks"] for st in statuses]]
-              for a in report["agent_breakdown"].values()]
+    agents = [
+        [a["agent_name"], a["total_tasks"], *[a[f"{st}_tasks"] for st in statuses]]
+        for a in report["agent_breakdown"].values()
+    ]
 
     p = report["priority_distribution"]
     total = s["total_open_tasks"]
     priorities = [[prio, n, _bar(n, total)] for prio, n in p["by_priority"].items()]
 
     a = report["age_metrics"]
-    ages = [] if not total else [
-        ["oldest", f"{_age(a['oldest_task_age_hours'])} (task {a['oldest_task_id']})"],
-        ["newest", f"{_age(a['newest_task_age_hours'])} (task {a['newest_task_id']})"],
-        ["average", _age(a["average_task_age_hours"])],
-    ]
+    ages = (
+        []
+        if not total
+        else [
+            ["oldest", f"{_age(a['oldest_task_age_hours'])} (task {a['oldest_task_id']})"],
+            ["newest", f"{_age(a['newest_task_age_hours'])} (task {a['newest_task_id']})"],
+            ["average", _age(a["average_task_age_hours"])],
+        ]
+    )
 
-    tasks = [[t["id"], t["status"] + (" (blocked)" if t["is_currently_blocked"] else ""), t["assigned_to"] or "-",
-              t["queue_name"] or "-", t["priority"], _age(t["age_hours"]), t["title"]]
-             for t in report["tasks"][:TABLE_ROWS]]
+    tasks = [
+        [
+            t["id"],
+            t["status"] + (" (blocked)" if t["is_currently_blocked"] else ""),
+            t["assigned_to"] or "-",
+            t["queue_name"] or "-",
+            t["priority"],
+            _age(t["age_hours"]),
+            t["title"],
+        ]
+        for t in report["tasks"][:TABLE_ROWS]
+    ]
     shown = f"{len(tasks)} of {total}" if total > len(tasks) else str(total)
     return [
         ("Summary", ["", "count"], summary),
@@ -239,19 +285,33 @@ async def _collect(loaded: LoadedSettings, statuses: Sequence[str], agent: str |
     s = loaded.settings
     async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
         fetched = await fetch(client, statuses, agent)
-    return build(fetched.tasks, now=datetime.now(timezone.utc), statuses=statuses, agent=agent,
-                 tinytask=s.tinytask_url, skipped=[str(p) for p in fetched.problems])
+    return build(
+        fetched.tasks,
+        now=datetime.now(UTC),
+        statuses=statuses,
+        agent=agent,
+        tinytask=s.tinytask_url,
+        skipped=[str(p) for p in fetched.problems],
+    )
 
 
-def report_command(loaded: LoadedSettings, *, fmt: Format = "table", agent: str | None = None,
-                   statuses: Sequence[str] = DEFAULT_STATUSES, output: Path | None = None,
-                   out: TextIO | None = None) -> int:
+def report_command(
+    loaded: LoadedSettings,
+    *,
+    fmt: Format = "table",
+    agent: str | None = None,
+    statuses: Sequence[str] = DEFAULT_STATUSES,
+    output: Path | None = None,
+    out: TextIO | None = None,
+) -> int:
     """Entry point of `tinyscheduler report`: 0, or 1 when TinyTask cannot be read."""
     try:
         report = anyio.run(_collect, loaded, tuple(statuses), agent)
     except TinyTaskError as exc:
-        print(f"tinyscheduler: TinyTask at {loaded.settings.tinytask_url} is unreachable or failed: {exc}",
-              file=sys.stderr)
+        print(
+            f"tinyscheduler: TinyTask at {loaded.settings.tinytask_url} is unreachable or failed: {exc}",
+            file=sys.stderr,
+        )
         return 1
     text = render(report, fmt)
     if output is None:

@@ -5,6 +5,7 @@ folder; it never writes, moves or signals anything and never calls TinyTask, so 
 daemon stopped, with TinyTask down, and as any user who can read the state folder. Lease verdicts
 come from the planner's own `judge_lease`, so "stale" here means what it means to the daemon.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,29 +13,30 @@ import re
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from tinyscheduler.adapters.attempt_book import AttemptRecord
-from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
-from tinyscheduler.adapters.procfs import current_boot_id, probe
-from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.adapters.lock import is_locked, read_holder
-from tinyscheduler.core.planner import LeaseDecision, PlanConfig, Snapshot, Verdict, judge_lease
+from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
+from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.core.leases import Lease, LeaseState
+from tinyscheduler.core.planner import LeaseDecision, PlanConfig, Snapshot, Verdict, judge_lease
 from tinyscheduler.core.tasks import FAILED_TAG
 
 # What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
 _HOLDER = re.compile(
-    r"pid (?P<pid>\d+) since (?P<since>\S+)(?: instance (?P<instance>\S+))?(?: config (?P<config>.+))?")
+    r"pid (?P<pid>\d+) since (?P<since>\S+)(?: instance (?P<instance>\S+))?(?: config (?P<config>.+))?"
+)
 #: A daemon that has not finished a pass for this many loop intervals is reported as stuck.
 STUCK_INTERVALS = 3
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_age(seconds: float) -> str:
@@ -81,8 +83,15 @@ def daemon_info(lock_file: Path) -> DaemonInfo:
     if match is None:
         return DaemonInfo(running, str(lock_file), holder)
     config = match["config"]
-    return DaemonInfo(running, str(lock_file), holder, int(match["pid"]), match["since"], match["instance"],
-                      None if config in (None, "-") else config)
+    return DaemonInfo(
+        running,
+        str(lock_file),
+        holder,
+        int(match["pid"]),
+        match["since"],
+        match["instance"],
+        None if config in (None, "-") else config,
+    )
 
 
 @dataclass(frozen=True)
@@ -126,14 +135,24 @@ def collect(settings: Settings, *, now: datetime | None = None) -> Status:
     now = now or utcnow()
     host = socket.gethostname()
     daemon = daemon_info(settings.lock_file)
-    status = Status(now=_iso(now), host=host, daemon=daemon, paths={
-        "base_path": str(settings.base_path), "running_dir": str(settings.running_dir),
-        "last_pass_file": str(settings.last_pass_file), "attempts_file": str(settings.attempts_file),
-        "task_log_dir": str(settings.task_log_dir), "quarantine_dir": str(settings.quarantine_dir),
-    })
+    status = Status(
+        now=_iso(now),
+        host=host,
+        daemon=daemon,
+        paths={
+            "base_path": str(settings.base_path),
+            "running_dir": str(settings.running_dir),
+            "last_pass_file": str(settings.last_pass_file),
+            "attempts_file": str(settings.attempts_file),
+            "task_log_dir": str(settings.task_log_dir),
+            "quarantine_dir": str(settings.quarantine_dir),
+        },
+    )
     if not settings.base_path.is_dir():
-        status.problems.append(f"base path {settings.base_path} is not an existing folder: is --base-path or "
-                               "TINYSCHEDULER_BASE_PATH the one the daemon uses?")
+        status.problems.append(
+            f"base path {settings.base_path} is not an existing folder: is --base-path or "
+            "TINYSCHEDULER_BASE_PATH the one the daemon uses?"
+        )
     _read_last_pass(settings, status, now)
     store = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True)
     try:
@@ -141,8 +160,9 @@ def collect(settings: Settings, *, now: datetime | None = None) -> Status:
         quarantined = store.quarantined_files()
     except OSError as exc:
         # Typically the state folder is private to the scheduler's user (0700).
-        status.problems.append(f"cannot read {exc.filename or settings.running_dir}: {exc.strerror}; "
-                               "run status as the scheduler's user")
+        status.problems.append(
+            f"cannot read {exc.filename or settings.running_dir}: {exc.strerror}; run status as the scheduler's user"
+        )
         scan, quarantined = LeaseScan((), ()), []
     _judge_leases(settings, status, scan.leases, now)
     for bad in scan.quarantined:
@@ -158,7 +178,7 @@ def collect(settings: Settings, *, now: datetime | None = None) -> Status:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
@@ -179,27 +199,39 @@ def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
     except ValueError:
         started = None
     if started is not None:
-        started = started if started.tzinfo else started.replace(tzinfo=timezone.utc)
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)
         status.last_pass_age_sec = round((now - started).total_seconds(), 1)
     if data.get("ok") is False:
         failures = data.get("consecutive_failures", 1)
         status.problems.append(f"last pass failed ({failures} in a row): {data.get('error')}")
     if data.get("reload_error"):
-        status.problems.append(f"configuration reload rejected, the daemon keeps the previous one: "
-                               f"{data['reload_error']}")
+        status.problems.append(
+            f"configuration reload rejected, the daemon keeps the previous one: {data['reload_error']}"
+        )
     stuck_after = STUCK_INTERVALS * settings.loop_interval_sec + float(data.get("duration_sec") or 0)
-    if (status.daemon.running and status.last_pass_age_sec is not None and status.last_pass_age_sec > stuck_after
-            and data.get("pid") == status.daemon.pid):
-        status.problems.append(f"no pass finished for {format_age(status.last_pass_age_sec)} "
-                               f"(loop interval {settings.loop_interval_sec}s): the daemon may be stuck")
+    if (
+        status.daemon.running
+        and status.last_pass_age_sec is not None
+        and status.last_pass_age_sec > stuck_after
+        and data.get("pid") == status.daemon.pid
+    ):
+        status.problems.append(
+            f"no pass finished for {format_age(status.last_pass_age_sec)} "
+            f"(loop interval {settings.loop_interval_sec}s): the daemon may be stuck"
+        )
 
 
 def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...], now: datetime) -> None:
     boot_id = current_boot_id()
     # Leases owned by the running daemon are its own; with no daemon every live one is an orphan.
     instance = status.daemon.instance if status.daemon.running else None
-    snapshot = Snapshot(now=now, host=status.host, instance_id=instance or "",
-                        leases=leases, liveness={lease.task_id: probe(lease, boot_id) for lease in leases})
+    snapshot = Snapshot(
+        now=now,
+        host=status.host,
+        instance_id=instance or "",
+        leases=leases,
+        liveness={lease.task_id: probe(lease, boot_id) for lease in leases},
+    )
     config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
     for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
         decision = judge_lease(lease, snapshot, config)
@@ -207,22 +239,40 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
             # A lease of the running daemon without a live process is one its run is still
             # working on (the daemon judges only leases no run of its own supervises).
             if lease.state is LeaseState.FINISHING:
-                decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP,
-                                         "the process has ended; the daemon is reporting its outcome")
+                decision = LeaseDecision(
+                    lease.task_id,
+                    lease.agent,
+                    Verdict.KEEP,
+                    "the process has ended; the daemon is reporting its outcome",
+                )
             elif lease.state is LeaseState.STARTING:
                 decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP, "the daemon is starting the run")
-        status.leases.append(LeaseRow(
-            task_id=lease.task_id, agent=lease.agent, pid=lease.pid, state=lease.state.value, host=lease.host,
-            attempt=lease.attempt, started_at=_iso(lease.started_at),
-            runtime_sec=round((now - lease.started_at).total_seconds(), 1),
-            heartbeat_age_sec=round((now - lease.heartbeat).total_seconds(), 1),
-            log_path=lease.log_path, owner=lease.owner, verdict=decision.verdict.value, reason=decision.reason))
+        status.leases.append(
+            LeaseRow(
+                task_id=lease.task_id,
+                agent=lease.agent,
+                pid=lease.pid,
+                state=lease.state.value,
+                host=lease.host,
+                attempt=lease.attempt,
+                started_at=_iso(lease.started_at),
+                runtime_sec=round((now - lease.started_at).total_seconds(), 1),
+                heartbeat_age_sec=round((now - lease.heartbeat).total_seconds(), 1),
+                log_path=lease.log_path,
+                owner=lease.owner,
+                verdict=decision.verdict.value,
+                reason=decision.reason,
+            )
+        )
         if decision.verdict is Verdict.REQUEUE:
-            status.problems.append(f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
-                                   "the daemon requeues the task")
+            status.problems.append(
+                f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; the daemon requeues the task"
+            )
         elif decision.verdict is Verdict.STOP:
-            status.problems.append(f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
-                                   "the daemon stops the process and requeues the task")
+            status.problems.append(
+                f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
+                "the daemon stops the process and requeues the task"
+            )
 
 
 def _quarantine_reason(path: Path) -> str:
@@ -265,13 +315,19 @@ def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
         status.problems.append(f"{path}: unreadable attempt history ({exc})")
         return
     for record in sorted(records, key=lambda r: r.task_id):
-        entry = {"task_id": record.task_id, "failures": record.failures, "last_outcome": record.last_outcome,
-                 "not_before": record.not_before.isoformat() if record.not_before else None}
+        entry = {
+            "task_id": record.task_id,
+            "failures": record.failures,
+            "last_outcome": record.last_outcome,
+            "not_before": record.not_before.isoformat() if record.not_before else None,
+        }
         if record.gave_up:
             status.gave_up.append(entry)
-            status.problems.append(f"task {record.task_id} gave up after {record.failures} failed attempt(s) "
-                                   f"(last: {record.last_outcome}); it is tagged {FAILED_TAG}: "
-                                   "remove the tag to try again")
+            status.problems.append(
+                f"task {record.task_id} gave up after {record.failures} failed attempt(s) "
+                f"(last: {record.last_outcome}); it is tagged {FAILED_TAG}: "
+                "remove the tag to try again"
+            )
         elif record.not_before is not None and record.not_before > now:
             status.backing_off.append(entry)
 
@@ -284,8 +340,9 @@ def render(status: Status) -> str:
     d = status.daemon
     if d.running:
         since = f" since {d.since}" if d.since else ""
-        lines.append(f"Daemon:    running, pid {d.pid}{since}, instance {d.instance or '?'}, "
-                     f"env file {d.config or '(none)'}")
+        lines.append(
+            f"Daemon:    running, pid {d.pid}{since}, instance {d.instance or '?'}, env file {d.config or '(none)'}"
+        )
     else:
         last = f" (last holder: {d.holder})" if d.holder and d.holder != "holder unknown" else ""
         lines.append(f"Daemon:    not running{last}")
@@ -302,15 +359,28 @@ def render(status: Status) -> str:
     if status.leases:
         lines += table(
             ["task", "agent", "pid", "state", "runtime", "heartbeat", "attempt", "log"],
-            [[r.task_id, r.agent, r.pid or "-", r.state if r.verdict == "keep" else f"{r.state} ({r.verdict})",
-              format_age(r.runtime_sec), f"{format_age(r.heartbeat_age_sec)} ago", r.attempt, r.log_path or "-"]
-             for r in status.leases])
+            [
+                [
+                    r.task_id,
+                    r.agent,
+                    r.pid or "-",
+                    r.state if r.verdict == "keep" else f"{r.state} ({r.verdict})",
+                    format_age(r.runtime_sec),
+                    f"{format_age(r.heartbeat_age_sec)} ago",
+                    r.attempt,
+                    r.log_path or "-",
+                ]
+                for r in status.leases
+            ],
+        )
     else:
         lines.append("  (nothing)")
     if status.backing_off:
         lines += ["", f"Waiting to retry ({len(status.backing_off)})"]
-        lines += table(["task", "failures", "last outcome", "next attempt after"],
-                       [[b["task_id"], b["failures"], b["last_outcome"], b["not_before"]] for b in status.backing_off])
+        lines += table(
+            ["task", "failures", "last outcome", "next attempt after"],
+            [[b["task_id"], b["failures"], b["last_outcome"], b["not_before"]] for b in status.backing_off],
+        )
 
     lines += ["", f"Problems ({len(status.problems)})" if status.problems else "No problems found."]
     lines += [f"  - {p}" for p in status.problems]
@@ -323,9 +393,11 @@ def _describe_pass(status: Status) -> str:
         return "none recorded yet"
     age = f" ({format_age(status.last_pass_age_sec)} ago)" if status.last_pass_age_sec is not None else ""
     result = "ok" if p.get("ok") else f"FAILED: {p.get('error')}"
-    counts = (f"{p.get('busy', 0)} busy of {p.get('slots', 0)} slots, {p.get('queued', 0)} queued "
-              f"({p.get('blocked', 0)} blocked), {p.get('assigned', 0)} assigned, {p.get('started', 0)} started, "
-              f"{p.get('reclaimed', 0)} reclaimed, {p.get('malformed', 0)} malformed")
+    counts = (
+        f"{p.get('busy', 0)} busy of {p.get('slots', 0)} slots, {p.get('queued', 0)} queued "
+        f"({p.get('blocked', 0)} blocked), {p.get('assigned', 0)} assigned, {p.get('started', 0)} started, "
+        f"{p.get('reclaimed', 0)} reclaimed, {p.get('malformed', 0)} malformed"
+    )
     return f"{p.get('started_at')}{age}, took {p.get('duration_sec', 0)}s, {result}; {counts}"
 
 

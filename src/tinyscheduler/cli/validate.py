@@ -5,6 +5,7 @@ recipe); warnings are what works but is probably not meant (agents with 0 slots,
 right now, unknown TINYSCHEDULER_* names). `--fix` creates what is missing and safe to create,
 and never overwrites anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from typing import Any, Literal
 import httpx
 import yaml
 
-from tinyscheduler.config.settings import LoadedSettings, Settings, env_var
 from tinyscheduler.config.registry import (
     Registry,
     RegistryError,
@@ -26,6 +26,7 @@ from tinyscheduler.config.registry import (
     load_registry,
     recipe_path,
 )
+from tinyscheduler.config.settings import LoadedSettings, Settings, env_var
 
 HEALTH_TIMEOUT_SEC = 3.0
 MAX_RECIPE_BYTES = 1024 * 1024
@@ -37,14 +38,16 @@ TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)[^}]*\}\}")
 
 #: Written by `--fix` when there is no registry: it validates, keeps behaviour as in legacy mode
 #: (an agent with 0 slots never runs; agents with limits are still served), and says what to do.
-PLACEHOLDER_REGISTRY: list[dict[str, Any]] = [{
-    "agentName": "example-agent",
-    "agentType": "example-queue",
-    "slots": 0,
-    "comment": "Placeholder written by `tinyscheduler validate-config --fix`. One entry per agent: "
-               "agentName = the TinyTask agent, agentType = the queue it serves, optional slots "
-               "and recipe (default <agentName>.yaml in the recipes folder).",
-}]
+PLACEHOLDER_REGISTRY: list[dict[str, Any]] = [
+    {
+        "agentName": "example-agent",
+        "agentType": "example-queue",
+        "slots": 0,
+        "comment": "Placeholder written by `tinyscheduler validate-config --fix`. One entry per agent: "
+        "agentName = the TinyTask agent, agentType = the queue it serves, optional slots "
+        "and recipe (default <agentName>.yaml in the recipes folder).",
+    }
+]
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,9 @@ class Check:
 def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
     s = loaded.settings
     checks = [Check("settings", True, detail=f"loaded (env file: {loaded.env_file or 'none'})")]
-    checks += [Check("settings", False, "warning", f"{where} is not a setting (ignored)")
-               for where in loaded.unknown_keys]
+    checks += [
+        Check("settings", False, "warning", f"{where} is not a setting (ignored)") for where in loaded.unknown_keys
+    ]
     if fix:
         checks += _fix(s)
     checks += _folders(s)
@@ -76,8 +80,12 @@ def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
 
 
 def _state_folders(s: Settings) -> list[tuple[str, Path]]:
-    return [("running dir", s.running_dir), ("log dir", s.log_dir),
-            ("quarantine dir", s.quarantine_dir), ("lock file folder", s.lock_file.parent)]
+    return [
+        ("running dir", s.running_dir),
+        ("log dir", s.log_dir),
+        ("quarantine dir", s.quarantine_dir),
+        ("lock file folder", s.lock_file.parent),
+    ]
 
 
 def _fix(s: Settings) -> list[Check]:
@@ -121,14 +129,19 @@ def _folder(label: str, path: Path, *, writable: bool, hint: str = "") -> Check:
 
 def _folders(s: Settings) -> list[Check]:
     fixable = " (validate-config --fix creates it)"
-    checks = [_folder("base path", s.base_path, writable=False),
-              _folder("recipes dir", s.recipes_dir, writable=False)]
+    checks = [_folder("base path", s.base_path, writable=False), _folder("recipes dir", s.recipes_dir, writable=False)]
     checks += [_folder(label, folder, writable=True, hint=fixable) for label, folder in _state_folders(s)]
     if s.running_dir.is_dir():
         mode = stat.S_IMODE(s.running_dir.stat().st_mode)
         if mode & 0o077:
-            checks.append(Check("paths", False, "warning",
-                                f"running dir {s.running_dir} has mode {mode:04o}; 0700 keeps leases private"))
+            checks.append(
+                Check(
+                    "paths",
+                    False,
+                    "warning",
+                    f"running dir {s.running_dir} has mode {mode:04o}; 0700 keeps leases private",
+                )
+            )
     return checks
 
 
@@ -142,13 +155,29 @@ def _goose(s: Settings) -> Check:
 
 def _registry_summary(registry: Registry | None, s: Settings) -> list[Check]:
     if registry is not None:
-        return [Check("agent registry", True, detail=f"{s.agent_control_file}: {len(registry.entries)} "
-                                                     f"agent(s) in {len(registry.queues())} queue(s)")]
-    checks = [Check("agent registry", True, detail=f"{s.agent_control_file} not found: legacy mode "
-                                                   f"(agents from {env_var('agent_limits')} only)")]
+        return [
+            Check(
+                "agent registry",
+                True,
+                detail=f"{s.agent_control_file}: {len(registry.entries)} agent(s) in {len(registry.queues())} queue(s)",
+            )
+        ]
+    checks = [
+        Check(
+            "agent registry",
+            True,
+            detail=f"{s.agent_control_file} not found: legacy mode (agents from {env_var('agent_limits')} only)",
+        )
+    ]
     if not s.agent_limits:
-        checks.append(Check("agent registry", False, "warning",
-                            f"no registry and no {env_var('agent_limits')}: no agent will ever run"))
+        checks.append(
+            Check(
+                "agent registry",
+                False,
+                "warning",
+                f"no registry and no {env_var('agent_limits')}: no agent will ever run",
+            )
+        )
     return checks
 
 
@@ -195,16 +224,22 @@ def recipe_problems(path: Path) -> list[str]:
         return [f"{path}: invalid YAML{where}: {getattr(exc, 'problem', None) or exc}"]
     if not isinstance(document, dict):
         return [f"{path}: expected a YAML mapping with title, description and prompt"]
-    problems = [f"{path}: {key}: missing or empty (goose needs it for a headless run)"
-                for key in ("title", "description", "prompt")
-                if not isinstance(document.get(key), str) or not document[key].strip()]
+    problems = [
+        f"{path}: {key}: missing or empty (goose needs it for a headless run)"
+        for key in ("title", "description", "prompt")
+        if not isinstance(document.get(key), str) or not document[key].strip()
+    ]
     declared, parameter_problems = _parameters(document.get("parameters"))
     problems += [f"{path}: {problem}" for problem in parameter_problems]
     used = set(TEMPLATE_VAR.findall(text))
-    problems += [f"{path}: {{{{ {name} }}}} is not a declared parameter"
-                 for name in sorted(used - declared - BUILTIN_TEMPLATE_VARS)]
-    problems += [f"{path}: parameter {name!r} is declared but never used (goose refuses that)"
-                 for name in sorted(set(declared) - used)]
+    problems += [
+        f"{path}: {{{{ {name} }}}} is not a declared parameter"
+        for name in sorted(used - declared - BUILTIN_TEMPLATE_VARS)
+    ]
+    problems += [
+        f"{path}: parameter {name!r} is declared but never used (goose refuses that)"
+        for name in sorted(set(declared) - used)
+    ]
     return problems
 
 
@@ -223,8 +258,10 @@ def _parameters(raw: Any) -> tuple[set[str], list[str]]:
         declared.add(key)
         headless_unset = item.get("requirement") in ("required", "user_prompt") and "default" not in item
         if headless_unset and key not in SCHEDULER_PARAMS:
-            problems.append(f"parameters[{index}] {key!r}: required without a default, but the "
-                            f"scheduler passes only {', '.join(sorted(SCHEDULER_PARAMS))}")
+            problems.append(
+                f"parameters[{index}] {key!r}: required without a default, but the "
+                f"scheduler passes only {', '.join(sorted(SCHEDULER_PARAMS))}"
+            )
     return declared, problems
 
 

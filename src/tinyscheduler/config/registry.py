@@ -8,6 +8,7 @@ agentType is the queue; several agents of one type form a pool. Optional per ent
 One validator serves `validate-config`, the daemon and reloads: every problem is reported at once,
 each naming the file, the entry index (as in `jq '.[2]'`) and the field.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,7 @@ def load_registry(path: Path, recipes_dir: Path) -> Registry | None:
     except UnicodeDecodeError as exc:
         raise RegistryError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except json.JSONDecodeError as exc:
-        raise RegistryError(
-            [f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
+        raise RegistryError([f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
     except RecursionError:
         raise RegistryError([f"{path}: invalid JSON: nested too deeply"]) from None
     return parse_registry(document, path, recipes_dir)
@@ -87,7 +87,8 @@ def parse_registry(document: Any, path: Path, recipes_dir: Path) -> Registry:
         raise RegistryError([f"{path}: expected a JSON array of agents, got {_kind(document)}"])
     if not document:
         raise RegistryError(
-            [f"{path}: the array is empty; list at least one agent, or delete the file for legacy mode"])
+            [f"{path}: the array is empty; list at least one agent, or delete the file for legacy mode"]
+        )
     problems: list[str] = []
     entries: list[AgentEntry] = []
     first_index: dict[str, int] = {}
@@ -103,8 +104,7 @@ def parse_registry(document: Any, path: Path, recipes_dir: Path) -> Registry:
         recipe = _recipe(item, where, recipes_dir, problems)
         if name is not None:
             if name in first_index:
-                problems.append(f"{where}.agentName: duplicate {name!r}, "
-                                f"already at [{first_index[name]}]")
+                problems.append(f"{where}.agentName: duplicate {name!r}, already at [{first_index[name]}]")
             else:
                 first_index[name] = index
         if len(problems) == before and name is not None and queue is not None:
@@ -123,8 +123,7 @@ def effective_limits(registry: Registry | None, settings: Settings) -> dict[str,
     if registry is None:
         return dict(settings.agent_limits)
     limits = {
-        entry.name: entry.slots if entry.slots is not None else settings.default_slots
-        for entry in registry.entries
+        entry.name: entry.slots if entry.slots is not None else settings.default_slots for entry in registry.entries
     }
     limits.update(settings.agent_limits)
     return limits
@@ -141,8 +140,15 @@ def recipe_path(agent: str, registry: Registry | None, settings: Settings) -> Pa
 
 
 def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             type(None): "null", int: "a number", float: "a number"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }
     return names.get(type(value), type(value).__name__)
 
 

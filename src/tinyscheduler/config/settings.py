@@ -9,6 +9,7 @@ which keeps tests independent of the developer's environment.
 Every relative path resolves against `base_path`, so `--base-path` moves them all. `load_settings`
 has no side effects (it creates nothing), so the daemon can call it again on SIGHUP.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,11 +55,13 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-def _setting(default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, help: str,
-             **kwargs: Any) -> Any:
+def _setting(
+    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, help: str, **kwargs: Any
+) -> Any:
     # One place per setting for everything the CLI, `config --show` and error messages need.
-    return Field(default, description=help,
-                 json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect}, **kwargs)
+    return Field(
+        default, description=help, json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect}, **kwargs
+    )
 
 
 _POSITIVE = "expected a positive integer"
@@ -70,112 +73,209 @@ _PATH = "expected a path"
 class Settings(BaseSettings):
     """The resolved configuration of one daemon instance (immutable; a reload builds a new one)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid",
-                                      validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
 
     # base_path comes first: the path validators below read it from the already validated fields.
     base_path: Path = _setting(
-        default_factory=Path.cwd, flag="--base-path", metavar="PATH", expect=_PATH,
-        help="folder every relative path resolves against")
+        default_factory=Path.cwd,
+        flag="--base-path",
+        metavar="PATH",
+        expect=_PATH,
+        help="folder every relative path resolves against",
+    )
     running_dir: Path = _setting(
-        Path("state/running"), flag="--running-dir", metavar="PATH", expect=_PATH,
-        help="lease files of the runs in flight")
+        Path("state/running"),
+        flag="--running-dir",
+        metavar="PATH",
+        expect=_PATH,
+        help="lease files of the runs in flight",
+    )
     log_dir: Path = _setting(
-        Path("state/logs"), flag="--log-dir", metavar="PATH", expect=_PATH,
-        help="scheduler logs; run output goes to its tasks/ subfolder")
+        Path("state/logs"),
+        flag="--log-dir",
+        metavar="PATH",
+        expect=_PATH,
+        help="scheduler logs; run output goes to its tasks/ subfolder",
+    )
     recipes_dir: Path = _setting(
-        Path("recipes"), flag="--recipes-dir", metavar="PATH", expect=_PATH,
-        help="Goose recipes, <agent>.yaml unless the registry names one")
+        Path("recipes"),
+        flag="--recipes-dir",
+        metavar="PATH",
+        expect=_PATH,
+        help="Goose recipes, <agent>.yaml unless the registry names one",
+    )
     agent_control_file: Path = _setting(
-        Path("agent-control.json"), flag="--agent-control-file", metavar="PATH", expect=_PATH,
-        help="agent registry; without it: legacy mode (agent limits only)")
+        Path("agent-control.json"),
+        flag="--agent-control-file",
+        metavar="PATH",
+        expect=_PATH,
+        help="agent registry; without it: legacy mode (agent limits only)",
+    )
     agent_limits: dict[str, int] = _setting(
-        default_factory=dict, flag="--agent-limit", metavar="NAME=N",
+        default_factory=dict,
+        flag="--agent-limit",
+        metavar="NAME=N",
         expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
         help="slots per agent, overriding the registry (the flag repeats; "
-             "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source")
+        "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source",
+    )
     default_slots: NonNegativeInt = _setting(
-        1, flag="--default-slots", metavar="N", expect=_NON_NEGATIVE,
-        help="slots of a registry agent whose slots are set nowhere else")
+        1,
+        flag="--default-slots",
+        metavar="N",
+        expect=_NON_NEGATIVE,
+        help="slots of a registry agent whose slots are set nowhere else",
+    )
     goose_bin: str = _setting(
-        "goose", flag="--goose-bin", metavar="PATH", expect="expected a program name or path",
-        help="goose executable: a bare name is looked up on PATH, a path resolves against "
-             "the base path")
+        "goose",
+        flag="--goose-bin",
+        metavar="PATH",
+        expect="expected a program name or path",
+        help="goose executable: a bare name is looked up on PATH, a path resolves against the base path",
+    )
     goose_args: str = _setting(
-        "", flag="--goose-args", metavar="ARGS", expect="expected shell-style arguments",
-        help="extra arguments for `goose run`, shell-style quoting")
+        "",
+        flag="--goose-args",
+        metavar="ARGS",
+        expect="expected shell-style arguments",
+        help="extra arguments for `goose run`, shell-style quoting",
+    )
     mcp_endpoint: str = _setting(
-        "http://127.0.0.1:3000", flag="--mcp-endpoint", metavar="URL",
+        "http://127.0.0.1:3000",
+        flag="--mcp-endpoint",
+        metavar="URL",
         expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
-        help="TinyTask base URL (a trailing /mcp is accepted)")
+        help="TinyTask base URL (a trailing /mcp is accepted)",
+    )
     tinytask_protocol: Protocol = _setting(
-        "auto", flag="--tinytask-protocol", metavar="PROTOCOL", expect="expected rest, mcp or auto",
-        help="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)")
+        "auto",
+        flag="--tinytask-protocol",
+        metavar="PROTOCOL",
+        expect="expected rest, mcp or auto",
+        help="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
+    )
     loop_interval_sec: PositiveInt = _setting(
-        60, flag="--loop-interval", metavar="SECONDS", expect=_POSITIVE,
-        help="seconds between passes (a run's end or a reload triggers one at once)")
+        60,
+        flag="--loop-interval",
+        metavar="SECONDS",
+        expect=_POSITIVE,
+        help="seconds between passes (a run's end or a reload triggers one at once)",
+    )
     heartbeat_sec: PositiveInt = _setting(
-        15, flag="--heartbeat-interval", metavar="SECONDS", expect=_POSITIVE,
-        help="seconds between lease heartbeats and lease checks")
+        15,
+        flag="--heartbeat-interval",
+        metavar="SECONDS",
+        expect=_POSITIVE,
+        help="seconds between lease heartbeats and lease checks",
+    )
     pass_timeout_sec: PositiveInt = _setting(
-        120, flag="--pass-timeout", metavar="SECONDS", expect=_POSITIVE,
+        120,
+        flag="--pass-timeout",
+        metavar="SECONDS",
+        expect=_POSITIVE,
         help="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
-             "the daemon (read at start)")
+        "the daemon (read at start)",
+    )
     max_runtime_sec: PositiveInt = _setting(
-        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE,
-        help="a run older than this is stopped")
+        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE, help="a run older than this is stopped"
+    )
     stop_grace_sec: float = _setting(
-        10.0, flag="--stop-grace", metavar="SECONDS", expect="expected a positive number of seconds",
-        gt=0, allow_inf_nan=False, help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run")
+        10.0,
+        flag="--stop-grace",
+        metavar="SECONDS",
+        expect="expected a positive number of seconds",
+        gt=0,
+        allow_inf_nan=False,
+        help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
+    )
     idle_timeout_sec: NonNegativeInt = _setting(
-        0, flag="--idle-timeout", metavar="SECONDS", expect=_NON_NEGATIVE,
-        help="stop a run that printed nothing for this long; 0 = off")
+        0,
+        flag="--idle-timeout",
+        metavar="SECONDS",
+        expect=_NON_NEGATIVE,
+        help="stop a run that printed nothing for this long; 0 = off",
+    )
     run_log_max_bytes: PositiveInt = _setting(
-        10 * 1024 * 1024, flag="--run-log-max-bytes", metavar="BYTES", expect=_POSITIVE,
-        help="cap of one run's output log; beyond it the tail is kept")
+        10 * 1024 * 1024,
+        flag="--run-log-max-bytes",
+        metavar="BYTES",
+        expect=_POSITIVE,
+        help="cap of one run's output log; beyond it the tail is kept",
+    )
     retry_base_sec: NonNegativeInt = _setting(
-        60, flag="--retry-base", metavar="SECONDS", expect=_NON_NEGATIVE,
-        help="backoff before the first retry of a failed run, doubling, capped at 1 h")
+        60,
+        flag="--retry-base",
+        metavar="SECONDS",
+        expect=_NON_NEGATIVE,
+        help="backoff before the first retry of a failed run, doubling, capped at 1 h",
+    )
     max_attempts: PositiveInt = _setting(
-        3, flag="--max-attempts", metavar="N", expect=_POSITIVE,
-        help="failed attempts before a task is tagged tinyscheduler:failed")
+        3,
+        flag="--max-attempts",
+        metavar="N",
+        expect=_POSITIVE,
+        help="failed attempts before a task is tagged tinyscheduler:failed",
+    )
     shutdown_grace_sec: NonNegativeInt = _setting(
-        30, flag="--shutdown-grace", metavar="SECONDS", expect=_NON_NEGATIVE,
-        help="on SIGTERM, wait this long for runs before stopping them")
+        30,
+        flag="--shutdown-grace",
+        metavar="SECONDS",
+        expect=_NON_NEGATIVE,
+        help="on SIGTERM, wait this long for runs before stopping them",
+    )
     log_level: LogLevel = _setting(
-        "INFO", flag="--log-level", metavar="LEVEL", expect="expected DEBUG, INFO, WARNING or ERROR",
-        help="DEBUG, INFO, WARNING or ERROR")
+        "INFO",
+        flag="--log-level",
+        metavar="LEVEL",
+        expect="expected DEBUG, INFO, WARNING or ERROR",
+        help="DEBUG, INFO, WARNING or ERROR",
+    )
     log_format: LogFormat = _setting(
-        "auto", flag="--log-format", metavar="FORMAT",
+        "auto",
+        flag="--log-format",
+        metavar="FORMAT",
         expect="expected auto, console, json or journal",
-        help="auto, console, json or journal (auto: journal under journald, else console)")
+        help="auto, console, json or journal (auto: journal under journald, else console)",
+    )
     log_keep_days: PositiveInt = _setting(
-        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE,
-        help="days of scheduler log files to keep")
+        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE, help="days of scheduler log files to keep"
+    )
     dry_run: bool = _setting(
-        False, flag="--dry-run", metavar="", expect=_BOOL,
-        help="print the plan, change nothing anywhere")
+        False, flag="--dry-run", metavar="", expect=_BOOL, help="print the plan, change nothing anywhere"
+    )
     enabled: bool = _setting(
-        True, flag="--enabled", metavar="", expect=_BOOL,
-        help="kill switch: when false, `run` (unless a dry run) does nothing and exits 0")
+        True,
+        flag="--enabled",
+        metavar="",
+        expect=_BOOL,
+        help="kill switch: when false, `run` (unless a dry run) does nothing and exits 0",
+    )
     disable_blocking: bool = _setting(
-        False, flag="--disable-blocking", metavar="", expect=_BOOL,
-        help="ignore task blockers and keep the server's order")
+        False,
+        flag="--disable-blocking",
+        metavar="",
+        expect=_BOOL,
+        help="ignore task blockers and keep the server's order",
+    )
     lock_file: Path = _setting(
-        Path("state/tinyscheduler.lock"), flag="--lock-file", metavar="PATH", expect=_PATH,
-        help="single-instance lock")
+        Path("state/tinyscheduler.lock"), flag="--lock-file", metavar="PATH", expect=_PATH, help="single-instance lock"
+    )
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # load_settings merges env and env file itself (see the module docstring).
         return (init_settings,)
 
-    @field_validator("base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file",
-                     "lock_file", mode="before")
+    @field_validator(
+        "base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="before"
+    )
     @classmethod
     def _non_blank_path(cls, value: Any) -> Any:
         # An empty value would silently mean "the base path itself".
@@ -188,8 +288,7 @@ class Settings(BaseSettings):
     def _absolute_base(cls, value: Path) -> Path:
         return Path.cwd() / value.expanduser()
 
-    @field_validator("running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file",
-                     mode="after")
+    @field_validator("running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="after")
     @classmethod
     def _under_base(cls, value: Path, info: ValidationInfo) -> Path:
         base = info.data.get("base_path")
@@ -358,10 +457,15 @@ def _info(name: str, spec: FieldInfo) -> SettingInfo:
     extra = spec.json_schema_extra
     assert isinstance(extra, dict)
     return SettingInfo(
-        name=name, env_var=env_var(name), flag=str(extra["flag"]), metavar=str(extra["metavar"]),
-        expect=str(extra["expect"]), help=spec.description or "",
+        name=name,
+        env_var=env_var(name),
+        flag=str(extra["flag"]),
+        metavar=str(extra["metavar"]),
+        expect=str(extra["expect"]),
+        help=spec.description or "",
         default=None if spec.default is PydanticUndefined else spec.default,
-        is_bool=spec.annotation is bool)
+        is_bool=spec.annotation is bool,
+    )
 
 
 SETTINGS: tuple[SettingInfo, ...] = tuple(_info(n, f) for n, f in Settings.model_fields.items())
@@ -420,17 +524,20 @@ class LoadedSettings:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"name": info.name, "env_var": info.env_var,
-             "value": display_value(info.name, getattr(self.settings, info.name)),
-             "source": self.sources[info.name]}
+            {
+                "name": info.name,
+                "env_var": info.env_var,
+                "value": display_value(info.name, getattr(self.settings, info.name)),
+                "source": self.sources[info.name],
+            }
             for info in SETTINGS
         ]
 
-    def reload(self, *, environ: Mapping[str, str] | None = None) -> "LoadedSettings":
+    def reload(self, *, environ: Mapping[str, str] | None = None) -> LoadedSettings:
         """Load again from the same env file argument, CLI values and working directory (SIGHUP)."""
         return load_settings(env_file=self.env_file_arg, cli=self.cli, environ=environ, cwd=self.cwd)
 
-    def with_overrides(self, values: Mapping[str, Any]) -> "LoadedSettings":
+    def with_overrides(self, values: Mapping[str, Any]) -> LoadedSettings:
         """A copy with `values` (validated) in place, e.g. settings that only a restart may change.
 
         Their sources are left as they were: the caller takes the values from an earlier load.
@@ -439,8 +546,9 @@ class LoadedSettings:
         return dataclasses.replace(self, settings=settings)
 
 
-def load_settings(*, env_file: Path | None, cli: Mapping[str, Any],
-                  environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> LoadedSettings:
+def load_settings(
+    *, env_file: Path | None, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> LoadedSettings:
     """Merge default < env file < process environment < CLI and validate; raise ConfigError.
 
     `env_file` None reads `.env` in `cwd` if present. `cli` maps setting names to values; None
@@ -499,8 +607,7 @@ def load_settings(*, env_file: Path | None, cli: Mapping[str, Any],
         raise ConfigError(problems)
     sources: dict[str, Source] = {info.name: "default" for info in SETTINGS}
     sources.update({name: item.source for name, item in raw.items()})
-    return LoadedSettings(settings, sources, read_from, tuple(unknown),
-                          env_path if explicit else None, dict(cli), cwd)
+    return LoadedSettings(settings, sources, read_from, tuple(unknown), env_path if explicit else None, dict(cli), cwd)
 
 
 def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:

@@ -6,13 +6,14 @@ the extra fields (pgid, boot_id, start_ticks, owner, attempt, log_path) make liv
 PID reuse, reboots and restarts of the scheduler. Parsing is pure: a bad document raises
 `LeaseFormatError` naming the field.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import enum
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_LEASE_BYTES = 1024 * 1024
@@ -53,7 +54,7 @@ class Lease:
         data["heartbeat"] = _iso(self.heartbeat)
         return data
 
-    def with_changes(self, **changes: Any) -> "Lease":
+    def with_changes(self, **changes: Any) -> Lease:
         return dataclasses.replace(self, **changes)
 
 
@@ -62,7 +63,7 @@ class LeaseFormatError(ValueError):
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _moment(value: Any, field: str) -> datetime:
@@ -71,7 +72,7 @@ def _moment(value: Any, field: str) -> datetime:
         raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
     if isinstance(value, (int, float)):
         try:
-            return datetime.fromtimestamp(value, tz=timezone.utc)
+            return datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, ValueError, OSError):  # NaN, infinity, beyond year 9999
             raise LeaseFormatError(f"field {field}: epoch timestamp {value!r} is out of range") from None
     if isinstance(value, str):
@@ -79,7 +80,7 @@ def _moment(value: Any, field: str) -> datetime:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise LeaseFormatError(f"field {field}: expected an ISO 8601 timestamp, got {value!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
 
 

@@ -7,6 +7,7 @@ exit 0 after provider failures, which its `json` / `stream-json` output then rep
 `retry_delay` is the backoff between failed attempts; the `*_comment` functions are the texts a
 person reads on the task.
 """
+
 from __future__ import annotations
 
 import enum
@@ -17,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_TURNS_SENTENCE = (
-    "I've reached the maximum number of actions I can do without user input. "
-    "Would you like me to continue?"
+    "I've reached the maximum number of actions I can do without user input. Would you like me to continue?"
 )
 #: Goose prints this when SIGINT cancels a headless run (then exits 1).
 INTERRUPTED_SENTENCE = "Headless run interrupted"

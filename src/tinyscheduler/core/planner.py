@@ -26,6 +26,7 @@ Rules, in the order they apply:
    no registry entry are served from their assigned tasks only. Legacy mode (no registry) is that
    second step alone.
 """
+
 from __future__ import annotations
 
 import enum
@@ -176,7 +177,10 @@ def judge_lease(lease: Lease, snapshot: Snapshot, config: PlanConfig) -> LeaseDe
         return decide(Verdict.STOP, f"runtime {runtime:.0f}s is over the maximum {config.max_runtime_sec:.0f}s")
     heartbeat_age = (snapshot.now - lease.heartbeat).total_seconds()
     if heartbeat_age > STALE_HEARTBEATS * config.heartbeat_sec:
-        return decide(Verdict.STOP, f"heartbeat is {heartbeat_age:.0f}s old (stale after {STALE_HEARTBEATS * config.heartbeat_sec:.0f}s)")
+        return decide(
+            Verdict.STOP,
+            f"heartbeat is {heartbeat_age:.0f}s old (stale after {STALE_HEARTBEATS * config.heartbeat_sec:.0f}s)",
+        )
     return decide(Verdict.KEEP, f"process {lease.pid} is alive")
 
 

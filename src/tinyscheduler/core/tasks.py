@@ -3,11 +3,12 @@
 The adapters validate what the server sends (adapters.tinytask.models) and hand over these values;
 nothing here parses, fetches or logs.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 Status = Literal["idle", "working", "complete"]
@@ -16,7 +17,7 @@ STATUSES: tuple[Status, ...] = ("idle", "working", "complete")
 #: Names the scheduler acts on (agents, queues): they end up in file names and command lines.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FAILED_TAG = "tinyscheduler:failed"
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,6 +3,7 @@
 The daemon acts on the plan; `run --dry-run` only renders it. Both use exactly this code, so a
 dry run shows what the daemon would do.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -14,9 +15,6 @@ import anyio
 
 from tinyscheduler.adapters.leasestore import LeaseStore, Quarantined
 from tinyscheduler.adapters.procfs import probe
-from tinyscheduler.core.leases import Liveness
-from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict
-from tinyscheduler.config.registry import Registry
 from tinyscheduler.adapters.tinytask import (
     ServerFeatures,
     TaskBatch,
@@ -24,6 +22,9 @@ from tinyscheduler.adapters.tinytask import (
     TinyTaskClient,
     TinyTaskError,
 )
+from tinyscheduler.config.registry import Registry
+from tinyscheduler.core.leases import Liveness
+from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict
 from tinyscheduler.core.tasks import Task
 
 #: Concurrent list requests per pass: enough to hide latency, few enough to be polite.
@@ -170,30 +171,40 @@ def render_plan(result: Plan, gathered: Gathered, *, header: str) -> str:
     queued, blocked = queued_and_blocked(snapshot)
     lines.append(f"{queued} idle task(s) seen, {blocked} blocked, {len(snapshot.leases)} lease(s) on disk")
     lines += ["", "Slots"]
-    lines += _table(["agent", "limit", "busy", "would start", "free after"],
-                    [[s.agent, s.limit, s.busy, s.starting, s.free_after] for s in result.slots]) if result.slots \
+    lines += (
+        _table(
+            ["agent", "limit", "busy", "would start", "free after"],
+            [[s.agent, s.limit, s.busy, s.starting, s.free_after] for s in result.slots],
+        )
+        if result.slots
         else ["  (no agents: set TINYSCHEDULER_AGENT_LIMITS or an agent-control file)"]
+    )
     if result.assignments:
         lines += ["", f"Would assign ({len(result.assignments)})"]
-        lines += _table(["task", "queue", "agent", "reason"],
-                        [[a.task_id, a.queue, a.agent, a.reason] for a in result.assignments])
+        lines += _table(
+            ["task", "queue", "agent", "reason"], [[a.task_id, a.queue, a.agent, a.reason] for a in result.assignments]
+        )
     lines += ["", f"Would start ({len(result.starts)})"]
-    lines += _table(["task", "agent", "reason"], [[s.task_id, s.agent, s.reason] for s in result.starts]) \
-        if result.starts else ["  (nothing)"]
+    lines += (
+        _table(["task", "agent", "reason"], [[s.task_id, s.agent, s.reason] for s in result.starts])
+        if result.starts
+        else ["  (nothing)"]
+    )
     leases = [d for d in result.leases if d.verdict is not Verdict.FOREIGN]
     if leases:
         lines += ["", f"Leases ({len(leases)})"]
-        lines += _table(["task", "agent", "verdict", "reason"],
-                        [[d.task_id, d.agent, d.verdict.value, d.reason] for d in leases])
+        lines += _table(
+            ["task", "agent", "verdict", "reason"], [[d.task_id, d.agent, d.verdict.value, d.reason] for d in leases]
+        )
     if result.skips:
         lines += ["", f"Not started ({len(result.skips)})"]
-        lines += _table(["task", "agent", "reason"],
-                        [[s.task_id, s.agent or "-", s.reason] for s in result.skips])
+        lines += _table(["task", "agent", "reason"], [[s.task_id, s.agent or "-", s.reason] for s in result.skips])
     if gathered.problems:
         lines += ["", f"Skipped as malformed ({len(gathered.problems)})"]
         lines += [f"  {p}" for p in gathered.problems]
     if gathered.quarantined:
         lines += ["", f"Quarantined lease files ({len(gathered.quarantined)})"]
-        lines += [f"  {q.original} -> {q.moved_to or '(left in place: dry run)'}: {q.reason}"
-                  for q in gathered.quarantined]
+        lines += [
+            f"  {q.original} -> {q.moved_to or '(left in place: dry run)'}: {q.reason}" for q in gathered.quarantined
+        ]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ The process is a `subprocess.Popen` child, awaited through a pidfd (no thread pe
 child watcher). Nothing else in the daemon may reap children it did not start (no SIGCHLD=SIG_IGN,
 no waitpid(-1)); a stolen exit status would look like exit 0.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,17 +52,18 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook, AttemptRecord
-from tinyscheduler.config.registry import recipe_problem
-from tinyscheduler.adapters.systemd import scrubbed_environ
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.procfs import process_start_ticks
+from tinyscheduler.adapters.systemd import scrubbed_environ
+from tinyscheduler.adapters.tinytask import TinyTaskClient, TinyTaskError, TinyTaskRejected
+from tinyscheduler.config.registry import recipe_problem
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import (
     TAIL_BYTES,
@@ -74,7 +76,6 @@ from tinyscheduler.core.outcomes import (
     gave_up_comment,
     requeue_comment,
 )
-from tinyscheduler.adapters.tinytask import TinyTaskClient, TinyTaskError, TinyTaskRejected
 from tinyscheduler.core.tasks import FAILED_TAG, Task
 
 log = structlog.get_logger("tinyscheduler.runs")
@@ -87,7 +88,7 @@ REPORT_RETRY_MAX_SEC = 30.0
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,15 @@ def recipe_path(recipes_dir: Path, recipe: str) -> Path:
 
 def goose_command(request: RunRequest, policy: RunPolicy) -> list[str]:
     return [
-        policy.goose_bin, "run", "--recipe", str(recipe_path(policy.recipes_dir, request.recipe)),
-        "--params", f"task_id={request.task_id}", "--params", f"agent={request.agent}", "--no-session",
+        policy.goose_bin,
+        "run",
+        "--recipe",
+        str(recipe_path(policy.recipes_dir, request.recipe)),
+        "--params",
+        f"task_id={request.task_id}",
+        "--params",
+        f"agent={request.agent}",
+        "--no-session",
         *policy.goose_args,
     ]
 
@@ -331,12 +339,14 @@ class RunLog:
             tail = b"".join(chunks)
             newline = tail.find(b"\n")
             if 0 <= newline < len(tail) - 1:  # start the kept part on a whole line
-                tail = tail[newline + 1:]
+                tail = tail[newline + 1 :]
                 cut += newline + 1
             os.ftruncate(fd, 0)
             self.cut_total += cut
-            marker = (f"[tinyscheduler: log capped at {self.max_bytes} bytes; {self.cut_total} bytes of "
-                      f"earlier output cut here]\n").encode()
+            marker = (
+                f"[tinyscheduler: log capped at {self.max_bytes} bytes; {self.cut_total} bytes of "
+                f"earlier output cut here]\n"
+            ).encode()
             os.write(fd, marker + tail)
         finally:
             os.close(fd)
@@ -489,9 +499,18 @@ class Run:
 
         now = self.clock()
         self._lease = Lease(
-            task_id=self.task_id, agent=self.agent, pid=None, recipe=self.request.recipe, started_at=now,
-            heartbeat=now, host=self.policy.host, state=LeaseState.STARTING, boot_id=self.policy.boot_id,
-            owner=self.policy.instance_id, attempt=self._attempt, log_path=str(self.log_path),
+            task_id=self.task_id,
+            agent=self.agent,
+            pid=None,
+            recipe=self.request.recipe,
+            started_at=now,
+            heartbeat=now,
+            host=self.policy.host,
+            state=LeaseState.STARTING,
+            boot_id=self.policy.boot_id,
+            owner=self.policy.instance_id,
+            attempt=self._attempt,
+            log_path=str(self.log_path),
         )
         try:
             # Durable, so it takes a few milliseconds: in a thread, the other runs go on meanwhile.
@@ -546,8 +565,10 @@ class Run:
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
         run_log = RunLog(self.log_path, self.policy.run_log_max_bytes)
-        header = (f"--- tinyscheduler: task {self.task_id}, agent {self.agent}, attempt {self._attempt}, "
-                  f"{self.clock().isoformat(timespec='seconds')}: {shlex.join(command)}\n")
+        header = (
+            f"--- tinyscheduler: task {self.task_id}, agent {self.agent}, attempt {self._attempt}, "
+            f"{self.clock().isoformat(timespec='seconds')}: {shlex.join(command)}\n"
+        )
         fd = run_log.open_for_child(header)
         try:
             process = subprocess.Popen(
@@ -557,8 +578,12 @@ class Run:
                 stderr=subprocess.STDOUT,
                 cwd=self.policy.base_path,
                 env=child_environment(
-                    self.environ, task_id=self.task_id, agent=self.agent, attempt=self._attempt,
-                    lease_path=self.leases.path(self.task_id), endpoint=self.policy.tinytask_url,
+                    self.environ,
+                    task_id=self.task_id,
+                    agent=self.agent,
+                    attempt=self._attempt,
+                    lease_path=self.leases.path(self.task_id),
+                    endpoint=self.policy.tinytask_url,
                 ),
                 start_new_session=True,  # own session and process group: the ladder reaches it all
             )
@@ -576,7 +601,10 @@ class Run:
         self._pid = process.pid
         self._started_at = self.clock()
         self._lease = self._lease.with_changes(
-            state=LeaseState.RUNNING, pid=process.pid, pgid=process.pid, heartbeat=self._started_at,
+            state=LeaseState.RUNNING,
+            pid=process.pid,
+            pgid=process.pid,
+            heartbeat=self._started_at,
             start_ticks=process_start_ticks(process.pid),
         )
         self._write_lease()
@@ -596,14 +624,34 @@ class Run:
         report = await self._report(verdict, end)
         if report is not Report.UNREPORTED:
             self.leases.remove(self.task_id)
-        self._log.info("run_finished", pid=process.pid, attempt=self._attempt, outcome=verdict.outcome.value,
-                       reason=verdict.detail, duration=round(end.duration_sec, 3), report=report.value)
-        self._emit("finished", pid=process.pid, attempt=self._attempt, outcome=verdict.outcome.value,
-                   reason=verdict.detail, duration=end.duration_sec, report=report.value,
-                   log_path=str(self.log_path))
+        self._log.info(
+            "run_finished",
+            pid=process.pid,
+            attempt=self._attempt,
+            outcome=verdict.outcome.value,
+            reason=verdict.detail,
+            duration=round(end.duration_sec, 3),
+            report=report.value,
+        )
+        self._emit(
+            "finished",
+            pid=process.pid,
+            attempt=self._attempt,
+            outcome=verdict.outcome.value,
+            reason=verdict.detail,
+            duration=end.duration_sec,
+            report=report.value,
+            log_path=str(self.log_path),
+        )
         return RunResult(
-            task_id=self.task_id, agent=self.agent, attempt=self._attempt, outcome=verdict.outcome,
-            reason=verdict.detail, report=report, log_path=self.log_path, exit_code=end.returncode,
+            task_id=self.task_id,
+            agent=self.agent,
+            attempt=self._attempt,
+            outcome=verdict.outcome,
+            reason=verdict.detail,
+            report=report,
+            log_path=self.log_path,
+            exit_code=end.returncode,
             duration_sec=end.duration_sec,
         )
 
@@ -661,10 +709,14 @@ class Run:
         self._log.warning("run_stopping", pid=process.pid, attempt=self._attempt, reason=cause.value)
         self._lease = self._lease.with_changes(state=LeaseState.STOPPING)
         self._write_lease()
-        return asyncio.create_task(stop_process_group(
-            process.pid, lambda: process.poll() is not None, self.policy.stop_grace_sec,
-            self._log.bind(pid=process.pid),
-        ))
+        return asyncio.create_task(
+            stop_process_group(
+                process.pid,
+                lambda: process.poll() is not None,
+                self.policy.stop_grace_sec,
+                self._log.bind(pid=process.pid),
+            )
+        )
 
     async def _heartbeat(self) -> None:
         while True:
@@ -706,8 +758,12 @@ class Run:
         except _Unreachable:
             if verdict.outcome is not Outcome.SUCCEEDED and end.stopped_by is not StopCause.REQUEST:
                 self._count_failure(verdict)
-            self._log.error("outcome_unreported", reason="TinyTask unreachable; lease left for the recovery",
-                            outcome=verdict.outcome.value, attempt=self._attempt)
+            self._log.error(
+                "outcome_unreported",
+                reason="TinyTask unreachable; lease left for the recovery",
+                outcome=verdict.outcome.value,
+                attempt=self._attempt,
+            )
             return Report.UNREPORTED
 
     async def _report_failure(self, verdict: Verdict, deadline: float) -> Report:
@@ -721,11 +777,17 @@ class Run:
         if not written:
             return self._left_alone(found)
         record = self._count_failure(verdict)
-        await self._comment(deadline, attempt_comment(self._attempt, self.policy.max_attempts, verdict,
-                                                      str(self.log_path)))
+        await self._comment(
+            deadline, attempt_comment(self._attempt, self.policy.max_attempts, verdict, str(self.log_path))
+        )
         if not record.gave_up:
-            self._log.info("task_requeued", reason="retry after backoff", attempt=self._attempt, outcome=verdict.outcome.value,
-                           not_before=record.not_before.isoformat() if record.not_before else None)
+            self._log.info(
+                "task_requeued",
+                reason="retry after backoff",
+                attempt=self._attempt,
+                outcome=verdict.outcome.value,
+                not_before=record.not_before.isoformat() if record.not_before else None,
+            )
             self._emit("requeued", attempt=self._attempt, reason=verdict.detail)
             return Report.REQUEUED
         await self._comment(deadline, gave_up_comment(record.failures, FAILED_TAG))
@@ -744,21 +806,27 @@ class Run:
             # Idle and still the agent's: our own PATCH whose reply was lost, or a requeue by the
             # recovery or a person. Not completed, transferred or reassigned: the history (the
             # failure just counted, its backoff, the attempt budget) still applies.
-            self._log.info("task_left_alone", attempt=self._attempt,
-                           reason="already back in the queue; attempt history kept")
+            self._log.info(
+                "task_left_alone", attempt=self._attempt, reason="already back in the queue; attempt history kept"
+            )
             return Report.LEFT_ALONE
         if succeeded and requeued:
             # Requeued (by the recovery or a person) before our report got through: keep the held
             # success, so the next claim completes the task instead of running the agent again.
-            self._log.info("success_held",
-                           reason="requeued before the success was reported; completes at its next claim",
-                           attempt=self._attempt)
+            self._log.info(
+                "success_held",
+                reason="requeued before the success was reported; completes at its next claim",
+                attempt=self._attempt,
+            )
             return Report.LEFT_ALONE
         # Completed, transferred or reassigned by someone else: their word stands, and our history
         # of this task (a held success included) no longer applies.
         self.attempts.forget(self.task_id)
-        self._log.info("task_left_alone", attempt=self._attempt,
-                       reason="completed, transferred or reassigned by someone else during the run")
+        self._log.info(
+            "task_left_alone",
+            attempt=self._attempt,
+            reason="completed, transferred or reassigned by someone else during the run",
+        )
         return Report.LEFT_ALONE
 
     async def _patch_if_ours(
@@ -766,7 +834,8 @@ class Run:
     ) -> tuple[bool, Task | None]:
         try:
             return await self._retrying(
-                lambda: patch_if_ours(self.client, self.task_id, self.agent, fields_for), deadline)
+                lambda: patch_if_ours(self.client, self.task_id, self.agent, fields_for), deadline
+            )
         except TinyTaskRejected as exc:  # e.g. deleted meanwhile: not ours to write any more
             self._log.warning("report_refused", reason=str(exc))
             return False, None
@@ -794,8 +863,7 @@ class Run:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop_reason is not None:
                     raise _Unreachable() from exc
-                self._log.warning("report_retrying", reason=str(exc),
-                                  retry_in=round(min(wait, remaining), 2))
+                self._log.warning("report_retrying", reason=str(exc), retry_in=round(min(wait, remaining), 2))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop_requested.wait(), timeout=min(wait, remaining))
                 wait = min(wait * 2, REPORT_RETRY_MAX_SEC)
@@ -808,16 +876,20 @@ class Run:
         try:
             await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
         except _Unreachable:
-            self._log.error("rollback_unreported", reason=reason,
-                            detail="TinyTask unreachable: the task may stay working; lease left for the recovery")
+            self._log.error(
+                "rollback_unreported",
+                reason=reason,
+                detail="TinyTask unreachable: the task may stay working; lease left for the recovery",
+            )
         else:
             self.leases.remove(self.task_id)
         return self._not_started(reason, spawn_failed=spawn_failed)
 
     def _not_started(self, reason: str, *, spawn_failed: bool = False) -> RunResult:
         self._log.info("run_not_started", reason=reason, attempt=self._attempt)
-        return RunResult(self.task_id, self.agent, self._attempt, Outcome.NOT_STARTED, reason,
-                         spawn_failed=spawn_failed)
+        return RunResult(
+            self.task_id, self.agent, self._attempt, Outcome.NOT_STARTED, reason, spawn_failed=spawn_failed
+        )
 
     def _emit(self, name: str, **fields: Any) -> None:
         if self.on_event is None:

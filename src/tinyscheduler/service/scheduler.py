@@ -12,6 +12,7 @@ and the signal handlers.
 A failing pass (TinyTask down, a bad task, a full disk) is logged, counted and retried with backoff;
 it never ends the daemon.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,13 @@ import structlog
 
 from tinyscheduler.adapters import systemd
 from tinyscheduler.adapters.attempt_book import AttemptBook
-from tinyscheduler.config.settings import ConfigError, LoadedSettings, Settings, mask_url_passwords, redacted
 from tinyscheduler.adapters.files import write_json_atomic
 from tinyscheduler.adapters.leasestore import LeaseStore, Quarantined
-from tinyscheduler.adapters.procfs import current_boot_id, probe, processes_tagged
-from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld, is_locked, read_holder
 from tinyscheduler.adapters.logsetup import EventLog, configure_logging
-from tinyscheduler.core.planner import LeaseDecision, Plan, PlanConfig, Snapshot, Verdict, judge_lease, plan
+from tinyscheduler.adapters.procfs import current_boot_id, probe, processes_tagged
+from tinyscheduler.adapters.tinytask import TaskNotFound, TinyTaskClient, TinyTaskError
+from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.config.registry import (
     Registry,
     RegistryError,
@@ -47,11 +47,12 @@ from tinyscheduler.config.registry import (
     load_registry,
     recipe_path,
 )
-from tinyscheduler.service.runs import Run, RunPolicy, RunRequest, requeue_if_ours, stop_process_group
-from tinyscheduler.service.gather import Gathered, gather, plan_config, queued_and_blocked, render_plan
-from tinyscheduler.adapters.tinytask import TaskNotFound, TinyTaskClient, TinyTaskError
+from tinyscheduler.config.settings import ConfigError, LoadedSettings, Settings, mask_url_passwords, redacted
+from tinyscheduler.core.leases import Lease, LeaseState, Liveness
+from tinyscheduler.core.planner import LeaseDecision, Plan, PlanConfig, Snapshot, Verdict, judge_lease, plan
 from tinyscheduler.core.tasks import Task
-from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.service.gather import Gathered, gather, plan_config, queued_and_blocked, render_plan
+from tinyscheduler.service.runs import Run, RunPolicy, RunRequest, requeue_if_ours, stop_process_group
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
@@ -66,7 +67,7 @@ WEDGE_ENV = "TINYSCHEDULER_TEST_WEDGE_FILE"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Configuration:
         return self.loaded.settings
 
     @classmethod
-    def load(cls, loaded: LoadedSettings) -> "Configuration":
+    def load(cls, loaded: LoadedSettings) -> Configuration:
         s = loaded.settings
         registry = load_registry(s.agent_control_file, s.recipes_dir)
         return cls(loaded, registry, effective_limits(registry, s))
@@ -123,8 +124,8 @@ class Scheduler:
         self.notifier = systemd.Notifier.from_environ(self.environ)
         # The tick loop must also keep coming back: a loop that stopped passing is as stuck as a pass.
         self.gate = systemd.WatchdogGate(
-            pass_timeout=s.pass_timeout_sec,
-            loop_timeout=None if once else 2 * s.loop_interval_sec + s.pass_timeout_sec)
+            pass_timeout=s.pass_timeout_sec, loop_timeout=None if once else 2 * s.loop_interval_sec + s.pass_timeout_sec
+        )
         self.client: TinyTaskClient | None = None
         self.runs: dict[int, Run] = {}
         self.reclaiming: set[int] = set()
@@ -152,9 +153,15 @@ class Scheduler:
         try:
             self.store.ensure()
             s.task_log_dir.mkdir(parents=True, exist_ok=True)
-            log.info("started", pid=os.getpid(), instance=self.instance_id, host=self.host,
-                     mode="once" if self.once else "daemon", limits=self.config.limits,
-                     registry=str(s.agent_control_file) if self.config.registry else None)
+            log.info(
+                "started",
+                pid=os.getpid(),
+                instance=self.instance_id,
+                host=self.host,
+                mode="once" if self.once else "daemon",
+                limits=self.config.limits,
+                registry=str(s.agent_control_file) if self.config.registry else None,
+            )
             for unknown in self.config.loaded.unknown_keys:
                 log.warning("unknown_setting", where=unknown, reason="not a TinyScheduler setting (a typo?); ignored")
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -236,14 +243,25 @@ class Scheduler:
         s = self.config.settings
         config = self._plan_config(client)
         gathered = await gather(
-            client, config, self.store, now=utcnow(), host=self.host, instance_id=self.instance_id,
-            boot_id=self.boot_id, supervised=frozenset(self.runs) | frozenset(self.reclaiming),
+            client,
+            config,
+            self.store,
+            now=utcnow(),
+            host=self.host,
+            instance_id=self.instance_id,
+            boot_id=self.boot_id,
+            supervised=frozenset(self.runs) | frozenset(self.reclaiming),
             in_flight={task_id: run.agent for task_id, run in self.runs.items() if run.holds_slot},
             not_before=self.attempts.not_before_all(),
         )
         for problem in gathered.problems:
-            log.warning("task_malformed", task_id=problem.task_id, field=problem.field, reason=problem.message,
-                        where=problem.where)
+            log.warning(
+                "task_malformed",
+                task_id=problem.task_id,
+                field=problem.field,
+                reason=problem.message,
+                where=problem.where,
+            )
         self._note_quarantined(gathered.quarantined)
         result = plan(gathered.snapshot, config)
         report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
@@ -260,9 +278,14 @@ class Scheduler:
 
     def _plan_config(self, client: TinyTaskClient) -> PlanConfig:
         s = self.config.settings
-        return plan_config(self.config.limits, self.config.registry, client.features,
-                           disable_blocking=s.disable_blocking, heartbeat_sec=s.heartbeat_sec,
-                           max_runtime_sec=s.max_runtime_sec)
+        return plan_config(
+            self.config.limits,
+            self.config.registry,
+            client.features,
+            disable_blocking=s.disable_blocking,
+            heartbeat_sec=s.heartbeat_sec,
+            max_runtime_sec=s.max_runtime_sec,
+        )
 
     async def _act(self, result: Plan, report: PassReport) -> None:
         client = await self._client()
@@ -279,15 +302,22 @@ class Scheduler:
                 continue
             if task.assigned_to != assignment.agent:
                 lost.add(assignment.task_id)
-                log.warning("assign_lost", task_id=task.id, agent=assignment.agent, winner=task.assigned_to,
-                            reason="another writer assigned the task at the same time")
+                log.warning(
+                    "assign_lost",
+                    task_id=task.id,
+                    agent=assignment.agent,
+                    winner=task.assigned_to,
+                    reason="another writer assigned the task at the same time",
+                )
                 continue
             read_back[task.id] = task
             report.assigned += 1
-            self.events.record("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue,
-                               reason=assignment.reason)
-            log.info("assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue,
-                     reason=assignment.reason)
+            self.events.record(
+                "assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue, reason=assignment.reason
+            )
+            log.info(
+                "assigned", task_id=task.id, agent=assignment.agent, queue=assignment.queue, reason=assignment.reason
+            )
         for start in result.starts:
             # A reclaim in flight may still requeue the task and remove its lease: a run started now
             # would have its task set idle and its lease deleted under it. The reclaim wakes a pass.
@@ -304,8 +334,17 @@ class Scheduler:
 
     def _start_run(self, request: RunRequest, fresh_task: Task | None) -> None:
         assert self._group is not None
-        run = Run(request, self._run_policy(), client=self.client, leases=self.store, attempts=self.attempts,
-                  environ=self.environ, on_event=self._on_run_event, fresh_task=fresh_task, on_exit=self.wake)
+        run = Run(
+            request,
+            self._run_policy(),
+            client=self.client,
+            leases=self.store,
+            attempts=self.attempts,
+            environ=self.environ,
+            on_event=self._on_run_event,
+            fresh_task=fresh_task,
+            on_exit=self.wake,
+        )
         self.runs[request.task_id] = run
         self._group.start_soon(self._supervise, run)
 
@@ -328,12 +367,22 @@ class Scheduler:
     def _run_policy(self) -> RunPolicy:
         s = self.config.settings
         return RunPolicy(
-            goose_bin=s.goose_bin, goose_args=tuple(s.goose_argv), base_path=s.base_path,
-            recipes_dir=s.recipes_dir, task_log_dir=s.task_log_dir, tinytask_url=s.tinytask_url,
-            heartbeat_sec=s.heartbeat_sec, max_runtime_sec=s.max_runtime_sec, stop_grace_sec=s.stop_grace_sec,
-            idle_timeout_sec=s.idle_timeout_sec, run_log_max_bytes=s.run_log_max_bytes,
-            max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec,
-            host=self.host, instance_id=self.instance_id, boot_id=self.boot_id,
+            goose_bin=s.goose_bin,
+            goose_args=tuple(s.goose_argv),
+            base_path=s.base_path,
+            recipes_dir=s.recipes_dir,
+            task_log_dir=s.task_log_dir,
+            tinytask_url=s.tinytask_url,
+            heartbeat_sec=s.heartbeat_sec,
+            max_runtime_sec=s.max_runtime_sec,
+            stop_grace_sec=s.stop_grace_sec,
+            idle_timeout_sec=s.idle_timeout_sec,
+            run_log_max_bytes=s.run_log_max_bytes,
+            max_attempts=s.max_attempts,
+            retry_base_sec=s.retry_base_sec,
+            host=self.host,
+            instance_id=self.instance_id,
+            boot_id=self.boot_id,
         )
 
     async def _client(self) -> TinyTaskClient:
@@ -350,9 +399,12 @@ class Scheduler:
         features = self.client.features
         log.info("tinytask_connected", url=s.tinytask_url, protocol=features.protocol)
         if not features.queues:
-            log.warning("tinytask_limited", url=s.tinytask_url,
-                        reason="the server has no queues or blocking (old tinytask-mcp); running legacy mode: "
-                               "only tasks already assigned to agents start, blocking is not checked")
+            log.warning(
+                "tinytask_limited",
+                url=s.tinytask_url,
+                reason="the server has no queues or blocking (old tinytask-mcp); running legacy mode: "
+                "only tasks already assigned to agents start, blocking is not checked",
+            )
 
     # --- leases: recovery and the watcher -----------------------------------------------------------
 
@@ -372,8 +424,10 @@ class Scheduler:
         while True:
             current = await anyio.to_thread.run_sync(self._lease_dir_signature)
             names = {name for name, _ in current}
-            lost_own = any(run.lease is not None and run.lease.pid is not None
-                           and self.store.path(task_id).name not in names for task_id, run in self.runs.items())
+            lost_own = any(
+                run.lease is not None and run.lease.pid is not None and self.store.path(task_id).name not in names
+                for task_id, run in self.runs.items()
+            )
             if lost_own or (last is not None and current != last):
                 self._lease_change.set()
             last = current
@@ -416,14 +470,27 @@ class Scheduler:
                 await anyio.to_thread.run_sync(self.store.write, lease)
                 present[task_id] = lease
                 self._count("leases_restored")
-                log.warning("lease_restored", task_id=task_id, agent=lease.agent, pid=lease.pid,
-                            reason="lease file removed or damaged by hand while its process is alive")
+                log.warning(
+                    "lease_restored",
+                    task_id=task_id,
+                    agent=lease.agent,
+                    pid=lease.pid,
+                    reason="lease file removed or damaged by hand while its process is alive",
+                )
         self.known_leases = present
-        snapshot = Snapshot(now=utcnow(), host=self.host, instance_id=self.instance_id, leases=tuple(present.values()),
-                            liveness={t: probe(lease, self.boot_id) for t, lease in present.items()},
-                            supervised=frozenset(self.runs) | frozenset(self.reclaiming))
-        config = PlanConfig(limits=self.config.limits, heartbeat_sec=self.config.settings.heartbeat_sec,
-                            max_runtime_sec=self.config.settings.max_runtime_sec)
+        snapshot = Snapshot(
+            now=utcnow(),
+            host=self.host,
+            instance_id=self.instance_id,
+            leases=tuple(present.values()),
+            liveness={t: probe(lease, self.boot_id) for t, lease in present.items()},
+            supervised=frozenset(self.runs) | frozenset(self.reclaiming),
+        )
+        config = PlanConfig(
+            limits=self.config.limits,
+            heartbeat_sec=self.config.settings.heartbeat_sec,
+            max_runtime_sec=self.config.settings.max_runtime_sec,
+        )
         for lease in present.values():
             decision = judge_lease(lease, snapshot, config)
             if decision.verdict in (Verdict.REQUEUE, Verdict.STOP):
@@ -442,8 +509,14 @@ class Scheduler:
 
     async def _reclaim(self, lease: Lease, decision: LeaseDecision) -> None:
         s = self.config.settings
-        log.warning("reclaiming", task_id=lease.task_id, agent=lease.agent, pid=lease.pid,
-                    verdict=decision.verdict.value, reason=decision.reason)
+        log.warning(
+            "reclaiming",
+            task_id=lease.task_id,
+            agent=lease.agent,
+            pid=lease.pid,
+            verdict=decision.verdict.value,
+            reason=decision.reason,
+        )
         # Wake the tick only when the lease went (a slot or a task may be free now): a reclaim that
         # changed nothing would be planned again by the pass it woke, and again, without end.
         removed = False
@@ -452,34 +525,53 @@ class Scheduler:
                 if lease.start_ticks is None:
                     # An original-schema lease cannot prove the PID is still its process: signalling
                     # could hit an unrelated program. Wait for it to end instead.
-                    log.warning("reclaim_waiting", task_id=lease.task_id, pid=lease.pid,
-                                reason="lease has no process start time; not signalling an unverifiable PID")
+                    log.warning(
+                        "reclaim_waiting",
+                        task_id=lease.task_id,
+                        pid=lease.pid,
+                        reason="lease has no process start time; not signalling an unverifiable PID",
+                    )
                     return
                 stopping = lease.with_changes(state=LeaseState.STOPPING)
                 self.store.write(stopping, durable=False)
                 signal_used = await stop_process_group(
-                    lease.pgid or lease.pid, lambda: probe(lease, self.boot_id) is not Liveness.ALIVE,
-                    s.stop_grace_sec, log.bind(task_id=lease.task_id, agent=lease.agent, pid=lease.pid))
+                    lease.pgid or lease.pid,
+                    lambda: probe(lease, self.boot_id) is not Liveness.ALIVE,
+                    s.stop_grace_sec,
+                    log.bind(task_id=lease.task_id, agent=lease.agent, pid=lease.pid),
+                )
                 log.info("reclaim_stopped", task_id=lease.task_id, pid=lease.pid, signal=signal_used)
             elif lease.pid is None:
                 await self._stop_unrecorded_runs(lease)
             client = await self._client()
-            comment = (f"tinyscheduler: run on {self.host} (pid {lease.pid}, attempt {lease.attempt}) was reclaimed: "
-                       f"{decision.reason}; the task is back in the queue")
+            comment = (
+                f"tinyscheduler: run on {self.host} (pid {lease.pid}, attempt {lease.attempt}) was reclaimed: "
+                f"{decision.reason}; the task is back in the queue"
+            )
             try:
                 requeued = await requeue_if_ours(client, lease.task_id, lease.agent, comment)
             except TaskNotFound:
                 # Deleted (or archived) meanwhile: nothing left to requeue, and the lease would
                 # otherwise be retried, and refused, forever.
                 requeued = False
-                log.warning("reclaim_task_gone", task_id=lease.task_id, agent=lease.agent,
-                            reason="the task no longer exists in TinyTask; removing its lease")
+                log.warning(
+                    "reclaim_task_gone",
+                    task_id=lease.task_id,
+                    agent=lease.agent,
+                    reason="the task no longer exists in TinyTask; removing its lease",
+                )
             await anyio.to_thread.run_sync(self.store.remove, lease.task_id)
             removed = True
             self.known_leases.pop(lease.task_id, None)
             self._count("leases_reclaimed")
-            self.events.record("reclaimed", task_id=lease.task_id, agent=lease.agent, pid=lease.pid,
-                               reason=decision.reason, requeued=requeued)
+            self.events.record(
+                "reclaimed",
+                task_id=lease.task_id,
+                agent=lease.agent,
+                pid=lease.pid,
+                reason=decision.reason,
+                requeued=requeued,
+            )
             log.info("reclaimed", task_id=lease.task_id, agent=lease.agent, reason=decision.reason, requeued=requeued)
         except TinyTaskError as exc:
             # The lease stays: the next check retries, so the task is never forgotten while TinyTask is down.
@@ -503,11 +595,19 @@ class Scheduler:
                 group = os.getpgid(pid)
             except ProcessLookupError:
                 continue
-            log.warning("orphan_found", task_id=lease.task_id, agent=lease.agent, pid=pid,
-                        reason="a run whose pid was never written to its lease; stopping it before requeueing")
-            await stop_process_group(group, lambda found=found: probe(found, self.boot_id) is not Liveness.ALIVE,
-                                     self.config.settings.stop_grace_sec,
-                                     log.bind(task_id=lease.task_id, agent=lease.agent, pid=pid))
+            log.warning(
+                "orphan_found",
+                task_id=lease.task_id,
+                agent=lease.agent,
+                pid=pid,
+                reason="a run whose pid was never written to its lease; stopping it before requeueing",
+            )
+            await stop_process_group(
+                group,
+                lambda found=found: probe(found, self.boot_id) is not Liveness.ALIVE,
+                self.config.settings.stop_grace_sec,
+                log.bind(task_id=lease.task_id, agent=lease.agent, pid=pid),
+            )
 
     # --- systemd, signals, reload, shutdown ---------------------------------------------------------
 
@@ -535,8 +635,11 @@ class Scheduler:
             if signum == signal.SIGHUP:
                 await self.reload()
             elif self.stopping:
-                log.warning("stop_hurried", signal=signal.Signals(signum).name,
-                            reason="second stop signal: runs are stopped now, without waiting")
+                log.warning(
+                    "stop_hurried",
+                    signal=signal.Signals(signum).name,
+                    reason="second stop signal: runs are stopped now, without waiting",
+                )
                 self._hurry.set()
             else:
                 self.request_stop(signal.Signals(signum).name)
@@ -585,8 +688,13 @@ class Scheduler:
         for name in RESTART_ONLY:
             before, after = getattr(old.settings, name), getattr(loaded.settings, name)
             if before != after:
-                log.warning("restart_needed", setting=name, old=str(before), new=str(after),
-                            reason="this setting cannot change while running; restart to apply it")
+                log.warning(
+                    "restart_needed",
+                    setting=name,
+                    old=str(before),
+                    new=str(after),
+                    reason="this setting cannot change while running; restart to apply it",
+                )
                 kept[name] = before
         return loaded.with_overrides(kept) if kept else loaded
 
@@ -612,16 +720,21 @@ class Scheduler:
 
     def _publish(self, report: PassReport) -> None:
         s = self.config.settings
-        line = systemd.status_line(report.busy, report.slots, report.queued, report.blocked,
-                                   report.duration_sec, report.error)
+        line = systemd.status_line(
+            report.busy, report.slots, report.queued, report.blocked, report.duration_sec, report.error
+        )
         if self.reload_error:
             line += f"; reload rejected, previous configuration kept: {self.reload_error}"
         self.notifier.status(line)
-        data = asdict(report) | {"pid": os.getpid(), "instance": self.instance_id, "host": self.host,
-                                 "reload_error": self.reload_error,
-                                 "env_file": str(self.config.loaded.env_file) if self.config.loaded.env_file else None,
-                                 "agent_control_file": str(s.agent_control_file) if self.config.registry else None,
-                                 "limits": self.config.limits}
+        data = asdict(report) | {
+            "pid": os.getpid(),
+            "instance": self.instance_id,
+            "host": self.host,
+            "reload_error": self.reload_error,
+            "env_file": str(self.config.loaded.env_file) if self.config.loaded.env_file else None,
+            "agent_control_file": str(s.agent_control_file) if self.config.registry else None,
+            "limits": self.config.limits,
+        }
         try:
             write_json_atomic(s.last_pass_file, data, mode=0o644, durable=False)
         except OSError as exc:
@@ -630,16 +743,20 @@ class Scheduler:
     def _note_quarantined(self, records: Sequence[Quarantined]) -> None:
         for record in records:
             self._count("leases_quarantined")
-            log.error("lease_quarantined", file=str(record.original), moved_to=str(record.moved_to),
-                      reason=record.reason)
+            log.error(
+                "lease_quarantined", file=str(record.original), moved_to=str(record.moved_to), reason=record.reason
+            )
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
 
 def _changes(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
-    return {name: (getattr(old, name), getattr(new, name))
-            for name in type(old).model_fields if getattr(old, name) != getattr(new, name)}
+    return {
+        name: (getattr(old, name), getattr(new, name))
+        for name in type(old).model_fields
+        if getattr(old, name) != getattr(new, name)
+    }
 
 
 # --- run --dry-run -----------------------------------------------------------------------------------
@@ -662,30 +779,52 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         instance_id = holder[holder.index("instance") + 1] if "instance" in holder else instance_id
     try:
         async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
-            pc = plan_config(config.limits, config.registry, client.features, disable_blocking=s.disable_blocking,
-                             heartbeat_sec=s.heartbeat_sec, max_runtime_sec=s.max_runtime_sec)
-            attempts = AttemptBook(s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec,
-                                   read_only=True)
-            gathered = await gather(client, pc, store, now=utcnow(), host=socket.gethostname(),
-                                    instance_id=instance_id, boot_id=current_boot_id(),
-                                    not_before=attempts.not_before_all())
+            pc = plan_config(
+                config.limits,
+                config.registry,
+                client.features,
+                disable_blocking=s.disable_blocking,
+                heartbeat_sec=s.heartbeat_sec,
+                max_runtime_sec=s.max_runtime_sec,
+            )
+            attempts = AttemptBook(
+                s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec, read_only=True
+            )
+            gathered = await gather(
+                client,
+                pc,
+                store,
+                now=utcnow(),
+                host=socket.gethostname(),
+                instance_id=instance_id,
+                boot_id=current_boot_id(),
+                not_before=attempts.not_before_all(),
+            )
             protocol = client.features.protocol
     except TinyTaskError as exc:
-        print(mask_url_passwords(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}"),
-              file=sys.stderr)
+        print(
+            mask_url_passwords(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}"),
+            file=sys.stderr,
+        )
         return 1
     result = plan(gathered.snapshot, pc)
     if json_output:
-        payload = {"dry_run": True, "tinytask": mask_url_passwords(s.tinytask_url), "protocol": protocol,
-                   "mode": "queue" if pc.pools else "legacy", **result.to_json(),
-                   "malformed": [str(p) for p in gathered.problems],
-                   "quarantine_candidates": [{"file": str(q.original), "reason": q.reason}
-                                             for q in gathered.quarantined]}
+        payload = {
+            "dry_run": True,
+            "tinytask": mask_url_passwords(s.tinytask_url),
+            "protocol": protocol,
+            "mode": "queue" if pc.pools else "legacy",
+            **result.to_json(),
+            "malformed": [str(p) for p in gathered.problems],
+            "quarantine_candidates": [{"file": str(q.original), "reason": q.reason} for q in gathered.quarantined],
+        }
         print(json.dumps(payload, indent=2, default=str))
     else:
         mode = f"queue mode ({len(pc.pools)} queue(s))" if pc.pools else "legacy mode (agent limits only)"
-        header = (f"TinyScheduler dry run at {gathered.snapshot.now:%Y-%m-%d %H:%M:%S} UTC: "
-                  f"TinyTask {mask_url_passwords(s.tinytask_url)} ({protocol}), {mode}")
+        header = (
+            f"TinyScheduler dry run at {gathered.snapshot.now:%Y-%m-%d %H:%M:%S} UTC: "
+            f"TinyTask {mask_url_passwords(s.tinytask_url)} ({protocol}), {mode}"
+        )
         print(render_plan(result, gathered, header=header) + "\nDry run: nothing was assigned, started or written.")
     return 0
 

@@ -11,6 +11,7 @@ status recomputed from children). Stdlib only, one process, bound to 127.0.0.1.
 `legacy=True` plays the old tinytask-mcp 1.0: no REST, only the legacy SSE MCP transport, no
 queue/parent/blocking fields, timestamps as `YYYY-MM-DD HH:MM:SS`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -58,7 +59,7 @@ class _Filters:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 class _Store:
@@ -361,7 +362,9 @@ class _Store:
             row = self._row(task_id)
             if from_agent is not None and row["assigned_to"] != from_agent:
                 current = row["assigned_to"] or "no one"
-                raise FakeError(400, f"Task {task_id} is not assigned to {from_agent} (currently assigned to: {current})")
+                raise FakeError(
+                    400, f"Task {task_id} is not assigned to {from_agent} (currently assigned to: {current})"
+                )
             if row["status"] not in ("idle", "working"):
                 raise FakeError(
                     400,
@@ -505,8 +508,17 @@ def _check_task_body(body: dict[str, Any], patch: bool) -> None:
         raise FakeError(400, "created_by is required")
 
 
-_PATCHABLE = ("title", "description", "status", "assigned_to", "priority", "tags", "parent_task_id",
-              "queue_name", "blocked_by_task_id")
+_PATCHABLE = (
+    "title",
+    "description",
+    "status",
+    "assigned_to",
+    "priority",
+    "tags",
+    "parent_task_id",
+    "queue_name",
+    "blocked_by_task_id",
+)
 
 
 @dataclass(frozen=True)
@@ -578,7 +590,9 @@ def _post_comment(call: _Call) -> tuple[int, Any]:
     if not isinstance(data.get("content"), str):
         raise FakeError(400, "content is required and must be a string")
     created_by = data.get("created_by")
-    return 201, call.fake._store.add_comment(task_id, data["content"], created_by if isinstance(created_by, str) else None)
+    return 201, call.fake._store.add_comment(
+        task_id, data["content"], created_by if isinstance(created_by, str) else None
+    )
 
 
 def _post_transfer(call: _Call) -> tuple[int, Any]:
@@ -659,8 +673,13 @@ class _Param:
         if self.kind in ("strings", "status_list"):
             return {"type": "array", **base, "items": {"type": "string"}}
         if self.kind == "statuses":
-            return {"anyOf": [{"type": "string", "enum": list(STATUSES)},
-                              {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}}], **base}
+            return {
+                "anyOf": [
+                    {"type": "string", "enum": list(STATUSES)},
+                    {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
+                ],
+                **base,
+            }
         return {"type": self.kind, **base}
 
 
@@ -681,11 +700,25 @@ class _InvalidArguments(Exception):
 
 def _check_status(value: Any, path: list[Any], issues: list[dict[str, Any]]) -> None:
     if not isinstance(value, str):
-        issues.append({"code": "invalid_type", "expected": _STATUS_ENUM, "received": _js_type(value),
-                       "path": path, "message": f"Expected {_STATUS_ENUM}, received {_js_type(value)}"})
+        issues.append(
+            {
+                "code": "invalid_type",
+                "expected": _STATUS_ENUM,
+                "received": _js_type(value),
+                "path": path,
+                "message": f"Expected {_STATUS_ENUM}, received {_js_type(value)}",
+            }
+        )
     elif value not in STATUSES:
-        issues.append({"received": value, "code": "invalid_enum_value", "options": list(STATUSES), "path": path,
-                       "message": f"Invalid enum value. Expected {_STATUS_ENUM}, received '{value}'"})
+        issues.append(
+            {
+                "received": value,
+                "code": "invalid_enum_value",
+                "options": list(STATUSES),
+                "path": path,
+                "message": f"Invalid enum value. Expected {_STATUS_ENUM}, received '{value}'",
+            }
+        )
 
 
 def _validate(params: dict[str, _Param], strict: bool, args: Any) -> dict[str, Any]:
@@ -693,22 +726,45 @@ def _validate(params: dict[str, _Param], strict: bool, args: Any) -> dict[str, A
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise _InvalidArguments([{"code": "invalid_type", "expected": "object", "received": _js_type(args),
-                                  "path": [], "message": f"Expected object, received {_js_type(args)}"}])
+        raise _InvalidArguments(
+            [
+                {
+                    "code": "invalid_type",
+                    "expected": "object",
+                    "received": _js_type(args),
+                    "path": [],
+                    "message": f"Expected object, received {_js_type(args)}",
+                }
+            ]
+        )
     issues: list[dict[str, Any]] = []
     out: dict[str, Any] = {}
 
     def wrong(key: str, expected: str, value: Any) -> None:
         received = _js_type(value)
-        issues.append({"code": "invalid_type", "expected": expected, "received": received, "path": [key],
-                       "message": f"Expected {expected}, received {received}"})
+        issues.append(
+            {
+                "code": "invalid_type",
+                "expected": expected,
+                "received": received,
+                "path": [key],
+                "message": f"Expected {expected}, received {received}",
+            }
+        )
 
     for key, param in params.items():
         if key not in args:
             if param.required:
                 expected = "number" if param.kind == "number" else param.kind
-                issues.append({"code": "invalid_type", "expected": expected, "received": "undefined",
-                               "path": [key], "message": "Required"})
+                issues.append(
+                    {
+                        "code": "invalid_type",
+                        "expected": expected,
+                        "received": "undefined",
+                        "path": [key],
+                        "message": "Required",
+                    }
+                )
             continue
         value = args[key]
         if param.kind == "number" or (param.kind == "nullable_number" and value is not None):
@@ -730,8 +786,15 @@ def _validate(params: dict[str, _Param], strict: bool, args: Any) -> dict[str, A
                     if param.kind == "status_list":
                         _check_status(item, [key, index], issues)
                     elif not isinstance(item, str):
-                        issues.append({"code": "invalid_type", "expected": "string", "received": _js_type(item),
-                                       "path": [key, index], "message": f"Expected string, received {_js_type(item)}"})
+                        issues.append(
+                            {
+                                "code": "invalid_type",
+                                "expected": "string",
+                                "received": _js_type(item),
+                                "path": [key, index],
+                                "message": f"Expected string, received {_js_type(item)}",
+                            }
+                        )
         elif param.kind == "statuses":
             items = value if isinstance(value, list) else [value]
             if not all(isinstance(item, str) and item in STATUSES for item in items):
@@ -740,8 +803,14 @@ def _validate(params: dict[str, _Param], strict: bool, args: Any) -> dict[str, A
     unknown = [key for key in args if key not in params]
     if strict and unknown:
         listed = ", ".join(f"'{key}'" for key in unknown)
-        issues.append({"code": "unrecognized_keys", "keys": unknown, "path": [],
-                       "message": f"Unrecognized key(s) in object: {listed}"})
+        issues.append(
+            {
+                "code": "unrecognized_keys",
+                "keys": unknown,
+                "path": [],
+                "message": f"Unrecognized key(s) in object: {listed}",
+            }
+        )
     if issues:
         raise _InvalidArguments(issues)
     return out
@@ -785,8 +854,11 @@ def _tool_get_queue_tasks(store: _Store, args: dict[str, Any]) -> _ToolResult:
         return "Error retrieving queue tasks: Queue name cannot be empty", True
     tasks = store.list(_mcp_filters(args, name))
     # JSON.stringify drops the filters that were not given; include_archived is always there.
-    filters = {key: args[key] for key in ("assigned_to", "status", "exclude_status", "parent_task_id",
-                                          "exclude_subtasks") if key in args}
+    filters = {
+        key: args[key]
+        for key in ("assigned_to", "status", "exclude_status", "parent_task_id", "exclude_subtasks")
+        if key in args
+    }
     filters["include_archived"] = args.get("include_archived") or False
     filters.update({key: args[key] for key in ("limit", "offset") if key in args})
     return _pretty({"queue_name": args["queue_name"], "count": len(tasks), "filters": filters, "tasks": tasks}), False
@@ -831,10 +903,15 @@ def _tool_list_queues(store: _Store, args: dict[str, Any]) -> _ToolResult:
 def _tool_create_task(store: _Store, args: dict[str, Any]) -> _ToolResult:
     try:
         task = store.create(
-            title=args["title"], created_by=args.get("created_by"), assigned_to=args.get("assigned_to"),
-            priority=args.get("priority", 0), queue_name=args.get("queue_name"),
-            blocked_by_task_id=args.get("blocked_by_task_id"), tags=args.get("tags", ()),
-            parent_task_id=args.get("parent_task_id"), description=args.get("description"),
+            title=args["title"],
+            created_by=args.get("created_by"),
+            assigned_to=args.get("assigned_to"),
+            priority=args.get("priority", 0),
+            queue_name=args.get("queue_name"),
+            blocked_by_task_id=args.get("blocked_by_task_id"),
+            tags=args.get("tags", ()),
+            parent_task_id=args.get("parent_task_id"),
+            description=args.get("description"),
         )
     except FakeError as exc:
         return f"Error creating task: {exc.message}", True
@@ -860,71 +937,111 @@ class _Tool:
 
 
 _ID = _Param("number", "Task ID", required=True)
-_NEW_SERVER_ARGS = frozenset({"queue_name", "parent_task_id", "blocked_by_task_id", "exclude_status",
-                              "exclude_subtasks"})
+_NEW_SERVER_ARGS = frozenset(
+    {"queue_name", "parent_task_id", "blocked_by_task_id", "exclude_status", "exclude_subtasks"}
+)
 _TOOLS: tuple[_Tool, ...] = (
-    _Tool("create_task", "Create a new task in the system", {
-        "title": _Param("string", "Task title", required=True),
-        "description": _Param("string", "Task description"),
-        "assigned_to": _Param("string", "Agent name to assign to"),
-        "created_by": _Param("string", "Agent name creating the task"),
-        "priority": _Param("number", "Priority level (default: 0)"),
-        "tags": _Param("strings", "Array of tags"),
-        "parent_task_id": _Param("number", "Parent task ID (creates subtask)"),
-        "queue_name": _Param("string", "Queue name (dev, product, qa, etc.)"),
-        "blocked_by_task_id": _Param("number", "ID of task that blocks this task"),
-    }, _tool_create_task),
-    _Tool("update_task", "Update an existing task", {
-        "id": _ID,
-        "title": _Param("string", "New title"),
-        "description": _Param("string", "New description"),
-        "status": _Param("status", "New status"),
-        "assigned_to": _Param("string", "New assignee"),
-        "priority": _Param("number", "New priority"),
-        "tags": _Param("strings", "New tags (replaces existing)"),
-        "parent_task_id": _Param("number", "New parent task ID"),
-        "queue_name": _Param("string", "New queue name"),
-        "blocked_by_task_id": _Param("nullable_number", "ID of task that blocks this task. Set to null to unblock."),
-    }, _tool_update_task),
+    _Tool(
+        "create_task",
+        "Create a new task in the system",
+        {
+            "title": _Param("string", "Task title", required=True),
+            "description": _Param("string", "Task description"),
+            "assigned_to": _Param("string", "Agent name to assign to"),
+            "created_by": _Param("string", "Agent name creating the task"),
+            "priority": _Param("number", "Priority level (default: 0)"),
+            "tags": _Param("strings", "Array of tags"),
+            "parent_task_id": _Param("number", "Parent task ID (creates subtask)"),
+            "queue_name": _Param("string", "Queue name (dev, product, qa, etc.)"),
+            "blocked_by_task_id": _Param("number", "ID of task that blocks this task"),
+        },
+        _tool_create_task,
+    ),
+    _Tool(
+        "update_task",
+        "Update an existing task",
+        {
+            "id": _ID,
+            "title": _Param("string", "New title"),
+            "description": _Param("string", "New description"),
+            "status": _Param("status", "New status"),
+            "assigned_to": _Param("string", "New assignee"),
+            "priority": _Param("number", "New priority"),
+            "tags": _Param("strings", "New tags (replaces existing)"),
+            "parent_task_id": _Param("number", "New parent task ID"),
+            "queue_name": _Param("string", "New queue name"),
+            "blocked_by_task_id": _Param(
+                "nullable_number", "ID of task that blocks this task. Set to null to unblock."
+            ),
+        },
+        _tool_update_task,
+    ),
     _Tool("get_task", "Get a task by ID with all comments and links", {"id": _ID}, _tool_get_task),
-    _Tool("list_tasks", "List tasks with optional filters", {
-        "assigned_to": _Param("string", "Filter by assignee"),
-        "status": _Param("statuses", "Filter by status (single value or array of statuses)"),
-        "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
-        "limit": _Param("number", "Max results (default: 100)"),
-        "offset": _Param("number", "Pagination offset"),
-        "queue_name": _Param("string", "Filter by queue name"),
-        "parent_task_id": _Param("number", "Filter by parent task ID"),
-        "exclude_subtasks": _Param("boolean", "Exclude subtasks from results"),
-        "include_archived": _Param("boolean", "Include archived tasks (the fake archives nothing)"),
-    }, _tool_list_tasks),
-    _Tool("signup_for_task", "Claim the highest priority idle task from your queue and mark it as working", {
-        "agent_name": _Param("string", "Agent name signing up for task", required=True),
-    }, _tool_signup_for_task),
-    _Tool("move_task", "Transfer a task to another agent with status reset to idle and add handoff comment", {
-        "task_id": _Param("number", "Task ID to transfer", required=True),
-        "current_agent": _Param("string", "Current agent (for verification)", required=True),
-        "new_agent": _Param("string", "Agent to transfer to", required=True),
-        "comment": _Param("string", "Handoff message/context", required=True),
-    }, _tool_move_task),
+    _Tool(
+        "list_tasks",
+        "List tasks with optional filters",
+        {
+            "assigned_to": _Param("string", "Filter by assignee"),
+            "status": _Param("statuses", "Filter by status (single value or array of statuses)"),
+            "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
+            "limit": _Param("number", "Max results (default: 100)"),
+            "offset": _Param("number", "Pagination offset"),
+            "queue_name": _Param("string", "Filter by queue name"),
+            "parent_task_id": _Param("number", "Filter by parent task ID"),
+            "exclude_subtasks": _Param("boolean", "Exclude subtasks from results"),
+            "include_archived": _Param("boolean", "Include archived tasks (the fake archives nothing)"),
+        },
+        _tool_list_tasks,
+    ),
+    _Tool(
+        "signup_for_task",
+        "Claim the highest priority idle task from your queue and mark it as working",
+        {
+            "agent_name": _Param("string", "Agent name signing up for task", required=True),
+        },
+        _tool_signup_for_task,
+    ),
+    _Tool(
+        "move_task",
+        "Transfer a task to another agent with status reset to idle and add handoff comment",
+        {
+            "task_id": _Param("number", "Task ID to transfer", required=True),
+            "current_agent": _Param("string", "Current agent (for verification)", required=True),
+            "new_agent": _Param("string", "Agent to transfer to", required=True),
+            "comment": _Param("string", "Handoff message/context", required=True),
+        },
+        _tool_move_task,
+    ),
     _Tool("list_queues", "List all queue names currently in use", {}, _tool_list_queues, in_legacy=False),
-    _Tool("get_queue_tasks", "Get all tasks in a queue with optional filters", {
-        "queue_name": _Param("string", "Queue name", required=True),
-        "assigned_to": _Param("string", "Filter by assignee"),
-        "status": _Param("statuses", "Filter by status (single value or array of statuses)"),
-        "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
-        "limit": _Param("number", "Max results"),
-        "offset": _Param("number", "Pagination offset"),
-        "parent_task_id": _Param("number", "Filter by parent task ID"),
-        "exclude_subtasks": _Param("boolean", "Exclude subtasks from results"),
-        "include_archived": _Param("boolean", "Include archived tasks (the fake archives nothing)"),
-    }, _tool_get_queue_tasks, in_legacy=False),
+    _Tool(
+        "get_queue_tasks",
+        "Get all tasks in a queue with optional filters",
+        {
+            "queue_name": _Param("string", "Queue name", required=True),
+            "assigned_to": _Param("string", "Filter by assignee"),
+            "status": _Param("statuses", "Filter by status (single value or array of statuses)"),
+            "exclude_status": _Param("status_list", "Exclude tasks with these statuses"),
+            "limit": _Param("number", "Max results"),
+            "offset": _Param("number", "Pagination offset"),
+            "parent_task_id": _Param("number", "Filter by parent task ID"),
+            "exclude_subtasks": _Param("boolean", "Exclude subtasks from results"),
+            "include_archived": _Param("boolean", "Include archived tasks (the fake archives nothing)"),
+        },
+        _tool_get_queue_tasks,
+        in_legacy=False,
+    ),
     # The real add_comment schema is the one not marked strict: unknown keys are dropped.
-    _Tool("add_comment", "Add a comment to a task", {
-        "task_id": _Param("number", "Task ID", required=True),
-        "content": _Param("string", "Comment text", required=True),
-        "created_by": _Param("string", "Agent name"),
-    }, _tool_add_comment, strict=False),
+    _Tool(
+        "add_comment",
+        "Add a comment to a task",
+        {
+            "task_id": _Param("number", "Task ID", required=True),
+            "content": _Param("string", "Comment text", required=True),
+            "created_by": _Param("string", "Agent name"),
+        },
+        _tool_add_comment,
+        strict=False,
+    ),
 )
 
 
@@ -956,7 +1073,8 @@ class _Mcp:
             result: dict[str, Any] = {
                 "protocolVersion": wanted if wanted in _PROTOCOL_VERSIONS else _PROTOCOL_VERSIONS[0],
                 "capabilities": {"tools": {}},
-                "serverInfo": {"name": "tinytask-mcp", "version": "1.0.0"} if self.legacy
+                "serverInfo": {"name": "tinytask-mcp", "version": "1.0.0"}
+                if self.legacy
                 else {"name": "tinytask", "version": "2.0.0"},
             }
         elif method == "ping":
@@ -973,8 +1091,7 @@ class _Mcp:
 
     @staticmethod
     def _describe(tool: _Tool) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "object",
-                                  "properties": {k: p.json_schema() for k, p in tool.params.items()}}
+        schema: dict[str, Any] = {"type": "object", "properties": {k: p.json_schema() for k, p in tool.params.items()}}
         required = [k for k, p in tool.params.items() if p.required]
         if required:
             schema["required"] = required
@@ -1097,7 +1214,8 @@ class _Handler(BaseHTTPRequestHandler):
         accept = self.headers.get("Accept", "")
         if "application/json" not in accept or "text/event-stream" not in accept:
             self._rpc_failure(
-                406, -32000, "Not Acceptable: Client must accept both application/json and text/event-stream")
+                406, -32000, "Not Acceptable: Client must accept both application/json and text/event-stream"
+            )
             return
         if not self.headers.get("Content-Type", "").startswith("application/json"):
             self._rpc_failure(415, -32000, "Unsupported Media Type: Content-Type must be application/json")
@@ -1114,8 +1232,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self._send(202, b"", None)
         else:
-            self._send(200, _sse_event("message", _compact(reply)), "text/event-stream",
-                       {"Cache-Control": "no-cache"})
+            self._send(200, _sse_event("message", _compact(reply)), "text/event-stream", {"Cache-Control": "no-cache"})
 
     def _sse_post(self, session_id: str | None, raw_body: bytes) -> None:
         """Legacy SSE transport: the POST is only acknowledged; the reply goes out on the stream."""
@@ -1290,9 +1407,16 @@ class FakeTinyTask:
     ) -> dict[str, Any]:
         """Store a task as the server would (validation, inheritance); raises FakeError."""
         return self._store.create(
-            title=title, created_by=created_by, status=status, assigned_to=assigned_to, priority=priority,
-            queue_name=queue_name, blocked_by_task_id=blocked_by_task_id, tags=tags,
-            parent_task_id=parent_task_id, description=description,
+            title=title,
+            created_by=created_by,
+            status=status,
+            assigned_to=assigned_to,
+            priority=priority,
+            queue_name=queue_name,
+            blocked_by_task_id=blocked_by_task_id,
+            tags=tags,
+            parent_task_id=parent_task_id,
+            description=description,
         )
 
     def task(self, task_id: int) -> dict[str, Any]:
@@ -1336,7 +1460,7 @@ class FakeTinyTask:
             self._sessions.pop(session_id, None)
 
     def _health(self) -> dict[str, Any]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         health: dict[str, Any] = {
             "status": "healthy",
             "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
@@ -1353,7 +1477,9 @@ class FakeTinyTask:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinyscheduler.testing.fake_tinytask", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tinyscheduler.testing.fake_tinytask", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", metavar="FILE.json", help="JSON array of create_task keyword arguments")

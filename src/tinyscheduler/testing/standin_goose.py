@@ -12,6 +12,7 @@ REST from $TINYTASK_ENDPOINT); <arg> is the seconds, or the megabytes for `flood
 agent for `transfer`. See MODES. With $TINYSCHEDULER_STANDIN_RECORD set, a JSON line is appended
 to that file at start and at end so tests can check concurrency. Standard library and PyYAML only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,8 +102,11 @@ def write_launcher(path: Path, python: str = sys.executable) -> Path:
     writers (parallel test workers) never leave a half-written script."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f'#!/bin/sh\n# STAND-IN for goose (tinyscheduler tests and demo); not an AI agent.\n'
-                   f'exec "{python}" -m tinyscheduler.testing.standin_goose "$@"\n', encoding="utf-8")
+    tmp.write_text(
+        f"#!/bin/sh\n# STAND-IN for goose (tinyscheduler tests and demo); not an AI agent.\n"
+        f'exec "{python}" -m tinyscheduler.testing.standin_goose "$@"\n',
+        encoding="utf-8",
+    )
     tmp.chmod(0o755)
     os.replace(tmp, path)
     return path
@@ -161,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _act(b: Behaviour, out: "Output", api: str | None, task_id: str | None, agent: str | None) -> int:
+def _act(b: Behaviour, out: Output, api: str | None, task_id: str | None, agent: str | None) -> int:
     out.message(f"stand-in goose: task {task_id} for agent {agent}, mode {b.mode}")
 
     mode = b.mode
@@ -176,8 +180,12 @@ def _act(b: Behaviour, out: "Output", api: str | None, task_id: str | None, agen
     if mode == "transfer":
         if not (api and task_id and agent and b.to):
             _fail("transfer needs TINYTASK_ENDPOINT, task_id, agent and a target agent")
-        _call(api, "POST", f"/api/v1/tasks/{task_id}/transfer",
-              {"current_agent": agent, "new_agent": b.to, "comment": f"stand-in goose: handing over to {b.to}"})
+        _call(
+            api,
+            "POST",
+            f"/api/v1/tasks/{task_id}/transfer",
+            {"current_agent": agent, "new_agent": b.to, "comment": f"stand-in goose: handing over to {b.to}"},
+        )
         out.message(f"transferred task {task_id} to {b.to}")
     time.sleep(b.seconds)
     if mode == "fail":
@@ -213,8 +221,9 @@ class Output:
     def finish(self, status: str, error: str | None = None) -> None:
         tokens = {"total_tokens": 30, "input_tokens": 20, "output_tokens": 10}
         if self.fmt == "json":
-            print(json.dumps({"messages": self.messages, "metadata": {**tokens, "status": status}}, indent=2),
-                  flush=True)
+            print(
+                json.dumps({"messages": self.messages, "metadata": {**tokens, "status": status}}, indent=2), flush=True
+            )
         elif self.fmt == "stream-json":
             event = {"type": "error", "error": error} if status == "error" else {"type": "complete", **tokens}
             print(json.dumps(event), flush=True)
@@ -239,7 +248,12 @@ def _flood(megabytes: float) -> None:
 
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "mode": str, "seconds": (int, float), "megabytes": (int, float), "to": str, "complete_task": bool, "error": str,
+    "mode": str,
+    "seconds": (int, float),
+    "megabytes": (int, float),
+    "to": str,
+    "complete_task": bool,
+    "error": str,
 }
 
 
@@ -337,8 +351,7 @@ def _tags(api: str, task_id: str) -> list[str]:
 
 def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(api + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(api + path, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read() or b"null")
@@ -352,8 +365,13 @@ def _record(event: str, task_id: str | None, agent: str | None, code: int | None
     path = os.environ.get("TINYSCHEDULER_STANDIN_RECORD")
     if not path:
         return
-    entry: dict[str, Any] = {"event": event, "task_id": int(task_id) if task_id and task_id.isdigit() else task_id,
-                             "agent": agent, "pid": os.getpid(), "t": time.time()}
+    entry: dict[str, Any] = {
+        "event": event,
+        "task_id": int(task_id) if task_id and task_id.isdigit() else task_id,
+        "agent": agent,
+        "pid": os.getpid(),
+        "t": time.time(),
+    }
     if event == "end":
         entry["exit"] = code
     # One write of one line on an O_APPEND descriptor: concurrent writers never interleave.

@@ -2,6 +2,7 @@
 
 Kept private so the public surface stays the `TinyTaskClient` interface plus the constructors.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -175,6 +176,7 @@ async def check_status(
         raise cls(f"{server_message(response)} ({endpoint}: HTTP {status})", status)
     raise TinyTaskBadReply(f"{endpoint}: unexpected HTTP {status}")
 
+
 async def collect_pages(fetch: Callable[[int, int], Awaitable[list[Any]]], page_size: int) -> list[Any]:
     """Every row of a limit/offset listing, in server order, each task once.
 
@@ -220,7 +222,6 @@ def status_filter(status: Any) -> list[str] | None:
     return [status] if isinstance(status, str) else list(status)
 
 
-
 def one_task(raw: Any, endpoint: str) -> Task:
     """A single task the caller asked for by id: unusable content is a bad reply, not a skip."""
     parsed = parse_task(raw, endpoint)
@@ -246,8 +247,12 @@ class HttpClient(TinyTaskClient):
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
         self._api = JsonHttp(
-            base_url, connect_timeout=connect_timeout, read_timeout=read_timeout,
-            retries=retries, backoff_base=backoff_base, sleep=sleep,
+            base_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries=retries,
+            backoff_base=backoff_base,
+            sleep=sleep,
         )
         self._page_size = page_size
         self.base_url = self._api.base_url
@@ -265,4 +270,3 @@ def queue_names(reply: Any, endpoint: str) -> list[str]:
     if not all(isinstance(name, str) for name in queues):
         raise TinyTaskBadReply(f"{endpoint}: expected a list of queue names, got {queues!r:.80}")
     return queues
-

@@ -3,6 +3,7 @@
 Transports (REST, MCP over streamable HTTP, MCP over legacy SSE) implement `TinyTaskClient`;
 callers never know which one is in use. Every method raises only the types in `errors`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -21,7 +22,7 @@ class TinyTaskClient(abc.ABC):
 
     features: ServerFeatures
 
-    async def __aenter__(self) -> "TinyTaskClient":
+    async def __aenter__(self) -> TinyTaskClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1,4 +1,5 @@
 """Open a TinyTask client: pick the transport the server speaks and learn what it can do."""
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
@@ -44,8 +45,10 @@ async def connect(endpoint: str, protocol: Protocol = "auto", **opts: Any) -> Ti
     if protocol in ("rest", "auto"):
         candidates.append(("REST", RestClient, lambda client: client.list_queues()))
     if protocol in ("mcp", "auto"):
-        candidates += [(transport.transport, transport, lambda client: client.detect_features())
-                       for transport in (McpHttpClient, McpSseClient)]
+        candidates += [
+            (transport.transport, transport, lambda client: client.detect_features())
+            for transport in (McpHttpClient, McpSseClient)
+        ]
     for label, transport_class, probe in candidates:
         client = transport_class(base, **opts)
         try:

@@ -1,4 +1,5 @@
 """Typed failures of the TinyTask client: callers decide by type, never by parsing messages."""
+
 from __future__ import annotations
 
 

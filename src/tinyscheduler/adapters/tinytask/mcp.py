@@ -11,6 +11,7 @@ The tool mapping follows the server's quirks: failures are `isError` results, no
 errors; `update_task` rejects `assigned_to: null` (`""` unassigns); tool text is JSON, or a
 sentence, a blank line and JSON.
 """
+
 from __future__ import annotations
 
 import abc
@@ -122,11 +123,17 @@ class _McpClient(HttpClient):
                 self._current = await self._open()
             channel = self._current
             if not channel.initialized:
-                reply = await self._send(channel, self._message("initialize", {
-                    "protocolVersion": self.protocol_version,
-                    "capabilities": {},
-                    "clientInfo": {"name": SCHEDULER_NAME, "version": __version__},
-                }))
+                reply = await self._send(
+                    channel,
+                    self._message(
+                        "initialize",
+                        {
+                            "protocolVersion": self.protocol_version,
+                            "capabilities": {},
+                            "clientInfo": {"name": SCHEDULER_NAME, "version": __version__},
+                        },
+                    ),
+                )
                 _rpc_result(reply, "initialize")
                 await self._send(channel, {"jsonrpc": "2.0", "method": "notifications/initialized"})
                 channel.initialized = True
@@ -161,8 +168,11 @@ class _McpClient(HttpClient):
         params: dict[str, Any] = {}
         while True:
             listing = await self._request("tools/list", params)
-            tools.update(t["name"] for t in expect_list(listing.get("tools"), "MCP tools/list")
-                         if isinstance(t, dict) and isinstance(t.get("name"), str))
+            tools.update(
+                t["name"]
+                for t in expect_list(listing.get("tools"), "MCP tools/list")
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+            )
             cursor = listing.get("nextCursor")
             if not isinstance(cursor, str) or not cursor:
                 break
@@ -170,7 +180,7 @@ class _McpClient(HttpClient):
         old = "list_queues" not in tools
         if not old:
             sample = await self._task_page({}, 1, 0)
-            old = bool(sample) and isinstance(sample[0], dict) and not NEW_SERVER_TASK_KEYS <= sample[0].keys()
+            old = bool(sample) and isinstance(sample[0], dict) and not sample[0].keys() >= NEW_SERVER_TASK_KEYS
         self.features = ServerFeatures(protocol=self.transport, queues=not old, blocking=not old)
         self._single_status = old
         return self.features
@@ -239,7 +249,8 @@ class _McpClient(HttpClient):
 
     async def add_comment(self, task_id: int, content: str, created_by: str = SCHEDULER_NAME) -> None:
         reply = await self._tool(
-            "add_comment", {"task_id": int(task_id), "content": content, "created_by": created_by},
+            "add_comment",
+            {"task_id": int(task_id), "content": content, "created_by": created_by},
             missing=TaskNotFound,
         )
         expect_dict(reply, "MCP add_comment")
@@ -473,4 +484,3 @@ def _json_or_bad(text: str, endpoint: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise TinyTaskBadReply(f"{endpoint}: reply is not JSON: {one_line(text, 80)!r}") from None
-

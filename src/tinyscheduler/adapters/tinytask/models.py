@@ -4,13 +4,12 @@ Accepts the current server (tinytask 2.x) and the old one (tinytask-mcp 1.0: no 
 blocking fields, timestamps as `YYYY-MM-DD HH:MM:SS`). A task that does not fit is reported as a
 `TaskProblem` naming task and field; it never aborts a pass.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
-
-from tinyscheduler.core.tasks import NAME_PATTERN, Status, Task
 
 from pydantic import (
     BaseModel,
@@ -21,12 +20,13 @@ from pydantic import (
     field_validator,
 )
 
+from tinyscheduler.core.tasks import NAME_PATTERN, Status, Task
 
 
 def parse_timestamp(value: Any) -> datetime:
     """Both server formats, always as an aware UTC datetime."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if not isinstance(value, str):
         raise ValueError(f"expected a timestamp string, got {type(value).__name__}")
     text = value.strip()
@@ -36,7 +36,7 @@ def parse_timestamp(value: Any) -> datetime:
         parsed = datetime.fromisoformat(text)  # also takes 'YYYY-MM-DD HH:MM:SS'
     except ValueError:
         raise ValueError(f"expected ISO 8601 or 'YYYY-MM-DD HH:MM:SS', got {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class TaskRecord(BaseModel):
@@ -57,7 +57,7 @@ class TaskRecord(BaseModel):
     queue_name: str | None = None
     blocked_by_task_id: StrictInt | None = None
     is_currently_blocked: bool = False
-    created_at: datetime = Field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime(1970, 1, 1, tzinfo=UTC))
     updated_at: datetime | None = None
 
     @field_validator("created_at", "updated_at", mode="before")

@@ -1,4 +1,5 @@
 """The REST transport: TinyTask 2.x `/api/v1/...` over one pooled HTTP connection set."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -72,4 +73,3 @@ class RestClient(HttpClient):
             "POST", path, body={"content": content, "created_by": created_by}, missing=TaskNotFound
         )
         expect_dict(reply, f"POST {path}")
-
