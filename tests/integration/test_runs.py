@@ -19,7 +19,7 @@ from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.service.runs import Report, RunLog, requeue_if_ours, stop_process_group
+from tinyscheduler.service.runs import Reported, RunLog, requeue_if_ours, stop_process_group
 
 from runbench import STANDIN, RunBench, eventually
 
@@ -35,7 +35,7 @@ async def test_success_completes_the_task_and_removes_the_lease(bench: RunBench)
 
     result = await run.execute()
 
-    assert (result.outcome, result.report, result.exit_code) == (Outcome.SUCCEEDED, Report.COMPLETED, 0)
+    assert (result.outcome, result.report, result.exit_code) == (Outcome.SUCCEEDED, Reported.COMPLETED, 0)
     assert bench.fake.task(task_id)["status"] == "complete"
     assert bench.leases.read(task_id) is None
     assert bench.attempts.next_attempt(task_id) == 1
@@ -95,7 +95,7 @@ async def test_failure_requeues_with_a_comment_and_counts_the_attempt(bench: Run
     task_id = bench.task()
     result = await bench.run(task_id, bench.recipe("dev.yaml", mode="fail")).execute()
 
-    assert (result.outcome, result.report, result.exit_code) == (Outcome.FAILED, Report.REQUEUED, 1)
+    assert (result.outcome, result.report, result.exit_code) == (Outcome.FAILED, Reported.REQUEUED, 1)
     assert bench.fake.task(task_id)["status"] == "idle"
     [comment] = bench.comments(task_id)
     assert comment == f"tinyscheduler: attempt 1/3 failed ({result.reason}); log: {result.log_path}"
@@ -122,7 +122,7 @@ async def test_after_max_attempts_the_task_is_tagged_failed_and_left_alone(bench
     recipe = bench.recipe("dev.yaml", mode="fail")
     results = [await bench.run(task_id, recipe).execute() for _ in range(3)]
 
-    assert [r.report for r in results] == [Report.REQUEUED, Report.REQUEUED, Report.GAVE_UP]
+    assert [r.report for r in results] == [Reported.REQUEUED, Reported.REQUEUED, Reported.GAVE_UP]
     assert [r.attempt for r in results] == [1, 2, 3]
     task = bench.fake.task(task_id)
     assert task["status"] == "idle" and task["tags"] == ["keep-me", FAILED_TAG]
@@ -141,14 +141,14 @@ async def test_after_max_attempts_the_task_is_tagged_failed_and_left_alone(bench
     # A person removes the tag: a fresh budget of attempts.
     await bench.client.update_task(task_id, tags=["keep-me"])
     result = await bench.run(task_id, bench.recipe("ok.yaml", mode="succeed")).execute()
-    assert (result.attempt, result.report) == (1, Report.COMPLETED)
+    assert (result.attempt, result.report) == (1, Reported.COMPLETED)
 
 
 async def test_hung_run_is_stopped_at_max_runtime_with_sigint(bench: RunBench) -> None:
     task_id = bench.task()
     result = await bench.run(task_id, bench.recipe("dev.yaml", mode="hang"), max_runtime_sec=0.5).execute()
 
-    assert result.outcome is Outcome.TIMED_OUT and result.report is Report.REQUEUED
+    assert result.outcome is Outcome.TIMED_OUT and result.report is Reported.REQUEUED
     assert "stopped with SIGINT" in result.reason and result.exit_code == 1
     assert result.duration_sec is not None and 0.5 <= result.duration_sec < 5
     assert "Headless run interrupted" in result.log_path.read_text()
@@ -220,7 +220,7 @@ async def test_task_changed_by_the_agent_is_not_overwritten(
     task_id = bench.task()
     result = await bench.run(task_id, bench.recipe("dev.yaml", **standin)).execute()
 
-    assert result.outcome is Outcome.SUCCEEDED and result.report is Report.LEFT_ALONE
+    assert result.outcome is Outcome.SUCCEEDED and result.report is Reported.LEFT_ALONE
     task = bench.fake.task(task_id)
     assert (task["status"], task["assigned_to"]) == (status, assigned_to)
     assert not any(c.startswith("tinyscheduler:") for c in bench.comments(task_id))
@@ -234,7 +234,7 @@ async def test_transferred_task_that_then_fails_is_not_requeued_or_counted(bench
         task_id, bench.recipe("dev.yaml", mode="transfer", to="qa", seconds=30), max_runtime_sec=1.0
     ).execute()
 
-    assert result.outcome is Outcome.TIMED_OUT and result.report is Report.LEFT_ALONE
+    assert result.outcome is Outcome.TIMED_OUT and result.report is Reported.LEFT_ALONE
     assert bench.fake.task(task_id)["assigned_to"] == "qa"
     assert bench.attempts.next_attempt(task_id) == 1
 
@@ -282,7 +282,7 @@ async def test_a_log_removed_by_hand_does_not_end_supervision(bench: RunBench) -
     run.log_path.unlink()
     run.request_stop("test over")
     result = await execution
-    assert result.outcome is Outcome.KILLED and result.report is Report.REQUEUED
+    assert result.outcome is Outcome.KILLED and result.report is Reported.REQUEUED
     assert result.log_path.read_text().startswith("--- tinyscheduler: killed: ")  # a fresh file, the footer
 
 
@@ -340,7 +340,7 @@ async def test_stop_request_requeues_without_counting_a_failure(bench: RunBench)
     run.request_stop("daemon shutdown")
     result = await execution
 
-    assert result.outcome is Outcome.KILLED and result.report is Report.REQUEUED
+    assert result.outcome is Outcome.KILLED and result.report is Reported.REQUEUED
     assert result.reason.startswith("stopped on request (daemon shutdown), stopped with SIGINT")
     assert bench.fake.task(task_id)["status"] == "idle"
     assert bench.comments(task_id) == [
@@ -397,7 +397,7 @@ async def test_brief_tinytask_outage_at_report_time_is_retried(bench: RunBench) 
 
     result = await run.execute()
 
-    assert result.report is Report.COMPLETED and bench.client.failed_calls == 2
+    assert result.report is Reported.COMPLETED and bench.client.failed_calls == 2
     assert bench.fake.task(task_id)["status"] == "complete"
     assert bench.leases.read(task_id) is None
 
@@ -410,7 +410,7 @@ async def test_success_unreported_while_tinytask_is_down_is_completed_later_with
 
     result = await run.execute()
 
-    assert result.outcome is Outcome.SUCCEEDED and result.report is Report.UNREPORTED
+    assert result.outcome is Outcome.SUCCEEDED and result.report is Reported.UNREPORTED
     lease = bench.leases.read(task_id)
     assert lease is not None and probe(lease, current_boot_id()) is Liveness.DEAD  # for the lease watcher
     assert bench.attempts.success_unreported(task_id)
@@ -422,7 +422,7 @@ async def test_success_unreported_while_tinytask_is_down_is_completed_later_with
     bench.leases.remove(task_id)
     again = await bench.run(task_id, recipe).execute()
 
-    assert again.outcome is Outcome.SUCCEEDED and again.report is Report.COMPLETED
+    assert again.outcome is Outcome.SUCCEEDED and again.report is Reported.COMPLETED
     assert bench.fake.task(task_id)["status"] == "complete"
     assert bench.starts(task_id) == 1  # the agent's work was not repeated
     assert not bench.attempts.success_unreported(task_id)
@@ -441,9 +441,9 @@ async def test_success_requeued_by_someone_else_during_an_outage_is_not_rerun(be
 
     result = await execution
 
-    assert result.report is Report.LEFT_ALONE and bench.attempts.success_unreported(task_id)
+    assert result.report is Reported.LEFT_ALONE and bench.attempts.success_unreported(task_id)
     again = await bench.run(task_id, recipe).execute()
-    assert again.report is Report.COMPLETED and bench.starts(task_id) == 1
+    assert again.report is Reported.COMPLETED and bench.starts(task_id) == 1
 
 
 async def test_stop_request_ends_report_retries_at_once_and_leaves_the_lease(bench: RunBench) -> None:
@@ -457,7 +457,7 @@ async def test_stop_request_ends_report_retries_at_once_and_leaves_the_lease(ben
     run.request_stop("the scheduler is shutting down")
     result = await asyncio.wait_for(execution, timeout=10)
 
-    assert result.outcome is Outcome.SUCCEEDED and result.report is Report.UNREPORTED
+    assert result.outcome is Outcome.SUCCEEDED and result.report is Reported.UNREPORTED
     assert bench.attempts.success_unreported(task_id), "the success is kept for the recovery"
     assert bench.leases.read(task_id) is not None, "the lease stays for the next instance"
 
@@ -469,7 +469,7 @@ async def test_failure_unreported_while_tinytask_is_down_still_counts(bench: Run
 
     result = await run.execute()
 
-    assert result.outcome is Outcome.FAILED and result.report is Report.UNREPORTED
+    assert result.outcome is Outcome.FAILED and result.report is Reported.UNREPORTED
     assert bench.attempts.next_attempt(task_id) == 2
     assert bench.leases.read(task_id) is not None
 

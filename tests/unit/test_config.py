@@ -12,8 +12,8 @@ from tinyscheduler.config.settings import (
     LoadedSettings,
     Settings,
     load_settings,
-    redacted,
 )
+from tinyscheduler.core.redact import redacted
 
 
 def load(

@@ -12,8 +12,8 @@ from tinyscheduler.core.outcomes import (
     MAX_TURNS_SENTENCE,
     Outcome,
     ProcessEnd,
+    RunVerdict,
     StopCause,
-    Verdict,
     attempt_comment,
     classify,
     format_seconds,
@@ -111,7 +111,7 @@ COMPLETE = {"type": "complete", "total_tokens": 12}
     ],
 )
 def test_classify(end: ProcessEnd, outcome: Outcome, detail: str) -> None:
-    assert classify(end) == Verdict(outcome, detail)
+    assert classify(end) == RunVerdict(outcome, detail)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_format_seconds(seconds: float, text: str) -> None:
 
 
 def test_comment_texts() -> None:
-    verdict = Verdict(Outcome.FAILED, "exit 1 after 42s")
+    verdict = RunVerdict(Outcome.FAILED, "exit 1 after 42s")
     assert attempt_comment(2, 3, verdict, "/logs/7/2.log") == (
         "tinyscheduler: attempt 2/3 failed (exit 1 after 42s); log: /logs/7/2.log"
     )

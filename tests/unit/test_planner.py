@@ -15,10 +15,10 @@ from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.planner import (
     STALE_HEARTBEATS,
     AgentSlots,
+    LeaseVerdict,
     Plan,
     PlanConfig,
     Snapshot,
-    Verdict,
     blocker_first_order,
     count_blocked_by,
     judge_lease,
@@ -150,25 +150,25 @@ def slot(result: Plan, agent: str) -> AgentSlots:
 
 # --- 1. lease verdicts -----------------------------------------------------------------------------
 
-LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, Verdict, str]] = [
+LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, LeaseVerdict, str]] = [
     # id, lease kwargs, liveness, supervised, verdict, words the reason must contain
-    ("other host", {"host": "host-b"}, Liveness.ALIVE, False, Verdict.FOREIGN, "host-b"),
-    ("other host even if dead", {"host": "host-b"}, Liveness.DEAD, False, Verdict.FOREIGN, "host-b"),
-    ("supervised", {}, Liveness.ALIVE, True, Verdict.KEEP, "supervised"),
-    ("supervised wins over liveness", {"runtime": 99_999}, Liveness.DEAD, True, Verdict.KEEP, "supervised"),
-    ("no process yet", {"pid": None}, Liveness.NO_PROCESS, False, Verdict.REQUEUE, "never started"),
-    ("dead", {}, Liveness.DEAD, False, Verdict.REQUEUE, "4242 is gone"),
-    ("pid reused", {}, Liveness.REUSED, False, Verdict.REQUEUE, "another process"),
-    ("previous instance", {"owner": "instance-old"}, Liveness.ALIVE, False, Verdict.STOP, "instance-old"),
-    ("original schema has no owner", {"owner": None}, Liveness.ALIVE, False, Verdict.KEEP, "alive"),
-    ("over max runtime", {"runtime": MAX_RUNTIME + 1}, Liveness.ALIVE, False, Verdict.STOP, "runtime"),
-    ("exactly max runtime", {"runtime": MAX_RUNTIME}, Liveness.ALIVE, False, Verdict.KEEP, "alive"),
+    ("other host", {"host": "host-b"}, Liveness.ALIVE, False, LeaseVerdict.FOREIGN, "host-b"),
+    ("other host even if dead", {"host": "host-b"}, Liveness.DEAD, False, LeaseVerdict.FOREIGN, "host-b"),
+    ("supervised", {}, Liveness.ALIVE, True, LeaseVerdict.KEEP, "supervised"),
+    ("supervised wins over liveness", {"runtime": 99_999}, Liveness.DEAD, True, LeaseVerdict.KEEP, "supervised"),
+    ("no process yet", {"pid": None}, Liveness.NO_PROCESS, False, LeaseVerdict.REQUEUE, "never started"),
+    ("dead", {}, Liveness.DEAD, False, LeaseVerdict.REQUEUE, "4242 is gone"),
+    ("pid reused", {}, Liveness.REUSED, False, LeaseVerdict.REQUEUE, "another process"),
+    ("previous instance", {"owner": "instance-old"}, Liveness.ALIVE, False, LeaseVerdict.STOP, "instance-old"),
+    ("original schema has no owner", {"owner": None}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "alive"),
+    ("over max runtime", {"runtime": MAX_RUNTIME + 1}, Liveness.ALIVE, False, LeaseVerdict.STOP, "runtime"),
+    ("exactly max runtime", {"runtime": MAX_RUNTIME}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "alive"),
     (
         "stale heartbeat",
         {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT + 1},
         Liveness.ALIVE,
         False,
-        Verdict.STOP,
+        LeaseVerdict.STOP,
         "heartbeat",
     ),
     (
@@ -176,14 +176,14 @@ LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, Verdict, str]] = [
         {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT},
         Liveness.ALIVE,
         False,
-        Verdict.KEEP,
+        LeaseVerdict.KEEP,
         "alive",
     ),
-    ("heartbeat 2 intervals old", {"heartbeat_age": 2 * HEARTBEAT}, Liveness.ALIVE, False, Verdict.KEEP, "alive"),
-    ("alive and fresh", {}, Liveness.ALIVE, False, Verdict.KEEP, "4242 is alive"),
+    ("heartbeat 2 intervals old", {"heartbeat_age": 2 * HEARTBEAT}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "alive"),
+    ("alive and fresh", {}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "4242 is alive"),
     # A dead process cannot be stopped: being gone outranks every reason to stop it.
-    ("dead and over runtime", {"runtime": MAX_RUNTIME * 2}, Liveness.DEAD, False, Verdict.REQUEUE, "gone"),
-    ("reused and previous owner", {"owner": "instance-old"}, Liveness.REUSED, False, Verdict.REQUEUE, "gone"),
+    ("dead and over runtime", {"runtime": MAX_RUNTIME * 2}, Liveness.DEAD, False, LeaseVerdict.REQUEUE, "gone"),
+    ("reused and previous owner", {"owner": "instance-old"}, Liveness.REUSED, False, LeaseVerdict.REQUEUE, "gone"),
 ]
 
 
@@ -193,7 +193,7 @@ LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, Verdict, str]] = [
     ids=[case[0] for case in LEASE_CASES],
 )
 def test_lease_verdicts(
-    kwargs: dict[str, Any], liveness: Liveness, supervised: bool, verdict: Verdict, words: str
+    kwargs: dict[str, Any], liveness: Liveness, supervised: bool, verdict: LeaseVerdict, words: str
 ) -> None:
     item = lease(9, "a", **kwargs)
     s = snap(leases=[item], liveness={9: liveness}, supervised=[9] if supervised else [])
@@ -209,7 +209,7 @@ def test_lease_whose_process_was_not_probed_is_kept_not_requeued() -> None:
     item = lease(9, "a", owner="instance-old", runtime=MAX_RUNTIME * 2)
     s = Snapshot(now=NOW, host=HOST, instance_id=ME, leases=(item,))
     decision = judge_lease(item, s, cfg({"a": 1}))
-    assert decision.verdict is Verdict.KEEP and "not checked" in decision.reason
+    assert decision.verdict is LeaseVerdict.KEEP and "not checked" in decision.reason
     assert slot(plan(s, cfg({"a": 1})), "a").busy == 1
 
 
@@ -222,7 +222,7 @@ def test_reclaims_are_the_requeued_and_stopped_leases_only() -> None:
     ]
     s = snap(leases=leases, liveness={3: Liveness.DEAD})
     result = plan(s, cfg({"a": 5}))
-    assert [(d.task_id, d.verdict) for d in result.reclaims] == [(3, Verdict.REQUEUE), (4, Verdict.STOP)]
+    assert [(d.task_id, d.verdict) for d in result.reclaims] == [(3, LeaseVerdict.REQUEUE), (4, LeaseVerdict.STOP)]
 
 
 # --- 2. slots --------------------------------------------------------------------------------------
@@ -251,17 +251,17 @@ def test_more_leases_than_the_limit_never_goes_negative() -> None:
 @pytest.mark.parametrize(
     ("liveness", "extra", "verdict", "starts"),
     [
-        (Liveness.DEAD, {}, Verdict.REQUEUE, 1),  # requeued: its slot is free again
-        (Liveness.REUSED, {}, Verdict.REQUEUE, 1),
-        (Liveness.NO_PROCESS, {"pid": None}, Verdict.REQUEUE, 0),  # a process may run, its pid unrecorded
-        (Liveness.ALIVE, {"runtime": MAX_RUNTIME + 10}, Verdict.STOP, 0),  # still running while stopped
-        (Liveness.ALIVE, {"owner": "instance-old"}, Verdict.STOP, 0),
-        (Liveness.ALIVE, {}, Verdict.KEEP, 0),
+        (Liveness.DEAD, {}, LeaseVerdict.REQUEUE, 1),  # requeued: its slot is free again
+        (Liveness.REUSED, {}, LeaseVerdict.REQUEUE, 1),
+        (Liveness.NO_PROCESS, {"pid": None}, LeaseVerdict.REQUEUE, 0),  # a process may run, its pid unrecorded
+        (Liveness.ALIVE, {"runtime": MAX_RUNTIME + 10}, LeaseVerdict.STOP, 0),  # still running while stopped
+        (Liveness.ALIVE, {"owner": "instance-old"}, LeaseVerdict.STOP, 0),
+        (Liveness.ALIVE, {}, LeaseVerdict.KEEP, 0),
     ],
     ids=["dead", "reused", "no-process", "stop-runtime", "stop-previous-owner", "keep"],
 )
 def test_requeued_leases_free_their_slot_unless_pidless_stopping_ones_do_not(
-    liveness: Liveness, extra: dict[str, Any], verdict: Verdict, starts: int
+    liveness: Liveness, extra: dict[str, Any], verdict: LeaseVerdict, starts: int
 ) -> None:
     s = snap(leases=[lease(100, **extra)], liveness={100: liveness}, agent_tasks={"a": [task(1, agent="a")]})
     result = plan(s, cfg({"a": 1}))
@@ -327,7 +327,7 @@ def test_limit_zero_or_negative_starts_nothing(limit: int) -> None:
 def test_lease_of_an_agent_without_a_limit_is_judged_and_harmless() -> None:
     s = snap(leases=[lease(100, "ghost")], agent_tasks={"a": [task(1, agent="a")]})
     result = plan(s, cfg({"a": 1}))
-    assert result.leases[0].verdict is Verdict.KEEP
+    assert result.leases[0].verdict is LeaseVerdict.KEEP
     assert started(result) == [(1, "a")]
     assert [x.agent for x in result.slots] == ["a"]
 
@@ -742,7 +742,7 @@ def test_a_finishing_run_holds_no_slot() -> None:
     s = snap(leases=[done], supervised=[1], agent_tasks={"a": [task(2, agent="a")]})
     result = plan(s, cfg({"a": 1}))
     assert started(result) == [(2, "a")]
-    assert result.leases[0].verdict is Verdict.KEEP, "the lease stays until the outcome is reported"
+    assert result.leases[0].verdict is LeaseVerdict.KEEP, "the lease stays until the outcome is reported"
     assert 1 not in started_ids(result)
 
 
@@ -751,5 +751,5 @@ def test_a_lease_without_a_pid_holds_its_slot_until_reclaimed() -> None:
     orphaned = lease(1, "a", pid=None, owner="instance-old").with_changes(state=LeaseState.STARTING)
     s = snap(leases=[orphaned], liveness={1: Liveness.NO_PROCESS}, agent_tasks={"a": [task(2, agent="a")]})
     result = plan(s, cfg({"a": 1}))
-    assert result.leases[0].verdict is Verdict.REQUEUE
+    assert result.leases[0].verdict is LeaseVerdict.REQUEUE
     assert slot(result, "a").busy == 1 and started(result) == []

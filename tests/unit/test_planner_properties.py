@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
-from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict, plan
+from tinyscheduler.core.planner import LeaseVerdict, Plan, PlanConfig, Snapshot, plan
 from tinyscheduler.core.tasks import FAILED_TAG, Task
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
@@ -137,9 +137,9 @@ def test_never_exceeds_any_agents_limit(scene: Scene) -> None:
             for lease, decision in zip(scene.snapshot.leases, result.leases)
             if lease.state is not LeaseState.FINISHING
             and (
-                decision.verdict in (Verdict.KEEP, Verdict.STOP)
+                decision.verdict in (LeaseVerdict.KEEP, LeaseVerdict.STOP)
                 or (
-                    decision.verdict is Verdict.REQUEUE
+                    decision.verdict is LeaseVerdict.REQUEUE
                     and scene.snapshot.liveness.get(lease.task_id) is Liveness.NO_PROCESS
                 )
             )

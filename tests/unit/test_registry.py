@@ -13,9 +13,9 @@ from tinyscheduler.config.registry import (
     AgentEntry,
     Registry,
     RegistryError,
+    agent_recipe_path,
     effective_limits,
     load_registry,
-    recipe_path,
 )
 from tinyscheduler.config.settings import ConfigError, Settings
 
@@ -234,12 +234,12 @@ def test_limits_in_legacy_mode_are_the_agent_limits(tmp_path: Path) -> None:
 def test_recipe_path(tmp_path: Path) -> None:
     s = settings(tmp_path)
     registry = registry_of(AgentEntry("a", "q", None, "shared/agent.yaml"), AgentEntry("b", "q", None, None))
-    assert recipe_path("a", registry, s) == tmp_path / "recipes/shared/agent.yaml"
-    assert recipe_path("b", registry, s) == tmp_path / "recipes/b.yaml"
-    assert recipe_path("legacy", None, s) == tmp_path / "recipes/legacy.yaml"
+    assert agent_recipe_path("a", registry, s) == tmp_path / "recipes/shared/agent.yaml"
+    assert agent_recipe_path("b", registry, s) == tmp_path / "recipes/b.yaml"
+    assert agent_recipe_path("legacy", None, s) == tmp_path / "recipes/legacy.yaml"
 
 
 def test_recipe_path_refuses_escape(tmp_path: Path) -> None:
     registry = registry_of(AgentEntry("a", "q", None, "../x.yaml"))
     with pytest.raises(RegistryError, match=r"agent 'a': recipe '../x.yaml' escapes the recipes folder"):
-        recipe_path("a", registry, settings(tmp_path))
+        agent_recipe_path("a", registry, settings(tmp_path))

@@ -29,7 +29,7 @@ from typing import IO, Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from tinyscheduler.config.settings import mask_url_passwords
+from tinyscheduler.core.redact import mask_url_passwords
 
 log = structlog.get_logger("tinyscheduler.logs")
 

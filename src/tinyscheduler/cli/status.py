@@ -24,7 +24,7 @@ from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.leases import Lease, LeaseState
-from tinyscheduler.core.planner import LeaseDecision, PlanConfig, Snapshot, Verdict, judge_lease
+from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.tasks import FAILED_TAG
 
 # What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
@@ -235,18 +235,20 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
     config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
     for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
         decision = judge_lease(lease, snapshot, config)
-        if instance and lease.owner == instance and decision.verdict is Verdict.REQUEUE:
+        if instance and lease.owner == instance and decision.verdict is LeaseVerdict.REQUEUE:
             # A lease of the running daemon without a live process is one its run is still
             # working on (the daemon judges only leases no run of its own supervises).
             if lease.state is LeaseState.FINISHING:
                 decision = LeaseDecision(
                     lease.task_id,
                     lease.agent,
-                    Verdict.KEEP,
+                    LeaseVerdict.KEEP,
                     "the process has ended; the daemon is reporting its outcome",
                 )
             elif lease.state is LeaseState.STARTING:
-                decision = LeaseDecision(lease.task_id, lease.agent, Verdict.KEEP, "the daemon is starting the run")
+                decision = LeaseDecision(
+                    lease.task_id, lease.agent, LeaseVerdict.KEEP, "the daemon is starting the run"
+                )
         status.leases.append(
             LeaseRow(
                 task_id=lease.task_id,
@@ -264,11 +266,11 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
                 reason=decision.reason,
             )
         )
-        if decision.verdict is Verdict.REQUEUE:
+        if decision.verdict is LeaseVerdict.REQUEUE:
             status.problems.append(
                 f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; the daemon requeues the task"
             )
-        elif decision.verdict is Verdict.STOP:
+        elif decision.verdict is LeaseVerdict.STOP:
             status.problems.append(
                 f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
                 "the daemon stops the process and requeues the task"

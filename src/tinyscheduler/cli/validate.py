@@ -22,9 +22,9 @@ import yaml
 from tinyscheduler.config.registry import (
     Registry,
     RegistryError,
+    agent_recipe_path,
     effective_limits,
     load_registry,
-    recipe_path,
 )
 from tinyscheduler.config.settings import LoadedSettings, Settings, env_var
 
@@ -189,7 +189,7 @@ def _agents(registry: Registry | None, s: Settings) -> list[Check]:
         if limit == 0:
             checks.append(Check("slots", False, "warning", f"agent {agent!r} has 0 slots: it never runs"))
         try:
-            path = recipe_path(agent, registry, s)
+            path = agent_recipe_path(agent, registry, s)
         except RegistryError as exc:
             checks += [Check("recipe", False, level, problem) for problem in exc.problems]
             continue

@@ -129,7 +129,7 @@ def effective_limits(registry: Registry | None, settings: Settings) -> dict[str,
     return limits
 
 
-def recipe_path(agent: str, registry: Registry | None, settings: Settings) -> Path:
+def agent_recipe_path(agent: str, registry: Registry | None, settings: Settings) -> Path:
     """The recipe file of `agent`: its registry `recipe`, else `<agent>.yaml`, under recipes_dir."""
     entry = registry.entry(agent) if registry is not None else None
     name = entry.recipe if entry is not None and entry.recipe else f"{agent}.yaml"

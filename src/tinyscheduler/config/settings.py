@@ -29,14 +29,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import NAME_PATTERN
 
 ENV_PREFIX = "TINYSCHEDULER_"
 DEFAULT_ENV_FILE = Path(".env")
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-#: The password part of `scheme://user:password@host` in any value.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", re.IGNORECASE)
-REDACTED = "***"
 
 Source = Literal["default", "env-file", "env", "cli"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -471,20 +468,6 @@ def _info(name: str, spec: FieldInfo) -> SettingInfo:
 SETTINGS: tuple[SettingInfo, ...] = tuple(_info(n, f) for n, f in Settings.model_fields.items())
 _BY_NAME = {info.name: info for info in SETTINGS}
 _BY_ENV = {info.env_var: info for info in SETTINGS}
-
-
-def redacted(name: str, value: Any) -> Any:
-    """`value`, or a mask when the setting's name says it is a secret; a password inside a URL
-    (`http://user:secret@host`) is masked whatever the setting."""
-    secret = any(marker in name.upper() for marker in SECRET_MARKERS)
-    if secret and value not in (None, ""):
-        return REDACTED
-    return mask_url_passwords(value) if isinstance(value, str) else value
-
-
-def mask_url_passwords(text: str) -> str:
-    """`http://user:secret@host` -> `http://user:***@host`, anywhere in `text`."""
-    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
 
 
 def display_value(name: str, value: Any) -> Any:

@@ -68,38 +68,38 @@ class ProcessEnd:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class RunVerdict:
     outcome: Outcome
     #: Short and specific, e.g. "exit 1 after 42s"; goes into comments and log lines.
     detail: str
 
 
-def classify(end: ProcessEnd) -> Verdict:
+def classify(end: ProcessEnd) -> RunVerdict:
     took = format_seconds(end.duration_sec)
     stopped = f"stopped with {end.stop_signal or 'no signal'} after {took}"
     # A stop we initiated decides the outcome: whatever the process printed while dying is noise.
     if end.stopped_by is StopCause.MAX_RUNTIME:
-        return Verdict(Outcome.TIMED_OUT, f"max runtime reached, {stopped}")
+        return RunVerdict(Outcome.TIMED_OUT, f"max runtime reached, {stopped}")
     if end.stopped_by is StopCause.IDLE:
-        return Verdict(Outcome.IDLE_TIMEOUT, f"no output for too long, {stopped}")
+        return RunVerdict(Outcome.IDLE_TIMEOUT, f"no output for too long, {stopped}")
     if end.stopped_by is StopCause.REQUEST:
         reason = f" ({end.stop_reason})" if end.stop_reason else ""
-        return Verdict(Outcome.KILLED, f"stopped on request{reason}, {stopped}")
+        return RunVerdict(Outcome.KILLED, f"stopped on request{reason}, {stopped}")
     if end.returncode is None:
-        return Verdict(Outcome.LOST, f"process lost, exit status unknown after {took}")
+        return RunVerdict(Outcome.LOST, f"process lost, exit status unknown after {took}")
     if end.returncode < 0:
-        return Verdict(Outcome.KILLED, f"killed by {_signal_name(-end.returncode)} after {took}")
+        return RunVerdict(Outcome.KILLED, f"killed by {_signal_name(-end.returncode)} after {took}")
     reported_error = goose_reported_error(end.tail)
     if end.returncode != 0:
         if INTERRUPTED_SENTENCE in _ending(end.tail):
-            return Verdict(Outcome.KILLED, f"interrupted by a SIGINT from elsewhere after {took}")
+            return RunVerdict(Outcome.KILLED, f"interrupted by a SIGINT from elsewhere after {took}")
         why = f": {reported_error}" if reported_error else ""
-        return Verdict(Outcome.FAILED, f"exit {end.returncode} after {took}{why}")
+        return RunVerdict(Outcome.FAILED, f"exit {end.returncode} after {took}{why}")
     if reported_error is not None:
-        return Verdict(Outcome.FAILED, f"goose reported an error: {reported_error}; exit 0 after {took}")
+        return RunVerdict(Outcome.FAILED, f"goose reported an error: {reported_error}; exit 0 after {took}")
     if MAX_TURNS_SENTENCE in _ending(end.tail):
-        return Verdict(Outcome.INCOMPLETE, f"stopped at the max-turns limit; exit 0 after {took}")
-    return Verdict(Outcome.SUCCEEDED, f"exit 0 after {took}")
+        return RunVerdict(Outcome.INCOMPLETE, f"stopped at the max-turns limit; exit 0 after {took}")
+    return RunVerdict(Outcome.SUCCEEDED, f"exit 0 after {took}")
 
 
 def goose_reported_error(tail: str) -> str | None:
@@ -177,7 +177,7 @@ def retry_delay(failures: int, base_sec: float, cap_sec: float = MAX_RETRY_DELAY
 # --- texts a person reads on the task -------------------------------------------------------------
 
 
-def attempt_comment(attempt: int, max_attempts: int, verdict: Verdict, log_path: str) -> str:
+def attempt_comment(attempt: int, max_attempts: int, verdict: RunVerdict, log_path: str) -> str:
     return f"tinyscheduler: attempt {attempt}/{max_attempts} failed ({verdict.detail}); log: {log_path}"
 
 

@@ -42,7 +42,7 @@ from tinyscheduler.core.tasks import FAILED_TAG, Task
 STALE_HEARTBEATS = 3
 
 
-class Verdict(str, enum.Enum):
+class LeaseVerdict(str, enum.Enum):
     KEEP = "keep"
     REQUEUE = "requeue"
     STOP = "stop"
@@ -87,7 +87,7 @@ class PlanConfig:
 class LeaseDecision:
     task_id: int
     agent: str
-    verdict: Verdict
+    verdict: LeaseVerdict
     reason: str
 
 
@@ -137,7 +137,7 @@ class Plan:
 
     @property
     def reclaims(self) -> tuple[LeaseDecision, ...]:
-        return tuple(d for d in self.leases if d.verdict in (Verdict.REQUEUE, Verdict.STOP))
+        return tuple(d for d in self.leases if d.verdict in (LeaseVerdict.REQUEUE, LeaseVerdict.STOP))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -153,35 +153,37 @@ class Plan:
 
 
 def judge_lease(lease: Lease, snapshot: Snapshot, config: PlanConfig) -> LeaseDecision:
-    def decide(verdict: Verdict, reason: str) -> LeaseDecision:
+    def decide(verdict: LeaseVerdict, reason: str) -> LeaseDecision:
         return LeaseDecision(lease.task_id, lease.agent, verdict, reason)
 
     if lease.host != snapshot.host:
-        return decide(Verdict.FOREIGN, f"lease of host {lease.host}")
+        return decide(LeaseVerdict.FOREIGN, f"lease of host {lease.host}")
     if lease.task_id in snapshot.supervised:
-        return decide(Verdict.KEEP, "supervised by this scheduler")
+        return decide(LeaseVerdict.KEEP, "supervised by this scheduler")
     liveness = snapshot.liveness.get(lease.task_id)
     if liveness is None:
         # Requeueing on a guess could start a second run beside a live one; wait for a probe.
-        return decide(Verdict.KEEP, "process not checked yet")
+        return decide(LeaseVerdict.KEEP, "process not checked yet")
     if liveness is Liveness.NO_PROCESS:
-        return decide(Verdict.REQUEUE, "lease written but its process never started")
+        return decide(LeaseVerdict.REQUEUE, "lease written but its process never started")
     if liveness is Liveness.DEAD:
-        return decide(Verdict.REQUEUE, f"process {lease.pid} is gone")
+        return decide(LeaseVerdict.REQUEUE, f"process {lease.pid} is gone")
     if liveness is Liveness.REUSED:
-        return decide(Verdict.REQUEUE, f"process {lease.pid} is gone (its PID now belongs to another process)")
+        return decide(LeaseVerdict.REQUEUE, f"process {lease.pid} is gone (its PID now belongs to another process)")
     if lease.owner and lease.owner != snapshot.instance_id:
-        return decide(Verdict.STOP, f"process {lease.pid} belongs to a previous scheduler instance ({lease.owner})")
+        return decide(
+            LeaseVerdict.STOP, f"process {lease.pid} belongs to a previous scheduler instance ({lease.owner})"
+        )
     runtime = (snapshot.now - lease.started_at).total_seconds()
     if runtime > config.max_runtime_sec:
-        return decide(Verdict.STOP, f"runtime {runtime:.0f}s is over the maximum {config.max_runtime_sec:.0f}s")
+        return decide(LeaseVerdict.STOP, f"runtime {runtime:.0f}s is over the maximum {config.max_runtime_sec:.0f}s")
     heartbeat_age = (snapshot.now - lease.heartbeat).total_seconds()
     if heartbeat_age > STALE_HEARTBEATS * config.heartbeat_sec:
         return decide(
-            Verdict.STOP,
+            LeaseVerdict.STOP,
             f"heartbeat is {heartbeat_age:.0f}s old (stale after {STALE_HEARTBEATS * config.heartbeat_sec:.0f}s)",
         )
-    return decide(Verdict.KEEP, f"process {lease.pid} is alive")
+    return decide(LeaseVerdict.KEEP, f"process {lease.pid} is alive")
 
 
 # --- tasks ---------------------------------------------------------------------------------------
@@ -267,9 +269,9 @@ class _Planning:
 def holds_slot(decision: LeaseDecision, snapshot: Snapshot) -> bool:
     """Whether a judged lease still stands for a process (or may: a lease without a pid can have
     one whose pid was never written, until its reclaim has found and stopped it)."""
-    if decision.verdict in (Verdict.KEEP, Verdict.STOP):
+    if decision.verdict in (LeaseVerdict.KEEP, LeaseVerdict.STOP):
         return True
-    return decision.verdict is Verdict.REQUEUE and snapshot.liveness.get(decision.task_id) is Liveness.NO_PROCESS
+    return decision.verdict is LeaseVerdict.REQUEUE and snapshot.liveness.get(decision.task_id) is Liveness.NO_PROCESS
 
 
 def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:

@@ -24,7 +24,7 @@ from tinyscheduler.adapters.tinytask import (
 )
 from tinyscheduler.config.registry import Registry
 from tinyscheduler.core.leases import Liveness
-from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, Verdict
+from tinyscheduler.core.planner import LeaseVerdict, Plan, PlanConfig, Snapshot
 from tinyscheduler.core.tasks import Task
 
 #: Concurrent list requests per pass: enough to hide latency, few enough to be polite.
@@ -190,7 +190,7 @@ def render_plan(result: Plan, gathered: Gathered, *, header: str) -> str:
         if result.starts
         else ["  (nothing)"]
     )
-    leases = [d for d in result.leases if d.verdict is not Verdict.FOREIGN]
+    leases = [d for d in result.leases if d.verdict is not LeaseVerdict.FOREIGN]
     if leases:
         lines += ["", f"Leases ({len(leases)})"]
         lines += _table(

@@ -69,8 +69,8 @@ from tinyscheduler.core.outcomes import (
     TAIL_BYTES,
     Outcome,
     ProcessEnd,
+    RunVerdict,
     StopCause,
-    Verdict,
     attempt_comment,
     classify,
     gave_up_comment,
@@ -123,7 +123,7 @@ class RunRequest:
     recipe: str
 
 
-class Report(enum.StrEnum):
+class Reported(enum.StrEnum):
     """What TinyTask was told when the run ended."""
 
     NONE = "none"
@@ -146,7 +146,7 @@ class RunResult:
     outcome: Outcome
     #: Why it did not start, or how it ended ("exit 1 after 42s").
     reason: str
-    report: Report = Report.NONE
+    report: Reported = Reported.NONE
     log_path: Path | None = None
     exit_code: int | None = None
     duration_sec: float | None = None
@@ -162,7 +162,7 @@ class RecipeError(ValueError):
     """The recipe cannot be used; the message says which and why."""
 
 
-def recipe_path(recipes_dir: Path, recipe: str) -> Path:
+def resolve_recipe(recipes_dir: Path, recipe: str) -> Path:
     """`recipes_dir/recipe`, refusing names that leave the folder (the registry's rule) or files
     that do not exist."""
     problem = recipe_problem(recipe, recipes_dir) if recipe else "is empty"
@@ -179,7 +179,7 @@ def goose_command(request: RunRequest, policy: RunPolicy) -> list[str]:
         policy.goose_bin,
         "run",
         "--recipe",
-        str(recipe_path(policy.recipes_dir, request.recipe)),
+        str(resolve_recipe(policy.recipes_dir, request.recipe)),
         "--params",
         f"task_id={request.task_id}",
         "--params",
@@ -561,7 +561,7 @@ class Run:
         self.attempts.record_success(self.task_id)
         reason = "completed from an earlier successful run whose report had not reached TinyTask"
         self._log.info("task_completed", outcome=Outcome.SUCCEEDED.value, reason=reason)
-        return RunResult(self.task_id, self.agent, self._attempt, Outcome.SUCCEEDED, reason, report=Report.COMPLETED)
+        return RunResult(self.task_id, self.agent, self._attempt, Outcome.SUCCEEDED, reason, report=Reported.COMPLETED)
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
         run_log = RunLog(self.log_path, self.policy.run_log_max_bytes)
@@ -622,7 +622,7 @@ class Run:
         self._log_file.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
         self._log_file.cap()
         report = await self._report(verdict, end)
-        if report is not Report.UNREPORTED:
+        if report is not Reported.UNREPORTED:
             self.leases.remove(self.task_id)
         self._log.info(
             "run_finished",
@@ -736,7 +736,7 @@ class Run:
 
     # --- telling TinyTask -------------------------------------------------------------------------
 
-    async def _report(self, verdict: Verdict, end: ProcessEnd) -> Report:
+    async def _report(self, verdict: RunVerdict, end: ProcessEnd) -> Reported:
         deadline = time.monotonic() + self.policy.report_timeout_sec
         try:
             if verdict.outcome is Outcome.SUCCEEDED:
@@ -746,14 +746,14 @@ class Run:
                     return self._left_alone(found, succeeded=True)
                 self.attempts.record_success(self.task_id)
                 self._log.info("task_completed", attempt=self._attempt)
-                return Report.COMPLETED
+                return Reported.COMPLETED
             if end.stopped_by is StopCause.REQUEST:
                 written, found = await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
                 if not written:
                     return self._left_alone(found)
                 await self._comment(deadline, requeue_comment(end.stop_reason, str(self.log_path)))
                 self._emit("requeued", attempt=self._attempt, reason=end.stop_reason)
-                return Report.REQUEUED
+                return Reported.REQUEUED
             return await self._report_failure(verdict, deadline)
         except _Unreachable:
             if verdict.outcome is not Outcome.SUCCEEDED and end.stopped_by is not StopCause.REQUEST:
@@ -764,9 +764,9 @@ class Run:
                 outcome=verdict.outcome.value,
                 attempt=self._attempt,
             )
-            return Report.UNREPORTED
+            return Reported.UNREPORTED
 
-    async def _report_failure(self, verdict: Verdict, deadline: float) -> Report:
+    async def _report_failure(self, verdict: RunVerdict, deadline: float) -> Reported:
         def fields(task: Task) -> dict[str, Any]:
             record = self._count_failure(verdict)  # only once we know the task is still ours
             if not record.gave_up:
@@ -789,18 +789,18 @@ class Run:
                 not_before=record.not_before.isoformat() if record.not_before else None,
             )
             self._emit("requeued", attempt=self._attempt, reason=verdict.detail)
-            return Report.REQUEUED
+            return Reported.REQUEUED
         await self._comment(deadline, gave_up_comment(record.failures, FAILED_TAG))
         self._log.warning("gave_up", attempt=self._attempt, outcome=verdict.outcome.value)
         self._emit("gave_up", attempt=self._attempt, failures=record.failures, reason=verdict.detail)
-        return Report.GAVE_UP
+        return Reported.GAVE_UP
 
-    def _count_failure(self, verdict: Verdict) -> AttemptRecord:
+    def _count_failure(self, verdict: RunVerdict) -> AttemptRecord:
         if self._failure is None:
             self._failure = self.attempts.record_failure(self.task_id, verdict.outcome.value, self.clock())
         return self._failure
 
-    def _left_alone(self, found: Task | None, *, succeeded: bool = False) -> Report:
+    def _left_alone(self, found: Task | None, *, succeeded: bool = False) -> Reported:
         requeued = found is not None and found.status == "idle" and found.assigned_to == self.agent
         if requeued and not succeeded:
             # Idle and still the agent's: our own PATCH whose reply was lost, or a requeue by the
@@ -809,7 +809,7 @@ class Run:
             self._log.info(
                 "task_left_alone", attempt=self._attempt, reason="already back in the queue; attempt history kept"
             )
-            return Report.LEFT_ALONE
+            return Reported.LEFT_ALONE
         if succeeded and requeued:
             # Requeued (by the recovery or a person) before our report got through: keep the held
             # success, so the next claim completes the task instead of running the agent again.
@@ -818,7 +818,7 @@ class Run:
                 reason="requeued before the success was reported; completes at its next claim",
                 attempt=self._attempt,
             )
-            return Report.LEFT_ALONE
+            return Reported.LEFT_ALONE
         # Completed, transferred or reassigned by someone else: their word stands, and our history
         # of this task (a held success included) no longer applies.
         self.attempts.forget(self.task_id)
@@ -827,7 +827,7 @@ class Run:
             attempt=self._attempt,
             reason="completed, transferred or reassigned by someone else during the run",
         )
-        return Report.LEFT_ALONE
+        return Reported.LEFT_ALONE
 
     async def _patch_if_ours(
         self, deadline: float, fields_for: Callable[[Task], dict[str, Any]]

@@ -43,13 +43,14 @@ from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.config.registry import (
     Registry,
     RegistryError,
+    agent_recipe_path,
     effective_limits,
     load_registry,
-    recipe_path,
 )
-from tinyscheduler.config.settings import ConfigError, LoadedSettings, Settings, mask_url_passwords, redacted
+from tinyscheduler.config.settings import ConfigError, LoadedSettings, Settings
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
-from tinyscheduler.core.planner import LeaseDecision, Plan, PlanConfig, Snapshot, Verdict, judge_lease, plan
+from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, Plan, PlanConfig, Snapshot, judge_lease, plan
+from tinyscheduler.core.redact import mask_url_passwords, redacted
 from tinyscheduler.core.tasks import Task
 from tinyscheduler.service.gather import Gathered, gather, plan_config, queued_and_blocked, render_plan
 from tinyscheduler.service.runs import Run, RunPolicy, RunRequest, requeue_if_ours, stop_process_group
@@ -324,7 +325,7 @@ class Scheduler:
             if start.task_id in lost or start.task_id in self.runs or start.task_id in self.reclaiming:
                 continue
             try:
-                recipe = recipe_path(start.agent, self.config.registry, self.config.settings)
+                recipe = agent_recipe_path(start.agent, self.config.registry, self.config.settings)
             except RegistryError as exc:
                 log.error("start_refused", task_id=start.task_id, agent=start.agent, reason="; ".join(exc.problems))
                 continue
@@ -493,7 +494,7 @@ class Scheduler:
         )
         for lease in present.values():
             decision = judge_lease(lease, snapshot, config)
-            if decision.verdict in (Verdict.REQUEUE, Verdict.STOP):
+            if decision.verdict in (LeaseVerdict.REQUEUE, LeaseVerdict.STOP):
                 self._start_reclaim(decision, None)
 
     def _start_reclaim(self, decision: LeaseDecision, gathered: Gathered | None) -> None:
@@ -521,7 +522,7 @@ class Scheduler:
         # changed nothing would be planned again by the pass it woke, and again, without end.
         removed = False
         try:
-            if decision.verdict is Verdict.STOP:
+            if decision.verdict is LeaseVerdict.STOP:
                 if lease.start_ticks is None:
                     # An original-schema lease cannot prove the PID is still its process: signalling
                     # could hit an unrelated program. Wait for it to end instead.
