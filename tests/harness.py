@@ -22,6 +22,9 @@ import yaml
 
 from tinyscheduler.testing.standin_goose import write_launcher
 
+#: A daemon whose passes block while a file exists (see wedged_daemon.py).
+WEDGED_DAEMON = [sys.executable, str(Path(__file__).with_name("wedged_daemon.py"))]
+
 #: The stand-in goose as a program (a plain install puts none on PATH), beside the test interpreter:
 #: not under /tmp, which the system tests' units see privately (PrivateTmp=yes).
 STANDIN = str(write_launcher(Path(sys.executable).parent / "goose-standin"))
@@ -178,9 +181,13 @@ def kill_everything(base: Path) -> None:
 class DaemonProcess:
     """`python -m tinyscheduler ...` as a real subprocess, with its output captured to files."""
 
-    def __init__(self, workspace: Workspace, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workspace: Workspace, *args: str, env: dict[str, str] | None = None, program: list[str] | None = None
+    ) -> None:
         self.workspace = workspace
         self.args = args
+        #: What runs the daemon: `python -m tinyscheduler`, or a test launcher that injects a hook.
+        self.program = program or [sys.executable, "-m", "tinyscheduler"]
         self.env = env or workspace.daemon_env()
         self.out = workspace.base / f"daemon-{time.monotonic_ns()}.out"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -188,7 +195,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         with open(self.out, "wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tinyscheduler", *self.args],
+                [*self.program, *self.args],
                 cwd=self.workspace.base,
                 env=self.env,
                 stdout=sink,

@@ -26,7 +26,7 @@ from tinyscheduler.adapters.procfs import current_boot_id
 from tinyscheduler.adapters.tinytask import TaskBatch, TinyTaskClient, TinyTaskUnavailable
 from tinyscheduler.adapters.tinytask.rest import RestClient
 from tinyscheduler.core.tasks import Task
-from tinyscheduler.service.runs import Run, RunPolicy, RunRequest
+from tinyscheduler.service.run import Run, RunPolicy, RunRequest
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 from harness import STANDIN, Deadline
@@ -172,8 +172,6 @@ async def open_bench(tmp_path: Path, fake: FakeTinyTask) -> AsyncIterator[RunBen
         stop_grace_sec=0.3,
         idle_timeout_sec=0,
         run_log_max_bytes=1024 * 1024,
-        max_attempts=3,
-        retry_base_sec=0,
         host="testhost",
         instance_id="instance-under-test",
         boot_id=current_boot_id(),

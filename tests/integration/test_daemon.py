@@ -399,7 +399,11 @@ async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspa
     while that reclaim can still set it idle and delete the lease (the new run's lease)."""
     from tinyscheduler.config.settings import load_settings
     from tinyscheduler.core.planner import Plan, Start
-    from tinyscheduler.service.scheduler import PassReport, Scheduler
+    from tinyscheduler.service.passes import PassRunner
+    from tinyscheduler.service.reclaim import Reclaimer
+    from tinyscheduler.service.runner import Runner
+    from tinyscheduler.service.scheduler import Scheduler
+    from tinyscheduler.service.statusfile import PassReport
 
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
@@ -412,14 +416,15 @@ async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspa
         def start_soon(self, *args: object) -> None:
             started.append(args)
 
-    scheduler._group = Group()  # type: ignore[assignment]
-    scheduler.reclaiming.add(task["id"])
+    rt = scheduler.runtime
+    passes = PassRunner(rt, Runner(rt, Group()), Reclaimer(rt, Group()), scheduler.gate)  # type: ignore[arg-type]
+    rt.reclaiming.add(task["id"])
     try:
-        await scheduler._act(Plan((), (), (Start(task["id"], "dev-a", "assigned to dev-a"),), (), ()), PassReport())
+        plan = Plan((), (), (Start(task["id"], "dev-a", "assigned to dev-a"),), (), ())
+        await passes._act(plan, PassReport(), await rt.connection.client())
     finally:
-        if scheduler.client is not None:
-            await scheduler.client.aclose()
-    assert started == [] and scheduler.runs == {}
+        await rt.connection.aclose()
+    assert started == [] and rt.runs == {}
 
 
 async def test_a_failed_list_request_fails_the_pass_as_a_tinytask_error_not_an_exception_group(fake, tmp_path):

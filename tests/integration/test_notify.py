@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import DaemonProcess, max_concurrency, wait_for
+from harness import WEDGED_DAEMON, DaemonProcess, max_concurrency, wait_for
 
 
 class NotifyListener:
@@ -73,9 +73,13 @@ def listener(tmp_path) -> Iterator[NotifyListener]:
 def daemon_factory(workspace, listener) -> Iterator:
     started: list[DaemonProcess] = []
 
-    def start(**env: str) -> DaemonProcess:
+    def start(program: list[str] | None = None, **env: str) -> DaemonProcess:
         daemon = DaemonProcess(
-            workspace, "run", "--daemon", env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path), **env)
+            workspace,
+            "run",
+            "--daemon",
+            env=workspace.daemon_env(NOTIFY_SOCKET=str(listener.path), **env),
+            program=program,
         ).start()
         started.append(daemon)
         return daemon
@@ -131,6 +135,7 @@ def test_watchdog_pings_stop_while_a_pass_is_stuck(fake, workspace, listener, da
     workspace.write_registry([("dev-a", "dev", 1)])
     wedge = tmp_path / "wedge"
     daemon_factory(
+        WEDGED_DAEMON,
         WATCHDOG_USEC="400000",
         TINYSCHEDULER_PASS_TIMEOUT_SEC="1",
         TINYSCHEDULER_TEST_WEDGE_FILE=str(wedge),

@@ -4,6 +4,7 @@ the fake TinyTask over HTTP. Timings are small (heartbeat 0.2 s, grace 0.3 s); w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -19,7 +20,9 @@ from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.service.runs import Reported, RunLog, requeue_if_ours, stop_process_group
+from tinyscheduler.adapters.process import stop_process_group
+from tinyscheduler.adapters.runlog import RunLog
+from tinyscheduler.service.reporter import Reported, requeue_if_ours
 
 from runbench import STANDIN, RunBench, eventually
 
@@ -106,14 +109,14 @@ async def test_failure_requeues_with_a_comment_and_counts_the_attempt(bench: Run
 
 
 async def test_retry_waits_for_the_backoff(bench: RunBench) -> None:
-    bench.attempts.retry_base_sec = 3600
+    bench.attempts.policy = dataclasses.replace(bench.attempts.policy, retry_base_sec=3600)
     task_id = bench.task()
     recipe = bench.recipe("dev.yaml", mode="fail")
     await bench.run(task_id, recipe).execute()
 
     again = await bench.run(task_id, recipe).execute()
 
-    assert again.outcome is Outcome.NOT_STARTED and again.reason.startswith("retry backoff until ")
+    assert again.outcome is Outcome.NOT_STARTED and again.reason.startswith("not claimable: retry backs off until ")
     assert bench.starts(task_id) == 1
 
 
@@ -135,7 +138,10 @@ async def test_after_max_attempts_the_task_is_tagged_failed_and_left_alone(bench
     ) in bench.events
 
     refused = await bench.run(task_id, recipe).execute()
-    assert refused.outcome is Outcome.NOT_STARTED and refused.reason == f"task is tagged {FAILED_TAG}"
+    assert (
+        refused.outcome is Outcome.NOT_STARTED
+        and refused.reason == f"not claimable: tagged {FAILED_TAG}; remove the tag to retry"
+    )
     assert bench.starts(task_id) == 3
 
     # A person removes the tag: a fresh budget of attempts.
@@ -354,9 +360,9 @@ async def test_stop_request_requeues_without_counting_a_failure(bench: RunBench)
 @pytest.mark.parametrize(
     ("fields", "recipe", "reason"),
     [
-        ({"status": "working"}, "dev.yaml", "task is working, not idle"),
-        ({"agent": "qa"}, "dev.yaml", "task is assigned to qa, not dev"),
-        ({"tags": [FAILED_TAG]}, "dev.yaml", f"task is tagged {FAILED_TAG}"),
+        ({"status": "working"}, "dev.yaml", "not claimable: status is working"),
+        ({"agent": "qa"}, "dev.yaml", "not claimable: assigned to qa, not dev"),
+        ({"tags": [FAILED_TAG]}, "dev.yaml", f"not claimable: tagged {FAILED_TAG}"),
         ({}, "../dev.yaml", "escapes the recipes folder"),
         ({}, "/etc/passwd", "is absolute; expected a path inside the recipes folder"),
         ({}, "missing.yaml", "does not exist"),
@@ -378,7 +384,7 @@ async def test_refuses_a_blocked_task(bench: RunBench) -> None:
     blocker = bench.task()
     task_id = bench.task(blocked_by_task_id=blocker)
     result = await bench.run(task_id, bench.recipe("dev.yaml")).execute()
-    assert result.outcome is Outcome.NOT_STARTED and result.reason == f"task is blocked by task {blocker}"
+    assert result.outcome is Outcome.NOT_STARTED and result.reason == f"not claimable: blocked by task {blocker}"
 
 
 async def test_tinytask_down_at_claim_is_a_reason_not_an_exception(bench: RunBench) -> None:
@@ -538,7 +544,7 @@ async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backof
     must stay (it used to be forgotten, so a flaky server erased backoff and the attempt budget)."""
     from tinyscheduler.adapters.tinytask import TinyTaskUnavailable
 
-    bench.attempts.retry_base_sec = 3600
+    bench.attempts.policy = dataclasses.replace(bench.attempts.policy, retry_base_sec=3600)
     task_id = bench.task()
     lost: list[dict[str, Any]] = []
 

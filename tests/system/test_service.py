@@ -19,7 +19,7 @@ import pytest
 
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
-from harness import Workspace, kill_everything, processes_of, wait_for
+from harness import WEDGED_DAEMON, Workspace, kill_everything, processes_of, wait_for
 
 if TYPE_CHECKING:  # a runtime import of "conftest" could find tests/conftest.py instead
     from conftest import UserManager
@@ -66,14 +66,14 @@ ExecStart={sys.executable} {script}
         user_manager.remove("trivial-notify.service")
 
 
-def unit_copy(base: Path, *, replace: dict[str, str], add: list[str]) -> str:
+def unit_copy(base: Path, *, replace: dict[str, str], add: list[str], program: str | None = None) -> str:
     """The shipped unit with /opt/tinyscheduler etc. moved under `base`, for a user manager.
 
     `replace` gives new values to directives the unit has; `add` appends lines to [Service].
     """
     text = SHIPPED.read_text()
     for old, new in [
-        ("/opt/tinyscheduler/.venv/bin/tinyscheduler", f"{sys.executable} -m tinyscheduler"),
+        ("/opt/tinyscheduler/.venv/bin/tinyscheduler", program or f"{sys.executable} -m tinyscheduler"),
         ("/opt/tinyscheduler", str(base)),
         ("/etc/tinyscheduler", str(base / "etc")),
         ("/var/lib/tinyscheduler", str(base / "home")),
@@ -123,7 +123,13 @@ class Service:
             )
         )
 
-    def install(self, *, replace: dict[str, str] | None = None, environment: dict[str, str] | None = None) -> None:
+    def install(
+        self,
+        *,
+        replace: dict[str, str] | None = None,
+        environment: dict[str, str] | None = None,
+        program: str | None = None,
+    ) -> None:
         add = [
             # PrivateTmp=yes hides /tmp, where pytest's folders (and maybe this checkout) live;
             # binding them keeps them visible. Elsewhere the binds change nothing.
@@ -134,7 +140,7 @@ class Service:
             "StandardError=inherit",
             *(f"Environment={key}={value}" for key, value in (environment or {}).items()),
         ]
-        self.manager.install(UNIT, unit_copy(self.base, replace=replace or {}, add=add))
+        self.manager.install(UNIT, unit_copy(self.base, replace=replace or {}, add=add, program=program))
 
     def show(self, *properties: str) -> dict[str, str]:
         return self.manager.show(UNIT, *properties)
@@ -227,7 +233,9 @@ def test_a_wedged_pass_ends_in_a_watchdog_restart(service: Service, fake: FakeTi
     service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 0.2})
     fake.create_task("after the restart", assigned_to="dev")
     service.install(
-        replace={"WatchdogSec": "2", "RestartSec": "3"}, environment={"TINYSCHEDULER_TEST_WEDGE_FILE": str(wedge)}
+        replace={"WatchdogSec": "2", "RestartSec": "3"},
+        environment={"TINYSCHEDULER_TEST_WEDGE_FILE": str(wedge)},
+        program=" ".join(WEDGED_DAEMON),
     )
     service.manager.systemctl("start", UNIT)
     first_pid = service.show("MainPID")["MainPID"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.adapters.attempt_book import AttemptBook, AttemptRecord
+from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.core.attempts import AttemptRecord
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
 

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from tinyscheduler.core.attempts import retry_delay
 from tinyscheduler.core.outcomes import (
     INTERRUPTED_SENTENCE,
     MAX_TURNS_SENTENCE,
@@ -20,7 +21,6 @@ from tinyscheduler.core.outcomes import (
     gave_up_comment,
     goose_reported_error,
     requeue_comment,
-    retry_delay,
 )
 
 

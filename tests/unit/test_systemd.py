@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tinyscheduler.core.goose import scrubbed_environ
+from tinyscheduler.core.watchdog import WatchdogGate
+from tinyscheduler.service.statusfile import PassReport, status_line
 from tinyscheduler.adapters.systemd import (
     Notifier,
-    WatchdogGate,
-    scrubbed_environ,
-    status_line,
     watchdog_interval,
 )
 
@@ -231,4 +231,6 @@ def test_failed_passes_keep_the_watchdog_fed() -> None:
     ],
 )
 def test_status_line(args: tuple, expected: str) -> None:
-    assert status_line(*args) == expected
+    busy, slots, queued, blocked, duration, error = args
+    report = PassReport(busy=busy, slots=slots, queued=queued, blocked=blocked, duration_sec=duration, error=error)
+    assert status_line(report) == expected

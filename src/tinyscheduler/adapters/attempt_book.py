@@ -14,57 +14,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
-from tinyscheduler.core.outcomes import MAX_RETRY_DELAY_SEC, retry_delay
+from tinyscheduler.core.attempts import (
+    MAX_RETRY_DELAY_SEC,
+    AttemptRecord,
+    RetryPolicy,
+    after_failure,
+    with_success_held,
+)
 
 FORMAT_VERSION = 1
 log = structlog.get_logger("tinyscheduler.attempts")
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    task_id: int
-    failures: int = 0
-    last_outcome: str | None = None
-    last_failure_at: datetime | None = None
-    #: Earliest moment the next attempt may start (retry backoff).
-    not_before: datetime | None = None
-    gave_up: bool = False
-    #: The agent succeeded but TinyTask could not be told; complete the task instead of rerunning.
-    success_unreported: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["task_id"]  # the key of the entry
-        for key in ("last_failure_at", "not_before"):
-            data[key] = data[key].isoformat() if data[key] else None
-        return data
-
-    @classmethod
-    def from_json(cls, task_id: int, data: dict[str, Any]) -> AttemptRecord:
-        def moment(key: str) -> datetime | None:
-            value = data.get(key)
-            return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-        failures = data.get("failures", 0)
-        if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
-            raise ValueError(f"task {task_id}: field failures: expected a count, got {failures!r}")
-        return cls(
-            task_id=task_id,
-            failures=failures,
-            last_outcome=data.get("last_outcome"),
-            last_failure_at=moment("last_failure_at"),
-            not_before=moment("not_before"),
-            gave_up=bool(data.get("gave_up", False)),
-            success_unreported=bool(data.get("success_unreported", False)),
-        )
 
 
 class AttemptBook:
@@ -80,9 +45,8 @@ class AttemptBook:
         self.path = path
         #: A read-only book (dry run, status) never writes nor moves the file.
         self.read_only = read_only
-        self.max_attempts = max_attempts
-        self.retry_base_sec = retry_base_sec
-        self.max_delay_sec = max_delay_sec
+        #: Replaced on reload; records already written keep the backoff they were given.
+        self.policy = RetryPolicy(max_attempts, retry_base_sec, max_delay_sec)
         self._records: dict[int, AttemptRecord] = self._load()
 
     # --- queries ---------------------------------------------------------------------------------
@@ -109,19 +73,7 @@ class AttemptBook:
     # --- changes (each one written to disk before it returns) ------------------------------------
 
     def record_failure(self, task_id: int, outcome: str, now: datetime) -> AttemptRecord:
-        previous = self.record(task_id)
-        failures = previous.failures + 1
-        gave_up = failures >= self.max_attempts
-        delay = retry_delay(failures, self.retry_base_sec, self.max_delay_sec)
-        record = replace(
-            previous,
-            failures=failures,
-            last_outcome=outcome,
-            last_failure_at=now,
-            not_before=None if gave_up else now + timedelta(seconds=delay),
-            gave_up=gave_up,
-            success_unreported=False,
-        )
+        record = after_failure(self.record(task_id), outcome, now, self.policy)
         self._put(record)
         return record
 
@@ -130,7 +82,7 @@ class AttemptBook:
         self.forget(task_id)
 
     def hold_success(self, task_id: int) -> None:
-        self._put(replace(self.record(task_id), success_unreported=True))
+        self._put(with_success_held(self.record(task_id)))
 
     def forget(self, task_id: int) -> None:
         """Drop the history, e.g. when a person removed the failed tag to grant a fresh budget."""

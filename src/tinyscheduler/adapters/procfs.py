@@ -63,3 +63,19 @@ def processes_tagged(lease_path: Path) -> list[tuple[int, int]]:
             if ticks is not None:
                 found.append((int(entry.name), ticks))
     return found
+
+
+def verified_group(lease: Lease, boot_id: str | None) -> int | None:
+    """The process group to signal for `lease`, or None when it cannot be proven to be the run's.
+
+    The lease's pid must still be the process started for it (start ticks, boot id), and the group
+    the lease names must be that process's own group: a planted or stale pgid never gets a signal.
+    """
+    if lease.pid is None or lease.start_ticks is None or probe(lease, boot_id) is not Liveness.ALIVE:
+        return None
+    try:
+        actual = os.getpgid(lease.pid)
+    except ProcessLookupError:
+        return None
+    expected = lease.pgid if lease.pgid is not None else lease.pid
+    return actual if actual == expected else None

@@ -1,9 +1,9 @@
-"""systemd integration: sd_notify messages, the watchdog interval and the watchdog gate.
+"""systemd integration: sd_notify messages and the watchdog interval.
 
 Sending goes through the `sdnotify` package; this module adds what the daemon needs on top:
 the address comes from an environ we are given (tests pass their own), a failed send is logged
-once and never raised, and the messages the daemon sends have names. `WatchdogGate` is the pure
-rule for "is it safe to ping the watchdog now", driven by times the daemon passes in.
+once and never raised, and the messages the daemon sends have names. When to ping the watchdog is
+decided in `core.watchdog`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ import sdnotify
 import structlog
 
 log = structlog.get_logger("tinyscheduler.systemd")
-
-#: Variables systemd hands to the service itself; a child that inherits them could ping the
-#: watchdog or report readiness on our behalf (NotifyAccess=all) or claim our sockets.
-_SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-_SERVICE_ONLY_PREFIX = "LISTEN_"
 
 
 class _Sender(sdnotify.SystemdNotifier):
@@ -109,62 +104,3 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
     except ValueError:
         return None
     return usec / 2 / 1_000_000 if usec > 0 else None
-
-
-def scrubbed_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `environ` without the variables systemd meant for this service alone."""
-    return {
-        key: value
-        for key, value in environ.items()
-        if key not in _SERVICE_ONLY and not key.startswith(_SERVICE_ONLY_PREFIX)
-    }
-
-
-class WatchdogGate:
-    """Whether the daemon is healthy enough to ping the watchdog; pure, times are passed in.
-
-    Unhealthy when a pass has been running longer than `pass_timeout`, or, with `loop_timeout`
-    set, when no pass is running and the tick loop has not started or ended one for longer than
-    that. Before its first report the loop cannot be late. How a pass ended
-    does not matter: a pass that failed because TinyTask is down still ended, and a restart
-    would not bring TinyTask back.
-    """
-
-    def __init__(self, pass_timeout: float, loop_timeout: float | None = None) -> None:
-        self._pass_timeout = pass_timeout
-        self._loop_timeout = loop_timeout
-        self._last_report: float | None = None
-        self._pass_started: float | None = None
-
-    def pass_started(self, now: float) -> None:
-        self._pass_started = now
-        self._last_report = now
-
-    def pass_finished(self, now: float) -> None:
-        self._pass_started = None
-        self._last_report = now
-
-    def healthy(self, now: float) -> bool:
-        if self._pass_started is not None:
-            return now - self._pass_started <= self._pass_timeout
-        if self._loop_timeout is None or self._last_report is None:
-            return True
-        return now - self._last_report <= self._loop_timeout
-
-
-def status_line(
-    busy: int,
-    total: int,
-    queued: int,
-    blocked: int,
-    last_pass_seconds: float,
-    error: str | None,
-) -> str:
-    """The STATUS= text: `3/8 slots busy, 12 queued, 1 blocked, last pass 0.14 s ok`.
-
-    With an error the pass's duration says nothing useful, so the error takes its place.
-    """
-    counts = f"{busy}/{total} slots busy, {queued} queued, {blocked} blocked"
-    if error is not None:
-        return f"{counts}, last pass failed: {error}"
-    return f"{counts}, last pass {last_pass_seconds:.2f} s ok"

@@ -34,7 +34,7 @@ import anyio
 import psutil
 import yaml
 
-from tinyscheduler.adapters.attempt_book import AttemptRecord
+from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.cli.status import format_age, table

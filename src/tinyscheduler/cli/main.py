@@ -110,9 +110,9 @@ def _run(args: argparse.Namespace) -> int:
     if not s.base_path.is_dir():
         # A mistyped base path must not become a new empty tree with the state folders in it.
         raise ConfigError([f"{_origin(loaded, 'base_path')}={str(s.base_path)!r}: not an existing folder"])
-    from tinyscheduler.service import scheduler as daemon
+    from tinyscheduler.cli.run import run_command
 
-    return daemon.run_command(loaded, once=args.once, daemon=args.daemon, json_output=args.json)
+    return run_command(loaded, once=args.once, daemon=args.daemon, json_output=args.json)
 
 
 def _origin(loaded: LoadedSettings, name: str) -> str:

@@ -22,8 +22,6 @@ MAX_TURNS_SENTENCE = (
 )
 #: Goose prints this when SIGINT cancels a headless run (then exits 1).
 INTERRUPTED_SENTENCE = "Headless run interrupted"
-#: Upper bound of the wait between attempts, whatever the base and the count.
-MAX_RETRY_DELAY_SEC = 3600.0
 #: How much of the end of the output `classify` looks at (callers read this much of the log).
 TAIL_BYTES = 64 * 1024
 
@@ -164,14 +162,6 @@ def _one_line(text: str, limit: int) -> str:
 
 def format_seconds(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 10 else f"{round(seconds)}s"
-
-
-def retry_delay(failures: int, base_sec: float, cap_sec: float = MAX_RETRY_DELAY_SEC) -> float:
-    """Wait before the next attempt after `failures` failed ones: base, 2*base, 4*base ... capped."""
-    if failures < 1:
-        return 0.0
-    # Cap the exponent too: 2**1000 would overflow a float long after the cap applies.
-    return min(cap_sec, base_sec * 2 ** min(failures - 1, 64))
 
 
 # --- texts a person reads on the task -------------------------------------------------------------

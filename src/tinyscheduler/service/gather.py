@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import anyio
 
@@ -24,7 +23,7 @@ from tinyscheduler.adapters.tinytask import (
 )
 from tinyscheduler.config.registry import Registry
 from tinyscheduler.core.leases import Liveness
-from tinyscheduler.core.planner import LeaseVerdict, Plan, PlanConfig, Snapshot
+from tinyscheduler.core.planner import PlanConfig, Snapshot
 from tinyscheduler.core.tasks import Task
 
 #: Concurrent list requests per pass: enough to hide latency, few enough to be polite.
@@ -156,55 +155,3 @@ def queued_and_blocked(snapshot: Snapshot) -> tuple[int, int]:
         for task in tasks:
             seen[task.id] = task.is_currently_blocked
     return len(seen), sum(seen.values())
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [headers, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-
-
-def render_plan(result: Plan, gathered: Gathered, *, header: str) -> str:
-    """The dry-run table: slots, what would be assigned and started, lease verdicts, skips."""
-    snapshot = gathered.snapshot
-    lines = [header, ""]
-    queued, blocked = queued_and_blocked(snapshot)
-    lines.append(f"{queued} idle task(s) seen, {blocked} blocked, {len(snapshot.leases)} lease(s) on disk")
-    lines += ["", "Slots"]
-    lines += (
-        _table(
-            ["agent", "limit", "busy", "would start", "free after"],
-            [[s.agent, s.limit, s.busy, s.starting, s.free_after] for s in result.slots],
-        )
-        if result.slots
-        else ["  (no agents: set TINYSCHEDULER_AGENT_LIMITS or an agent-control file)"]
-    )
-    if result.assignments:
-        lines += ["", f"Would assign ({len(result.assignments)})"]
-        lines += _table(
-            ["task", "queue", "agent", "reason"], [[a.task_id, a.queue, a.agent, a.reason] for a in result.assignments]
-        )
-    lines += ["", f"Would start ({len(result.starts)})"]
-    lines += (
-        _table(["task", "agent", "reason"], [[s.task_id, s.agent, s.reason] for s in result.starts])
-        if result.starts
-        else ["  (nothing)"]
-    )
-    leases = [d for d in result.leases if d.verdict is not LeaseVerdict.FOREIGN]
-    if leases:
-        lines += ["", f"Leases ({len(leases)})"]
-        lines += _table(
-            ["task", "agent", "verdict", "reason"], [[d.task_id, d.agent, d.verdict.value, d.reason] for d in leases]
-        )
-    if result.skips:
-        lines += ["", f"Not started ({len(result.skips)})"]
-        lines += _table(["task", "agent", "reason"], [[s.task_id, s.agent or "-", s.reason] for s in result.skips])
-    if gathered.problems:
-        lines += ["", f"Skipped as malformed ({len(gathered.problems)})"]
-        lines += [f"  {p}" for p in gathered.problems]
-    if gathered.quarantined:
-        lines += ["", f"Quarantined lease files ({len(gathered.quarantined)})"]
-        lines += [
-            f"  {q.original} -> {q.moved_to or '(left in place: dry run)'}: {q.reason}" for q in gathered.quarantined
-        ]
-    return "\n".join(lines) + "\n"

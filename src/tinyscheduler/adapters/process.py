@@ -1,0 +1,100 @@
+"""Processes of a run: start goose in a session of its own, wait for its end, stop its group.
+
+Goose is a `subprocess.Popen` child, awaited through a pidfd registered with the event loop (no
+thread per child, no global child watcher). Nothing else in the daemon may reap children it did not
+start (no SIGCHLD=SIG_IGN, no waitpid(-1)): a stolen exit status would look like exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+
+def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start `command` with stdout and stderr on `output_fd`, in its own session and process group,
+    so that it outlives the daemon and the stop ladder reaches the whole group."""
+    return subprocess.Popen(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=output_fd,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,
+    )
+
+
+class ExitWatch:
+    """Wakes its owner the moment a process exits: a pidfd polled by the event loop.
+
+    `wait(at_most)` returns True once the process has exited. Without pidfd support (Linux < 5.3)
+    it sleeps out the time and the caller polls.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._fd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._fd = os.pidfd_open(pid)
+
+    async def wait(self, at_most: float) -> bool:
+        with anyio.move_on_after(at_most):
+            if self._fd is None:
+                await anyio.sleep(at_most)
+                return False
+            await anyio.wait_readable(self._fd)
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+async def wait_until(predicate: Callable[[], bool], at_most: float, poll_sec: float = 0.05) -> bool:
+    """Poll `predicate` until it holds (True) or `at_most` seconds pass (False)."""
+    deadline = time.monotonic() + at_most
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await anyio.sleep(min(poll_sec, remaining))
+    return True
+
+
+async def stop_process_group(
+    pgid: int, is_gone: Callable[[], bool], grace: float, log: Any, *, poll_sec: float = 0.05
+) -> str:
+    """SIGINT, SIGTERM after `grace`, SIGKILL after `grace` more, to a whole process group.
+
+    `is_gone` says whether the process that matters (the group leader) has ended: for a child of
+    ours `lambda: proc.poll() is not None` (which also reaps it); for a process of a previous
+    daemon instance `lambda: probe(lease, boot_id) is not Liveness.ALIVE`. Once it is gone, what
+    is left of the group is killed. Returns the name of the last signal that was needed, "" if the
+    process was gone before the first one.
+    """
+    last = ""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if is_gone():
+            break
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        last = sig.name
+        log.info("stop_signal", signal=last, pgid=pgid, grace=grace)
+        # After SIGKILL only the kernel can be slow (e.g. a process in uninterruptible sleep).
+        if await wait_until(is_gone, max(grace, 5.0) if sig is signal.SIGKILL else grace, poll_sec):
+            break
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)  # leftovers of the group; no-op when it is empty
+    return last

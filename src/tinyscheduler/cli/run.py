@@ -1,0 +1,114 @@
+"""`tinyscheduler run`: the daemon (`--daemon`), one pass (`--once`), or the plan only (`--dry-run`)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import anyio
+
+from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.lock import is_locked, read_holder
+from tinyscheduler.adapters.logsetup import configure_logging
+from tinyscheduler.adapters.procfs import current_boot_id
+from tinyscheduler.adapters.tinytask import TinyTaskError
+from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.cli.plan_view import render_plan
+from tinyscheduler.config.registry import RegistryError
+from tinyscheduler.config.settings import LoadedSettings
+from tinyscheduler.core.planner import plan
+from tinyscheduler.core.redact import mask_url_passwords
+from tinyscheduler.service.configuration import Configuration
+from tinyscheduler.service.gather import gather, plan_config
+from tinyscheduler.service.runtime import utcnow
+from tinyscheduler.service.scheduler import Hooks, Scheduler
+
+
+async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
+    """Read TinyTask and the leases, print the plan, change nothing anywhere."""
+    s = loaded.settings
+    try:
+        config = Configuration.load(loaded)
+    except RegistryError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    store = LeaseStore(s.running_dir, s.quarantine_dir, read_only=True)
+    # Leases of a daemon that is running now are its own, not a previous instance's.
+    instance_id = "dry-run"
+    if is_locked(s.lock_file):
+        holder = read_holder(s.lock_file).split()
+        instance_id = holder[holder.index("instance") + 1] if "instance" in holder else instance_id
+    try:
+        async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
+            pc = plan_config(
+                config.limits,
+                config.registry,
+                client.features,
+                disable_blocking=s.disable_blocking,
+                heartbeat_sec=s.heartbeat_sec,
+                max_runtime_sec=s.max_runtime_sec,
+            )
+            attempts = AttemptBook(
+                s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec, read_only=True
+            )
+            gathered = await gather(
+                client,
+                pc,
+                store,
+                now=utcnow(),
+                host=socket.gethostname(),
+                instance_id=instance_id,
+                boot_id=current_boot_id(),
+                not_before=attempts.not_before_all(),
+            )
+            protocol = client.features.protocol
+    except TinyTaskError as exc:
+        print(
+            mask_url_passwords(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}"),
+            file=sys.stderr,
+        )
+        return 1
+    result = plan(gathered.snapshot, pc)
+    if json_output:
+        payload = {
+            "dry_run": True,
+            "tinytask": mask_url_passwords(s.tinytask_url),
+            "protocol": protocol,
+            "mode": "queue" if pc.pools else "legacy",
+            **result.to_json(),
+            "malformed": [str(p) for p in gathered.problems],
+            "quarantine_candidates": [{"file": str(q.original), "reason": q.reason} for q in gathered.quarantined],
+        }
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        mode = f"queue mode ({len(pc.pools)} queue(s))" if pc.pools else "legacy mode (agent limits only)"
+        header = (
+            f"TinyScheduler dry run at {gathered.snapshot.now:%Y-%m-%d %H:%M:%S} UTC: "
+            f"TinyTask {mask_url_passwords(s.tinytask_url)} ({protocol}), {mode}"
+        )
+        print(render_plan(result, gathered, header=header) + "\nDry run: nothing was assigned, started or written.")
+    return 0
+
+
+def run_command(
+    loaded: LoadedSettings, *, once: bool, daemon: bool, json_output: bool, hooks: Hooks | None = None
+) -> int:
+    """Entry point of `tinyscheduler run` (the CLI has handled the kill switch and config errors)."""
+    s = loaded.settings
+    configure_logging(s.log_level, s.log_format, None if s.dry_run else s.log_dir, s.log_keep_days)
+    if s.dry_run:
+        return anyio.run(lambda: dry_run(loaded, json_output=json_output))
+
+    async def serve() -> int:
+        # Built inside the event loop: its events belong to that loop.
+        return await Scheduler(loaded, once=once or not daemon, hooks=hooks or Hooks()).serve()
+
+    try:
+        return anyio.run(serve)
+    except RegistryError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2

@@ -1,0 +1,53 @@
+"""The goose command line and environment of one run, built from plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+#: Variables systemd hands to the service itself; a child that inherits them could ping the
+#: watchdog or report readiness on our behalf (NotifyAccess=all) or claim our sockets.
+SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+SERVICE_ONLY_PREFIX = "LISTEN_"
+
+
+def goose_command(goose_bin: str, recipe: Path, task_id: int, agent: str, extra: Sequence[str]) -> list[str]:
+    return [
+        goose_bin,
+        "run",
+        "--recipe",
+        str(recipe),
+        "--params",
+        f"task_id={task_id}",
+        "--params",
+        f"agent={agent}",
+        "--no-session",
+        *extra,
+    ]
+
+
+def scrubbed_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `environ` without the variables systemd meant for this service alone."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key not in SERVICE_ONLY and not key.startswith(SERVICE_ONLY_PREFIX)
+    }
+
+
+def child_environment(
+    base: Mapping[str, str], *, task_id: int, agent: str, attempt: int, lease_path: Path, endpoint: str
+) -> dict[str, str]:
+    env = scrubbed_environ(base)
+    env.update(
+        TINYSCHEDULER_TASK_ID=str(task_id),
+        TINYSCHEDULER_AGENT=agent,
+        TINYSCHEDULER_ATTEMPT=str(attempt),
+        # Every process of the run carries it: a run whose pid never reached its lease, and anything
+        # it left behind, can still be found through /proc.
+        TINYSCHEDULER_LEASE=str(lease_path),
+        TINYTASK_ENDPOINT=endpoint,
+    )
+    # Approval prompts fail headless runs; an operator's explicit choice still wins.
+    env.setdefault("GOOSE_MODE", "auto")
+    return env

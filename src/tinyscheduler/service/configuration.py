@@ -1,0 +1,72 @@
+"""The daemon's configuration: settings plus what is derived from them, swapped as a whole.
+
+A reload builds a complete new `Configuration` or raises with every problem; the caller keeps the old
+one on failure, so a bad env file or registry never leaves the daemon half reconfigured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from tinyscheduler.config.registry import Registry, effective_limits, load_registry
+from tinyscheduler.config.settings import LoadedSettings, Settings
+
+log = structlog.get_logger("tinyscheduler.daemon")
+
+#: Settings read once at start: changing them needs a restart (the lock and leases live there).
+RESTART_ONLY = ("base_path", "running_dir", "lock_file", "pass_timeout_sec")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    loaded: LoadedSettings
+    registry: Registry | None
+    limits: dict[str, int]
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+    @classmethod
+    def load(cls, loaded: LoadedSettings) -> Configuration:
+        """Raises ConfigError (RegistryError) naming every problem."""
+        s = loaded.settings
+        registry = load_registry(s.agent_control_file, s.recipes_dir)
+        return cls(loaded, registry, effective_limits(registry, s))
+
+    def reloaded(self) -> tuple[Configuration, dict[str, tuple[Any, Any]]]:
+        """The configuration as the files say now, and what changed; raises ConfigError.
+
+        Settings that only a restart may change keep their old values (each said once in the log).
+        """
+        fresh = Configuration.load(self._keep_restart_only(self.loaded.reload()))
+        changes = changed_settings(self.settings, fresh.settings)
+        if self.limits != fresh.limits:
+            changes["agent limits"] = (self.limits, fresh.limits)
+        return fresh, changes
+
+    def _keep_restart_only(self, loaded: LoadedSettings) -> LoadedSettings:
+        kept = {}
+        for name in RESTART_ONLY:
+            before, after = getattr(self.settings, name), getattr(loaded.settings, name)
+            if before != after:
+                log.warning(
+                    "restart_needed",
+                    setting=name,
+                    old=str(before),
+                    new=str(after),
+                    reason="this setting cannot change while running; restart to apply it",
+                )
+                kept[name] = before
+        return loaded.with_overrides(kept) if kept else loaded
+
+
+def changed_settings(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
+    return {
+        name: (getattr(old, name), getattr(new, name))
+        for name in type(old).model_fields
+        if getattr(old, name) != getattr(new, name)
+    }

@@ -1,0 +1,130 @@
+"""What the parts of the daemon share: identity, stores, the TinyTask connection, counters, wake-ups.
+
+One `Runtime` per daemon instance, built by the Scheduler and handed to each part (pass runner,
+lease watcher, reclaimer, runs). Everything runs in the one event loop thread, so plain attributes
+need no locks; the configuration is swapped as a whole on reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.logsetup import EventLog
+from tinyscheduler.adapters.systemd import Notifier
+from tinyscheduler.adapters.tinytask import TinyTaskClient
+from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.service.configuration import Configuration
+
+if TYPE_CHECKING:
+    from tinyscheduler.service.run import Run
+
+log = structlog.get_logger("tinyscheduler.daemon")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Waker:
+    """A resettable wake-up: `set()` from anywhere in the loop, `wait(timeout)` from the one owner."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, at_most: float) -> None:
+        with anyio.move_on_after(at_most):
+            await self._event.wait()
+        # No await between the return and the swap: a set() cannot fall in between and be lost.
+        self._event = anyio.Event()
+
+
+class Counters:
+    """How often each kind of thing happened since start (shown in last_pass.json and status)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self._counts[name] = self._counts.get(name, 0) + amount
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+class Connection:
+    """The one TinyTask client of the daemon, opened on first use and kept."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._client: TinyTaskClient | None = None
+        self._opening = anyio.Lock()
+
+    async def client(self) -> TinyTaskClient:
+        # Reclaims and the pass may all need the client at start-up: connect once, not once each.
+        async with self._opening:
+            if self._client is None:
+                self._client = await self._open()
+            return self._client
+
+    async def _open(self) -> TinyTaskClient:
+        s = self._runtime.config.settings
+        client = await connect(s.tinytask_url, s.tinytask_protocol)
+        features = client.features
+        log.info("tinytask_connected", url=s.tinytask_url, protocol=features.protocol)
+        if not features.queues:
+            log.warning(
+                "tinytask_limited",
+                url=s.tinytask_url,
+                reason="the server has no queues or blocking (old tinytask-mcp); running legacy mode: "
+                "only tasks already assigned to agents start, blocking is not checked",
+            )
+        return client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+@dataclass
+class Runtime:
+    config: Configuration
+    host: str
+    instance_id: str
+    boot_id: str | None
+    environ: dict[str, str]
+    store: LeaseStore
+    attempts: AttemptBook
+    events: EventLog
+    notifier: Notifier
+    clock: Clock = utcnow
+    counters: Counters = field(default_factory=Counters)
+    #: Wakes the tick loop for a pass now (a run ended, a lease was reclaimed, a reload).
+    tick: Waker = field(default_factory=Waker)
+    #: Runs this instance supervises, by task id.
+    runs: dict[int, Run] = field(default_factory=dict)
+    #: Task ids whose lease is being reclaimed right now.
+    reclaiming: set[int] = field(default_factory=set)
+    stopping: bool = False
+    connection: Connection = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.connection = Connection(self)
+
+    @property
+    def busy(self) -> frozenset[int]:
+        """Task ids a pass must not start or reclaim: supervised, or being reclaimed."""
+        return frozenset(self.runs) | frozenset(self.reclaiming)
