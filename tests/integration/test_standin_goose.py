@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tinyscheduler.core.outcomes import MAX_TURNS_SENTENCE, Outcome, ProcessEnd, classify
+from tinyscheduler.core.outcomes import MAX_TURNS_SENTENCE, EvidenceRule, Outcome, OutputFormat, ProcessEnd, classify
 from tinyscheduler.testing.fake_tinytask import FakeTinyTask
 
 from harness import STANDIN
@@ -151,7 +151,8 @@ def test_records_start_and_end_with_pid_and_exit(goose: Goose) -> None:
 )
 def test_output_reads_as_goose_output(goose: Goose, standin: dict[str, Any], fmt: str, outcome: Outcome) -> None:
     done = goose.run("run", "--recipe", goose.recipe(**standin), "--output-format", fmt)
-    assert classify(ProcessEnd(done.returncode, 1.0, tail=done.stdout + done.stderr)).outcome is outcome
+    rule = EvidenceRule(OutputFormat(fmt))
+    assert classify(ProcessEnd(done.returncode, 1.0, tail=done.stdout + done.stderr), rule).outcome is outcome
 
 
 def test_max_turns_text_is_goose_s_sentence(goose: Goose) -> None:

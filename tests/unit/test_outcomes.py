@@ -13,13 +13,16 @@ from tinyscheduler.core.outcomes import (
     MAX_TURNS_SENTENCE,
     Outcome,
     ProcessEnd,
+    EvidenceRule,
+    OutputFormat,
     RunVerdict,
+    Usage,
     StopCause,
     attempt_comment,
     classify,
     format_seconds,
     gave_up_comment,
-    goose_reported_error,
+    read_evidence,
     requeue_comment,
 )
 
@@ -41,6 +44,11 @@ def stream(*events: dict) -> str:
 
 MESSAGE = {"type": "message", "message": {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}}
 COMPLETE = {"type": "complete", "total_tokens": 12}
+#: Exit 0 alone is enough: how text output was judged before success needed evidence.
+EXIT_ZERO = EvidenceRule(OutputFormat.TEXT, text_needs_output=False)
+STREAM = EvidenceRule(OutputFormat.STREAM_JSON)
+JSON = EvidenceRule(OutputFormat.JSON)
+TEXT = EvidenceRule(OutputFormat.TEXT)
 
 
 @pytest.mark.parametrize(
@@ -79,11 +87,6 @@ COMPLETE = {"type": "complete", "total_tokens": 12}
             Outcome.FAILED,
             "exit 1 after 5.0s: rate limited",
         ),
-        (
-            ProcessEnd(0, 5, tail=stream(MESSAGE)),
-            Outcome.FAILED,
-            "goose reported an error: stream ended without a complete event; exit 0 after 5.0s",
-        ),
         (ProcessEnd(-signal.SIGKILL, 7), Outcome.KILLED, "killed by SIGKILL after 7.0s"),
         (ProcessEnd(-signal.SIGTERM, 70), Outcome.KILLED, "killed by SIGTERM after 70s"),
         (
@@ -107,11 +110,76 @@ COMPLETE = {"type": "complete", "total_tokens": 12}
             Outcome.KILLED,
             "stopped on request (daemon shutdown), stopped with SIGKILL after 12s",
         ),
-        (ProcessEnd(None, 9), Outcome.LOST, "process lost, exit status unknown after 9.0s"),
     ],
 )
 def test_classify(end: ProcessEnd, outcome: Outcome, detail: str) -> None:
-    assert classify(end) == RunVerdict(outcome, detail)
+    assert classify(end, EXIT_ZERO) == RunVerdict(outcome, detail)
+
+
+@pytest.mark.parametrize(
+    ("rule", "end", "outcome", "detail"),
+    [
+        # stream-json (the default): exit 0 is success only with a complete event.
+        (STREAM, ProcessEnd(0, 5, tail=stream(MESSAGE, COMPLETE)), Outcome.SUCCEEDED, "exit 0 after 5.0s"),
+        (
+            STREAM,
+            ProcessEnd(0, 5, tail=stream(MESSAGE)),
+            Outcome.FAILED,
+            "exit 0 after 5.0s without a complete event in its stream-json output",
+        ),
+        (
+            STREAM,
+            ProcessEnd(0, 0.1),
+            Outcome.FAILED,
+            "exit 0 after 0.1s without a complete event in its stream-json output",
+        ),
+        # The scheduler's own lines in the log are never goose's evidence.
+        (
+            STREAM,
+            ProcessEnd(0, 1, tail='--- tinyscheduler: {"type": "complete"}\n'),
+            Outcome.FAILED,
+            "exit 0 after 1.0s without a complete event in its stream-json output",
+        ),
+        (JSON, ProcessEnd(0, 5, tail=json_document("completed")), Outcome.SUCCEEDED, "exit 0 after 5.0s"),
+        (
+            JSON,
+            ProcessEnd(0, 5, tail="no document"),
+            Outcome.FAILED,
+            'exit 0 after 5.0s without a "completed" status in its json output',
+        ),
+        (TEXT, ProcessEnd(0, 5, tail="did the work\n"), Outcome.SUCCEEDED, "exit 0 after 5.0s"),
+        (TEXT, ProcessEnd(0, 0.2, tail="  \n"), Outcome.FAILED, "exit 0 after 0.2s with no output at all"),
+        (EXIT_ZERO, ProcessEnd(0, 0.2), Outcome.SUCCEEDED, "exit 0 after 0.2s"),
+        # The exit status is unknown when the run ended while no scheduler watched: output decides.
+        (
+            STREAM,
+            ProcessEnd(None, 9, tail=stream(MESSAGE, COMPLETE)),
+            Outcome.SUCCEEDED,
+            "its output ends complete; exit status unknown: it ended while no scheduler watched it",
+        ),
+        (
+            STREAM,
+            ProcessEnd(None, 9, tail=stream(MESSAGE, {"type": "error", "error": "quota"})),
+            Outcome.FAILED,
+            "goose reported an error: quota; exit status unknown: it ended while no scheduler watched it",
+        ),
+        (
+            STREAM,
+            ProcessEnd(None, 9, tail=stream(MESSAGE)),
+            Outcome.LOST,
+            "outcome unknown: exit status unknown: it ended while no scheduler watched it, and its output has no "
+            "complete or error event",
+        ),
+        (
+            TEXT,
+            ProcessEnd(None, 9, tail=f"{MAX_TURNS_SENTENCE}\n"),
+            Outcome.INCOMPLETE,
+            "stopped at the max-turns limit; exit status unknown: it ended while no scheduler watched it",
+        ),
+    ],
+)
+def test_success_needs_evidence(rule: EvidenceRule, end: ProcessEnd, outcome: Outcome, detail: str) -> None:
+    assert classify(end, rule) == RunVerdict(outcome, detail)
 
 
 @pytest.mark.parametrize(
@@ -126,17 +194,39 @@ def test_classify(end: ProcessEnd, outcome: Outcome, detail: str) -> None:
         (stream({"type": "notification", "x": 1}, {"type": "error", "error": {"message": "bad key"}}), "bad key"),
         (stream({"type": "error"}), "error event"),
         (stream(MESSAGE, COMPLETE) + "trailing noise\n", None),
+        (stream(MESSAGE), None),
         # A message quoting metadata carries escaped quotes and is not goose's status.
         (json.dumps({"note": '"metadata": {"status": "error"}'}), None),
     ],
 )
-def test_goose_reported_error(tail: str, error: str | None) -> None:
-    assert goose_reported_error(tail) == error
+def test_reported_error(tail: str, error: str | None) -> None:
+    assert read_evidence(tail).error == error
+
+
+@pytest.mark.parametrize(
+    ("tail", "usage"),
+    [
+        (
+            stream(MESSAGE, {"type": "complete", "input_tokens": 100, "output_tokens": 20, "total_tokens": 120}),
+            Usage(100, 20, 120),
+        ),
+        (
+            stream({"type": "complete", "usage": {"input_tokens": 5, "output_tokens": 1}, "model": "m-1"}),
+            Usage(5, 1, None, "m-1"),
+        ),
+        (json_document("completed"), Usage(6, 4, 10)),
+        # Nonsense figures are no figures; an error stream has no usage to report.
+        (stream({"type": "complete", "input_tokens": -3, "output_tokens": "many", "total_tokens": True}), Usage()),
+        ("plain text\n", Usage()),
+    ],
+)
+def test_token_usage_is_read_from_goose_output(tail: str, usage: Usage) -> None:
+    assert read_evidence(tail).usage == usage
 
 
 def test_max_turns_sentence_counts_only_at_the_end() -> None:
     quoted = f"the agent wrote: {MAX_TURNS_SENTENCE}\n" + "more work\n" * 1000 + "finished\n"
-    assert classify(ProcessEnd(0, 1, tail=quoted)).outcome is Outcome.SUCCEEDED
+    assert classify(ProcessEnd(0, 1, tail=quoted), TEXT).outcome is Outcome.SUCCEEDED
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,8 @@ Source = Literal["default", "env-file", "env", "cli"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["auto", "console", "json", "journal"]
 Protocol = Literal["rest", "mcp", "auto"]
+OutputFormatName = Literal["stream-json", "json", "text"]
+TextSuccess = Literal["output", "exit"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -136,6 +138,21 @@ class Settings(BaseSettings):
         metavar="ARGS",
         expect="expected shell-style arguments",
         help="extra arguments for `goose run`, shell-style quoting",
+    )
+    goose_output_format: OutputFormatName = _setting(
+        "stream-json",
+        flag="--goose-output-format",
+        metavar="FORMAT",
+        expect="expected stream-json, json or text",
+        help="goose's --output-format for runs: stream-json (success needs its complete event), json "
+        "(needs status completed) or text; an --output-format in the goose args wins",
+    )
+    text_success: TextSuccess = _setting(
+        "output",
+        flag="--text-success",
+        metavar="RULE",
+        expect="expected output or exit",
+        help="with text output, what proves success: output (exit 0 and some output) or exit (exit 0 alone)",
     )
     mcp_endpoint: str = _setting(
         "http://127.0.0.1:3000",
@@ -336,7 +353,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "tinytask_protocol", mode="before")
+    @field_validator("log_format", "tinytask_protocol", "goose_output_format", "text_success", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

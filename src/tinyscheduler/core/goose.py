@@ -51,3 +51,14 @@ def child_environment(
     # Approval prompts fail headless runs; an operator's explicit choice still wins.
     env.setdefault("GOOSE_MODE", "auto")
     return env
+
+
+def output_format_of(extra: Sequence[str], configured: str) -> tuple[str, list[str]]:
+    """The `--output-format` a run will use and the arguments to add for it: the operator's own
+    `--output-format` in the goose arguments wins over the setting."""
+    for index, arg in enumerate(extra):
+        if arg.startswith("--output-format="):
+            return arg.partition("=")[2], []
+        if arg == "--output-format" and index + 1 < len(extra):
+            return extra[index + 1], []
+    return configured, ["--output-format", configured]

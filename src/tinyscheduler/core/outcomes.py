@@ -3,9 +3,10 @@
 `classify` turns what the supervisor observed (exit status, whether and why it stopped the process,
 the tail of the output) into an `Outcome` and a one-line detail. Exit status alone is not enough
 with goose: it exits 0 when it hits the turn limit (the work is *incomplete*) and has been seen to
-exit 0 after provider failures, which its `json` / `stream-json` output then reports as errors.
-`retry_delay` is the backoff between failed attempts; the `*_comment` functions are the texts a
-person reads on the task.
+exit 0 after provider failures, which its `json` / `stream-json` output then reports as errors. So
+success needs evidence from the run's own output (`EvidenceRule`), and a run whose exit status is
+unknown (it ended while no scheduler watched) is judged from that output alone. The `*_comment`
+functions are the texts a person reads on the task.
 """
 
 from __future__ import annotations
@@ -72,7 +73,84 @@ class RunVerdict:
     detail: str
 
 
-def classify(end: ProcessEnd) -> RunVerdict:
+class OutputFormat(enum.StrEnum):
+    """goose's `--output-format`."""
+
+    TEXT = "text"
+    JSON = "json"
+    STREAM_JSON = "stream-json"
+
+
+@dataclass(frozen=True)
+class EvidenceRule:
+    """What counts as proof that a run succeeded.
+
+    stream-json: exit 0 and a `complete` event; json: exit 0 and `metadata.status` "completed";
+    text (no structure to read): exit 0, and by default some output at all (`text_needs_output`).
+    """
+
+    output_format: OutputFormat = OutputFormat.STREAM_JSON
+    text_needs_output: bool = True
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token totals and the model, when goose reports them."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a run's own output says about how it ended."""
+
+    #: A stream-json `complete` event, or a json document whose status is "completed".
+    completed: bool = False
+    #: The error goose reported (an `error` event, a json status other than "completed").
+    error: str | None = None
+    max_turns: bool = False
+    interrupted: bool = False
+    #: goose printed anything at all (the scheduler's own lines do not count).
+    has_output: bool = False
+    usage: Usage = Usage()
+
+
+def read_evidence(tail: str) -> Evidence:
+    """Evidence from the end of a run log (at most TAIL_BYTES of it, decoded leniently)."""
+    text = "\n".join(line for line in tail.splitlines() if not line.startswith(_OWN_LINE_PREFIXES))
+    ending = text.rstrip()[-4096:]
+    events = _stream_events(text)
+    completed, error, usage = False, None, Usage()
+    if events:  # --output-format stream-json
+        errors = [e for e in events if e["type"] == "error"]
+        completes = [e for e in events if e["type"] == "complete"]
+        error = _error_text(errors[0]) if errors else None
+        completed = bool(completes) and not errors
+        usage = _usage(completes[-1]) if completes else usage
+    else:
+        # --output-format json: one document whose flat `metadata` object ends the output. Matched,
+        # not parsed, because the log tail may have cut the start of a long document.
+        statuses = _METADATA_STATUS.findall(text)
+        if statuses:
+            completed = statuses[-1] == "completed"
+            error = None if completed else f"status {statuses[-1]!r}"
+            usage = _metadata_usage(text)
+    return Evidence(
+        completed=completed,
+        error=error,
+        # The turn-limit and interruption sentences are goose's last words (in text, or inside the
+        # final message); earlier mentions, an agent quoting them say, do not count.
+        max_turns=MAX_TURNS_SENTENCE in ending,
+        interrupted=INTERRUPTED_SENTENCE in ending,
+        has_output=bool(text.strip()),
+        usage=usage,
+    )
+
+
+def classify(end: ProcessEnd, rule: EvidenceRule) -> RunVerdict:
     took = format_seconds(end.duration_sec)
     stopped = f"stopped with {end.stop_signal or 'no signal'} after {took}"
     # A stop we initiated decides the outcome: whatever the process printed while dying is noise.
@@ -83,40 +161,53 @@ def classify(end: ProcessEnd) -> RunVerdict:
     if end.stopped_by is StopCause.REQUEST:
         reason = f" ({end.stop_reason})" if end.stop_reason else ""
         return RunVerdict(Outcome.KILLED, f"stopped on request{reason}, {stopped}")
+    evidence = read_evidence(end.tail)
     if end.returncode is None:
-        return RunVerdict(Outcome.LOST, f"process lost, exit status unknown after {took}")
+        return _without_exit_status(evidence)
     if end.returncode < 0:
         return RunVerdict(Outcome.KILLED, f"killed by {_signal_name(-end.returncode)} after {took}")
-    reported_error = goose_reported_error(end.tail)
     if end.returncode != 0:
-        if INTERRUPTED_SENTENCE in _ending(end.tail):
+        if evidence.interrupted:
             return RunVerdict(Outcome.KILLED, f"interrupted by a SIGINT from elsewhere after {took}")
-        why = f": {reported_error}" if reported_error else ""
+        why = f": {evidence.error}" if evidence.error else ""
         return RunVerdict(Outcome.FAILED, f"exit {end.returncode} after {took}{why}")
-    if reported_error is not None:
-        return RunVerdict(Outcome.FAILED, f"goose reported an error: {reported_error}; exit 0 after {took}")
-    if MAX_TURNS_SENTENCE in _ending(end.tail):
+    if evidence.error is not None:
+        return RunVerdict(Outcome.FAILED, f"goose reported an error: {evidence.error}; exit 0 after {took}")
+    if evidence.max_turns:
         return RunVerdict(Outcome.INCOMPLETE, f"stopped at the max-turns limit; exit 0 after {took}")
+    missing = _missing_proof(evidence, rule)
+    if missing:
+        return RunVerdict(Outcome.FAILED, f"exit 0 after {took} {missing}")
     return RunVerdict(Outcome.SUCCEEDED, f"exit 0 after {took}")
 
 
-def goose_reported_error(tail: str) -> str | None:
-    """The error goose's `json` or `stream-json` output ends with; None if it ended well or is text."""
-    events = _stream_events(tail)
-    if events:  # --output-format stream-json
-        errors = [e for e in events if e["type"] == "error"]
-        if errors:
-            return _error_text(errors[0])
-        return None if events[-1]["type"] == "complete" else "stream ended without a complete event"
-    # --output-format json: one document whose flat `metadata` object ends the output. Matched, not
-    # parsed, because the log tail may have cut the start of a long document.
-    statuses = _METADATA_STATUS.findall(tail)
-    if statuses and statuses[-1] != "completed":
-        return f"status {statuses[-1]!r}"
+def _missing_proof(evidence: Evidence, rule: EvidenceRule) -> str | None:
+    """Why an exit 0 is not proof of success under `rule`, or None."""
+    if rule.output_format is OutputFormat.STREAM_JSON and not evidence.completed:
+        return "without a complete event in its stream-json output"
+    if rule.output_format is OutputFormat.JSON and not evidence.completed:
+        return 'without a "completed" status in its json output'
+    if rule.output_format is OutputFormat.TEXT and rule.text_needs_output and not evidence.has_output:
+        return "with no output at all"
     return None
 
 
+def _without_exit_status(evidence: Evidence) -> RunVerdict:
+    """A run that ended while no scheduler watched it (or was adopted): only its output can tell."""
+    unknown = "exit status unknown: it ended while no scheduler watched it"
+    if evidence.error is not None:
+        return RunVerdict(Outcome.FAILED, f"goose reported an error: {evidence.error}; {unknown}")
+    if evidence.max_turns:
+        return RunVerdict(Outcome.INCOMPLETE, f"stopped at the max-turns limit; {unknown}")
+    if evidence.completed:
+        return RunVerdict(Outcome.SUCCEEDED, f"its output ends complete; {unknown}")
+    return RunVerdict(Outcome.LOST, f"outcome unknown: {unknown}, and its output has no complete or error event")
+
+
+#: Lines the scheduler itself writes into a run log: never evidence of what goose did.
+_OWN_LINE_PREFIXES = ("--- tinyscheduler:", "[tinyscheduler:")
 _METADATA_STATUS = re.compile(r'"metadata"\s*:\s*\{[^{}]*?"status"\s*:\s*"([^"]*)"')
+_METADATA_OBJECT = re.compile(r'"metadata"\s*:\s*(\{[^{}]*\})')
 _STREAM_TYPES = frozenset({"message", "notification", "error", "complete"})
 
 
@@ -128,11 +219,42 @@ def _stream_events(tail: str) -> list[dict[str, Any]]:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(value, dict) and value.get("type") in _STREAM_TYPES:
             events.append(value)
     return events
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _usage(source: dict[str, Any]) -> Usage:
+    """Token totals at the top of an event, or in its `usage` / `metadata` object."""
+    for key in ("usage", "metadata"):
+        inner = source.get(key)
+        if isinstance(inner, dict) and any(k in inner for k in ("total_tokens", "input_tokens", "output_tokens")):
+            source = {**inner, "model": source.get("model", inner.get("model"))}
+            break
+    model = source.get("model")
+    return Usage(
+        input_tokens=_count(source.get("input_tokens")),
+        output_tokens=_count(source.get("output_tokens")),
+        total_tokens=_count(source.get("total_tokens")),
+        model=model if isinstance(model, str) and model else None,
+    )
+
+
+def _metadata_usage(text: str) -> Usage:
+    found = _METADATA_OBJECT.findall(text)
+    if not found:
+        return Usage()
+    try:
+        metadata = json.loads(found[-1])
+    except json.JSONDecodeError:
+        return Usage()
+    return _usage(metadata) if isinstance(metadata, dict) else Usage()
 
 
 def _error_text(event: dict[str, Any]) -> str:
@@ -140,12 +262,6 @@ def _error_text(event: dict[str, Any]) -> str:
     if isinstance(error, dict):
         error = error.get("message")
     return _one_line(error, 200) if isinstance(error, str) and error.strip() else "error event"
-
-
-def _ending(tail: str, chars: int = 4096) -> str:
-    # The turn-limit and interruption sentences are goose's last words (in text, or inside the
-    # final message of a json document); earlier mentions, an agent quoting them say, do not count.
-    return tail.rstrip()[-chars:]
 
 
 def _signal_name(number: int) -> str:

@@ -44,9 +44,9 @@ from tinyscheduler.adapters.procfs import process_start_ticks
 from tinyscheduler.adapters.runlog import RunLog
 from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError, TinyTaskRejected
 from tinyscheduler.config.registry import recipe_problem
-from tinyscheduler.core.goose import child_environment, goose_command
+from tinyscheduler.core.goose import child_environment, goose_command, output_format_of
 from tinyscheduler.core.leases import Lease, LeaseState
-from tinyscheduler.core.outcomes import Outcome, ProcessEnd, classify
+from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, classify
 from tinyscheduler.core.policy import claim_refusal, history_reset
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits, Supervision
@@ -82,6 +82,8 @@ class RunPolicy:
     report_timeout_sec: float = 300.0
     #: Whether a blocked task may not be claimed (TINYSCHEDULER_DISABLE_BLOCKING turns it off).
     blocking: bool = True
+    #: goose's --output-format (added unless goose_args has one) and what proves success with it.
+    evidence: EvidenceRule = EvidenceRule()
 
     @property
     def limits(self) -> Limits:
@@ -225,7 +227,9 @@ class Run:
         refused = await self._claim()
         if refused is not None:
             return refused
-        command = goose_command(self.policy.goose_bin, recipe, self.task_id, self.agent, self.policy.goose_args)
+        extra = self.policy.goose_args
+        extra = (*extra, *output_format_of(extra, self.policy.evidence.output_format)[1])
+        command = goose_command(self.policy.goose_bin, recipe, self.task_id, self.agent, extra)
         try:
             process = self._spawn(command)
         except OSError as exc:
@@ -352,7 +356,7 @@ class Run:
         self._process_ended = True
         if self._on_exit is not None:
             self._on_exit()
-        verdict = classify(end)
+        verdict = classify(end, self.policy.evidence)
         self._run_log.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
         self._run_log.cap()
         report = await self._reporter().report(verdict, end)

@@ -8,10 +8,22 @@ import anyio.abc
 import structlog
 
 from tinyscheduler.adapters.tinytask import Task
+from tinyscheduler.core.goose import output_format_of
+from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest
 from tinyscheduler.service.runtime import Runtime
 
 log = structlog.get_logger("tinyscheduler.daemon")
+
+
+def evidence_rule(goose_args: list[str], output_format: str, text_success: str) -> EvidenceRule:
+    """What proves a run's success, for the output format its command line will ask goose for."""
+    chosen, _ = output_format_of(goose_args, output_format)
+    try:
+        fmt = OutputFormat(chosen)
+    except ValueError:  # a format goose does not know: goose refuses it; judge like text meanwhile
+        fmt = OutputFormat.TEXT
+    return EvidenceRule(fmt, text_needs_output=text_success == "output")
 
 
 class Runner:
@@ -39,6 +51,7 @@ class Runner:
             instance_id=self.runtime.instance_id,
             boot_id=self.runtime.boot_id,
             blocking=not s.disable_blocking,
+            evidence=evidence_rule(s.goose_argv, s.goose_output_format, s.text_success),
         )
 
     async def start(self, request: RunRequest, fresh_task: Task | None) -> None:

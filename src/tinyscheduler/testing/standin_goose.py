@@ -176,6 +176,7 @@ def _act(b: Behaviour, out: Output, api: str | None, task_id: str | None, agent:
             time.sleep(3600)
     if mode == "flood":
         _flood(b.megabytes)
+        out.finish("completed")
         return 0
     if mode == "transfer":
         if not (api and task_id and agent and b.to):
