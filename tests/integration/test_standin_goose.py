@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tinyscheduler.core.outcomes import MAX_TURNS_SENTENCE, Outcome, ProcessEnd, classify
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import STANDIN
 
