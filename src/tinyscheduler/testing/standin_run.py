@@ -116,7 +116,7 @@ class Behaviour:
                 continue
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 fail(f"{where}: standin {key}: unexpected value {value!r}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
                 fail(f"{where}: standin {key}: must not be negative, got {value!r}")
         for key, (_, default) in self.FIELDS.items():
             setattr(self, key, values.get(key, default))
@@ -149,11 +149,14 @@ class Context:
         entry: dict[str, Any] = {"event": event, "task_id": int(task_id) if task_id and task_id.isdigit() else task_id}
         entry.update({"agent": self.agent, "pid": os.getpid(), "t": time.time(), **fields})
         # One write of one line on an O_APPEND descriptor: concurrent writers never interleave.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, (json.dumps(entry) + "\n").encode())
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, (json.dumps(entry) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            fail(f"cannot append to $TINYSCHEDULER_STANDIN_RECORD {path}: {exc.strerror}")
 
     def hold_task_lock(self) -> int | None:
         """Flock $TINYSCHEDULER_STANDIN_LOCK_DIR/task_<id>.lock for the whole run, without waiting.
@@ -164,9 +167,12 @@ class Context:
             return None
         import fcntl
 
-        os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"task_{self.task_id}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            fail(f"cannot open the task lock {path} ($TINYSCHEDULER_STANDIN_LOCK_DIR): {exc.strerror}")
         self.lock_fd = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
