@@ -140,10 +140,11 @@ class Workspace:
 def max_concurrency(
     records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any] = lambda r: r["agent"]
 ) -> dict[Any, int]:
-    """Highest number of runs in flight at once, per key, from start/end records."""
+    """Highest number of runs in flight at once, per key, from start/end records (others ignored)."""
     live: dict[Any, int] = {}
     peak: dict[Any, int] = {}
-    for record in sorted(records, key=lambda r: (r["t"], r["event"] == "start")):
+    runs = [r for r in records if r["event"] in ("start", "end")]
+    for record in sorted(runs, key=lambda r: (r["t"], r["event"] == "start")):
         k = key(record)
         live[k] = live.get(k, 0) + (1 if record["event"] == "start" else -1)
         peak[k] = max(peak.get(k, 0), live[k])

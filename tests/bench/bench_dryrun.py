@@ -56,7 +56,7 @@ from tinyscheduler.config.registry import load_registry
 from tinyscheduler.core.planner import Plan, PlanConfig, plan
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.service.gather import FETCH_CONCURRENCY, gather, plan_config
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import Workspace
 

@@ -59,7 +59,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
 
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import DaemonProcess, Workspace, kill_everything, max_concurrency, wait_for
 

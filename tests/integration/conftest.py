@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import DaemonProcess, Workspace, kill_everything
 from runbench import RunBench, open_bench

@@ -27,7 +27,7 @@ from tinyscheduler.adapters.tinytask import TaskBatch, TinyTaskClient, TinyTaskU
 from tinyscheduler.adapters.tinytask.rest import RestClient
 from tinyscheduler.core.tasks import Task
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import STANDIN, Deadline
 

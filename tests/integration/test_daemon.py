@@ -19,7 +19,7 @@ from tinyscheduler.adapters.tinytask import TinyTaskError
 from tinyscheduler.adapters.tinytask.rest import RestClient
 from tinyscheduler.core.planner import PlanConfig
 from tinyscheduler.service.gather import gather
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import (
     STANDIN,

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tinyscheduler.testing.fake_tinytask import FakeError, FakeTinyTask
+from tinyscheduler.testing.fake import FakeError, FakeTinyTask
 
 TASK_FIELDS = {
     "id",
@@ -523,7 +523,7 @@ def test_cli_serves_seed_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyscheduler.testing.fake_tinytask", "--seed", str(seed)],
+        [sys.executable, "-m", "tinyscheduler.testing.fake", "--seed", str(seed)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

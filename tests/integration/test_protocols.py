@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import DaemonProcess, Workspace, kill_everything, wait_for
 

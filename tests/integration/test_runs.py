@@ -553,7 +553,7 @@ async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backof
     def apply_then_lose_the_reply(tid: int, fields: dict[str, Any]) -> None:
         if fields.get("status") == "idle" and not lost:
             lost.append(fields)
-            bench.fake._store.update(tid, dict(fields))
+            bench.fake.store.update(tid, dict(fields))
             raise TinyTaskUnavailable("reply lost by the test")
 
     bench.client.before_update = apply_then_lose_the_reply

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from tinyscheduler.core.outcomes import MAX_TURNS_SENTENCE, EvidenceRule, Outcome, OutputFormat, ProcessEnd, classify
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
+from tinyscheduler.testing.standin_goose import MODES, STANDIN_MARKER
 
 from harness import STANDIN
 
@@ -85,10 +86,17 @@ def _kill(g: Goose) -> None:
         process.communicate()
 
 
-def test_help_says_it_is_a_stand_in(goose: Goose) -> None:
+def test_help_says_it_is_a_stand_in_and_lists_every_mode(goose: Goose) -> None:
     done = goose.run("--help")
     assert done.returncode == 0 and "STAND-IN for the goose CLI" in done.stdout
-    assert all(mode in done.stdout for mode in ("succeed", "fail-once", "stubborn", "transfer"))
+    assert all(mode in done.stdout for mode in MODES)
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_names_it_unmistakably(goose: Goose, flag: str) -> None:
+    done = goose.run(flag)
+    assert done.returncode == 0 and STANDIN_MARKER == "tinyscheduler stand-in goose (not goose)"
+    assert STANDIN_MARKER in done.stdout.splitlines()[0]
 
 
 @pytest.mark.parametrize(
@@ -145,8 +153,14 @@ def test_records_start_and_end_with_pid_and_exit(goose: Goose) -> None:
         ({"mode": "fail"}, "json", Outcome.FAILED),
         ({"mode": "max-turns"}, "text", Outcome.INCOMPLETE),
         ({"mode": "max-turns"}, "json", Outcome.INCOMPLETE),
-        ({"mode": "stream-json"}, "text", Outcome.SUCCEEDED),
-        ({"mode": "stream-json", "error": "provider down"}, "text", Outcome.FAILED),
+        ({"mode": "stream-json"}, "stream-json", Outcome.SUCCEEDED),
+        ({"mode": "stream-json", "error": "provider down"}, "stream-json", Outcome.FAILED),
+        ({"mode": "stream-error"}, "stream-json", Outcome.FAILED),
+        ({"mode": "no-complete"}, "stream-json", Outcome.FAILED),
+        # Exit 0 with no evidence at all is not a success, whatever the format.
+        ({"mode": "silent-success"}, "stream-json", Outcome.FAILED),
+        ({"mode": "silent-success"}, "text", Outcome.FAILED),
+        ({"mode": "setsid-child", "linger": 0}, "stream-json", Outcome.SUCCEEDED),
     ],
 )
 def test_output_reads_as_goose_output(goose: Goose, standin: dict[str, Any], fmt: str, outcome: Outcome) -> None:
@@ -248,3 +262,81 @@ def test_unreachable_tinytask_falls_back_to_the_recipe(goose: Goose) -> None:
         env={"TINYTASK_ENDPOINT": "http://127.0.0.1:9/mcp"},
     )
     assert done.returncode == 0 and "could not read the task's tags" in done.stderr
+
+
+# -- output formats and token accounting -----------------------------------------------------------
+
+
+def test_json_output_is_one_document_with_the_recipe_s_token_figures(goose: Goose) -> None:
+    recipe = goose.recipe(mode="succeed", input_tokens=2000, output_tokens=345)
+    done = goose.run("run", "--recipe", recipe, "--output-format", "json")
+    document = json.loads(done.stdout)
+    assert document["metadata"] == {
+        "total_tokens": 2345,
+        "input_tokens": 2000,
+        "output_tokens": 345,
+        "status": "completed",
+    }
+    assert [m["role"] for m in document["messages"]] == ["assistant", "assistant"]
+    failed = json.loads(goose.run("run", "--recipe", goose.recipe(mode="fail"), "--output-format", "json").stdout)
+    assert failed["metadata"]["status"] == "error" and failed["metadata"]["total_tokens"] == 1500  # defaults
+
+
+def stream_events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_stream_json_is_messages_then_complete_with_token_totals(goose: Goose) -> None:
+    done = goose.run(
+        "run", "--recipe", goose.recipe(mode="stream-json", output_tokens=7), "--output-format", "stream-json"
+    )
+    events = stream_events(done.stdout)
+    assert done.returncode == 0 and {e["type"] for e in events[:-1]} == {"message", "notification"}
+    assert events[-1] == {"type": "complete", "total_tokens": 1207, "input_tokens": 1200, "output_tokens": 7}
+
+
+def test_stream_error_ends_with_an_error_event_and_exit_1(goose: Goose) -> None:
+    done = goose.run("run", "--recipe", goose.recipe(mode="stream-error", error="rate limited"))
+    events = stream_events(done.stdout)
+    assert done.returncode == 1 and events[-1] == {"type": "error", "error": "rate limited"}
+    assert all(e["type"] != "complete" for e in events)
+
+
+def test_no_complete_exits_0_without_a_complete_event(goose: Goose) -> None:
+    done = goose.run("run", "--recipe", goose.recipe(mode="no-complete"), "--output-format", "json")
+    events = stream_events(done.stdout)  # stream-json whatever was asked
+    assert done.returncode == 0 and events and {e["type"] for e in events} <= {"message", "notification"}
+
+
+def test_silent_success_prints_nothing_at_all(goose: Goose) -> None:
+    done = goose.run("run", "--recipe", goose.recipe(mode="silent-success", seconds=30), "--params", "task_id=4")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert [r["event"] for r in goose.records()] == ["start", "end"]
+
+
+def test_text_banner_names_the_model_unless_quiet(goose: Goose) -> None:
+    recipe = goose.recipe(mode="succeed", model="model-under-test")
+    assert "model: model-under-test" in goose.run("run", "--recipe", recipe).stdout.splitlines()[0]
+    assert "model: flag-model" in goose.run("run", "--recipe", recipe, "--model", "flag-model").stdout
+    assert "starting session" not in goose.run("run", "--recipe", recipe, "-q").stdout
+
+
+@pytest.mark.parametrize(
+    ("standin", "message"),
+    [
+        ({"seconds": -1}, "standin seconds: must not be negative"),
+        ({"input_tokens": 1.5}, "standin input_tokens: unexpected value 1.5"),
+        ({"linger": "long"}, "standin linger: unexpected value 'long'"),
+        ({"colour": "blue"}, "unknown standin key 'colour'"),
+    ],
+)
+def test_bad_standin_values_fail_with_one_clear_line(goose: Goose, standin: dict[str, Any], message: str) -> None:
+    done = goose.run("run", "--recipe", goose.recipe(mode="succeed", **standin))
+    assert done.returncode == 1 and message in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_tag_argument_sets_the_mode_s_own_field(served_goose: Goose, fake: FakeTinyTask) -> None:
+    recipe = served_goose.recipe(mode="succeed", flood_seconds=0.3)
+    task_id = fake.create_task("t", assigned_to="a", tags=["standin:flood-rate:2"])["id"]
+    done = served_goose.run("run", "--recipe", recipe, "--params", f"task_id={task_id}")
+    assert done.returncode == 0 and len(done.stdout) <= 2 * 1024 * 1024 * 0.3 + 70_000  # 2 MB/s for 0.3 s

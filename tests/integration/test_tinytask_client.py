@@ -26,7 +26,7 @@ from tinyscheduler.adapters.tinytask import (
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
 from tinyscheduler.adapters.tinytask.rest import RestClient
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 
 class Naps:

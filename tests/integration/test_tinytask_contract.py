@@ -1,7 +1,8 @@
-"""One contract, three transports: REST, MCP over streamable HTTP and MCP over legacy SSE.
+"""One contract, four clients: REST, MCP over streamable HTTP and MCP over legacy SSE against the
+fake server, and the in-memory client over the fake's own store (what service tests use).
 
-Every test here runs unchanged against each transport on the fake server: the same seeded tasks
-must give the same answers from every interface method and leave the same end state.
+Every test here runs unchanged against each of them: the same seeded tasks must give the same
+answers from every interface method and leave the same end state.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from tinyscheduler.adapters.tinytask import (
 )
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
 from tinyscheduler.adapters.tinytask.rest import RestClient
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
+from tinyscheduler.testing.memory import InMemoryTinyTask
 
 TRANSPORTS = {"rest": RestClient, "mcp-http": McpHttpClient, "mcp-sse": McpSseClient}
+#: The in-memory client answers as the REST client does.
+PROTOCOLS = {"rest": "rest", "mcp-http": "mcp-http", "mcp-sse": "mcp-sse", "memory": "rest"}
 
 
 async def no_wait(delay: float) -> None:
@@ -36,13 +40,19 @@ def fake() -> Iterator[FakeTinyTask]:
         yield server
 
 
-@pytest.fixture(params=list(TRANSPORTS))
-async def client(request: pytest.FixtureRequest, fake: FakeTinyTask) -> AsyncIterator[TinyTaskClient]:
+def open_client(name: str, fake: FakeTinyTask) -> TinyTaskClient:
+    if name == "memory":
+        return InMemoryTinyTask(fake.store)
     # Pages of 2 make every multi-task listing cross page boundaries.
-    async with TRANSPORTS[request.param](fake.url, page_size=2, sleep=no_wait) as opened:
-        if not isinstance(opened, RestClient):
+    return TRANSPORTS[name](fake.url, page_size=2, sleep=no_wait)
+
+
+@pytest.fixture(params=list(PROTOCOLS))
+async def client(request: pytest.FixtureRequest, fake: FakeTinyTask) -> AsyncIterator[TinyTaskClient]:
+    async with open_client(request.param, fake) as opened:
+        if isinstance(opened, (McpHttpClient, McpSseClient)):
             await opened.detect_features()
-        assert opened.features.protocol == request.param
+        assert opened.features.protocol == PROTOCOLS[request.param]
         yield opened
 
 
@@ -99,6 +109,7 @@ async def test_list_queues(client: TinyTaskClient) -> None:
         ({"queue_name": "qa"}, [9, 6]),
         ({"status": ["idle"], "assigned_to": "dev", "queue_name": "dev"}, [2, 1]),
         ({"assigned_to": "nobody"}, []),
+        ({"assigned_to": ""}, []),  # no "unassigned" filter: an empty name matches nothing
         ({"status": []}, []),
     ],
 )
@@ -172,3 +183,18 @@ async def test_invalid_update_is_rejected(client: TinyTaskClient, fake: FakeTiny
         await client.set_status(3, "failed")
     assert not isinstance(caught.value, TaskNotFound)
     assert state(fake) == before
+
+
+async def test_malformed_rows_are_problems_not_failures(client: TinyTaskClient, fake: FakeTinyTask) -> None:
+    odd = fake.create_task("free-text assignee", assigned_to="not a name!", queue_name="qa")["id"]
+    batch = await client.list_tasks(queue_name="qa")
+    assert [task.id for task in batch.tasks] == [9, 6]
+    assert [(problem.task_id, problem.field) for problem in batch.problems] == [(odd, "assigned_to")]
+
+
+async def test_blocking_is_advisory_and_assignment_last_writer_wins(client: TinyTaskClient) -> None:
+    started = await client.set_status(2, "working")  # blocked by 1, which is not complete
+    assert (started.status, started.is_currently_blocked) == ("working", True)
+    await client.assign(3, "dev")
+    taken = await client.assign(3, "qa")
+    assert (taken.assigned_to, taken.previous_assigned_to) == ("qa", "dev")

@@ -25,7 +25,7 @@ from tinyscheduler.cli.main import build_parser
 from tinyscheduler.cli.validate import run_checks
 from tinyscheduler.config.registry import load_registry
 from tinyscheduler.config.settings import SETTINGS, SettingInfo, load_settings
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

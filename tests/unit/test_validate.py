@@ -13,7 +13,7 @@ import pytest
 
 from tinyscheduler.cli.validate import PLACEHOLDER_REGISTRY, Check, recipe_problems, run_checks
 from tinyscheduler.config.settings import LoadedSettings, load_settings
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 
 GOOD_RECIPE = """\
 version: 1.0.0

@@ -1,7 +1,7 @@
 """`tinyscheduler demo [--keep] [--tasks N]`: the real daemon on a small workload, in a minute.
 
 Everything runs in this one process and on 127.0.0.1: the in-package TinyTask-compatible server
-(`fake_tinytask`, a thread), the real `daemon.Scheduler` in the same event loop as the live
+(`testing.fake`, a thread), the real `daemon.Scheduler` in the same event loop as the live
 progress display, and the stand-in goose (`standin_goose`, clearly not an AI agent) as the Goose
 processes the daemon starts. The workload has three queues, six agents with different slot counts,
 a chain of blockers, a task that fails once and then succeeds, and one that keeps failing until
@@ -40,7 +40,7 @@ from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.cli.status import format_age, table
 from tinyscheduler.config.settings import LoadedSettings, load_settings
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.testing.fake_tinytask import FakeTinyTask
+from tinyscheduler.testing.fake import FakeTinyTask
 from tinyscheduler.testing.standin_goose import write_launcher
 
 if TYPE_CHECKING:

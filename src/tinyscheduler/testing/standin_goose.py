@@ -1,82 +1,91 @@
 """STAND-IN for the goose CLI, for tests and demos. It is not goose and runs no AI agent.
 
 `tinyscheduler-standin-goose run --recipe R --params task_id=N --params agent=A --no-session ...`
-accepts goose's arguments and ends the way goose ends (exit codes, `json` / `stream-json` output,
-the max-turns sentence, `Headless run interrupted` on SIGINT, death on SIGTERM), doing what the
-recipe's `standin:` mapping says instead of running a model:
+accepts goose's arguments and ends the way goose ends (exit codes, `text` / `json` / `stream-json`
+output with token figures, the max-turns sentence, `Headless run interrupted` on SIGINT, death on
+SIGTERM), doing what the recipe's `standin:` mapping says instead of running a model:
 
-    standin: {mode: succeed, seconds: 0.5, complete_task: false}
+    standin: {mode: succeed, seconds: 0.5, complete_task: false, input_tokens: 1200, output_tokens: 300}
 
 A task tag `standin:<mode>` or `standin:<mode>:<arg>` overrides the recipe for one task (read over
-REST from $TINYTASK_ENDPOINT); <arg> is the seconds, or the megabytes for `flood`, or the target
-agent for `transfer`. See MODES. With $TINYSCHEDULER_STANDIN_RECORD set, a JSON line is appended
-to that file at start and at end so tests can check concurrency. Standard library and PyYAML only.
+REST from $TINYTASK_ENDPOINT); <arg> is the seconds, or the megabytes for `flood`, the MB/s for
+`flood-rate`, the lifetime of what a child mode leaves behind, or the target agent for `transfer`.
+See MODES (standin_run.py). `--version` prints STANDIN_MARKER, so nobody mistakes it for goose.
+
+Test hooks: with $TINYSCHEDULER_STANDIN_RECORD set, JSON lines are appended to that file (`start`,
+`end` with the exit code, `child` with the pid of a process left behind, `overlap`); with
+$TINYSCHEDULER_STANDIN_LOCK_DIR set, the run holds an flock on <dir>/task_<id>.lock and records an
+`overlap` when another run of the same task holds it.
+
+It starts fast (tests/bench/bench_standin_start.py): imports are few and lazy, PyYAML uses its C
+loader. Its first act blocks SIGINT and SIGTERM: one that arrives during start-up waits until the
+behaviour is known, so a stop ladder cannot race the start-up (a `stubborn` run still ignores it).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import signal
-import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, NoReturn
 
-import yaml
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
-# Goose's own words, spelled out here independently of outcomes.py so that a typo on either side
-# shows up in the tests instead of agreeing with itself.
-MAX_TURNS_TEXT = (
-    "I've reached the maximum number of actions I can do without user input. Would you like me to continue?"
+import os  # noqa: E402 - after the signals, on purpose
+import sys  # noqa: E402
+
+from tinyscheduler.testing.standin_recipe import load_recipe, standin_mapping  # noqa: E402
+from tinyscheduler.testing.standin_run import (  # noqa: E402
+    INTERRUPTED_TEXT,
+    MAX_TURNS_TEXT,
+    MODES,
+    STREAM_MODES,
+    Behaviour,
+    Context,
+    Failure,
+    Output,
+    Request,
+    act,
+    fail,
 )
-INTERRUPTED_TEXT = "Headless run interrupted"
 
-MODES = {
-    "succeed": "print some output and exit 0 after <seconds> (complete_task: true also completes the task)",
-    "fail": "exit 1 after <seconds>",
-    "fail-once": "fail on attempt 1 ($TINYSCHEDULER_ATTEMPT), succeed on later attempts",
-    "hang": "never end; SIGINT -> 'Headless run interrupted', exit 1; SIGTERM kills",
-    "stubborn": "never end and ignore SIGINT and SIGTERM (only SIGKILL stops it)",
-    "flood": "print <megabytes> MB as fast as possible, then exit 0",
-    "max-turns": "print the max-turns sentence and exit 0 (work incomplete)",
-    "stream-json": "emit stream-json events ending with complete, or with error when `error:` is set",
-    "transfer": "hand the task to the agent <to> over REST, then exit 0 after <seconds>",
+TYPE_CHECKING = False  # typing itself costs milliseconds at every start
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+    from typing import Any
+
+__all__ = ["INTERRUPTED_TEXT", "MAX_TURNS_TEXT", "MODES", "STANDIN_MARKER", "main", "write_launcher"]
+
+#: In the first line of `--version`: how the daemon can tell the stand-in from goose and refuse it.
+STANDIN_MARKER = "tinyscheduler stand-in goose (not goose)"
+
+#: What the <arg> of a `standin:<mode>:<arg>` tag sets, by mode (`seconds` for the others).
+TAG_ARGUMENT = {
+    "transfer": "to",
+    "flood": "megabytes",
+    "flood-rate": "rate",
+    "setsid-child": "linger",
+    "double-fork": "linger",
+    "background-child": "linger",
+    "escaped-writer": "linger",
 }
 
 
-@dataclass(frozen=True)
-class Behaviour:
-    mode: str = "succeed"
-    seconds: float = 0.0
-    megabytes: float = 1.0
-    to: str | None = None
-    complete_task: bool = False
-    error: str | None = None
-
-
-class Failure(Exception):
-    """Ends the run like goose's own errors: message on stderr, exit 1."""
-
-
-def _fail(message: str) -> NoReturn:
-    raise Failure(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from tinyscheduler import __version__
+
     parser = argparse.ArgumentParser(
         prog="tinyscheduler-standin-goose",
         description="STAND-IN for the goose CLI (tests and demos only; runs no AI agent). "
         "Behaves as the recipe's `standin:` mapping or a `standin:<mode>[:<arg>]` task tag says.",
-        epilog="modes:\n" + "\n".join(f"  {name:12} {text}" for name, text in MODES.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="modes:\n" + "\n".join(f"  {name:16} {text}" for name, text in MODES.items()),
+        formatter_class=_formatter,
     )
+    parser.add_argument("-V", "--version", action="version", version=f"{STANDIN_MARKER} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a recipe headless, the way `goose run` does")
+    run = commands.add_parser("run", help="run a recipe headless, the way `goose run` does", formatter_class=_formatter)
     run.add_argument("--recipe")
     run.add_argument("-i", "--instructions")
     run.add_argument("-t", "--text")
@@ -96,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's help formatter, told the terminal's width: left to itself it imports shutil
+    (some 2 ms of every start) just to ask."""
+    import argparse
+
+    try:
+        columns = int(os.environ.get("COLUMNS") or os.get_terminal_size().columns)
+    except (OSError, ValueError):
+        columns = 80
+    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns, 20) - 2)
+
+
 def write_launcher(path: Path, python: str = sys.executable) -> Path:
     """An executable at `path` that runs this stand-in with `python` (the daemon needs a program
     to start, and a plain install puts no stand-in on PATH). Replaced atomically: concurrent
@@ -109,7 +130,30 @@ def write_launcher(path: Path, python: str = sys.executable) -> Path:
     )
     tmp.chmod(0o755)
     os.replace(tmp, path)
+    _compile_own_modules()
     return path
+
+
+def _compile_own_modules() -> None:
+    """Byte-compile the modules the stand-in runs, as an install would: with PYTHONDONTWRITEBYTECODE
+    set (as in the test environment) each start would otherwise compile them again, some 5 ms.
+    Best effort: a read-only tree only makes the start slower."""
+    import contextlib
+    import py_compile
+
+    import tinyscheduler
+    from tinyscheduler.testing import standin_recipe, standin_run
+
+    package = os.path.dirname(tinyscheduler.__file__)
+    for source in (
+        os.path.join(package, "__init__.py"),
+        os.path.join(package, "testing", "__init__.py"),
+        __file__,
+        standin_run.__file__,
+        standin_recipe.__file__,
+    ):
+        with contextlib.suppress(OSError, py_compile.PyCompileError):
+            py_compile.compile(source, doraise=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,156 +167,78 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if sum(x is not None for x in (args.recipe, args.instructions, args.text)) != 1:
-        _fail("Must provide exactly one of --instructions (-i), --text (-t), or --recipe.")
+        fail("Must provide exactly one of --instructions (-i), --text (-t), or --recipe.")
     if args.name and args.no_session:
-        _fail("--name cannot be used with --no-session")
+        fail("--name cannot be used with --no-session")
     params = dict(_param(p) for p in args.params)
     if args.instructions not in (None, "-"):
-        _read_instructions(Path(args.instructions))
-    recipe = _load_recipe(Path(args.recipe)) if args.recipe else {}
-    if args.render_recipe:
-        print(_render(yaml.safe_dump(recipe, sort_keys=False), params), end="")
-        return 0
-    if args.explain:
-        print(f"Title: {recipe.get('title', '')}\nDescription: {recipe.get('description', '')}")
-        for parameter in recipe.get("parameters") or []:
-            print(f"  parameter {parameter.get('key')}: {parameter.get('description', '')}")
-        return 0
-
+        _read_instructions(args.instructions)
     task_id = params.get("task_id") or os.environ.get("TINYSCHEDULER_TASK_ID")
     agent = params.get("agent") or os.environ.get("TINYSCHEDULER_AGENT")
     api = _api_base(os.environ.get("TINYTASK_ENDPOINT"))
-    behaviour = _behaviour(recipe.get("standin"), f"recipe {args.recipe}")
-    if api and task_id:
-        behaviour = _tag_override(behaviour, _tags(api, task_id))
-    out = Output("stream-json" if behaviour.mode == "stream-json" else args.output_format)
+    if args.render_recipe or args.explain:
+        _preflight(args, load_recipe(args.recipe) if args.recipe else {}, params)
+        return 0
+    asked = _ask_for_tags(api, task_id) if api and task_id else None  # answered while the recipe is read
+    standin = standin_mapping(args.recipe) if args.recipe else None
+    behaviour = Behaviour(_mapping(standin, f"recipe {args.recipe}"), f"recipe {args.recipe}")
+    if asked is not None:
+        behaviour = _tag_override(behaviour, _tags(asked))
+    fmt = "stream-json" if behaviour.mode in STREAM_MODES else args.output_format
+    run = Context(behaviour, Output(fmt, behaviour, args.model or behaviour.model, args.quiet), api, task_id, agent)
+    return _supervised(run)
 
-    # Before the start record, which tests take as "ready for signals".
-    if behaviour.mode == "stubborn":
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def _supervised(run: Context) -> int:
+    """The run between its start and end records, with goose's signal handling in place."""
+    if run.behaviour.mode == "stubborn":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards one already pending, too
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:  # explicit, in case the parent left them ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _record("start", task_id, agent)
+    holder = run.hold_task_lock()
+    run.record("start")
+    if holder is not None:  # another run of this task is in flight: the test will want to know
+        run.record("overlap", holder=holder or None)
     code = 1
     try:
-        code = _act(behaviour, out, api, task_id, agent)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a stop that came early lands here
+        code = act(run)
     except KeyboardInterrupt:  # SIGINT, as goose handles it
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a second one must not cut this short
         print(INTERRUPTED_TEXT, file=sys.stderr, flush=True)
     finally:
-        _record("end", task_id, agent, code)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # the end record is always written
+        run.record("end", exit=code)
     return code
 
 
-def _act(b: Behaviour, out: Output, api: str | None, task_id: str | None, agent: str | None) -> int:
-    out.message(f"stand-in goose: task {task_id} for agent {agent}, mode {b.mode}")
+def _preflight(args: argparse.Namespace, recipe: dict[str, Any], params: dict[str, str]) -> None:
+    """--render-recipe / --explain: print and exit without running."""
+    if args.render_recipe:
+        import yaml
 
-    mode = b.mode
-    if mode == "fail-once":
-        mode = "fail" if int(os.environ.get("TINYSCHEDULER_ATTEMPT", "1")) <= 1 else "succeed"
-    if mode in ("hang", "stubborn"):
-        while True:
-            time.sleep(3600)
-    if mode == "flood":
-        _flood(b.megabytes)
-        out.finish("completed")
-        return 0
-    if mode == "transfer":
-        if not (api and task_id and agent and b.to):
-            _fail("transfer needs TINYTASK_ENDPOINT, task_id, agent and a target agent")
-        _call(
-            api,
-            "POST",
-            f"/api/v1/tasks/{task_id}/transfer",
-            {"current_agent": agent, "new_agent": b.to, "comment": f"stand-in goose: handing over to {b.to}"},
-        )
-        out.message(f"transferred task {task_id} to {b.to}")
-    time.sleep(b.seconds)
-    if mode == "fail":
-        out.finish("error", "stand-in goose: simulated failure")
-        return 1
-    if mode == "max-turns":
-        out.message(MAX_TURNS_TEXT)
-        out.finish("completed")
-        return 0
-    if b.complete_task and api and task_id:
-        _call(api, "PATCH", f"/api/v1/tasks/{task_id}", {"status": "complete"})
-    out.message("stand-in goose: done")
-    out.finish("error" if b.error else "completed", b.error)
-    return 0
-
-
-class Output:
-    """Prints like `goose run --output-format text|json|stream-json`; flushed, the log is a file."""
-
-    def __init__(self, fmt: str) -> None:
-        self.fmt = fmt
-        self.messages: list[dict[str, Any]] = []
-
-    def message(self, text: str) -> None:
-        message = {"role": "assistant", "content": [{"type": "text", "text": text}]}
-        if self.fmt == "text":
-            print(text, flush=True)
-        elif self.fmt == "stream-json":
-            print(json.dumps({"type": "message", "message": message}), flush=True)
-        else:
-            self.messages.append(message)
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        tokens = {"total_tokens": 30, "input_tokens": 20, "output_tokens": 10}
-        if self.fmt == "json":
-            print(
-                json.dumps({"messages": self.messages, "metadata": {**tokens, "status": status}}, indent=2), flush=True
-            )
-        elif self.fmt == "stream-json":
-            event = {"type": "error", "error": error} if status == "error" else {"type": "complete", **tokens}
-            print(json.dumps(event), flush=True)
-        elif error:
-            print(error, file=sys.stderr, flush=True)
-
-
-def _flood(megabytes: float) -> None:
-    line = b"flood " + b"x" * 120 + b"\n"
-    count = max(1, int(megabytes * 1024 * 1024) // len(line))
-    chunk = line * 512
-    written = 0
-    while written + 512 <= count:
-        sys.stdout.buffer.write(chunk)
-        written += 512
-    sys.stdout.buffer.write(line * (count - written))
-    sys.stdout.buffer.write(b"flood: end of output\n")
-    sys.stdout.buffer.flush()
+        text = yaml.safe_dump(recipe, sort_keys=False)
+        for key, value in params.items():
+            text = text.replace("{{ " + key + " }}", value).replace("{{" + key + "}}", value)
+        print(text, end="")
+        return
+    print(f"Title: {recipe.get('title', '')}\nDescription: {recipe.get('description', '')}")
+    for parameter in recipe.get("parameters") or []:
+        if isinstance(parameter, dict):
+            print(f"  parameter {parameter.get('key')}: {parameter.get('description', '')}")
 
 
 # --- behaviour: recipe, then task tag --------------------------------------------------------------
 
 
-_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "mode": str,
-    "seconds": (int, float),
-    "megabytes": (int, float),
-    "to": str,
-    "complete_task": bool,
-    "error": str,
-}
-
-
-def _behaviour(raw: Any, where: str) -> Behaviour:
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
-        return Behaviour()
+        return {}
     if not isinstance(raw, dict):
-        _fail(f"{where}: standin must be a mapping")
-    for key, value in raw.items():
-        expected = _FIELD_TYPES.get(key)
-        if expected is None:
-            _fail(f"{where}: unknown standin key {key!r} (known: {', '.join(_FIELD_TYPES)})")
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            _fail(f"{where}: standin {key}: unexpected value {value!r}")
-    behaviour = Behaviour(**raw)
-    if behaviour.mode not in MODES:
-        _fail(f"{where}: unknown standin mode {behaviour.mode!r} (known: {', '.join(MODES)})")
-    return behaviour
+        fail(f"{where}: standin must be a mapping")
+    return raw
 
 
 def _tag_override(behaviour: Behaviour, tags: list[str]) -> Behaviour:
@@ -280,56 +246,39 @@ def _tag_override(behaviour: Behaviour, tags: list[str]) -> Behaviour:
         if not tag.startswith("standin:"):
             continue
         _, mode, *rest = tag.split(":", 2)
-        arg = rest[0] if rest else None
+        where = f"task tag {tag!r}"
         if mode not in MODES:
-            _fail(f"task tag {tag!r}: unknown standin mode {mode!r}")
-        changed = replace(behaviour, mode=mode)
-        if arg is None:
-            return changed
-        if mode == "transfer":
-            return replace(changed, to=arg)
+            fail(f"{where}: unknown standin mode {mode!r} (known: {', '.join(MODES)})")
+        if not rest:
+            return behaviour.changed(where, mode=mode)
+        field = TAG_ARGUMENT.get(mode, "seconds")
+        if field == "to":
+            return behaviour.changed(where, mode=mode, to=rest[0])
         try:
-            number = float(arg)
+            number = float(rest[0])
         except ValueError:
-            _fail(f"task tag {tag!r}: expected a number after the mode")
-        return replace(changed, megabytes=number) if mode == "flood" else replace(changed, seconds=number)
+            fail(f"{where}: expected a number after the mode")
+        return behaviour.changed(where, mode=mode, **{field: number})
     return behaviour
 
 
-# --- files and REST ------------------------------------------------------------------------------
+# --- files and TinyTask ------------------------------------------------------------------------------
 
 
 def _param(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        _fail(f"invalid --params {text!r}: expected KEY=VALUE")
+        fail(f"invalid --params {text!r}: expected KEY=VALUE")
     return key, value
 
 
-def _read_instructions(path: Path) -> str:
+def _read_instructions(path: str) -> str:
     # goose reads the file before anything else and ends with exit 1 when it cannot.
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"Instruction file not found — did you mean to use goose run --text? ({path}: {exc})")
-
-
-def _load_recipe(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        _fail(f"cannot read recipe {path}: {exc.strerror}")
-    except yaml.YAMLError as exc:
-        _fail(f"recipe {path} is not valid YAML: {exc}")
-    if not isinstance(data, dict):
-        _fail(f"recipe {path}: expected a mapping")
-    return data
-
-
-def _render(text: str, params: dict[str, str]) -> str:
-    for key, value in params.items():
-        text = text.replace("{{ " + key + " }}", value).replace("{{" + key + "}}", value)
-    return text
+        fail(f"Instruction file not found — did you mean to use goose run --text? ({path}: {exc})")
 
 
 def _api_base(endpoint: str | None) -> str | None:
@@ -340,47 +289,22 @@ def _api_base(endpoint: str | None) -> str | None:
     return base[: -len("/mcp")] if base.endswith("/mcp") else base
 
 
-def _tags(api: str, task_id: str) -> list[str]:
+def _ask_for_tags(api: str, task_id: str) -> Request | None:
     try:
-        task = _call(api, "GET", f"/api/v1/tasks/{task_id}")
+        return Request(api, "GET", f"/api/v1/tasks/{task_id}")
     except Failure as exc:  # the recipe's behaviour still applies
+        print(f"stand-in goose: could not read the task's tags: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def _tags(asked: Request) -> list[str]:
+    try:
+        task = asked.reply()
+    except Failure as exc:
         print(f"stand-in goose: could not read the task's tags: {exc}", file=sys.stderr, flush=True)
         return []
     tags = task.get("tags") if isinstance(task, dict) else None
     return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
-
-
-def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(api + path, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        _fail(f"{method} {path}: HTTP {exc.code}: {exc.read()[:200]!r}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        _fail(f"{method} {path}: {exc}")
-
-
-def _record(event: str, task_id: str | None, agent: str | None, code: int | None = None) -> None:
-    path = os.environ.get("TINYSCHEDULER_STANDIN_RECORD")
-    if not path:
-        return
-    entry: dict[str, Any] = {
-        "event": event,
-        "task_id": int(task_id) if task_id and task_id.isdigit() else task_id,
-        "agent": agent,
-        "pid": os.getpid(),
-        "t": time.time(),
-    }
-    if event == "end":
-        entry["exit"] = code
-    # One write of one line on an O_APPEND descriptor: concurrent writers never interleave.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(entry) + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 if __name__ == "__main__":
