@@ -265,19 +265,19 @@ def test_capping_keeps_whole_lines_and_tracks_where_this_run_starts(tmp_path: Pa
     previous_run = b"".join(b"old %03d\n" % n for n in range(5))  # an earlier run of the same attempt
     run_log.path.parent.mkdir()
     run_log.path.write_bytes(previous_run)
-    os.close(run_log.open_for_child("--- header\n"))
+    run_log.create("--- header\n")
     assert run_log.start == len(previous_run) + len("--- header\n")
-    with open(run_log.path, "ab") as child:
-        child.write(b"".join(b"line %03d\n" % n for n in range(100)))
-
-    run_log.cap()
+    assert run_log.tail() == ""  # the earlier run's output is no evidence of this one
+    for n in range(100):
+        run_log.write(b"line %03d\n" % n)
+        assert run_log.path.stat().st_size <= 200  # at every moment, not only at the end
 
     text = run_log.path.read_text()
-    assert len(text) <= 200 and text.startswith("[tinyscheduler: log capped at 200 bytes; ")
+    assert text.startswith("[tinyscheduler: log capped at 200 bytes; ")
     kept = text.splitlines()[1:]
     assert kept[-1] == "line 099" and all(line.startswith("line ") and len(line) == 8 for line in kept)
     assert run_log.tail() == "".join(f"{line}\n" for line in kept)  # the marker is not output
-    assert run_log.size() == len(text)
+    assert run_log.size == len(text)
 
 
 async def test_a_log_removed_by_hand_does_not_end_supervision(bench: RunBench) -> None:

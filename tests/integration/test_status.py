@@ -133,9 +133,9 @@ def test_status_without_a_daemon_reads_only_and_names_what_is_wrong(workspace):
     assert data["daemon"]["running"] is False and data["last_pass"] is None
     assert data["agents"] == [{"agent": "dev-a", "busy": 1, "limit": 3}]
     [lease] = data["leases"]
-    assert lease["verdict"] == "requeue" and "is gone" in lease["reason"]
+    assert lease["verdict"] == "settle" and "ended while no scheduler watched it" in lease["reason"]
     problems = "\n".join(data["problems"])
-    assert "stale lease: task 7" in problems
+    assert "unsupervised run: task 7" in problems and "once one starts, reports its outcome" in problems
     assert "bad lease file" in problems and "task_8.json" in problems
     assert "task 5 gave up after 3 failed attempt(s)" in problems
     assert [b["task_id"] for b in data["backing_off"]] == [6]
@@ -203,7 +203,7 @@ def test_runs_the_daemon_is_still_starting_or_reporting_are_not_called_stale(wor
     lease(1, "finishing", 4194305, "live1234")
     lease(2, "starting", None, "live1234")
     lease(3, "running", 4194305, "live1234")  # its process is gone while it should be running
-    lease(4, "finishing", 4194305, "gone5678")  # a previous instance's: the daemon requeues it
+    lease(4, "finishing", 4194305, "gone5678")  # a previous instance's: the daemon settles it
     lock = InstanceLock(workspace.base / "state" / "tinyscheduler.lock")
     lock.acquire("instance live1234 config -")
     try:
@@ -212,7 +212,7 @@ def test_runs_the_daemon_is_still_starting_or_reporting_are_not_called_stale(wor
         lock.release()
 
     verdicts = {row["task_id"]: row["verdict"] for row in data["leases"]}
-    assert verdicts == {1: "keep", 2: "keep", 3: "requeue", 4: "requeue"}
-    stale = [p for p in data["problems"] if p.startswith("stale lease")]
-    assert [p.split(" (")[0] for p in stale] == ["stale lease: task 3", "stale lease: task 4"]
+    assert verdicts == {1: "keep", 2: "keep", 3: "settle", 4: "settle"}
+    stale = [p for p in data["problems"] if p.startswith("unsupervised run")]
+    assert [p.split(" (")[0] for p in stale] == ["unsupervised run: task 3", "unsupervised run: task 4"]
     assert {a["agent"]: a["busy"] for a in data["agents"]} == {"dev-a": 2}  # finishing holds no slot

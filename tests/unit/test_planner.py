@@ -72,6 +72,7 @@ def lease(
     pid: int | None = 4242,
     runtime: float = 60,
     heartbeat_age: float = 5,
+    start_ticks: int | None = 1234,
 ) -> Lease:
     return Lease(
         task_id=task_id,
@@ -83,6 +84,7 @@ def lease(
         host=host,
         state=LeaseState.RUNNING,
         owner=owner,
+        start_ticks=start_ticks,
     )
 
 
@@ -156,19 +158,28 @@ LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, LeaseVerdict, str]]
     ("other host even if dead", {"host": "host-b"}, Liveness.DEAD, False, LeaseVerdict.FOREIGN, "host-b"),
     ("supervised", {}, Liveness.ALIVE, True, LeaseVerdict.KEEP, "supervised"),
     ("supervised wins over liveness", {"runtime": 99_999}, Liveness.DEAD, True, LeaseVerdict.KEEP, "supervised"),
-    ("no process yet", {"pid": None}, Liveness.NO_PROCESS, False, LeaseVerdict.REQUEUE, "never started"),
-    ("dead", {}, Liveness.DEAD, False, LeaseVerdict.REQUEUE, "4242 is gone"),
-    ("pid reused", {}, Liveness.REUSED, False, LeaseVerdict.REQUEUE, "another process"),
-    ("previous instance", {"owner": "instance-old"}, Liveness.ALIVE, False, LeaseVerdict.STOP, "instance-old"),
-    ("original schema has no owner", {"owner": None}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "alive"),
-    ("over max runtime", {"runtime": MAX_RUNTIME + 1}, Liveness.ALIVE, False, LeaseVerdict.STOP, "runtime"),
+    ("no process yet", {"pid": None}, Liveness.NO_PROCESS, False, LeaseVerdict.RECOVER, "by its tag"),
+    ("dead", {}, Liveness.DEAD, False, LeaseVerdict.SETTLE, "4242 ended while no scheduler watched it"),
+    ("pid reused", {}, Liveness.REUSED, False, LeaseVerdict.SETTLE, "another process"),
+    # A run belongs to the host: a live run of a previous instance is adopted, never stopped for that.
+    ("previous instance", {"owner": "instance-old"}, Liveness.ALIVE, False, LeaseVerdict.ADOPT, "instance-old"),
+    ("no owner recorded", {"owner": None}, Liveness.ALIVE, False, LeaseVerdict.ADOPT, "(unknown)"),
+    (
+        "original schema cannot be verified",
+        {"owner": None, "start_ticks": None},
+        Liveness.ALIVE,
+        False,
+        LeaseVerdict.WAIT,
+        "never signalled",
+    ),
+    ("over max runtime", {"runtime": MAX_RUNTIME + 1}, Liveness.ALIVE, False, LeaseVerdict.ADOPT, "runtime"),
     ("exactly max runtime", {"runtime": MAX_RUNTIME}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "alive"),
     (
         "stale heartbeat",
         {"heartbeat_age": STALE_HEARTBEATS * HEARTBEAT + 1},
         Liveness.ALIVE,
         False,
-        LeaseVerdict.STOP,
+        LeaseVerdict.ADOPT,
         "heartbeat",
     ),
     (
@@ -182,8 +193,8 @@ LEASE_CASES: list[tuple[str, dict[str, Any], Liveness, bool, LeaseVerdict, str]]
     ("heartbeat 2 intervals old", {"heartbeat_age": 2 * HEARTBEAT}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "alive"),
     ("alive and fresh", {}, Liveness.ALIVE, False, LeaseVerdict.KEEP, "4242 is alive"),
     # A dead process cannot be stopped: being gone outranks every reason to stop it.
-    ("dead and over runtime", {"runtime": MAX_RUNTIME * 2}, Liveness.DEAD, False, LeaseVerdict.REQUEUE, "gone"),
-    ("reused and previous owner", {"owner": "instance-old"}, Liveness.REUSED, False, LeaseVerdict.REQUEUE, "gone"),
+    ("dead and over runtime", {"runtime": MAX_RUNTIME * 2}, Liveness.DEAD, False, LeaseVerdict.SETTLE, "ended"),
+    ("reused and previous owner", {"owner": "instance-old"}, Liveness.REUSED, False, LeaseVerdict.SETTLE, "ended"),
 ]
 
 
@@ -213,16 +224,22 @@ def test_lease_whose_process_was_not_probed_is_kept_not_requeued() -> None:
     assert slot(plan(s, cfg({"a": 1})), "a").busy == 1
 
 
-def test_reclaims_are_the_requeued_and_stopped_leases_only() -> None:
+def test_recoveries_are_the_leases_to_adopt_settle_or_recover_only() -> None:
     leases = [
         lease(1, host="host-b"),
         lease(2),
         lease(3),
         lease(4, owner="instance-old"),
+        lease(5, pid=None),
+        lease(6, start_ticks=None, owner=None),
     ]
-    s = snap(leases=leases, liveness={3: Liveness.DEAD})
-    result = plan(s, cfg({"a": 5}))
-    assert [(d.task_id, d.verdict) for d in result.reclaims] == [(3, LeaseVerdict.REQUEUE), (4, LeaseVerdict.STOP)]
+    s = snap(leases=leases, liveness={3: Liveness.DEAD, 5: Liveness.NO_PROCESS})
+    result = plan(s, cfg({"a": 9}))
+    assert [(d.task_id, d.verdict) for d in result.recoveries] == [
+        (3, LeaseVerdict.SETTLE),
+        (4, LeaseVerdict.ADOPT),
+        (5, LeaseVerdict.RECOVER),
+    ]
 
 
 # --- 2. slots --------------------------------------------------------------------------------------
@@ -251,14 +268,15 @@ def test_more_leases_than_the_limit_never_goes_negative() -> None:
 @pytest.mark.parametrize(
     ("liveness", "extra", "verdict", "starts"),
     [
-        (Liveness.DEAD, {}, LeaseVerdict.REQUEUE, 1),  # requeued: its slot is free again
-        (Liveness.REUSED, {}, LeaseVerdict.REQUEUE, 1),
-        (Liveness.NO_PROCESS, {"pid": None}, LeaseVerdict.REQUEUE, 0),  # a process may run, its pid unrecorded
-        (Liveness.ALIVE, {"runtime": MAX_RUNTIME + 10}, LeaseVerdict.STOP, 0),  # still running while stopped
-        (Liveness.ALIVE, {"owner": "instance-old"}, LeaseVerdict.STOP, 0),
+        (Liveness.DEAD, {}, LeaseVerdict.SETTLE, 1),  # its process is gone: its slot is free again
+        (Liveness.REUSED, {}, LeaseVerdict.SETTLE, 1),
+        (Liveness.NO_PROCESS, {"pid": None}, LeaseVerdict.RECOVER, 0),  # a process may run, its pid unrecorded
+        (Liveness.ALIVE, {"runtime": MAX_RUNTIME + 10}, LeaseVerdict.ADOPT, 0),  # still running until stopped
+        (Liveness.ALIVE, {"owner": "instance-old"}, LeaseVerdict.ADOPT, 0),
+        (Liveness.ALIVE, {"owner": None, "start_ticks": None}, LeaseVerdict.WAIT, 0),
         (Liveness.ALIVE, {}, LeaseVerdict.KEEP, 0),
     ],
-    ids=["dead", "reused", "no-process", "stop-runtime", "stop-previous-owner", "keep"],
+    ids=["dead", "reused", "no-process", "adopt-runtime", "adopt-previous-owner", "wait-unverifiable", "keep"],
 )
 def test_requeued_leases_free_their_slot_unless_pidless_stopping_ones_do_not(
     liveness: Liveness, extra: dict[str, Any], verdict: LeaseVerdict, starts: int
@@ -609,7 +627,7 @@ def test_backoff_of_one_task_does_not_hold_back_the_others() -> None:
 
 @pytest.mark.parametrize("liveness", [Liveness.ALIVE, Liveness.DEAD])
 def test_already_leased_task_is_not_started_again(liveness: Liveness) -> None:
-    # Even a requeued lease: the reclaim happens first; the task may start in a later pass.
+    # Even a lease to settle: the settling happens first; the task may start in a later pass.
     s = snap(leases=[lease(1, "b")], liveness={1: liveness}, agent_tasks={"a": [task(1, agent="a")]})
     result = plan(s, cfg({"a": 1, "b": 1}))
     assert result.starts == ()
@@ -715,7 +733,7 @@ def test_plan_to_json_round_trips_through_json() -> None:
     data = result.to_json()
     text = json.dumps(data)
     assert json.loads(text) == data
-    assert [d["verdict"] for d in data["leases"]] == ["keep", "stop", "requeue", "foreign"]
+    assert [d["verdict"] for d in data["leases"]] == ["keep", "adopt", "settle", "foreign"]
     assert data["starts"][0] == {"task_id": 1, "agent": "b", "reason": result.starts[0].reason, "newly_assigned": True}
     assert data["assignments"][0]["queue"] == "dev"
     assert {"task_id": 2, "agent": None, "reason": "blocked by task 1"} in data["skips"]
@@ -733,7 +751,7 @@ def test_plan_is_pure_and_deterministic() -> None:
 def test_empty_snapshot_plans_nothing() -> None:
     result = plan(snap(), cfg({}))
     assert result == Plan((), (), (), (), ())
-    assert result.reclaims == ()
+    assert result.recoveries == ()
 
 
 def test_a_finishing_run_holds_no_slot() -> None:
@@ -746,10 +764,10 @@ def test_a_finishing_run_holds_no_slot() -> None:
     assert 1 not in started_ids(result)
 
 
-def test_a_lease_without_a_pid_holds_its_slot_until_reclaimed() -> None:
-    """Its process may exist with the pid never written; the reclaim finds it by its lease tag."""
+def test_a_lease_without_a_pid_holds_its_slot_until_recovered() -> None:
+    """Its process may exist with the pid never written; the recovery finds it by its lease tag."""
     orphaned = lease(1, "a", pid=None, owner="instance-old").with_changes(state=LeaseState.STARTING)
     s = snap(leases=[orphaned], liveness={1: Liveness.NO_PROCESS}, agent_tasks={"a": [task(2, agent="a")]})
     result = plan(s, cfg({"a": 1}))
-    assert result.leases[0].verdict is LeaseVerdict.REQUEUE
+    assert result.leases[0].verdict is LeaseVerdict.RECOVER
     assert slot(result, "a").busy == 1 and started(result) == []

@@ -136,13 +136,8 @@ def test_never_exceeds_any_agents_limit(scene: Scene) -> None:
             lease.task_id: lease.agent
             for lease, decision in zip(scene.snapshot.leases, result.leases)
             if lease.state is not LeaseState.FINISHING
-            and (
-                decision.verdict in (LeaseVerdict.KEEP, LeaseVerdict.STOP)
-                or (
-                    decision.verdict is LeaseVerdict.REQUEUE
-                    and scene.snapshot.liveness.get(lease.task_id) is Liveness.NO_PROCESS
-                )
-            )
+            # Every lease of this host that may still have a process holds a slot.
+            and decision.verdict not in (LeaseVerdict.SETTLE, LeaseVerdict.FOREIGN)
         } | dict(scene.snapshot.in_flight)
         assert slot.busy == sum(1 for agent in holding.values() if agent == slot.agent)
     assert set(per_agent) <= {slot.agent for slot in result.slots}

@@ -14,9 +14,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+
+from tinyscheduler.adapters.procfs import probe, verified_group
+from tinyscheduler.core.leases import Lease, Liveness
 
 
 def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
@@ -33,6 +36,68 @@ def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str
     )
 
 
+class RunProcess(Protocol):
+    """The goose process of a run, whether the daemon spawned it or adopted it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status; None while it runs, and always for a process that is not our child."""
+
+    def exited(self) -> bool: ...
+
+    def group(self) -> int | None:
+        """The process group the stop ladder may signal; None when it cannot be proven to be the run's."""
+
+
+class ChildProcess:
+    """A goose the daemon spawned: its exit status is ours to collect."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def group(self) -> int | None:
+        return self.popen.pid  # spawned as the leader of its own session and group
+
+
+class AdoptedProcess:
+    """A goose a previous daemon instance spawned: alive while its pid is still the process its lease
+    names (start ticks, boot id); its exit status went to its parent, so only its output tells."""
+
+    def __init__(self, lease: Lease, boot_id: str | None) -> None:
+        assert lease.pid is not None
+        self.lease = lease
+        self.boot_id = boot_id
+
+    @property
+    def pid(self) -> int:
+        assert self.lease.pid is not None
+        return self.lease.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None
+
+    def exited(self) -> bool:
+        return probe(self.lease, self.boot_id) is not Liveness.ALIVE
+
+    def group(self) -> int | None:
+        return verified_group(self.lease, self.boot_id)
+
+
 class ExitWatch:
     """Wakes its owner the moment a process exits: a pidfd polled by the event loop.
 
@@ -44,6 +109,11 @@ class ExitWatch:
         self._fd: int | None = None
         with contextlib.suppress(AttributeError, OSError):
             self._fd = os.pidfd_open(pid)
+
+    @property
+    def available(self) -> bool:
+        """Whether the exit wakes the watcher (else it has to poll)."""
+        return self._fd is not None
 
     async def wait(self, at_most: float) -> bool:
         with anyio.move_on_after(at_most):

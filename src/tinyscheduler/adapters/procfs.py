@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from tinyscheduler.core.leases import Lease, Liveness
+
+#: Marks a run's output keeper (adapters.runlog) among the processes tagged with its lease.
+KEEPER_ENV = "TINYSCHEDULER_OUTPUT_KEEPER"
 
 
 def current_boot_id() -> str | None:
@@ -42,13 +46,24 @@ def probe(lease: Lease, boot_id: str | None) -> Liveness:
     return Liveness.ALIVE
 
 
-def processes_tagged(lease_path: Path) -> list[tuple[int, int]]:
-    """(pid, start ticks) of live processes whose environment names this lease file.
+@dataclass(frozen=True)
+class Tagged:
+    """A live process whose environment names a lease: part of that run, or its output keeper."""
+
+    pid: int
+    start_ticks: int
+    keeper: bool
+
+
+def processes_tagged(lease_path: Path) -> list[Tagged]:
+    """Live processes whose environment names this lease file.
 
     Every run is started with TINYSCHEDULER_LEASE=<its lease path>, so a run whose pid never made
-    it into the lease (the scheduler died between spawn and the lease update) can still be found.
+    it into the lease (the scheduler died between spawn and the lease update), and whatever a run
+    left behind, can still be found.
     """
     tag = f"TINYSCHEDULER_LEASE={lease_path}".encode() + b"\0"
+    keeper = f"{KEEPER_ENV}=1".encode() + b"\0"
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -61,7 +76,8 @@ def processes_tagged(lease_path: Path) -> list[tuple[int, int]]:
         if environ.startswith(tag) or b"\0" + tag in environ:
             ticks = process_start_ticks(int(entry.name))
             if ticks is not None:
-                found.append((int(entry.name), ticks))
+                is_keeper = environ.startswith(keeper) or b"\0" + keeper in environ
+                found.append(Tagged(int(entry.name), ticks, is_keeper))
     return found
 
 

@@ -1,97 +1,156 @@
-"""A run's output file: appended to by goose, capped by the daemon, keeping the tail."""
+"""A run's output: goose writes into a pipe, the daemon copies it into the run log, never above its cap.
+
+Why a pipe and not the file itself: only the daemon writes the log, so the cap holds at every instant,
+whatever the run does (a flood of 1 GB/s, a process that escaped the run and keeps writing after goose
+exited). A writer faster than the daemon reads is slowed down by the full pipe, not cut short.
+
+Why a keeper: a pipe whose readers are all gone kills its writer (SIGPIPE) and drops what it buffered.
+The daemon may die or restart while a run goes on, so every run has a tiny keeper process (`sleep
+infinity`, in the run's session-less corner, tagged like the run) that holds the read end and does
+nothing else. While no daemon reads, goose fills the pipe (1 MiB) and then waits; nothing is lost,
+including the final `complete` event of a run that ends meanwhile. The next daemon opens the same
+pipe through /proc/<keeper>/fd/0 and goes on. The keeper dies with the run.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import structlog
 
+from tinyscheduler.adapters.procfs import KEEPER_ENV
 from tinyscheduler.core.outcomes import TAIL_BYTES
 
 log = structlog.get_logger("tinyscheduler.runlog")
 
+#: How much output waits in the pipe while no daemon reads (the most an unprivileged pipe may hold).
+PIPE_BYTES = 1 << 20
+#: One read of the pipe; the loop yields between reads so a flood cannot starve the other runs.
+READ_BYTES = 256 * 1024
+_F_SETPIPE_SZ = 1031
+
 
 class RunLog:
-    """The run's output file: appended to by the child, capped by us, keeping the tail.
+    """The run log file. Only the daemon writes it, so it never grows past `max_bytes` (plus the
+    one-line marker of a cut): over the cap, the oldest output goes and the newest half stays.
 
-    The child holds the file open (O_APPEND), so capping rewrites it in place: read the tail up
-    to EOF, truncate, append a cut marker and the tail in one write. Output written in the few
-    microseconds between the read and the truncation is lost; the marker says there was a cut.
-    Between two checks the file may overshoot the cap by what the child writes in that time;
-    the cap holds exactly once the run has ended. A log that disappears (removed by hand) or cannot
-    be written (full disk) is logged, never allowed to end the supervision of a live process.
+    A log that cannot be written (full disk, removed folder) is said once, never allowed to end the
+    supervision of a live process.
     """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        #: Where this run's output starts (the file may hold earlier runs of the same attempt).
-        self.start = 0
         self.cut_total = 0
+        self.size = 0
+        #: Where this run's output starts: the file may hold an earlier run of the same attempt, whose
+        #: output is no evidence of how this one ended.
+        self.start = 0
+        #: When the run last printed something (monotonic), for the idle timeout.
+        self.last_output = time.monotonic()
+        self._fd: int | None = None
+        self._failed = False
 
-    def open_for_child(self, header: str) -> int:
+    def create(self, header: str) -> None:
+        """Start the log with `header`, after whatever an earlier run of the same attempt left (a
+        run stopped on request is not a counted attempt, so its successor shares the number)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, header.encode())
-            self.start = os.fstat(fd).st_size
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        self._fd = os.open(self.path, flags, 0o600)
+        self.size = os.fstat(self._fd).st_size
+        self.write(header.encode())
+        self.start = self.size
 
-    def size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
+    def reopen(self, header_prefix: str = "") -> None:
+        """Go on appending to an existing log (an adopted run); a missing one is started afresh.
+
+        This run's output starts after its header (`header_prefix` starts it), or after the cut
+        marker when the header itself was cut.
+        """
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._fd = os.open(self.path, flags, 0o600)
+            self.size = os.fstat(self._fd).st_size
+            if header_prefix:
+                self.start = self._run_start(os.pread(self._fd, self.size, 0), header_prefix.encode())
+
+    @staticmethod
+    def _run_start(content: bytes, header: bytes) -> int:
+        found = content.rfind(header)
+        if found < 0:
+            found = 0 if content.startswith(b"[tinyscheduler: log capped") else -1
+        if found < 0:
             return 0
+        line_end = content.find(b"\n", found)
+        return len(content) if line_end < 0 else line_end + 1
 
-    def append(self, text: str) -> None:
-        try:
-            with open(self.path, "ab") as handle:
-                handle.write(text.encode())
-        except OSError as exc:
-            log.warning("run_log_write_failed", path=str(self.path), reason=str(exc))
+    def has_output(self) -> bool:
+        """Whether anything follows this run's header."""
+        return self.size > self.start
 
-    def cap(self) -> None:
-        if self.max_bytes <= 0 or self.size() <= self.max_bytes:
+    def write(self, data: bytes) -> None:
+        if self._fd is None or not data:
             return
         try:
-            self._cut()
+            if self.max_bytes > 0 and self.size + len(data) > self.max_bytes:
+                self._cut(data)
+            else:
+                os.write(self._fd, data)
+                self.size += len(data)
         except OSError as exc:
-            log.warning("run_log_cap_failed", path=str(self.path), reason=str(exc))
+            if not self._failed:
+                self._failed = True
+                log.warning("run_log_write_failed", path=str(self.path), reason=str(exc))
 
-    def _cut(self) -> None:
-        # Keep half the cap so a flood is rewritten once per max_bytes/2 of output, not on every check.
-        keep = self.max_bytes // 2
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+    def append(self, text: str) -> None:
+        """A line of the scheduler's own; a log removed by hand meanwhile is started afresh."""
+        if self._fd is not None and not self._still_named():
+            self.close()
+            self.reopen()
+        self.write(text.encode())
+
+    def _still_named(self) -> bool:
+        assert self._fd is not None
         try:
-            size = os.fstat(fd).st_size
-            cut = max(0, size - keep)
-            # Read to EOF, output written since the stat included, within a bound a flood cannot stretch.
-            chunks: list[bytes] = []
-            offset = cut
-            while offset < size + self.max_bytes and (chunk := os.pread(fd, 1 << 20, offset)):
-                chunks.append(chunk)
-                offset += len(chunk)
-            tail = b"".join(chunks)
-            newline = tail.find(b"\n")
-            if 0 <= newline < len(tail) - 1:  # start the kept part on a whole line
-                tail = tail[newline + 1 :]
-                cut += newline + 1
-            os.ftruncate(fd, 0)
-            self.cut_total += cut
-            marker = (
-                f"[tinyscheduler: log capped at {self.max_bytes} bytes; {self.cut_total} bytes of "
-                f"earlier output cut here]\n"
-            ).encode()
-            os.write(fd, marker + tail)
-        finally:
-            os.close(fd)
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return False
+
+    def _cut(self, data: bytes) -> None:
+        # Keep half the cap, so a flood rewrites the file once per max_bytes/2 of output.
+        assert self._fd is not None
+        keep = self.max_bytes // 2
+        have = min(self.size, keep)
+        tail = os.pread(self._fd, have, self.size - have) + data if len(data) < keep else data
+        cut = self.size + len(data) - min(len(tail), keep)
+        tail = tail[-keep:]
+        newline = tail.find(b"\n")
+        if 0 <= newline < len(tail) - 1:  # start the kept part on a whole line
+            tail = tail[newline + 1 :]
+            cut += newline + 1
+        self.cut_total += cut
+        marker = (
+            f"[tinyscheduler: log capped at {self.max_bytes} bytes; {self.cut_total} bytes of "
+            f"earlier output cut here]\n"
+        ).encode()
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, marker + tail)
+        self.size = len(marker) + len(tail)
         self.start = len(marker) + max(0, self.start - cut)
 
     def tail(self) -> str:
+        """The end of the log (at most TAIL_BYTES), decoded leniently."""
         try:
             with open(self.path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
@@ -100,3 +159,89 @@ class RunLog:
         except OSError as exc:
             log.warning("run_log_read_failed", path=str(self.path), reason=str(exc))
             return ""
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def header_prefix(task_id: int, agent: str, attempt: int) -> str:
+    """How the scheduler's header line of a run's log starts (the rest: the time and the command)."""
+    return f"--- tinyscheduler: task {task_id}, agent {agent}, attempt {attempt}, "
+
+
+def output_pipe() -> tuple[int, int]:
+    """(read end, write end), close-on-exec, as large as this user may make a pipe."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    os.set_blocking(read_fd, False)
+    return read_fd, write_fd
+
+
+def keeper_command() -> list[str]:
+    sleep = shutil.which("sleep")
+    if sleep:
+        return [sleep, "infinity"]
+    # No coreutils: a Python that waits for a signal does the same, at a few MB more.
+    return [sys.executable, "-S", "-c", "import signal; signal.pause()"]
+
+
+def spawn_keeper(
+    read_fd: int, env: Mapping[str, str], cwd: Path, *, enter: Callable[[list[str]], list[str]] = list
+) -> subprocess.Popen[bytes]:
+    """The process that holds the pipe open for the run's lifetime (see the module docstring);
+    `enter` wraps its command (to join the run's cgroup)."""
+    return subprocess.Popen(
+        enter(keeper_command()),
+        stdin=read_fd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=cwd,
+        env={**env, KEEPER_ENV: "1"},
+        start_new_session=True,
+    )
+
+
+def open_kept_pipe(keeper_pid: int) -> int | None:
+    """The read end of a run's pipe, from its keeper (a run adopted from a previous daemon)."""
+    try:
+        return os.open(f"/proc/{keeper_pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+async def pump(read_fd: int, run_log: RunLog, on_output: Callable[[], None] | None = None) -> None:
+    """Copy the pipe into the log until every writer has closed it."""
+    while True:
+        try:
+            data = os.read(read_fd, READ_BYTES)
+        except BlockingIOError:
+            await anyio.wait_readable(read_fd)
+            continue
+        except OSError as exc:
+            log.warning("run_output_read_failed", path=str(run_log.path), reason=str(exc))
+            return
+        if not data:
+            return
+        run_log.write(data)
+        run_log.last_output = time.monotonic()
+        if on_output is not None:
+            on_output()
+        await anyio.lowlevel.checkpoint()
+
+
+def drain(read_fd: int, run_log: RunLog, limit: int = 64 * READ_BYTES) -> int:
+    """Copy what the pipe holds right now (at most `limit` bytes); the number of bytes copied."""
+    copied = 0
+    while copied < limit:
+        try:
+            data = os.read(read_fd, READ_BYTES)
+        except (BlockingIOError, OSError):
+            break
+        if not data:
+            break
+        run_log.write(data)
+        copied += len(data)
+    return copied

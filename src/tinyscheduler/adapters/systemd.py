@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Mapping
 
@@ -104,3 +105,41 @@ def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
     except ValueError:
         return None
     return usec / 2 / 1_000_000 if usec > 0 else None
+
+
+def own_unit() -> str | None:
+    """The systemd service this process runs as, from its cgroup (`.../tinyscheduler.service`)."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("0::"):
+                    for part in reversed(line[3:].strip().split("/")):
+                        if part.endswith(".service"):
+                            return part
+    except OSError:
+        pass
+    return None
+
+
+def restart_in_progress(environ: Mapping[str, str], timeout: float = 5.0) -> bool:
+    """Whether systemd is restarting this service (`systemctl restart`, an upgrade) rather than
+    stopping it: its job is then of type `restart` while the old instance is being stopped.
+
+    Anything that cannot be told (not a systemd unit, no systemctl, no answer) counts as a stop.
+    """
+    unit = own_unit()
+    if not environ.get("INVOCATION_ID") or unit is None:
+        return False
+    scope = "--user" if environ.get("MANAGERPID") else "--system"
+    try:
+        done = subprocess.run(
+            ["systemctl", scope, "list-jobs", "--no-legend", "--no-pager", "--full", unit],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(environ),
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.split()[1:3] == [unit, "restart"] for line in done.stdout.splitlines() if line.strip())

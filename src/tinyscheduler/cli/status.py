@@ -235,7 +235,7 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
     config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
     for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
         decision = judge_lease(lease, snapshot, config)
-        if instance and lease.owner == instance and decision.verdict is LeaseVerdict.REQUEUE:
+        if instance and lease.owner == instance and decision.verdict in (LeaseVerdict.SETTLE, LeaseVerdict.RECOVER):
             # A lease of the running daemon without a live process is one its run is still
             # working on (the daemon judges only leases no run of its own supervises).
             if lease.state is LeaseState.FINISHING:
@@ -266,15 +266,23 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
                 reason=decision.reason,
             )
         )
-        if decision.verdict is LeaseVerdict.REQUEUE:
+        problem = _unsupervised(decision, running=instance is not None)
+        if problem:
             status.problems.append(
-                f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; the daemon requeues the task"
+                f"unsupervised run: task {lease.task_id} ({lease.agent}): {decision.reason}; {problem}"
             )
-        elif decision.verdict is LeaseVerdict.STOP:
-            status.problems.append(
-                f"stale lease: task {lease.task_id} ({lease.agent}): {decision.reason}; "
-                "the daemon stops the process and requeues the task"
-            )
+
+
+def _unsupervised(decision: LeaseDecision, *, running: bool) -> str | None:
+    """What becomes of a run no daemon supervises, said as a problem; None when all is well."""
+    later = "the daemon" if running else "a daemon, once one starts,"
+    if decision.verdict is LeaseVerdict.ADOPT:
+        return f"{later} adopts it and supervises it to its end"
+    if decision.verdict is LeaseVerdict.SETTLE:
+        return f"{later} reports its outcome from its output"
+    if decision.verdict is LeaseVerdict.RECOVER:
+        return f"{later} looks for its process, adopts it, or requeues the task"
+    return None
 
 
 def _quarantine_reason(path: Path) -> str:

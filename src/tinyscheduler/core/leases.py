@@ -46,6 +46,14 @@ class Lease:
     owner: str | None = None
     attempt: int = 1
     log_path: str | None = None
+    #: The process that holds the run's output pipe open (adapters.runlog), and its start ticks.
+    keeper_pid: int | None = None
+    keeper_ticks: int | None = None
+    #: The run's own cgroup, when systemd delegated one (adapters.containment).
+    cgroup: str | None = None
+    #: How the run ended, once its process has (state FINISHING): reported from here after a crash.
+    outcome: str | None = None
+    outcome_detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -134,6 +142,11 @@ def lease_from_json(data: Any, default_host: str = "") -> Lease:
         owner=_str(data, "owner", optional=True),
         attempt=_int(data, "attempt", optional=True) or 1,
         log_path=_str(data, "log_path", optional=True),
+        keeper_pid=_int(data, "keeper_pid", optional=True),
+        keeper_ticks=_int(data, "keeper_ticks", optional=True),
+        cgroup=_str(data, "cgroup", optional=True),
+        outcome=_str(data, "outcome", optional=True),
+        outcome_detail=_str(data, "outcome_detail", optional=True),
     )
 
 

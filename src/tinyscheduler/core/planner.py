@@ -5,15 +5,15 @@ processes, and the tasks TinyTask returned are all inputs. Every decision and ev
 reason, so a dry run can show exactly why a task does or does not start.
 
 Rules, in the order they apply:
-1. Leases. Each lease of this host gets a verdict: keep, requeue (its process is gone) or stop
-   (alive but not ours to keep: owned by a previous scheduler instance, over max runtime, or its
-   heartbeat stopped). Leases of other hosts are left alone and count for nothing here.
+1. Leases. Each lease of this host that no run of this daemon supervises gets a verdict: keep,
+   adopt (alive and unsupervised: a previous scheduler instance started it), settle (its process
+   ended while nobody watched: its outcome comes from its output), recover (written before its
+   process existed), or wait (an original-schema lease that cannot be verified). Leases of other
+   hosts are left alone and count for nothing here.
 2. Slots. A slot is a Goose process. An agent's busy slots are its leases on this host that still
-   have (or are about to have) a process: every lease except those being requeued because their
-   process is gone and those `finishing` (the process ended, its outcome is being reported), plus
-   this instance's runs whose lease is not written yet. A lease without a pid holds its slot until
-   its reclaim is done: its process may exist with the pid unrecorded. Free = limit - busy, never
-   negative.
+   have (or are about to have, or may have) a process: every lease except those to settle and those
+   `finishing` (the process ended, its outcome is being reported), plus this instance's runs whose
+   lease is not written yet. Free = limit - busy, never negative.
 3. Candidates. A task can start only if it is idle, not blocked (unless blocking is disabled), not
    tagged `tinyscheduler:failed`, not already leased here, not backing off after a failure, and not
    already chosen in this plan. Blocked tasks are filtered before slots are counted, so a blocked
@@ -44,8 +44,15 @@ STALE_HEARTBEATS = 3
 
 class LeaseVerdict(enum.StrEnum):
     KEEP = "keep"
-    REQUEUE = "requeue"
-    STOP = "stop"
+    #: Alive and nobody of ours supervises it (a previous daemon instance started it): supervise it.
+    ADOPT = "adopt"
+    #: Its process ended while no scheduler watched: report the outcome its own output shows.
+    SETTLE = "settle"
+    #: Written before its process existed (pid unknown): find the process by its tag, else settle.
+    RECOVER = "recover"
+    #: Alive, but an original-schema lease that cannot prove the pid is still its process: never
+    #: signalled, waited for.
+    WAIT = "wait"
     FOREIGN = "foreign"  # another host's lease: not ours to judge
 
 
@@ -136,8 +143,9 @@ class Plan:
     slots: tuple[AgentSlots, ...]
 
     @property
-    def reclaims(self) -> tuple[LeaseDecision, ...]:
-        return tuple(d for d in self.leases if d.verdict in (LeaseVerdict.REQUEUE, LeaseVerdict.STOP))
+    def recoveries(self) -> tuple[LeaseDecision, ...]:
+        """Leases whose run needs this daemon: adopt, settle or recover."""
+        return tuple(d for d in self.leases if d.verdict in RECOVERIES)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -152,7 +160,17 @@ class Plan:
 # --- leases --------------------------------------------------------------------------------------
 
 
+RECOVERIES = frozenset({LeaseVerdict.ADOPT, LeaseVerdict.SETTLE, LeaseVerdict.RECOVER})
+
+
 def judge_lease(lease: Lease, snapshot: Snapshot, config: PlanConfig) -> LeaseDecision:
+    """What to do with a lease no run of this daemon supervises.
+
+    A run belongs to the host, not to the daemon process that started it: a live one is adopted and
+    supervised like our own, an ended one is settled from the evidence of its output. Nothing is
+    stopped or rerun merely because another daemon instance started it.
+    """
+
     def decide(verdict: LeaseVerdict, reason: str) -> LeaseDecision:
         return LeaseDecision(lease.task_id, lease.agent, verdict, reason)
 
@@ -162,27 +180,31 @@ def judge_lease(lease: Lease, snapshot: Snapshot, config: PlanConfig) -> LeaseDe
         return decide(LeaseVerdict.KEEP, "supervised by this scheduler")
     liveness = snapshot.liveness.get(lease.task_id)
     if liveness is None:
-        # Requeueing on a guess could start a second run beside a live one; wait for a probe.
+        # Acting on a guess could start a second run beside a live one; wait for a probe.
         return decide(LeaseVerdict.KEEP, "process not checked yet")
     if liveness is Liveness.NO_PROCESS:
-        return decide(LeaseVerdict.REQUEUE, "lease written but its process never started")
+        return decide(LeaseVerdict.RECOVER, "lease written before its process started: looking for it by its tag")
     if liveness is Liveness.DEAD:
-        return decide(LeaseVerdict.REQUEUE, f"process {lease.pid} is gone")
+        return decide(LeaseVerdict.SETTLE, f"process {lease.pid} ended while no scheduler watched it")
     if liveness is Liveness.REUSED:
-        return decide(LeaseVerdict.REQUEUE, f"process {lease.pid} is gone (its PID now belongs to another process)")
-    if lease.owner and lease.owner != snapshot.instance_id:
+        return decide(LeaseVerdict.SETTLE, f"process {lease.pid} ended (its PID now belongs to another process)")
+    if lease.start_ticks is None:
         return decide(
-            LeaseVerdict.STOP, f"process {lease.pid} belongs to a previous scheduler instance ({lease.owner})"
+            LeaseVerdict.WAIT,
+            f"process {lease.pid} (an original-schema lease) cannot be verified, so it is never signalled; "
+            "waiting for it to end",
         )
+    if lease.owner != snapshot.instance_id:
+        owner = lease.owner or "unknown"
+        return decide(LeaseVerdict.ADOPT, f"process {lease.pid} of a previous scheduler instance ({owner}) is alive")
     runtime = (snapshot.now - lease.started_at).total_seconds()
     if runtime > config.max_runtime_sec:
-        return decide(LeaseVerdict.STOP, f"runtime {runtime:.0f}s is over the maximum {config.max_runtime_sec:.0f}s")
+        over = f"runtime {runtime:.0f}s is over the maximum {config.max_runtime_sec:.0f}s"
+        return decide(LeaseVerdict.ADOPT, f"{over} and no run of this scheduler supervises it")
     heartbeat_age = (snapshot.now - lease.heartbeat).total_seconds()
     if heartbeat_age > STALE_HEARTBEATS * config.heartbeat_sec:
-        return decide(
-            LeaseVerdict.STOP,
-            f"heartbeat is {heartbeat_age:.0f}s old (stale after {STALE_HEARTBEATS * config.heartbeat_sec:.0f}s)",
-        )
+        stale = f"heartbeat is {heartbeat_age:.0f}s old (stale after {STALE_HEARTBEATS * config.heartbeat_sec:.0f}s)"
+        return decide(LeaseVerdict.ADOPT, f"{stale} and no run of this scheduler supervises it")
     return decide(LeaseVerdict.KEEP, f"process {lease.pid} is alive")
 
 
@@ -268,10 +290,8 @@ class _Planning:
 
 def holds_slot(decision: LeaseDecision, snapshot: Snapshot) -> bool:
     """Whether a judged lease still stands for a process (or may: a lease without a pid can have
-    one whose pid was never written, until its reclaim has found and stopped it)."""
-    if decision.verdict in (LeaseVerdict.KEEP, LeaseVerdict.STOP):
-        return True
-    return decision.verdict is LeaseVerdict.REQUEUE and snapshot.liveness.get(decision.task_id) is Liveness.NO_PROCESS
+    one whose pid was never written, until the recovery has looked for it)."""
+    return decision.verdict not in (LeaseVerdict.SETTLE, LeaseVerdict.FOREIGN)
 
 
 def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:

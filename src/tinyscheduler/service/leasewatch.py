@@ -1,7 +1,8 @@
 """The lease watcher: every heartbeat interval, at start-up, and within a second of a lease file being
-removed or changed by hand, judge every lease no run of ours supervises and reclaim the ones the
-planner's `judge_lease` says are dead or not ours to keep; put back a lease removed by hand while its
-process lives (without it nobody would ever reclaim the task).
+removed or changed by hand, judge every lease no run of ours supervises (the planner's `judge_lease`)
+and take over the runs that need this daemon: adopt the live, settle the ended, recover those whose
+pid was never written. A lease removed by hand while its process lives is put back (without it
+nobody would ever see the run end).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tinyscheduler.adapters.leasestore import Quarantined
 from tinyscheduler.adapters.procfs import probe
 from tinyscheduler.core.leases import Lease, Liveness
 from tinyscheduler.core.planner import LeaseVerdict, PlanConfig, Snapshot, judge_lease
-from tinyscheduler.service.reclaim import Reclaimer
+from tinyscheduler.service.runner import Runner
 from tinyscheduler.service.runtime import Runtime
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -31,11 +32,13 @@ def note_quarantined(runtime: Runtime, records: tuple[Quarantined, ...]) -> None
 
 
 class LeaseWatcher:
-    def __init__(self, runtime: Runtime, reclaimer: Reclaimer) -> None:
+    def __init__(self, runtime: Runtime, runner: Runner) -> None:
         self.runtime = runtime
-        self.reclaimer = reclaimer
+        self.runner = runner
         #: The leases of the last check, by task id: what to restore if one disappears.
         self.known: dict[int, Lease] = {}
+        #: Leases already said to be waited for (once each, not once per check).
+        self._waiting: set[int] = set()
         self._changed = anyio.Event()
 
     async def loop(self) -> None:
@@ -103,10 +106,15 @@ class LeaseWatcher:
         )
         s = rt.config.settings
         config = PlanConfig(limits=rt.config.limits, heartbeat_sec=s.heartbeat_sec, max_runtime_sec=s.max_runtime_sec)
+        waiting = set()
         for lease in present.values():
             decision = judge_lease(lease, snapshot, config)
-            if decision.verdict in (LeaseVerdict.REQUEUE, LeaseVerdict.STOP):
-                self.reclaimer.start(decision, lease)
+            if decision.verdict is LeaseVerdict.WAIT:
+                waiting.add(lease.task_id)
+                if lease.task_id not in self._waiting:
+                    log.warning("lease_waiting", task_id=lease.task_id, agent=lease.agent, reason=decision.reason)
+            self.runner.take_over(decision, lease)
+        self._waiting = waiting
 
     async def _restore_removed(self, present: dict[int, Lease]) -> None:
         rt = self.runtime

@@ -19,7 +19,6 @@ from tinyscheduler.core.planner import Plan, PlanConfig, plan
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.gather import gather, plan_config, queued_and_blocked
 from tinyscheduler.service.leasewatch import note_quarantined
-from tinyscheduler.service.reclaim import Reclaimer
 from tinyscheduler.service.run import RunRequest
 from tinyscheduler.service.runner import Runner
 from tinyscheduler.service.runtime import Runtime
@@ -38,14 +37,12 @@ class PassRunner:
         self,
         runtime: Runtime,
         runner: Runner,
-        reclaimer: Reclaimer,
         gate: WatchdogGate,
         *,
         before_pass: Hook | None = None,
     ) -> None:
         self.runtime = runtime
         self.runner = runner
-        self.reclaimer = reclaimer
         self.gate = gate
         #: Test hook: awaited at the start of every pass (a test wedges a pass with it).
         self.before_pass = before_pass
@@ -141,9 +138,9 @@ class PassRunner:
         report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
         report.malformed = len(gathered.problems)
         leases = {lease.task_id: lease for lease in gathered.snapshot.leases}
-        for decision in result.reclaims:
+        for decision in result.recoveries:
             report.reclaimed += 1
-            self.reclaimer.start(decision, leases[decision.task_id])
+            self.runner.take_over(decision, leases[decision.task_id])
         if rt.stopping:
             return
         if not rt.config.settings.enabled:
@@ -165,7 +162,7 @@ class PassRunner:
                 log.error("start_refused", task_id=start.task_id, agent=start.agent, reason="; ".join(exc.problems))
                 continue
             recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
-            await self.runner.start(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))
+            self.runner.start(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))
             report.started += 1
 
     async def _assign(

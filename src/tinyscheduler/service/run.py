@@ -26,34 +26,37 @@ the recovery; call `request_stop()` and await `execute()` for an orderly stop.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shlex
+import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.containment import RunCgroups
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import spawn
+from tinyscheduler.adapters.process import ChildProcess, spawn
 from tinyscheduler.adapters.procfs import process_start_ticks
-from tinyscheduler.adapters.runlog import RunLog
+from tinyscheduler.adapters.runlog import RunLog, header_prefix, output_pipe, spawn_keeper
 from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError, TinyTaskRejected
 from tinyscheduler.config.registry import recipe_problem
 from tinyscheduler.core.goose import child_environment, goose_command, output_format_of
 from tinyscheduler.core.leases import Lease, LeaseState
-from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, classify
+from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, RunVerdict
 from tinyscheduler.core.policy import claim_refusal, history_reset
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
-from tinyscheduler.service.supervisor import LeaseKeeper, Limits, Supervision
+from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
+from tinyscheduler.service.supervisor import LeaseKeeper, Limits
 
 log = structlog.get_logger("tinyscheduler.runs")
-
-EventSink = Callable[[str, dict[str, Any]], None]
 
 
 def utcnow() -> datetime:
@@ -88,6 +91,24 @@ class RunPolicy:
     @property
     def limits(self) -> Limits:
         return Limits(self.heartbeat_sec, self.max_runtime_sec, self.stop_grace_sec, self.idle_timeout_sec)
+
+    def log_path(self, task_id: int, attempt: int) -> Path:
+        return self.task_log_dir / str(task_id) / f"{attempt}.log"
+
+    def spec(
+        self, task_id: int, agent: str, attempt: int, *, elapsed_sec: float = 0.0, recorded: RunVerdict | None = None
+    ) -> SessionSpec:
+        return SessionSpec(
+            task_id=task_id,
+            agent=agent,
+            attempt=attempt,
+            limits=self.limits,
+            evidence=self.evidence,
+            report_timeout_sec=self.report_timeout_sec,
+            log_path=self.log_path(task_id, attempt),
+            elapsed_sec=elapsed_sec,
+            recorded=recorded,
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +156,8 @@ def resolve_recipe(recipes_dir: Path, recipe: str) -> Path:
 
 
 class Run:
+    """A new run: claim the task, start goose, then hand over to a `RunSession`."""
+
     def __init__(
         self,
         request: RunRequest,
@@ -148,26 +171,31 @@ class Run:
         on_event: EventSink | None = None,
         fresh_task: Task | None = None,
         on_exit: Callable[[], None] | None = None,
+        cgroups: RunCgroups | None = None,
+        own_children: Callable[[], set[int]] | None = None,
     ) -> None:
         """`fresh_task`: the task as the caller read it back a moment ago (after assigning it);
         the claim then uses it instead of reading it once more. `on_exit` is called the moment the
         process has ended, before the outcome is reported: its slot is free from then on."""
         self.request = request
         self.policy = policy
-        self.client = client
-        self.leases = leases
-        self.attempts = attempts
-        self.clock = clock
-        self.environ = os.environ if environ is None else environ
-        self.on_event = on_event
+        self.deps = RunDeps(
+            client=client,
+            leases=leases,
+            attempts=attempts,
+            clock=clock,
+            environ=os.environ if environ is None else environ,
+            on_event=on_event,
+            on_exit=on_exit,
+            cgroups=cgroups,
+            own_children=own_children,
+        )
         self._fresh_task = fresh_task
-        self._on_exit = on_exit
-        self._process_ended = False
         self._attempt = attempts.next_attempt(request.task_id)
         self._pid: int | None = None
         self._started_at: datetime | None = None
         self._lease: LeaseKeeper | None = None
-        self._supervision: Supervision | None = None
+        self._session: RunSession | None = None
         self._stop_reason: str | None = None
         #: Set by a stop request: cuts report retries short.
         self._stop_requested = anyio.Event()
@@ -202,20 +230,36 @@ class Run:
 
     @property
     def log_path(self) -> Path:
-        return self.policy.task_log_dir / str(self.task_id) / f"{self._attempt}.log"
+        return self.policy.log_path(self.task_id, self._attempt)
+
+    @property
+    def on_event(self) -> EventSink | None:
+        return self.deps.on_event
+
+    @on_event.setter
+    def on_event(self, sink: EventSink | None) -> None:
+        self.deps = dataclasses.replace(self.deps, on_event=sink)
 
     @property
     def holds_slot(self) -> bool:
         """True until the process has ended (also while claiming, before it exists)."""
-        return not self._process_ended
+        return self._session is None or not self._session.process_ended
+
+    @property
+    def children(self) -> set[int]:
+        """The daemon's own child processes of this run (goose, its output keeper)."""
+        if self._session is None:
+            return set()
+        keeper = self._session.output.keeper
+        return {pid for pid in (self._pid, keeper.pid if keeper else None) if pid is not None}
 
     def request_stop(self, reason: str) -> None:
         """Stop the run now through the ladder (e.g. daemon shutdown); the task gets requeued."""
         if self._stop_reason is None:
             self._stop_reason = reason
             self._stop_requested.set()
-            if self._supervision is not None:
-                self._supervision.request_stop(reason)
+            if self._session is not None:
+                self._session.request_stop(reason)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -231,39 +275,40 @@ class Run:
         extra = (*extra, *output_format_of(extra, self.policy.evidence.output_format)[1])
         command = goose_command(self.policy.goose_bin, recipe, self.task_id, self.agent, extra)
         try:
-            process = self._spawn(command)
+            process, output = self._launch(command)
         except OSError as exc:
             self._log.error("spawn_failed", reason=str(exc), command=shlex.join(command))
             return await self._roll_back(f"spawn failed: {exc}", spawn_failed=True)
-        return await self._supervise_and_report(process)
+        return await self._supervise(process, output)
 
     async def _claim(self) -> RunResult | None:
         """Read and check the task, write the lease, set the task working; a RunResult if not started."""
         try:
-            task = self._fresh_task or await self.client.get_task(self.task_id)
+            task = self._fresh_task or await self.deps.client.get_task(self.task_id)
         except TinyTaskError as exc:
             return self._not_started(f"cannot read the task: {exc}")
-        record = self.attempts.record(self.task_id)
+        attempts = self.deps.attempts
+        record = attempts.record(self.task_id)
         if history_reset(task, record):
             self._log.info("failed_tag_removed", reason="a person removed the tag; attempt history reset")
-            self.attempts.forget(self.task_id)
-            record = self.attempts.record(self.task_id)
-        refusal = claim_refusal(task, self.agent, record, blocking=self.policy.blocking, now=self.clock())
+            attempts.forget(self.task_id)
+            record = attempts.record(self.task_id)
+        now = self.deps.clock()
+        refusal = claim_refusal(task, self.agent, record, blocking=self.policy.blocking, now=now)
         if refusal:
             return self._not_started(f"not claimable: {refusal}")
         if record.success_unreported:
             return await self._complete_held_success()
-        self._attempt = self.attempts.next_attempt(self.task_id)
-        now = self.clock()
-        self._lease = LeaseKeeper(self.leases, self._starting_lease(now), self._log)
+        self._attempt = attempts.next_attempt(self.task_id)
+        self._lease = LeaseKeeper(self.deps.leases, self._starting_lease(now), self._log)
         try:
             await self._lease.create()
         except OSError as exc:
             return self._not_started(f"cannot write the lease: {exc}")
         try:
-            await self.client.set_status(self.task_id, "working")
+            await self.deps.client.set_status(self.task_id, "working")
         except TinyTaskRejected as exc:  # refused: nothing changed on the server
-            self.leases.remove(self.task_id)
+            self.deps.leases.remove(self.task_id)
             return self._not_started(f"TinyTask refused to set the task working: {exc}")
         except TinyTaskError as exc:  # the change may have been applied even though no reply came
             return await self._roll_back(f"cannot set the task working: {exc}")
@@ -290,116 +335,78 @@ class Run:
     async def _complete_held_success(self) -> RunResult:
         """An earlier run succeeded but could not say so; the recovery requeued it. Finish it."""
         try:
-            await self.client.set_status(self.task_id, "complete")
+            await self.deps.client.set_status(self.task_id, "complete")
         except TinyTaskError as exc:
             return self._not_started(f"cannot complete the task of an earlier successful run: {exc}")
-        self.attempts.record_success(self.task_id)
+        self.deps.attempts.record_success(self.task_id)
         reason = "completed from an earlier successful run whose report had not reached TinyTask"
         self._log.info("task_completed", outcome=Outcome.SUCCEEDED.value, reason=reason)
         return RunResult(self.task_id, self.agent, self._attempt, Outcome.SUCCEEDED, reason, report=Reported.COMPLETED)
 
-    def _spawn(self, command: list[str]) -> Any:
+    def _launch(self, command: list[str]) -> tuple[ChildProcess, Output]:
+        """The run's cgroup, log, pipe, keeper and goose; raises OSError with nothing left behind."""
+        if shutil.which(command[0]) is None:
+            raise FileNotFoundError(2, "goose is not an executable program", command[0])
+        cgroups = self.deps.cgroups
+        cgroup = cgroups.create(self.task_id, self._attempt) if cgroups is not None else None
+        enter = (lambda argv: RunCgroups.entering(cgroup, argv)) if cgroup is not None else (lambda argv: argv)
         run_log = RunLog(self.log_path, self.policy.run_log_max_bytes)
         header = (
-            f"--- tinyscheduler: task {self.task_id}, agent {self.agent}, attempt {self._attempt}, "
-            f"{self.clock().isoformat(timespec='seconds')}: {shlex.join(command)}\n"
+            f"{header_prefix(self.task_id, self.agent, self._attempt)}"
+            f"{self.deps.clock().isoformat(timespec='seconds')}: {shlex.join(command)}\n"
         )
-        fd = run_log.open_for_child(header)
+        run_log.create(header)
+        read_fd, write_fd = output_pipe()
+        output = Output(run_log, read_fd, cgroup=cgroup)
         env = child_environment(
-            self.environ,
+            self.deps.environ,
             task_id=self.task_id,
             agent=self.agent,
             attempt=self._attempt,
-            lease_path=self.leases.path(self.task_id),
+            lease_path=self.deps.leases.path(self.task_id),
             endpoint=self.policy.tinytask_url,
         )
         try:
-            process = spawn(command, output_fd=fd, cwd=self.policy.base_path, env=env)
+            output.keeper = spawn_keeper(read_fd, env, self.policy.base_path, enter=enter)
+            popen = spawn(enter(command), output_fd=write_fd, cwd=self.policy.base_path, env=env)
         except OSError as exc:
             run_log.append(f"--- tinyscheduler: could not start goose: {exc}\n")
+            _discard(output)
             raise
         finally:
-            os.close(fd)
-        self._run_log = run_log
-        return process
+            os.close(write_fd)
+        return ChildProcess(popen), output
 
-    async def _supervise_and_report(self, process: Any) -> RunResult:
+    async def _supervise(self, process: ChildProcess, output: Output) -> RunResult:
         assert self._lease is not None
         self._pid = process.pid
-        self._started_at = self.clock()
+        self._started_at = self.deps.clock()
+        keeper = output.keeper
         self._lease.update(
             state=LeaseState.RUNNING,
             pid=process.pid,
             pgid=process.pid,
             heartbeat=self._started_at,
             start_ticks=process_start_ticks(process.pid),
+            keeper_pid=keeper.pid if keeper else None,
+            keeper_ticks=process_start_ticks(keeper.pid) if keeper else None,
+            cgroup=str(output.cgroup) if output.cgroup else None,
         )
         self._log.info("run_started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
-        self._emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
-        supervision = self._supervision = Supervision(
-            process,
-            limits=self.policy.limits,
-            lease=self._lease,
-            run_log=self._run_log,
-            clock=self.clock,
-            log=self._log,
+        spec = self.policy.spec(self.task_id, self.agent, self._attempt)
+        session = self._session = RunSession(
+            spec, self.deps, process, self._lease, output, stop_requested=self._stop_requested
         )
-        if self._stop_reason is not None:
-            supervision.request_stop(self._stop_reason)
-        end = await supervision.run()
-        return await self._finish(process.pid, end)
-
-    async def _finish(self, pid: int, end: ProcessEnd) -> RunResult:
-        assert self._lease is not None
-        # The slot is free now; reporting (TinyTask round trips, maybe retries) must not hold it.
-        self._lease.update(state=LeaseState.FINISHING)
-        self._process_ended = True
-        if self._on_exit is not None:
-            self._on_exit()
-        verdict = classify(end, self.policy.evidence)
-        self._run_log.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
-        self._run_log.cap()
-        report = await self._reporter().report(verdict, end)
-        if report is not Reported.UNREPORTED:
-            self.leases.remove(self.task_id)
-        fields = {"outcome": verdict.outcome.value, "reason": verdict.detail, "report": report.value}
-        self._log.info("run_finished", pid=pid, attempt=self._attempt, duration=round(end.duration_sec, 3), **fields)
-        self._emit(
-            "finished", pid=pid, attempt=self._attempt, duration=end.duration_sec, log_path=str(self.log_path), **fields
-        )
-        return RunResult(
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self._attempt,
-            outcome=verdict.outcome,
-            reason=verdict.detail,
-            report=report,
-            log_path=self.log_path,
-            exit_code=end.returncode,
-            duration_sec=end.duration_sec,
-        )
-
-    def _reporter(self) -> OutcomeReporter:
-        return OutcomeReporter(
-            self.client,
-            self.attempts,
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self._attempt,
-            log_path=str(self.log_path),
-            timeout_sec=self.policy.report_timeout_sec,
-            stop_requested=self._stop_requested,
-            now=self.clock,
-            log=self._log,
-            emit=self._emit,
-        )
+        session.emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
+        verdict, report, end = await session.run(how=Reason.SPAWNED, stop_reason=self._stop_reason)
+        return finished(session, verdict, report, end)
 
     # --- not started -----------------------------------------------------------------------------
 
     async def _roll_back(self, reason: str, *, spawn_failed: bool = False) -> RunResult:
         """We may have set the task working but no run exists: set it idle, then drop the lease."""
         if await self._reporter().roll_back():
-            self.leases.remove(self.task_id)
+            self.deps.leases.remove(self.task_id)
         else:
             self._log.error(
                 "rollback_unreported",
@@ -408,16 +415,61 @@ class Run:
             )
         return self._not_started(reason, spawn_failed=spawn_failed)
 
+    def _reporter(self) -> OutcomeReporter:
+        return OutcomeReporter(
+            self.deps.client,
+            self.deps.attempts,
+            task_id=self.task_id,
+            agent=self.agent,
+            attempt=self._attempt,
+            log_path=str(self.log_path),
+            timeout_sec=self.policy.report_timeout_sec,
+            stop_requested=self._stop_requested,
+            now=self.deps.clock,
+            log=self._log,
+            emit=lambda *_args, **_fields: None,
+        )
+
     def _not_started(self, reason: str, *, spawn_failed: bool = False) -> RunResult:
         self._log.info("run_not_started", reason=reason, attempt=self._attempt)
         return RunResult(
             self.task_id, self.agent, self._attempt, Outcome.NOT_STARTED, reason, spawn_failed=spawn_failed
         )
 
-    def _emit(self, name: str, **fields: Any) -> None:
-        if self.on_event is None:
-            return
-        try:
-            self.on_event(name, {"task_id": self.task_id, "agent": self.agent, **fields})
-        except Exception as exc:  # an event sink's bug must not end a run
-            self._log.error("event_sink_failed", event_name=name, reason=repr(exc))
+
+def finished(session: RunSession, verdict: RunVerdict, report: Reported, end: ProcessEnd) -> RunResult:
+    """The result of a session that ran to its end, said as the `finished` event."""
+    spec = session.spec
+    pid = session.process.pid if session.process is not None else session.lease.lease.pid
+    session.emit(
+        "finished",
+        pid=pid,
+        attempt=spec.attempt,
+        duration=end.duration_sec,
+        log_path=str(spec.log_path),
+        outcome=verdict.outcome.value,
+        reason=verdict.detail,
+        report=report.value,
+    )
+    return RunResult(
+        task_id=spec.task_id,
+        agent=spec.agent,
+        attempt=spec.attempt,
+        outcome=verdict.outcome,
+        reason=verdict.detail,
+        report=report,
+        log_path=spec.log_path,
+        exit_code=end.returncode,
+        duration_sec=end.duration_sec,
+    )
+
+
+def _discard(output: Output) -> None:
+    """Undo a launch that failed half-way: the keeper, the pipe, the cgroup."""
+    if output.keeper is not None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            output.keeper.kill()
+            output.keeper.wait(5)
+    output.close()
+    if output.cgroup is not None:
+        RunCgroups.kill(output.cgroup)

@@ -1,19 +1,55 @@
-"""The runs in flight of this daemon: starting one supervisor per run, and what they hold."""
+"""The runs of this host that this daemon supervises: started here, or adopted, each in its own task.
+
+Every run is owned by the daemon's task group and forgotten when it ends. The runner also answers
+what they hold: slots (until a run's process has ended) and the daemon's own child processes.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.abc
 import structlog
 
+from tinyscheduler.adapters.containment import RunCgroups, kill_tagged
 from tinyscheduler.adapters.tinytask import Task
 from tinyscheduler.core.goose import output_format_of
+from tinyscheduler.core.leases import Lease
 from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
-from tinyscheduler.service.run import Run, RunPolicy, RunRequest
+from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict
+from tinyscheduler.service.adopt import Host, adopt, find_unrecorded, never_started
+from tinyscheduler.service.reclaim import Reclaimer
+from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult
 from tinyscheduler.service.runtime import Runtime
+from tinyscheduler.service.session import RunDeps
 
 log = structlog.get_logger("tinyscheduler.daemon")
+
+
+class Supervised(Protocol):
+    """What the daemon knows of each run it supervises, new or adopted."""
+
+    @property
+    def task_id(self) -> int: ...
+
+    @property
+    def agent(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def lease(self) -> Lease | None: ...
+
+    @property
+    def holds_slot(self) -> bool: ...
+
+    @property
+    def children(self) -> set[int]: ...
+
+    def request_stop(self, reason: str) -> None: ...
+
+    async def execute(self) -> RunResult: ...
 
 
 def evidence_rule(goose_args: list[str], output_format: str, text_success: str) -> EvidenceRule:
@@ -27,11 +63,15 @@ def evidence_rule(goose_args: list[str], output_format: str, text_success: str) 
 
 
 class Runner:
-    """Starts runs in the daemon's task group and forgets them when they end."""
+    """Starts and adopts runs in the daemon's task group and forgets them when they end."""
 
-    def __init__(self, runtime: Runtime, group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, runtime: Runtime, group: anyio.abc.TaskGroup, reclaimer: Reclaimer, cgroups: RunCgroups | None = None
+    ) -> None:
         self.runtime = runtime
         self.group = group
+        self.reclaimer = reclaimer
+        self.cgroups = cgroups
 
     def policy(self) -> RunPolicy:
         s = self.runtime.config.settings
@@ -54,32 +94,88 @@ class Runner:
             evidence=evidence_rule(s.goose_argv, s.goose_output_format, s.text_success),
         )
 
-    async def start(self, request: RunRequest, fresh_task: Task | None) -> None:
+    def deps(self) -> RunDeps:
         rt = self.runtime
-        run = Run(
-            request,
-            self.policy(),
-            client=await rt.connection.client(),
+        return RunDeps(
+            client=rt.connection.lazy,
             leases=rt.store,
             attempts=rt.attempts,
             clock=rt.clock,
             environ=rt.environ,
             on_event=self._record_event,
-            fresh_task=fresh_task,
             on_exit=rt.tick.set,
+            cgroups=self.cgroups,
+            own_children=self.own_children,
         )
-        rt.runs[request.task_id] = run
+
+    def start(self, request: RunRequest, fresh_task: Task | None) -> None:
+        deps = self.deps()
+        run = Run(
+            request,
+            self.policy(),
+            client=deps.client,
+            leases=deps.leases,
+            attempts=deps.attempts,
+            clock=deps.clock,
+            environ=deps.environ,
+            on_event=deps.on_event,
+            fresh_task=fresh_task,
+            on_exit=deps.on_exit,
+            cgroups=deps.cgroups,
+            own_children=deps.own_children,
+        )
+        self._launch(run)
+
+    def take_over(self, decision: LeaseDecision, lease: Lease) -> None:
+        """Act on a lease no run of ours supervises (core.planner's verdict): adopt, settle, recover."""
+        if lease.task_id in self.runtime.busy:
+            return
+        if decision.verdict is LeaseVerdict.RECOVER:
+            self.runtime.reclaiming.add(lease.task_id)
+            self.group.start_soon(self.recover, lease)
+        elif decision.verdict in (LeaseVerdict.ADOPT, LeaseVerdict.SETTLE):
+            self.adopt(lease, alive=decision.verdict is LeaseVerdict.ADOPT)
+
+    def adopt(self, lease: Lease, *, alive: bool) -> None:
+        """Supervise a live run of a previous instance (`alive`), or settle one that ended unwatched."""
+        host = Host(self.runtime.instance_id, self.runtime.boot_id)
+        self._launch(adopt(lease, self.policy(), self.deps(), host, alive=alive))
+
+    async def recover(self, lease: Lease) -> None:
+        """A lease written before its pid: adopt the run found by its tag, or settle it, or requeue it."""
+        rt = self.runtime
+        try:
+            found = await find_unrecorded(lease, rt.store.path(lease.task_id), rt.boot_id)
+            if found is not None and found.pid is not None:
+                log.warning("orphan_found", task_id=lease.task_id, pid=found.pid, reason="adopting the run by its tag")
+                rt.reclaiming.discard(lease.task_id)
+                self.adopt(found, alive=True)
+                return
+            if found is not None and not await anyio.to_thread.run_sync(never_started, found, self.policy()):
+                rt.reclaiming.discard(lease.task_id)
+                self.adopt(found, alive=False)
+                return
+            await anyio.to_thread.run_sync(kill_tagged, rt.store.path(lease.task_id))
+        finally:
+            rt.reclaiming.discard(lease.task_id)
+        self.reclaimer.requeue_unstarted(lease)
+
+    def _launch(self, run: Supervised) -> None:
+        self.runtime.runs[run.task_id] = run
         self.group.start_soon(self._supervise, run)
 
     def in_flight(self) -> dict[int, str]:
         """Runs whose process has not ended (or not started yet), by task id -> agent: they hold slots."""
         return {task_id: run.agent for task_id, run in self.runtime.runs.items() if run.holds_slot}
 
+    def own_children(self) -> set[int]:
+        return {pid for run in self.runtime.runs.values() for pid in run.children}
+
     def stop_all(self, reason: str) -> None:
         for run in list(self.runtime.runs.values()):
             run.request_stop(reason)
 
-    async def _supervise(self, run: Run) -> None:
+    async def _supervise(self, run: Supervised) -> None:
         counters = self.runtime.counters
         try:
             result = await run.execute()

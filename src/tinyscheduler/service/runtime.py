@@ -7,10 +7,10 @@ need no locks; the configuration is swapped as a whole on reload.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -19,12 +19,12 @@ from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import EventLog
 from tinyscheduler.adapters.systemd import Notifier
-from tinyscheduler.adapters.tinytask import TinyTaskClient
+from tinyscheduler.adapters.tinytask import SCHEDULER_NAME, ServerFeatures, Task, TaskBatch, TinyTaskClient
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.service.configuration import Configuration
 
 if TYPE_CHECKING:
-    from tinyscheduler.service.run import Run
+    from tinyscheduler.service.runner import Supervised
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
@@ -71,6 +71,8 @@ class Connection:
         self._runtime = runtime
         self._client: TinyTaskClient | None = None
         self._opening = anyio.Lock()
+        #: For runs: supervising a run needs no TinyTask, only its report does, so they connect late.
+        self.lazy = LazyClient(self)
 
     async def client(self) -> TinyTaskClient:
         # Reclaims and the pass may all need the client at start-up: connect once, not once each.
@@ -93,10 +95,51 @@ class Connection:
             )
         return client
 
+    @property
+    def opened(self) -> TinyTaskClient | None:
+        return self._client
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+class LazyClient(TinyTaskClient):
+    """The daemon's client, connected at its first call: a run adopted while TinyTask is down is
+    supervised at once and reports (with retries) once TinyTask answers."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    @property
+    def features(self) -> ServerFeatures:  # type: ignore[override]
+        client = self._connection.opened
+        return client.features if client is not None else ServerFeatures(protocol="rest")
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
+
+    async def health(self) -> dict[str, Any]:
+        return await (await self._connection.client()).health()
+
+    async def list_queues(self) -> list[str]:
+        return await (await self._connection.client()).list_queues()
+
+    async def list_tasks(
+        self, *, status: Sequence[str] | None = None, assigned_to: str | None = None, queue_name: str | None = None
+    ) -> TaskBatch:
+        client = await self._connection.client()
+        return await client.list_tasks(status=status, assigned_to=assigned_to, queue_name=queue_name)
+
+    async def get_task(self, task_id: int) -> Task:
+        return await (await self._connection.client()).get_task(task_id)
+
+    async def update_task(self, task_id: int, **fields: Any) -> Task:
+        return await (await self._connection.client()).update_task(task_id, **fields)
+
+    async def add_comment(self, task_id: int, content: str, created_by: str = SCHEDULER_NAME) -> None:
+        await (await self._connection.client()).add_comment(task_id, content, created_by)
 
 
 @dataclass
@@ -115,7 +158,7 @@ class Runtime:
     #: Wakes the tick loop for a pass now (a run ended, a lease was reclaimed, a reload).
     tick: Waker = field(default_factory=Waker)
     #: Runs this instance supervises, by task id.
-    runs: dict[int, Run] = field(default_factory=dict)
+    runs: dict[int, Supervised] = field(default_factory=dict)
     #: Task ids whose lease is being reclaimed right now.
     reclaiming: set[int] = field(default_factory=set)
     stopping: bool = False

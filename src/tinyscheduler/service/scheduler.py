@@ -5,7 +5,9 @@ and the signal handlers (see docs/architecture.md).
 - run: the pass runner (service.passes), the lease watcher (service.leasewatch), the watchdog
   (service.watchdog), one supervisor per run (service.runner); all owned by one task group;
 - signals: SIGTERM/SIGINT drain and stop (a second one skips the wait), SIGHUP reloads;
-- stop: drain the runs for the shutdown grace, stop the rest through the ladder, release the lock.
+- stop: drain the runs for the shutdown grace, stop the rest through the ladder, release the lock;
+- hand-off: a SIGTERM while systemd restarts the unit (`systemctl restart`, an upgrade) leaves the runs
+  running: the daemon exits at once and the next instance adopts them (service.adopt).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import anyio.abc
 import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.containment import RunCgroups, become_subreaper
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld
 from tinyscheduler.adapters.logsetup import EventLog, configure_logging
 from tinyscheduler.adapters.procfs import current_boot_id
-from tinyscheduler.adapters.systemd import Notifier
+from tinyscheduler.adapters.systemd import Notifier, restart_in_progress
 from tinyscheduler.config.settings import ConfigError, LoadedSettings
 from tinyscheduler.core.attempts import RetryPolicy
 from tinyscheduler.core.redact import redacted
@@ -81,6 +84,8 @@ class Scheduler:
         self.gate = WatchdogGate(pass_timeout=s.pass_timeout_sec, loop_timeout=loop_timeout)
         self.passes: PassRunner | None = None
         self._hurry = anyio.Event()
+        #: Set by a SIGTERM of a systemd restart: exit without stopping the runs.
+        self._handing_off = False
 
     # --- for the demo and tests ------------------------------------------------------------------
 
@@ -109,11 +114,14 @@ class Scheduler:
         try:
             rt.store.ensure()
             s.task_log_dir.mkdir(parents=True, exist_ok=True)
-            self._say_started()
+            # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
+            subreaper = become_subreaper()
+            self._say_started(subreaper=subreaper)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals)
                     await self._live(group)
+                    # On a hand-off this abandons the supervisors; their processes go on.
                     group.cancel_scope.cancel()
         finally:
             await rt.connection.aclose()
@@ -124,12 +132,11 @@ class Scheduler:
 
     async def _live(self, group: anyio.abc.TaskGroup) -> None:
         rt = self.runtime
-        runner = Runner(rt, group)
-        reclaimer = Reclaimer(rt, group)
-        watcher = LeaseWatcher(rt, reclaimer)
-        self.passes = PassRunner(rt, runner, reclaimer, self.gate, before_pass=self.hooks.before_pass)
-        # Recovery before READY: orphans stopped, dead runs requeued (bounded by the stop ladder and
-        # one TinyTask attempt each; a lease whose requeue failed stays).
+        runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
+        watcher = LeaseWatcher(rt, runner)
+        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
+        # Recovery before READY: the live runs of a previous instance adopted, the ended ones being
+        # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
         await self._until(lambda: not rt.reclaiming, None)
         rt.notifier.ready()
@@ -142,9 +149,10 @@ class Scheduler:
             await self.passes.loop()
         await self._drain(runner)
 
-    def _say_started(self) -> None:
+    def _say_started(self, *, subreaper: bool) -> None:
         rt = self.runtime
         s = rt.config.settings
+        cgroups = RunCgroups.detect(rt.environ)
         log.info(
             "started",
             pid=os.getpid(),
@@ -153,6 +161,7 @@ class Scheduler:
             mode="once" if self.once else "daemon",
             limits=rt.config.limits,
             registry=str(s.agent_control_file) if rt.config.registry else None,
+            containment=("cgroup per run" if cgroups else "process sweep") + (" + subreaper" if subreaper else ""),
         )
         for unknown in rt.config.loaded.unknown_keys:
             log.warning("unknown_setting", where=unknown, reason="not a TinyScheduler setting (a typo?); ignored")
@@ -169,8 +178,23 @@ class Scheduler:
                     "stop_hurried", signal=name, reason="second stop signal: runs are stopped now, without waiting"
                 )
                 self._hurry.set()
+            elif signum == signal.SIGTERM and await anyio.to_thread.run_sync(restart_in_progress, self.runtime.environ):
+                self.hand_off()
             else:
                 self.request_stop(name)
+
+    def hand_off(self) -> None:
+        """Exit without stopping the runs in flight: the next instance adopts them."""
+        rt = self.runtime
+        log.info(
+            "handing_off",
+            runs=len(rt.runs),
+            reason="systemd is restarting the service: runs go on and the next instance adopts them",
+        )
+        self._handing_off = True
+        rt.stopping = True
+        rt.notifier.stopping()
+        rt.tick.set()
 
     def request_stop(self, cause: str = "request") -> None:
         """Stop as on SIGTERM: no new runs, drain the running ones, then return from serve()."""
@@ -217,6 +241,8 @@ class Scheduler:
     async def _drain(self, runner: Runner) -> None:
         """Wait for runs (the grace period, unless hurried), then stop the rest with the ladder."""
         rt = self.runtime
+        if self._handing_off:
+            return
         if rt.runs and rt.stopping:
             grace = float(rt.config.settings.shutdown_grace_sec)
             log.info("draining", runs=len(rt.runs), grace_sec=grace)

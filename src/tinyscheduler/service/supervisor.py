@@ -1,17 +1,18 @@
-"""Watching one goose process until it ends: heartbeat, log cap, deadlines, the stop ladder.
+"""Watching one goose process until it ends: heartbeat, output, deadlines, the stop ladder.
 
-One task group per run owns the heartbeat, the exit watch and the stop ladder, so nothing outlives
-the supervision and a cancelled run leaves no task behind. The supervisor wakes when the process
-exits (pidfd), when a stop is requested, at its next check (at most a second, for the log cap) or
-at its next deadline, whichever comes first.
+One task group per run owns the heartbeat, the exit watch, the output pump and the stop ladder, so
+nothing outlives the supervision and a cancelled run leaves no task behind. The supervisor sleeps
+until the process exits (pidfd), a stop is requested, or its next deadline (max runtime, idle
+timeout) comes; the output pump alone wakes for output. When the process has ended, what it left
+behind is killed (`contain`), which closes the last writers of the pipe, and the rest of the output
+is copied before the end is classified.
 """
 
 from __future__ import annotations
 
 import math
-import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,14 +21,16 @@ import anyio
 import anyio.abc
 
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import ExitWatch, stop_process_group
-from tinyscheduler.adapters.runlog import RunLog
+from tinyscheduler.adapters.process import ExitWatch, RunProcess, stop_process_group
+from tinyscheduler.adapters.runlog import RunLog, pump
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import ProcessEnd, StopCause
 from tinyscheduler.service.runtime import Waker
 
-#: The longest the supervisor sleeps between two looks at the log (its cap) and the deadlines.
-CHECK_SEC = 1.0
+#: Without a pidfd to wake it, how often the supervisor looks whether the process has ended.
+POLL_SEC = 1.0
+#: How long the output of an ended run may take to arrive once what it left behind is killed.
+DRAIN_SEC = 2.0
 
 
 class LeaseKeeper:
@@ -64,24 +67,31 @@ class Limits:
 
 
 class Supervision:
-    """From a spawned process to its `ProcessEnd`."""
+    """From a live process to its `ProcessEnd`."""
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: RunProcess,
         *,
         limits: Limits,
         lease: LeaseKeeper,
         run_log: RunLog,
+        read_fd: int | None,
+        contain: Callable[[], Awaitable[None]],
         clock: Callable[[], datetime],
         log: Any,
+        elapsed_sec: float = 0.0,
     ) -> None:
         self.process = process
         self.limits = limits
         self.lease = lease
         self.run_log = run_log
+        self.read_fd = read_fd
+        self.contain = contain
         self.clock = clock
         self._log = log
+        #: How long the process had been running when this supervision began (an adopted run).
+        self.elapsed_sec = elapsed_sec
         self.waker = Waker()
         self.stop_reason: str | None = None
         self._cause = StopCause.NONE
@@ -94,20 +104,26 @@ class Supervision:
             self.waker.set()
 
     async def run(self) -> ProcessEnd:
-        began = time.monotonic()
+        began = time.monotonic() - self.elapsed_sec
+        self.run_log.last_output = time.monotonic()
         watch = ExitWatch(self.process.pid)
+        pumped = anyio.Event()
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._heartbeat)
                 group.start_soon(self._wake_on_exit, watch)
-                await self._watch(group, began)
+                group.start_soon(self._pump, pumped)
+                await self._watch(group, began, polling=not watch.available)
                 duration = time.monotonic() - began
                 if self._ladder_done is not None:
                     await self._ladder_done.wait()
+                # What the run left behind holds the pipe open: once it is gone, the output ends.
+                await self.contain()
+                with anyio.move_on_after(DRAIN_SEC):
+                    await pumped.wait()
                 group.cancel_scope.cancel()
         finally:
             watch.close()
-        self.run_log.cap()
         return ProcessEnd(
             self.process.returncode,
             duration,
@@ -117,46 +133,50 @@ class Supervision:
             self.stop_reason or "",
         )
 
-    async def _watch(self, group: anyio.abc.TaskGroup, began: float) -> None:
+    async def _watch(self, group: anyio.abc.TaskGroup, began: float, *, polling: bool) -> None:
         limits = self.limits
-        last_size, last_output = self.run_log.size(), began
-        while self.process.poll() is None:
+        while not self.process.exited():
             now = time.monotonic()
-            size = self.run_log.size()
-            if size != last_size:
-                last_output = now
-            self.run_log.cap()
-            last_size = self.run_log.size()
+            silent = now - self.run_log.last_output
             if self._ladder_done is None:
-                self._cause = self._stop_cause(now - began, now - last_output)
+                self._cause = self._stop_cause(now - began, silent)
                 if self._cause is not StopCause.NONE:
                     self._start_ladder(group)
-            timeout = min(limits.heartbeat_sec, CHECK_SEC)
+            timeout = POLL_SEC if polling else math.inf
             if self._ladder_done is None:
                 timeout = min(timeout, max(0.0, limits.max_runtime_sec - (now - began)))
-                if limits.idle_timeout_sec > 0:
-                    timeout = min(timeout, max(0.0, limits.idle_timeout_sec - (now - last_output)))
+                if self._idle_timeout() > 0:
+                    timeout = min(timeout, max(0.0, self._idle_timeout() - silent))
             await self.waker.wait(max(timeout, 0.01))
+
+    def _idle_timeout(self) -> float:
+        # Without the output pipe (an adopted run whose keeper is gone) silence says nothing.
+        return self.limits.idle_timeout_sec if self.read_fd is not None else 0.0
 
     def _stop_cause(self, running: float, silent: float) -> StopCause:
         if self.stop_reason is not None:
             return StopCause.REQUEST
         if running >= self.limits.max_runtime_sec:
             return StopCause.MAX_RUNTIME
-        if self.limits.idle_timeout_sec > 0 and silent >= self.limits.idle_timeout_sec:
+        if self._idle_timeout() > 0 and silent >= self._idle_timeout():
             return StopCause.IDLE
         return StopCause.NONE
 
     def _start_ladder(self, group: anyio.abc.TaskGroup) -> None:
         pid = self.process.pid
         self._log.warning("run_stopping", pid=pid, attempt=self.lease.lease.attempt, reason=self._cause.value)
+        pgid = self.process.group()
+        if pgid is None:
+            # A group that cannot be proven to be this run's is never signalled.
+            self._log.error("run_not_signalled", pid=pid, reason="cannot verify the process and its group")
+            return
         self.lease.update(state=LeaseState.STOPPING)
         done = self._ladder_done = anyio.Event()
 
         async def ladder() -> None:
             try:
                 self._stop_signal = await stop_process_group(
-                    pid, lambda: self.process.poll() is not None, self.limits.stop_grace_sec, self._log.bind(pid=pid)
+                    pgid, self.process.exited, self.limits.stop_grace_sec, self._log.bind(pid=pid)
                 )
             finally:
                 done.set()
@@ -170,6 +190,12 @@ class Supervision:
             self.lease.update(heartbeat=self.clock())
 
     async def _wake_on_exit(self, watch: ExitWatch) -> None:
-        # Without a pidfd the watch never fires and the supervisor's checks poll instead.
         if await watch.wait(math.inf):
             self.waker.set()
+
+    async def _pump(self, done: anyio.Event) -> None:
+        try:
+            if self.read_fd is not None:
+                await pump(self.read_fd, self.run_log)
+        finally:
+            done.set()

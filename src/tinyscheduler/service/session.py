@@ -1,0 +1,239 @@
+"""One goose process from the moment it exists, spawned here or adopted from a previous daemon
+instance, to its reported end: supervise it, kill what it left behind, classify how it ended from
+its exit status and its own output, tell TinyTask once, remove the lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.process import RunProcess
+from tinyscheduler.adapters.runlog import RunLog, drain
+from tinyscheduler.adapters.tinytask import TinyTaskClient
+from tinyscheduler.core.leases import Lease, LeaseState
+from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, RunVerdict, classify
+from tinyscheduler.service.reporter import OutcomeReporter, Reported
+from tinyscheduler.service.supervisor import LeaseKeeper, Limits, Supervision
+
+log = structlog.get_logger("tinyscheduler.runs")
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    """What every run of a daemon shares (its parts are adapters and callbacks, no settings)."""
+
+    client: TinyTaskClient
+    leases: LeaseStore
+    attempts: AttemptBook
+    clock: Callable[[], datetime]
+    environ: Mapping[str, str]
+    on_event: EventSink | None = None
+    #: Called the moment a run's process has ended: its slot is free from then on.
+    on_exit: Callable[[], None] | None = None
+    #: Per-run cgroups, when systemd delegated the daemon's (adapters.containment).
+    cgroups: RunCgroups | None = None
+    #: The daemon's own child processes still in use (goose runs, keepers): when set, orphans re-parented
+    #: to the daemon (its subreaper) are reaped at each run's end; the others are never touched.
+    own_children: Callable[[], set[int]] | None = None
+
+
+class Reason(enum.StrEnum):
+    """How a session came to be, for its log lines."""
+
+    SPAWNED = "spawned"
+    ADOPTED = "adopted"
+    SETTLED = "settled"
+
+
+@dataclass
+class Output:
+    """Where a run's output goes: the log, the daemon's end of the pipe, and the keeper that holds it."""
+
+    run_log: RunLog
+    read_fd: int | None = None
+    #: Our child when the daemon spawned it (reaped here); else only its pid is known.
+    keeper: subprocess.Popen[bytes] | None = None
+    cgroup: Path | None = None
+
+    def close(self) -> None:
+        if self.read_fd is not None:
+            os.close(self.read_fd)
+            self.read_fd = None
+        self.run_log.close()
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    task_id: int
+    agent: str
+    attempt: int
+    limits: Limits
+    evidence: EvidenceRule
+    report_timeout_sec: float
+    log_path: Path
+    #: How long the process had been running when this session began (an adopted run).
+    elapsed_sec: float = 0.0
+    #: The outcome a previous instance had already classified (a FINISHING lease).
+    recorded: RunVerdict | None = None
+
+
+class RunSession:
+    def __init__(
+        self,
+        spec: SessionSpec,
+        deps: RunDeps,
+        process: RunProcess | None,
+        lease: LeaseKeeper,
+        output: Output,
+        *,
+        stop_requested: anyio.Event | None = None,
+    ) -> None:
+        self.spec = spec
+        self.deps = deps
+        self.process = process
+        self.lease = lease
+        self.output = output
+        self.stop_requested = stop_requested or anyio.Event()
+        self._log = log.bind(task_id=spec.task_id, agent=spec.agent)
+        self._supervision: Supervision | None = None
+        self._stop_reason: str | None = None
+        self.process_ended = process is None
+
+    @property
+    def task_id(self) -> int:
+        return self.spec.task_id
+
+    @property
+    def agent(self) -> str:
+        return self.spec.agent
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_requested.set()
+        if self._supervision is not None:
+            self._supervision.request_stop(reason)
+        else:
+            self._stop_reason = reason
+
+    async def run(self, *, how: Reason, stop_reason: str | None = None) -> tuple[RunVerdict, Reported, ProcessEnd]:
+        end = await self._supervise(stop_reason) if self.process is not None else await self._settle()
+        self.process_ended = True
+        self.lease.update(state=LeaseState.FINISHING)
+        if self.deps.on_exit is not None:
+            self.deps.on_exit()
+        verdict = self.spec.recorded or classify(end, self.spec.evidence)
+        if self.spec.recorded is None:
+            self.output.run_log.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
+            self.lease.update(outcome=verdict.outcome.value, outcome_detail=verdict.detail)
+        self.output.close()
+        report = await self._reporter().report(verdict, end)
+        if report is not Reported.UNREPORTED:
+            self.deps.leases.remove(self.task_id)
+        self._log.info(
+            "run_finished",
+            pid=self.process.pid if self.process is not None else self.lease.lease.pid,
+            attempt=self.spec.attempt,
+            duration=round(end.duration_sec, 3),
+            outcome=verdict.outcome.value,
+            reason=verdict.detail,
+            report=report.value,
+            how=how.value,
+        )
+        return verdict, report, end
+
+    async def _supervise(self, stop_reason: str | None) -> ProcessEnd:
+        assert self.process is not None
+        supervision = self._supervision = Supervision(
+            self.process,
+            limits=self.spec.limits,
+            lease=self.lease,
+            run_log=self.output.run_log,
+            read_fd=self.output.read_fd,
+            contain=self.contain,
+            clock=self.deps.clock,
+            log=self._log,
+            elapsed_sec=self.spec.elapsed_sec,
+        )
+        pending = stop_reason or self._stop_reason
+        if pending is not None:
+            supervision.request_stop(pending)
+        return await supervision.run()
+
+    async def _settle(self) -> ProcessEnd:
+        """The process ended while no daemon watched: the rest of its output, then its evidence."""
+        await self.contain()
+        if self.output.read_fd is not None:
+            drain(self.output.read_fd, self.output.run_log)
+        lease = self.lease.lease
+        duration = max(0.0, (lease.heartbeat - lease.started_at).total_seconds())
+        return ProcessEnd(None, duration, tail=self.output.run_log.tail())
+
+    async def contain(self) -> None:
+        """Kill whatever the run left behind (its keeper included), in a thread: it reads /proc."""
+        lease_path = self.deps.leases.path(self.task_id)
+        output = self.output
+        deps = self.deps
+
+        def sweep() -> int:
+            killed = len(kill_tagged(lease_path))
+            if output.cgroup is not None and deps.cgroups is not None:
+                killed += RunCgroups.kill(output.cgroup)
+            if output.keeper is not None:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    output.keeper.kill()
+                    output.keeper.wait(5)
+            if deps.own_children is not None:
+                reap_orphans(deps.own_children())
+            return killed
+
+        left = await anyio.to_thread.run_sync(sweep)
+        if left > 1:  # the keeper is always there; anything more escaped goose
+            self._log.warning("run_leftovers_killed", processes=left - 1)
+
+    def _reporter(self) -> OutcomeReporter:
+        return OutcomeReporter(
+            self.deps.client,
+            self.deps.attempts,
+            task_id=self.task_id,
+            agent=self.agent,
+            attempt=self.spec.attempt,
+            log_path=str(self.spec.log_path),
+            timeout_sec=self.spec.report_timeout_sec,
+            stop_requested=self.stop_requested,
+            now=self.deps.clock,
+            log=self._log,
+            emit=self.emit,
+        )
+
+    def emit(self, name: str, **fields: Any) -> None:
+        if self.deps.on_event is None:
+            return
+        try:
+            self.deps.on_event(name, {"task_id": self.task_id, "agent": self.agent, **fields})
+        except Exception as exc:  # an event sink's bug must not end a run
+            self._log.error("event_sink_failed", event_name=name, reason=repr(exc))
+
+
+def recorded_verdict(lease: Lease) -> RunVerdict | None:
+    """The outcome a FINISHING lease recorded, if any and if it is one this version knows."""
+    if lease.state is not LeaseState.FINISHING or lease.outcome is None:
+        return None
+    try:
+        return RunVerdict(Outcome(lease.outcome), lease.outcome_detail or lease.outcome)
+    except ValueError:
+        return None
