@@ -6,6 +6,7 @@ Every process a test starts is stopped in a finalizer, the daemon and every Goos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -161,18 +162,23 @@ def processes_of(base: Path) -> list[psutil.Process]:
             env = proc.environ()
         except (psutil.Error, OSError):
             continue
-        if env.get("TINYSCHEDULER_LEASE", "").startswith(marker) or env.get("TINYSCHEDULER_BASE_PATH") == marker:
-            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+        ours = env.get("TINYSCHEDULER_LEASE", "").startswith(marker) or env.get("TINYSCHEDULER_BASE_PATH") == marker
+        if ours and proc.pid != os.getpid() and _alive(proc):
+            found.append(proc)
     return found
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False  # it ended between the scan and this look
 
 
 def kill_everything(base: Path) -> None:
     for proc in processes_of(base):
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
 
 
 class DaemonProcess:

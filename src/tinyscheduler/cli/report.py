@@ -254,7 +254,7 @@ def render_table(report: dict[str, Any]) -> str:
         lines += ["", title]
         lines += table(headers, rows) if rows else ["  (none)"]
     footer = _footer(report)
-    return "\n".join(lines + ([""] + footer if footer else [])) + "\n"
+    return "\n".join(lines + (["", *footer] if footer else [])) + "\n"
 
 
 def _md_cell(value: Any) -> str:
@@ -272,7 +272,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "|".join("---" for _ in headers) + "|")
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     footer = _footer(report)
-    return "\n".join(lines + ([""] + footer if footer else [])) + "\n"
+    return "\n".join(lines + (["", *footer] if footer else [])) + "\n"
 
 
 def render(report: dict[str, Any], fmt: Format) -> str:

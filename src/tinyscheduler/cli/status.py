@@ -58,7 +58,7 @@ def table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> list
     """Left-aligned columns, as plain text lines."""
     cells = [headers, *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
         liveness={lease.task_id: probe(lease, boot_id) for lease in leases},
     )
     config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
-    for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
+    for lease in sorted(leases, key=lambda lease: (lease.agent, lease.task_id)):
         decision = judge_lease(lease, snapshot, config)
         if instance and lease.owner == instance and decision.verdict is LeaseVerdict.REQUEUE:
             # A lease of the running daemon without a live process is one its run is still

@@ -53,11 +53,14 @@ class ConfigError(Exception):
 
 
 def _setting(
-    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, help: str, **kwargs: Any
+    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, description: str, **kwargs: Any
 ) -> Any:
     # One place per setting for everything the CLI, `config --show` and error messages need.
     return Field(
-        default, description=help, json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect}, **kwargs
+        default,
+        description=description,
+        json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect},
+        **kwargs,
     )
 
 
@@ -78,42 +81,42 @@ class Settings(BaseSettings):
         flag="--base-path",
         metavar="PATH",
         expect=_PATH,
-        help="folder every relative path resolves against",
+        description="folder every relative path resolves against",
     )
     running_dir: Path = _setting(
         Path("state/running"),
         flag="--running-dir",
         metavar="PATH",
         expect=_PATH,
-        help="lease files of the runs in flight",
+        description="lease files of the runs in flight",
     )
     log_dir: Path = _setting(
         Path("state/logs"),
         flag="--log-dir",
         metavar="PATH",
         expect=_PATH,
-        help="scheduler logs; run output goes to its tasks/ subfolder",
+        description="scheduler logs; run output goes to its tasks/ subfolder",
     )
     recipes_dir: Path = _setting(
         Path("recipes"),
         flag="--recipes-dir",
         metavar="PATH",
         expect=_PATH,
-        help="Goose recipes, <agent>.yaml unless the registry names one",
+        description="Goose recipes, <agent>.yaml unless the registry names one",
     )
     agent_control_file: Path = _setting(
         Path("agent-control.json"),
         flag="--agent-control-file",
         metavar="PATH",
         expect=_PATH,
-        help="agent registry; without it: legacy mode (agent limits only)",
+        description="agent registry; without it: legacy mode (agent limits only)",
     )
     agent_limits: dict[str, int] = _setting(
         default_factory=dict,
         flag="--agent-limit",
         metavar="NAME=N",
         expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
-        help="slots per agent, overriding the registry (the flag repeats; "
+        description="slots per agent, overriding the registry (the flag repeats; "
         "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source",
     )
     default_slots: NonNegativeInt = _setting(
@@ -121,60 +124,60 @@ class Settings(BaseSettings):
         flag="--default-slots",
         metavar="N",
         expect=_NON_NEGATIVE,
-        help="slots of a registry agent whose slots are set nowhere else",
+        description="slots of a registry agent whose slots are set nowhere else",
     )
     goose_bin: str = _setting(
         "goose",
         flag="--goose-bin",
         metavar="PATH",
         expect="expected a program name or path",
-        help="goose executable: a bare name is looked up on PATH, a path resolves against the base path",
+        description="goose executable: a bare name is looked up on PATH, a path resolves against the base path",
     )
     goose_args: str = _setting(
         "",
         flag="--goose-args",
         metavar="ARGS",
         expect="expected shell-style arguments",
-        help="extra arguments for `goose run`, shell-style quoting",
+        description="extra arguments for `goose run`, shell-style quoting",
     )
     mcp_endpoint: str = _setting(
         "http://127.0.0.1:3000",
         flag="--mcp-endpoint",
         metavar="URL",
         expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
-        help="TinyTask base URL (a trailing /mcp is accepted)",
+        description="TinyTask base URL (a trailing /mcp is accepted)",
     )
     tinytask_protocol: Protocol = _setting(
         "auto",
         flag="--tinytask-protocol",
         metavar="PROTOCOL",
         expect="expected rest, mcp or auto",
-        help="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
+        description="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
     )
     loop_interval_sec: PositiveInt = _setting(
         60,
         flag="--loop-interval",
         metavar="SECONDS",
         expect=_POSITIVE,
-        help="seconds between passes (a run's end or a reload triggers one at once)",
+        description="seconds between passes (a run's end or a reload triggers one at once)",
     )
     heartbeat_sec: PositiveInt = _setting(
         15,
         flag="--heartbeat-interval",
         metavar="SECONDS",
         expect=_POSITIVE,
-        help="seconds between lease heartbeats and lease checks",
+        description="seconds between lease heartbeats and lease checks",
     )
     pass_timeout_sec: PositiveInt = _setting(
         120,
         flag="--pass-timeout",
         metavar="SECONDS",
         expect=_POSITIVE,
-        help="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
+        description="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
         "the daemon (read at start)",
     )
     max_runtime_sec: PositiveInt = _setting(
-        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE, help="a run older than this is stopped"
+        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE, description="a run older than this is stopped"
     )
     stop_grace_sec: float = _setting(
         10.0,
@@ -183,79 +186,83 @@ class Settings(BaseSettings):
         expect="expected a positive number of seconds",
         gt=0,
         allow_inf_nan=False,
-        help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
+        description="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
     )
     idle_timeout_sec: NonNegativeInt = _setting(
         0,
         flag="--idle-timeout",
         metavar="SECONDS",
         expect=_NON_NEGATIVE,
-        help="stop a run that printed nothing for this long; 0 = off",
+        description="stop a run that printed nothing for this long; 0 = off",
     )
     run_log_max_bytes: PositiveInt = _setting(
         10 * 1024 * 1024,
         flag="--run-log-max-bytes",
         metavar="BYTES",
         expect=_POSITIVE,
-        help="cap of one run's output log; beyond it the tail is kept",
+        description="cap of one run's output log; beyond it the tail is kept",
     )
     retry_base_sec: NonNegativeInt = _setting(
         60,
         flag="--retry-base",
         metavar="SECONDS",
         expect=_NON_NEGATIVE,
-        help="backoff before the first retry of a failed run, doubling, capped at 1 h",
+        description="backoff before the first retry of a failed run, doubling, capped at 1 h",
     )
     max_attempts: PositiveInt = _setting(
         3,
         flag="--max-attempts",
         metavar="N",
         expect=_POSITIVE,
-        help="failed attempts before a task is tagged tinyscheduler:failed",
+        description="failed attempts before a task is tagged tinyscheduler:failed",
     )
     shutdown_grace_sec: NonNegativeInt = _setting(
         30,
         flag="--shutdown-grace",
         metavar="SECONDS",
         expect=_NON_NEGATIVE,
-        help="on SIGTERM, wait this long for runs before stopping them",
+        description="on SIGTERM, wait this long for runs before stopping them",
     )
     log_level: LogLevel = _setting(
         "INFO",
         flag="--log-level",
         metavar="LEVEL",
         expect="expected DEBUG, INFO, WARNING or ERROR",
-        help="DEBUG, INFO, WARNING or ERROR",
+        description="DEBUG, INFO, WARNING or ERROR",
     )
     log_format: LogFormat = _setting(
         "auto",
         flag="--log-format",
         metavar="FORMAT",
         expect="expected auto, console, json or journal",
-        help="auto, console, json or journal (auto: journal under journald, else console)",
+        description="auto, console, json or journal (auto: journal under journald, else console)",
     )
     log_keep_days: PositiveInt = _setting(
-        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE, help="days of scheduler log files to keep"
+        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE, description="days of scheduler log files to keep"
     )
     dry_run: bool = _setting(
-        False, flag="--dry-run", metavar="", expect=_BOOL, help="print the plan, change nothing anywhere"
+        False, flag="--dry-run", metavar="", expect=_BOOL, description="print the plan, change nothing anywhere"
     )
     enabled: bool = _setting(
         True,
         flag="--enabled",
         metavar="",
         expect=_BOOL,
-        help="kill switch: when false, `run` (unless a dry run) does nothing and exits 0",
+        description="kill switch: when false, `run` (unless a dry run) does nothing and exits 0",
     )
     disable_blocking: bool = _setting(
         False,
         flag="--disable-blocking",
         metavar="",
         expect=_BOOL,
-        help="ignore task blockers and keep the server's order",
+        description="ignore task blockers and keep the server's order",
     )
     lock_file: Path = _setting(
-        Path("state/tinyscheduler.lock"), flag="--lock-file", metavar="PATH", expect=_PATH, help="single-instance lock"
+        Path("state/tinyscheduler.lock"),
+        flag="--lock-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="single-instance lock",
     )
 
     @classmethod

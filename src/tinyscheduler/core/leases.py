@@ -20,7 +20,7 @@ MAX_LEASE_BYTES = 1024 * 1024
 LEASE_NAME = re.compile(r"task_(\d+)\.json")
 
 
-class LeaseState(str, enum.Enum):
+class LeaseState(enum.StrEnum):
     #: Written before the task is claimed and the process exists; pid is still unknown.
     STARTING = "starting"
     RUNNING = "running"
@@ -137,7 +137,7 @@ def lease_from_json(data: Any, default_host: str = "") -> Lease:
     )
 
 
-class Liveness(str, enum.Enum):
+class Liveness(enum.StrEnum):
     ALIVE = "alive"
     DEAD = "dead"
     #: The PID is alive but belongs to another process (start time differs): the run is gone.

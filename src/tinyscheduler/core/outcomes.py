@@ -171,7 +171,7 @@ def retry_delay(failures: int, base_sec: float, cap_sec: float = MAX_RETRY_DELAY
     if failures < 1:
         return 0.0
     # Cap the exponent too: 2**1000 would overflow a float long after the cap applies.
-    return min(cap_sec, base_sec * 2 ** min(failures - 1, 64))
+    return min(cap_sec, base_sec * 2.0 ** min(failures - 1, 64))
 
 
 # --- texts a person reads on the task -------------------------------------------------------------

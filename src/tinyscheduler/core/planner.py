@@ -42,7 +42,7 @@ from tinyscheduler.core.tasks import FAILED_TAG, Task
 STALE_HEARTBEATS = 3
 
 
-class LeaseVerdict(str, enum.Enum):
+class LeaseVerdict(enum.StrEnum):
     KEEP = "keep"
     REQUEUE = "requeue"
     STOP = "stop"
@@ -281,7 +281,7 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
     busy: dict[str, int] = {}
     finishing = {lease.task_id for lease in snapshot.leases if lease.state is LeaseState.FINISHING}
     holding = {d.task_id: d.agent for d in decisions if d.task_id not in finishing and holds_slot(d, snapshot)}
-    for task_id, agent in {**holding, **snapshot.in_flight}.items():
+    for agent in {**holding, **snapshot.in_flight}.values():
         busy[agent] = busy.get(agent, 0) + 1
     agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
     limits = {agent: max(0, config.limits.get(agent, 0)) for agent in agents}
