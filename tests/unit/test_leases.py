@@ -216,6 +216,8 @@ def test_minimal_lease_defaults() -> None:
     lease = lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"}, "thishost")
     assert lease.pid is None and lease.recipe == "" and lease.state is LeaseState.RUNNING
     assert lease.host == "thishost"  # an original-schema lease was written on the host reading it
+    # Without a host to stand in, the host is empty text, not None (`Lease.host` is a str).
+    assert lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"}).host == ""
 
 
 def test_original_lease_with_the_task_id_as_a_string_is_read() -> None:
