@@ -72,12 +72,16 @@ def readme_table() -> list[list[str]]:
     return rows
 
 
-def test_the_demo_is_the_first_command_and_the_suite_command_is_what_ci_runs():
+def test_the_demo_is_the_first_command_and_ci_runs_the_documented_checks():
     lines = shell_lines(README)
     assert lines[0] == "./tinyscheduler demo"
     assert "python3 tests/run.py" in lines
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert ci[-1] == "exec python3 tests/run.py"
+    assert "python3 tests/run.py --fast" in lines
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3 ")]
+    assert ci == ["python3 tests/run.py --lint", "python3 tests/run.py --types", "python3 tests/run.py --cov"]
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    for command in [*ci, "python3 tests/run.py", "python3 tests/run.py --fast"]:
+        assert f"`{command}`" in contributing, f"CONTRIBUTING.md does not give `{command}`"
 
 
 def test_readme_configuration_table_lists_every_setting_with_flag_and_default():
