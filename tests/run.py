@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LINT_PATHS = ["src", "tests", "noxfile.py"]
 FAST_LAYERS = ["tests/unit", "tests/service"]
+#: Line coverage every module must reach in a --cov run; the total's floor is fail_under in pyproject.toml.
+MODULE_FLOOR = 70.0
+COVERAGE_JSON = "coverage.json"
 
 #: Each check as argument vectors, run from ROOT in an environment with the dev extra.
 COMMANDS: dict[str, list[list[str]]] = {
@@ -36,13 +41,37 @@ def fast_args(extra: list[str]) -> list[str]:
 
 
 def coverage_commands(pytest_args: list[str]) -> list[list[str]]:
-    """Erase, measure the suite (every Python subprocess writes its own data file), combine, report."""
+    """Erase, measure the suite (every Python subprocess writes its own data file), combine, report
+    (failing under `fail_under` in pyproject.toml), then hold every module to MODULE_FLOOR."""
     return [
         ["coverage", "erase"],
         ["coverage", "run", "-m", "pytest", *pytest_args],
         ["coverage", "combine", "--quiet"],
         ["coverage", "report"],
+        ["coverage", "json", "--quiet", "-o", COVERAGE_JSON],
+        ["python", "tests/run.py", "--module-floor", COVERAGE_JSON],
     ]
+
+
+def modules_under_floor(report: dict[str, Any], floor: float = MODULE_FLOOR) -> list[str]:
+    """The modules of a `coverage json` report whose line coverage is under `floor` percent."""
+    return [
+        f"{name}: {data['summary']['percent_covered']:.1f}% (at least {floor:.0f}% wanted)"
+        for name, data in sorted(report["files"].items())
+        if data["summary"]["num_statements"] and data["summary"]["percent_covered"] < floor
+    ]
+
+
+def _check_module_floor(path: str) -> int:
+    try:
+        report = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"tests/run.py: cannot read the coverage report {path}: {exc}", file=sys.stderr)
+        return 2
+    under = modules_under_floor(report)
+    for line in under:
+        print(f"tests/run.py: coverage under the module floor: {line}", file=sys.stderr)
+    return 1 if under else 0
 
 
 def _launcher_venv() -> Path:
@@ -65,6 +94,8 @@ def _run_all(commands: list[list[str]], bin_dir: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--module-floor"] and len(argv) == 2:
+        return _check_module_floor(argv[1])
     mode = argv[0] if argv and argv[0] in ("--fast", "--cov", "--lint", "--types") else None
     rest = argv[1:] if mode else argv
     bin_dir = _launcher_venv().parent
