@@ -6,6 +6,7 @@ Every process a test starts is stopped in a finalizer, the daemon and every Goos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,18 +166,23 @@ def processes_of(base: Path) -> list[psutil.Process]:
             env = proc.environ()
         except (psutil.Error, OSError):
             continue
-        if env.get("TINYSCHEDULER_LEASE", "").startswith(marker) or env.get("TINYSCHEDULER_BASE_PATH") == marker:
-            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+        ours = env.get("TINYSCHEDULER_LEASE", "").startswith(marker) or env.get("TINYSCHEDULER_BASE_PATH") == marker
+        if ours and proc.pid != os.getpid() and _alive(proc):
+            found.append(proc)
     return found
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False  # it ended between the scan and this look
 
 
 def kill_everything(base: Path) -> None:
     for proc in processes_of(base):
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
 
 
 class DaemonProcess:
@@ -236,6 +242,20 @@ class DaemonProcess:
             raise AssertionError(f"daemon did not exit within {timeout}s; output:\n{self.output()[-4000:]}") from None
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """End the daemon and its process group.
+
+        A daemon still running gets SIGTERM twice first (the second skips the drain), so it exits
+        through its own shutdown and a measured run (`tests/run.py --cov`) keeps its coverage
+        data; SIGKILL follows if it has not exited within a few seconds.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for patience in (0.5, 3.0):
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(patience)
+                break
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.proc.wait()

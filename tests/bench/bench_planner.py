@@ -11,6 +11,7 @@ scenario, outside the timing; only `plan(snapshot, config)` is timed.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -159,7 +160,7 @@ def main() -> int:
     worst = worst_cpu = 0.0
     for title, (snapshot, config) in scenarios:
         result = plan(snapshot, config)
-        times, cpu_times = measure(lambda: plan(snapshot, config), args.runs)
+        times, cpu_times = measure(functools.partial(plan, snapshot, config), args.runs)
         worst, worst_cpu = max(worst, p95(times)), max(worst_cpu, p95(cpu_times))
         print(f"- {title}")
         print(

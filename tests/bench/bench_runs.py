@@ -370,7 +370,7 @@ def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
                 if started_before < args.tasks:  # work was still waiting somewhere
                     waiting.append((t, task))
             elif waiting:
-                end_t, ended = waiting.popleft()
+                end_t, _ended = waiting.popleft()
                 latencies.append(t - end_t)
                 if task in started_at:
                     scheduling.append(started_at[task] - end_t)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -88,7 +89,7 @@ def test_failing_task_backs_off_then_is_tagged_failed(fake, workspace, daemons):
 
     starts = [r["t"] for r in workspace.records() if r["event"] == "start"]
     assert len(starts) == 3
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 1.0 and gaps[1] >= 2.0, f"backoff doubles from 1 s: gaps {gaps}"
 
     # The tag comes with the last report's PATCH; its comments follow it.
@@ -144,7 +145,7 @@ def test_second_instance_exits_75_naming_the_holder(fake, workspace, daemons):
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
     first = start_daemon(daemons, workspace, "--daemon")
-    wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
+    wait_for((workspace.base / "state" / "last_pass.json").exists, what="first pass")
     second = start_daemon(daemons, workspace, "--daemon")
     assert second.wait() == 75
     assert f"pid {first.pid}" in second.output()
@@ -366,7 +367,7 @@ def test_a_reclaim_that_changes_nothing_does_not_spin_the_tick(fake, workspace, 
         daemon = start_daemon(
             daemons, workspace, "--daemon", TINYSCHEDULER_LOOP_INTERVAL_SEC="60", TINYSCHEDULER_HEARTBEAT_SEC="30"
         )
-        wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
+        wait_for((workspace.base / "state" / "last_pass.json").exists, what="first pass")
         fake.reset_requests()
         time.sleep(2)
         assert len(fake.requests) < 20, f"{len(fake.requests)} requests in 2 s of an idle daemon"
@@ -458,7 +459,7 @@ def test_a_symlink_loop_in_the_lease_folder_does_not_end_the_daemon(fake, worksp
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
     daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_HEARTBEAT_SEC="30")
-    wait_for(lambda: (workspace.base / "state" / "last_pass.json").exists(), what="first pass")
+    wait_for((workspace.base / "state" / "last_pass.json").exists, what="first pass")
     os.symlink("task_5.json", workspace.running_dir / "task_5.json")  # ELOOP on stat
     wait_for(
         lambda: (

@@ -440,7 +440,7 @@ def test_transfer(fake: FakeTinyTask, api: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "body, field",
+    ("body", "field"),
     [
         ({}, "current_agent"),
         # Not a body the real server knows: it asks for current_agent, as for any body without it.
@@ -804,25 +804,27 @@ class SseStream:
 
     def _run(self, url: str, headers: dict[str, str]) -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(10, read=None)) as client:
-                with client.stream("GET", url, headers=headers) as reply:
-                    self.status = reply.status_code
-                    self.opened.set()
-                    event, data = "message", []
-                    for line in reply.iter_lines():
-                        if line.startswith(":"):
-                            continue
-                        if not line:
-                            if data:
-                                self.events.put((event, "\n".join(data)))
-                            event, data = "message", []
-                            continue
-                        field, _, value = line.partition(":")
-                        value = value.removeprefix(" ")
-                        if field == "event":
-                            event = value
-                        elif field == "data":
-                            data.append(value)
+            with (
+                httpx.Client(timeout=httpx.Timeout(10, read=None)) as client,
+                client.stream("GET", url, headers=headers) as reply,
+            ):
+                self.status = reply.status_code
+                self.opened.set()
+                event, data = "message", []
+                for line in reply.iter_lines():
+                    if line.startswith(":"):
+                        continue
+                    if not line:
+                        if data:
+                            self.events.put((event, "\n".join(data)))
+                        event, data = "message", []
+                        continue
+                    field, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if field == "event":
+                        event = value
+                    elif field == "data":
+                        data.append(value)
         except httpx.HTTPError:
             pass
         finally:

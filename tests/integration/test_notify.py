@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -127,7 +128,7 @@ def test_watchdog_pings_at_half_the_interval(fake, workspace, listener, daemon_f
     daemon_factory(WATCHDOG_USEC="400000")  # ping every 0.2 s
     wait_for(lambda: len(listener.times_of("WATCHDOG=1")) >= 6, what="watchdog pings")
     times = listener.times_of("WATCHDOG=1")
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.1 < sorted(gaps)[len(gaps) // 2] < 0.4, gaps
 
 

@@ -16,12 +16,12 @@ import psutil
 import pytest
 import structlog
 
+from tinyscheduler.adapters.process import stop_process_group
 from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_ticks
+from tinyscheduler.adapters.runlog import RunLog
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.adapters.process import stop_process_group
-from tinyscheduler.adapters.runlog import RunLog
 from tinyscheduler.service.reporter import Reported, requeue_if_ours
 
 from runbench import STANDIN, RunBench, eventually

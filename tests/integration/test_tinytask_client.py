@@ -285,7 +285,7 @@ async def test_invalid_update_is_rejected_once(fake: FakeTinyTask) -> None:
     task = fake.create_task("work")
     fake.reset_requests()
     async with RestClient(fake.url, sleep=Naps()) as client:
-        with pytest.raises(TinyTaskRejected, match="Invalid status: done. Must be one of: idle, working, complete"):
+        with pytest.raises(TinyTaskRejected, match=r"Invalid status: done\. Must be one of: idle, working, complete"):
             await client.set_status(task["id"], "done")
     assert fake.requests == [("PATCH", f"/api/v1/tasks/{task['id']}")]
     assert fake.task(task["id"])["status"] == "idle"
@@ -573,7 +573,7 @@ async def test_mcp_sse_silent_server_is_unavailable() -> None:
 
     with LegacyMcpServer(answer) as server:
         async with McpSseClient(server.url, read_timeout=0.2, retries=1, sleep=Naps()) as client:
-            with pytest.raises(TinyTaskUnavailable, match="no reply on the MCP event stream within 0.2 s"):
+            with pytest.raises(TinyTaskUnavailable, match=r"no reply on the MCP event stream within 0\.2 s"):
                 await client.get_task(7)
     assert server.streams == 2  # a silent stream is given up and a new one opened for the retry
 
@@ -603,7 +603,7 @@ async def test_connect_to_a_server_that_is_not_tinytask() -> None:
     assert message.startswith(f"no TinyTask REST API or MCP endpoint at {server.url}: REST: Not found")
     assert "mcp-http: Not found (POST /mcp: HTTP 404)" in message
     assert "mcp-sse: Not found (GET /mcp: HTTP 404)" in message
-    assert [request for request in server.seen] == [("GET", "/api/v1/queues"), ("POST", "/mcp"), ("GET", "/mcp")]
+    assert list(server.seen) == [("GET", "/api/v1/queues"), ("POST", "/mcp"), ("GET", "/mcp")]
 
 
 @pytest.mark.parametrize(

@@ -226,6 +226,10 @@ def test_reload_applies_a_changed_limit_and_keeps_the_old_one_on_a_bad_file(
     }, "reloaded in place, not restarted"
 
 
+def restarted_and_active(shown: dict[str, str]) -> bool:
+    return int(shown["NRestarts"]) >= 1 and shown["ActiveState"] == "active"
+
+
 def test_a_wedged_pass_ends_in_a_watchdog_restart(service: Service, fake: FakeTinyTask) -> None:
     wedge = service.base / "wedge"
     wedge.touch()
@@ -250,9 +254,7 @@ def test_a_wedged_pass_ends_in_a_watchdog_restart(service: Service, fake: FakeTi
     wedge.unlink()
     # Under load the poll may first see a later round of the same loop: count restarts, not one.
     service.wait(
-        lambda: (lambda shown: int(shown["NRestarts"]) >= 1 and shown["ActiveState"] == "active")(
-            service.show("NRestarts", "ActiveState")
-        ),
+        lambda: restarted_and_active(service.show("NRestarts", "ActiveState")),
         "the restart",
     )
     assert service.show("MainPID")["MainPID"] != first_pid

@@ -27,11 +27,12 @@ from tinyscheduler.config.registry import load_registry
 from tinyscheduler.config.settings import SETTINGS, SettingInfo, load_settings
 from tinyscheduler.testing.fake import FakeTinyTask
 
+from harness import STANDIN
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ENV_EXAMPLE = ROOT / ".env.tinyscheduler.example"
 EXAMPLES = ROOT / "examples"
-from harness import STANDIN
 
 #: README lines that are parsed but not run here: the daemon never ends; the demo has its own tests
 #: (tests/integration/test_demo.py runs it to the end and interrupts it as a person would).
@@ -71,18 +72,22 @@ def readme_table() -> list[list[str]]:
     return rows
 
 
-def test_the_demo_is_the_first_command_and_the_suite_command_is_what_ci_runs():
+def test_the_demo_is_the_first_command_and_ci_runs_the_documented_checks():
     lines = shell_lines(README)
     assert lines[0] == "./tinyscheduler demo"
     assert "python3 tests/run.py" in lines
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert ci[-1] == "exec python3 tests/run.py"
+    assert "python3 tests/run.py --fast" in lines
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3 ")]
+    assert ci == ["python3 tests/run.py --lint", "python3 tests/run.py --types", "python3 tests/run.py --cov"]
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    for command in [*ci, "python3 tests/run.py", "python3 tests/run.py --fast"]:
+        assert f"`{command}`" in contributing, f"CONTRIBUTING.md does not give `{command}`"
 
 
 def test_readme_configuration_table_lists_every_setting_with_flag_and_default():
     rows = readme_table()
     assert [row[0] for row in rows] == [f"`{info.env_var}`" for info in SETTINGS], "same settings, same order"
-    for (_, flag, default, meaning), info in zip(rows, SETTINGS):
+    for (_, flag, default, meaning), info in zip(rows, SETTINGS, strict=True):
         assert f"`{info.flag}" in flag, info.name
         if info.is_bool:
             assert f"`--no-{info.flag[2:]}`" in flag, info.name

@@ -19,7 +19,7 @@ import pytest
 from tinyscheduler.adapters import files as files_module
 from tinyscheduler.adapters.files import write_json_atomic
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
-from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_ticks
+from tinyscheduler.adapters.procfs import Tagged, current_boot_id, probe, process_start_ticks, processes_tagged
 from tinyscheduler.core.leases import (
     MAX_LEASE_BYTES,
     Lease,
@@ -216,6 +216,8 @@ def test_minimal_lease_defaults() -> None:
     lease = lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"}, "thishost")
     assert lease.pid is None and lease.recipe == "" and lease.state is LeaseState.RUNNING
     assert lease.host == "thishost"  # an original-schema lease was written on the host reading it
+    # Without a host to stand in, the host is empty text, not None (`Lease.host` is a str).
+    assert lease_from_json({"task_id": 1, "agent": "a", "started_at": "2026-11-26T06:00:00Z"}).host == ""
 
 
 def test_original_lease_with_the_task_id_as_a_string_is_read() -> None:
@@ -445,6 +447,26 @@ def test_other_boot_id_is_dead_even_if_the_pid_is_alive(child: subprocess.Popen[
     assert probe(lease, current_boot_id()) is Liveness.DEAD
     # an unknown current boot id (no /proc value) falls back to the process check
     assert probe(lease, None) is Liveness.ALIVE
+
+
+def test_a_run_is_found_by_the_lease_path_in_its_environment_until_it_exits(tmp_path: Path) -> None:
+    """How a run whose pid never reached its lease is found: only the exact lease path counts."""
+    lease_path = tmp_path / "running" / "task_7.json"
+    reader = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    run = subprocess.Popen(reader, stdin=subprocess.PIPE, env={**os.environ, "TINYSCHEDULER_LEASE": str(lease_path)})
+    longer = subprocess.Popen(
+        reader, stdin=subprocess.PIPE, env={**os.environ, "TINYSCHEDULER_LEASE": f"{lease_path}.tmp"}
+    )
+    try:
+        assert processes_tagged(lease_path) == [Tagged(run.pid, process_start_ticks(run.pid) or 0, keeper=False)]
+        assert run.stdin is not None
+        run.stdin.close()
+        os.waitid(os.P_PID, run.pid, os.WEXITED | os.WNOWAIT)  # a zombie: its run has ended
+        assert processes_tagged(lease_path) == []
+    finally:
+        for proc in (run, longer):
+            proc.kill()
+            proc.wait()
 
 
 def test_no_pid_means_no_process() -> None:

@@ -3,6 +3,7 @@ malformed becomes a TaskProblem naming task and field, and parsing never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -57,8 +58,6 @@ OLD = {
     "created_at": "2026-11-26 06:37:12",
     "updated_at": "2026-11-26 06:40:00",
 }
-
-UTC = UTC
 
 
 def test_current_server_task_parses() -> None:
@@ -183,7 +182,7 @@ def test_parse_tasks_of_an_empty_list() -> None:
 def test_task_is_immutable() -> None:
     task = parse_task(CURRENT, "x")
     assert isinstance(task, Task)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         task.priority = 9  # type: ignore[misc]
 
 
@@ -194,7 +193,7 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
-TASK_KEYS = list(CURRENT) + ["extra"]
+TASK_KEYS = [*CURRENT, "extra"]
 TASKISH = st.dictionaries(st.sampled_from(TASK_KEYS), JSON, max_size=len(TASK_KEYS)).map(lambda d: CURRENT | d)
 
 

@@ -134,7 +134,7 @@ def test_never_exceeds_any_agents_limit(scene: Scene) -> None:
         assert slot.starting <= max(0, limit - slot.busy)
         holding = {
             lease.task_id: lease.agent
-            for lease, decision in zip(scene.snapshot.leases, result.leases)
+            for lease, decision in zip(scene.snapshot.leases, result.leases, strict=True)
             if lease.state is not LeaseState.FINISHING
             # Every lease of this host that may still have a process holds a slot.
             and decision.verdict not in (LeaseVerdict.SETTLE, LeaseVerdict.FOREIGN)

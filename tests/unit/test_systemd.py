@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tinyscheduler.core.goose import scrubbed_environ
-from tinyscheduler.core.watchdog import WatchdogGate
-from tinyscheduler.service.statusfile import PassReport, status_line
 from tinyscheduler.adapters.systemd import (
     Notifier,
     watchdog_interval,
 )
+from tinyscheduler.core.goose import scrubbed_environ
+from tinyscheduler.core.watchdog import WatchdogGate
+from tinyscheduler.service.statusfile import PassReport, status_line
 
 
 class NotifySocket:

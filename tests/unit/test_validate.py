@@ -274,7 +274,8 @@ def test_unquoted_template_is_fine_since_goose_renders_before_parsing(tmp_path: 
             ["parameter 'task_id' is declared but never used (goose refuses that)"],
         ),
         (
-            "title: t\ndescription: d\nprompt: '{{ repo }}'\nparameters:\n  - key: repo\n    requirement: user_prompt\n",
+            "title: t\ndescription: d\nprompt: '{{ repo }}'\n"
+            "parameters:\n  - key: repo\n    requirement: user_prompt\n",
             ["parameters[0] 'repo': required without a default, but the scheduler passes only agent, task_id"],
         ),
         ("title: t\ndescription: d\nprompt: p\nparameters: nope\n", ["parameters: expected a list"]),

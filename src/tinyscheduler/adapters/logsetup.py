@@ -104,7 +104,7 @@ class DailyFile:
     def _open(self, day: date) -> None:
         self.close()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path_for(day), "a", encoding="utf-8")
+        self._file = open(self.path_for(day), "a", encoding="utf-8")  # noqa: SIM115 - kept open until the day changes
         self._day = day
         self._prune(day)
 

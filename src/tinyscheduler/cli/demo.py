@@ -9,14 +9,15 @@ the daemon gives up and tags it `tinyscheduler:failed`. Task tags `standin:<mode
 tell the stand-in what to do per task.
 
 The demo stops the daemon through `Scheduler.request_stop()`, the same shutdown path as SIGTERM,
-so the daemon drains as it would under systemd. Ctrl-C reaches the daemon's SIGINT handler: runs in flight get a short shutdown
-grace period, the rest are stopped with the stop ladder and their tasks requeued, and the demo
-exits 130. Either way no process is left:
-the daemon reaps its runs, and the demo checks for stragglers before it removes its folder.
+so the daemon drains as it would under systemd. Ctrl-C reaches the daemon's SIGINT handler: runs
+in flight get a short shutdown grace period, the rest are stopped with the stop ladder and their
+tasks requeued, and the demo exits 130. Either way no process is left: the daemon reaps its runs,
+and the demo checks for stragglers before it removes its folder.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -34,11 +35,11 @@ import anyio
 import psutil
 import yaml
 
-from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.cli.status import format_age, table
 from tinyscheduler.config.settings import LoadedSettings, load_settings
+from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.testing.fake import FakeTinyTask
 from tinyscheduler.testing.standin_goose import write_launcher
@@ -243,7 +244,7 @@ class Demo:
         s = self.loaded.settings
         s.log_dir.mkdir(parents=True, exist_ok=True)
         # The daemon's own log goes to files: the terminal belongs to the progress display.
-        self._daemon_log = open(s.log_dir / "daemon.log", "w", encoding="utf-8")
+        self._daemon_log = open(s.log_dir / "daemon.log", "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
         configure_logging(s.log_level, "console", s.log_dir, stream=self._daemon_log)
 
     def close(self) -> None:
@@ -276,14 +277,14 @@ class Demo:
         self._draw(self.progress())
         return code
 
-    async def _watch(self, scheduler: Scheduler, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def _watch(self, scheduler: Scheduler, limit_sec: float) -> None:
+        deadline = time.monotonic() + limit_sec
         while True:
             progress = await anyio.to_thread.run_sync(self.progress)
             self._draw(progress)
             if progress.settled or time.monotonic() > deadline:
                 if not progress.settled:
-                    self._say(f"demo: not finished after {timeout:.0f}s; stopping the daemon")
+                    self._say(f"demo: not finished after {limit_sec:.0f}s; stopping the daemon")
                 self.stopped_by_demo = True
                 scheduler.request_stop("the demo is done")
                 return
@@ -426,7 +427,7 @@ class Demo:
             for e in events
             if e.get("event") == "finished" and e.get("outcome") == "succeeded"
         }
-        pairs = list(zip(ids, ids[1:]))
+        pairs = list(itertools.pairwise(ids))
         if not all(b in ended and t in started for b, t in pairs):
             return "not all of it ran"
         in_order = all(datetime.fromisoformat(started[t]) >= datetime.fromisoformat(ended[b]) for b, t in pairs)

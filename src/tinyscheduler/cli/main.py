@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from tinyscheduler import __version__
 from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
@@ -26,9 +26,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-Subparsers = argparse._SubParsersAction  # argparse has no public name for it
+# argparse has no public name for it, and the class is not subscriptable at run time.
+Subparsers: TypeAlias = "argparse._SubParsersAction[_Parser]"
 #: Adds one subcommand: (subparsers, parents carrying the global options) -> None.
-Registration = Callable[[Subparsers, list[argparse.ArgumentParser]], None]
+Registration: TypeAlias = "Callable[[Subparsers, list[_Parser]], None]"
 
 #: Settings that are global options (any position); the rest are flags of the subcommands.
 GLOBAL_SETTINGS = ("base_path", "log_level", "log_format")
@@ -65,8 +66,8 @@ def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo) -> None:
         parser.add_argument(info.flag, metavar=info.metavar, **common)
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+def _common_options() -> _Parser:
+    common = _Parser(add_help=False, allow_abbrev=False)
     group = common.add_argument_group("global options (before or after the subcommand)")
     group.add_argument(
         "--env-file",
@@ -135,7 +136,7 @@ def _kill_switch_origin(loaded: LoadedSettings) -> str:
     }.get(loaded.sources["enabled"], info.env_var)
 
 
-def _add_run(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_run(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "run",
         parents=common,
@@ -172,17 +173,17 @@ def _config(args: argparse.Namespace) -> int:
     rows.insert(0, ("SETTING", "VALUE", "SOURCE", "VARIABLE"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3])
     return EXIT_OK
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bool) or isinstance(value, dict):
+    if isinstance(value, (bool, dict)):
         return json.dumps(value)
     return str(value)
 
 
-def _add_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "config",
         parents=common,
@@ -213,7 +214,7 @@ def _validate_config(args: argparse.Namespace) -> int:
     return EXIT_FAILED if errors else EXIT_OK
 
 
-def _add_validate_config(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_validate_config(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "validate-config",
         parents=common,
@@ -240,7 +241,7 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_command(keep=args.keep, tasks=args.tasks)
 
 
-def _add_demo(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_demo(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "demo",
         parents=common,
@@ -261,7 +262,7 @@ def _status(args: argparse.Namespace) -> int:
     return status_command(load_from_args(args), json_output=args.json)
 
 
-def _add_status(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_status(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "status",
         parents=common,
@@ -281,7 +282,7 @@ def _logs(args: argparse.Namespace) -> int:
     return logs_command(load_from_args(args), task_id=args.task_id, attempt=args.attempt, follow_output=args.follow)
 
 
-def _add_logs(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_logs(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "logs",
         parents=common,
@@ -309,7 +310,7 @@ def _report(args: argparse.Namespace) -> int:
     )
 
 
-def _add_report(sub: Subparsers, common: list[argparse.ArgumentParser]) -> None:
+def _add_report(sub: Subparsers, common: list[_Parser]) -> None:
     parser = sub.add_parser(
         "report",
         parents=common,

@@ -82,7 +82,31 @@ def build(
     queues: dict[str, int] = {}
     for t in ordered:
         queues[t.queue_name or "(none)"] = queues.get(t.queue_name or "(none)", 0) + 1
+    ages = {t.id: max(0.0, (now - t.created_at).total_seconds()) for t in ordered}
+    return {
+        "generated_at": now.isoformat(timespec="seconds"),
+        "tinytask": tinytask,
+        "filters": {"status": list(statuses), "agent": agent},
+        "summary": {
+            "total_open_tasks": len(ordered),
+            "total_idle": by_status["idle"],
+            "total_working": by_status["working"],
+            "total_complete": by_status["complete"],
+            "total_blocked": sum(1 for t in ordered if t.is_currently_blocked),
+            "total_unassigned": sum(1 for t in ordered if not t.assigned_to),
+            "total_agents": len(agents_with_work),
+            "agents_with_work": agents_with_work,
+            "by_queue": dict(sorted(queues.items())),
+        },
+        "agent_breakdown": _agent_breakdown(ordered),
+        "priority_distribution": _priority_distribution(ordered),
+        "age_metrics": _age_metrics(ordered, ages),
+        "tasks": [_task_row(t, ages[t.id]) for t in ordered],
+        "skipped_malformed": list(skipped),
+    }
 
+
+def _agent_breakdown(ordered: Sequence[Task]) -> dict[str, dict[str, Any]]:
     breakdown: dict[str, dict[str, Any]] = {}
     for t in ordered:
         name = t.assigned_to or UNASSIGNED
@@ -100,21 +124,25 @@ def build(
         entry["total_tasks"] += 1
         entry[f"{t.status}_tasks"] += 1
         entry["task_ids"].append(t.id)
+    return dict(sorted(breakdown.items()))
 
+
+def _priority_distribution(ordered: Sequence[Task]) -> dict[str, Any]:
     counts: dict[int, int] = {}
     for t in ordered:
         counts[t.priority] = counts.get(t.priority, 0) + 1
-    priorities = {
+    return {
         "by_priority": {str(p): counts[p] for p in sorted(counts, reverse=True)},
         "highest_priority": max(counts, default=0),
         "lowest_priority": min(counts, default=0),
         "average_priority": round(sum(t.priority for t in ordered) / len(ordered), 2) if ordered else 0.0,
     }
 
-    ages = {t.id: max(0.0, (now - t.created_at).total_seconds()) for t in ordered}
+
+def _age_metrics(ordered: Sequence[Task], ages: dict[int, float]) -> dict[str, Any]:
     oldest = max(ordered, key=lambda t: (ages[t.id], -t.id), default=None)
     newest = min(ordered, key=lambda t: (ages[t.id], -t.id), default=None)
-    age = {
+    return {
         "oldest_task_age_hours": _hours(ages[oldest.id]) if oldest else 0.0,
         "newest_task_age_hours": _hours(ages[newest.id]) if newest else 0.0,
         "average_task_age_hours": _hours(sum(ages.values()) / len(ages)) if ages else 0.0,
@@ -122,46 +150,23 @@ def build(
         "newest_task_id": newest.id if newest else None,
     }
 
-    rows = [
-        {
-            "id": t.id,
-            "title": t.title,
-            "description": t.description,
-            "status": t.status,
-            "assigned_to": t.assigned_to,
-            "created_by": t.created_by,
-            "priority": t.priority,
-            "tags": list(t.tags),
-            "queue_name": t.queue_name,
-            "blocked_by_task_id": t.blocked_by_task_id,
-            "is_currently_blocked": t.is_currently_blocked,
-            "created_at": t.created_at.isoformat(),
-            "updated_at": t.updated_at.isoformat() if t.updated_at else None,
-            "age_hours": _hours(ages[t.id]),
-        }
-        for t in ordered
-    ]
 
+def _task_row(t: Task, age_sec: float) -> dict[str, Any]:
     return {
-        "generated_at": now.isoformat(timespec="seconds"),
-        "tinytask": tinytask,
-        "filters": {"status": list(statuses), "agent": agent},
-        "summary": {
-            "total_open_tasks": len(ordered),
-            "total_idle": by_status["idle"],
-            "total_working": by_status["working"],
-            "total_complete": by_status["complete"],
-            "total_blocked": sum(1 for t in ordered if t.is_currently_blocked),
-            "total_unassigned": sum(1 for t in ordered if not t.assigned_to),
-            "total_agents": len(agents_with_work),
-            "agents_with_work": agents_with_work,
-            "by_queue": dict(sorted(queues.items())),
-        },
-        "agent_breakdown": dict(sorted(breakdown.items())),
-        "priority_distribution": priorities,
-        "age_metrics": age,
-        "tasks": rows,
-        "skipped_malformed": list(skipped),
+        "id": t.id,
+        "title": t.title,
+        "description": t.description,
+        "status": t.status,
+        "assigned_to": t.assigned_to,
+        "created_by": t.created_by,
+        "priority": t.priority,
+        "tags": list(t.tags),
+        "queue_name": t.queue_name,
+        "blocked_by_task_id": t.blocked_by_task_id,
+        "is_currently_blocked": t.is_currently_blocked,
+        "created_at": t.created_at.isoformat(),
+        "updated_at": t.updated_at.isoformat() if t.updated_at else None,
+        "age_hours": _hours(age_sec),
     }
 
 
@@ -254,7 +259,7 @@ def render_table(report: dict[str, Any]) -> str:
         lines += ["", title]
         lines += table(headers, rows) if rows else ["  (none)"]
     footer = _footer(report)
-    return "\n".join(lines + ([""] + footer if footer else [])) + "\n"
+    return "\n".join(lines + (["", *footer] if footer else [])) + "\n"
 
 
 def _md_cell(value: Any) -> str:
@@ -272,7 +277,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "|".join("---" for _ in headers) + "|")
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     footer = _footer(report)
-    return "\n".join(lines + ([""] + footer if footer else [])) + "\n"
+    return "\n".join(lines + (["", *footer] if footer else [])) + "\n"
 
 
 def render(report: dict[str, Any], fmt: Format) -> str:

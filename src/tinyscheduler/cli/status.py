@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.tasks import FAILED_TAG
@@ -58,7 +58,7 @@ def table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> list
     """Left-aligned columns, as plain text lines."""
     cells = [headers, *[[str(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
         liveness={lease.task_id: probe(lease, boot_id) for lease in leases},
     )
     config = PlanConfig(limits={}, heartbeat_sec=settings.heartbeat_sec, max_runtime_sec=settings.max_runtime_sec)
-    for lease in sorted(leases, key=lambda l: (l.agent, l.task_id)):
+    for lease in sorted(leases, key=lambda lease: (lease.agent, lease.task_id)):
         decision = judge_lease(lease, snapshot, config)
         if instance and lease.owner == instance and decision.verdict in (LeaseVerdict.SETTLE, LeaseVerdict.RECOVER):
             # A lease of the running daemon without a live process is one its run is still

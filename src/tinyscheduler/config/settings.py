@@ -55,11 +55,14 @@ class ConfigError(Exception):
 
 
 def _setting(
-    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, help: str, **kwargs: Any
+    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, description: str, **kwargs: Any
 ) -> Any:
     # One place per setting for everything the CLI, `config --show` and error messages need.
     return Field(
-        default, description=help, json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect}, **kwargs
+        default,
+        description=description,
+        json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect},
+        **kwargs,
     )
 
 
@@ -69,8 +72,8 @@ _BOOL = "expected true or false"
 _PATH = "expected a path"
 
 
-class Settings(BaseSettings):
-    """The resolved configuration of one daemon instance (immutable; a reload builds a new one)."""
+class _Paths(BaseSettings):
+    """Where things are. Every relative path resolves against the base path."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
 
@@ -80,199 +83,35 @@ class Settings(BaseSettings):
         flag="--base-path",
         metavar="PATH",
         expect=_PATH,
-        help="folder every relative path resolves against",
+        description="folder every relative path resolves against",
     )
     running_dir: Path = _setting(
         Path("state/running"),
         flag="--running-dir",
         metavar="PATH",
         expect=_PATH,
-        help="lease files of the runs in flight",
+        description="lease files of the runs in flight",
     )
     log_dir: Path = _setting(
         Path("state/logs"),
         flag="--log-dir",
         metavar="PATH",
         expect=_PATH,
-        help="scheduler logs; run output goes to its tasks/ subfolder",
+        description="scheduler logs; run output goes to its tasks/ subfolder",
     )
     recipes_dir: Path = _setting(
         Path("recipes"),
         flag="--recipes-dir",
         metavar="PATH",
         expect=_PATH,
-        help="Goose recipes, <agent>.yaml unless the registry names one",
+        description="Goose recipes, <agent>.yaml unless the registry names one",
     )
     agent_control_file: Path = _setting(
         Path("agent-control.json"),
         flag="--agent-control-file",
         metavar="PATH",
         expect=_PATH,
-        help="agent registry; without it: legacy mode (agent limits only)",
-    )
-    agent_limits: dict[str, int] = _setting(
-        default_factory=dict,
-        flag="--agent-limit",
-        metavar="NAME=N",
-        expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
-        help="slots per agent, overriding the registry (the flag repeats; "
-        "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source",
-    )
-    default_slots: NonNegativeInt = _setting(
-        1,
-        flag="--default-slots",
-        metavar="N",
-        expect=_NON_NEGATIVE,
-        help="slots of a registry agent whose slots are set nowhere else",
-    )
-    goose_bin: str = _setting(
-        "goose",
-        flag="--goose-bin",
-        metavar="PATH",
-        expect="expected a program name or path",
-        help="goose executable: a bare name is looked up on PATH, a path resolves against the base path",
-    )
-    goose_args: str = _setting(
-        "",
-        flag="--goose-args",
-        metavar="ARGS",
-        expect="expected shell-style arguments",
-        help="extra arguments for `goose run`, shell-style quoting",
-    )
-    goose_output_format: OutputFormatName = _setting(
-        "stream-json",
-        flag="--goose-output-format",
-        metavar="FORMAT",
-        expect="expected stream-json, json or text",
-        help="goose's --output-format for runs: stream-json (success needs its complete event), json "
-        "(needs status completed) or text; an --output-format in the goose args wins",
-    )
-    text_success: TextSuccess = _setting(
-        "output",
-        flag="--text-success",
-        metavar="RULE",
-        expect="expected output or exit",
-        help="with text output, what proves success: output (exit 0 and some output) or exit (exit 0 alone)",
-    )
-    mcp_endpoint: str = _setting(
-        "http://127.0.0.1:3000",
-        flag="--mcp-endpoint",
-        metavar="URL",
-        expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
-        help="TinyTask base URL (a trailing /mcp is accepted)",
-    )
-    tinytask_protocol: Protocol = _setting(
-        "auto",
-        flag="--tinytask-protocol",
-        metavar="PROTOCOL",
-        expect="expected rest, mcp or auto",
-        help="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
-    )
-    loop_interval_sec: PositiveInt = _setting(
-        60,
-        flag="--loop-interval",
-        metavar="SECONDS",
-        expect=_POSITIVE,
-        help="seconds between passes (a run's end or a reload triggers one at once)",
-    )
-    heartbeat_sec: PositiveInt = _setting(
-        15,
-        flag="--heartbeat-interval",
-        metavar="SECONDS",
-        expect=_POSITIVE,
-        help="seconds between lease heartbeats and lease checks",
-    )
-    pass_timeout_sec: PositiveInt = _setting(
-        120,
-        flag="--pass-timeout",
-        metavar="SECONDS",
-        expect=_POSITIVE,
-        help="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
-        "the daemon (read at start)",
-    )
-    max_runtime_sec: PositiveInt = _setting(
-        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE, help="a run older than this is stopped"
-    )
-    stop_grace_sec: float = _setting(
-        10.0,
-        flag="--stop-grace",
-        metavar="SECONDS",
-        expect="expected a positive number of seconds",
-        gt=0,
-        allow_inf_nan=False,
-        help="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
-    )
-    idle_timeout_sec: NonNegativeInt = _setting(
-        0,
-        flag="--idle-timeout",
-        metavar="SECONDS",
-        expect=_NON_NEGATIVE,
-        help="stop a run that printed nothing for this long; 0 = off",
-    )
-    run_log_max_bytes: PositiveInt = _setting(
-        10 * 1024 * 1024,
-        flag="--run-log-max-bytes",
-        metavar="BYTES",
-        expect=_POSITIVE,
-        help="cap of one run's output log; beyond it the tail is kept",
-    )
-    retry_base_sec: NonNegativeInt = _setting(
-        60,
-        flag="--retry-base",
-        metavar="SECONDS",
-        expect=_NON_NEGATIVE,
-        help="backoff before the first retry of a failed run, doubling, capped at 1 h",
-    )
-    max_attempts: PositiveInt = _setting(
-        3,
-        flag="--max-attempts",
-        metavar="N",
-        expect=_POSITIVE,
-        help="failed attempts before a task is tagged tinyscheduler:failed",
-    )
-    shutdown_grace_sec: NonNegativeInt = _setting(
-        30,
-        flag="--shutdown-grace",
-        metavar="SECONDS",
-        expect=_NON_NEGATIVE,
-        help="on SIGTERM, wait this long for runs before stopping them",
-    )
-    log_level: LogLevel = _setting(
-        "INFO",
-        flag="--log-level",
-        metavar="LEVEL",
-        expect="expected DEBUG, INFO, WARNING or ERROR",
-        help="DEBUG, INFO, WARNING or ERROR",
-    )
-    log_format: LogFormat = _setting(
-        "auto",
-        flag="--log-format",
-        metavar="FORMAT",
-        expect="expected auto, console, json or journal",
-        help="auto, console, json or journal (auto: journal under journald, else console)",
-    )
-    log_keep_days: PositiveInt = _setting(
-        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE, help="days of scheduler log files to keep"
-    )
-    dry_run: bool = _setting(
-        False, flag="--dry-run", metavar="", expect=_BOOL, help="print the plan, change nothing anywhere"
-    )
-    enabled: bool = _setting(
-        True,
-        flag="--enabled",
-        metavar="",
-        expect=_BOOL,
-        help="kill switch: when false, `run` (unless a dry run) does nothing and exits 0",
-    )
-    disable_blocking: bool = _setting(
-        False,
-        flag="--disable-blocking",
-        metavar="",
-        expect=_BOOL,
-        help="ignore task blockers and keep the server's order",
-    )
-    lock_file: Path = _setting(
-        Path("state/tinyscheduler.lock"), flag="--lock-file", metavar="PATH", expect=_PATH, help="single-instance lock"
+        description="agent registry; without it: legacy mode (agent limits only)",
     )
 
     @classmethod
@@ -288,7 +127,14 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     @field_validator(
-        "base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="before"
+        "base_path",
+        "running_dir",
+        "log_dir",
+        "recipes_dir",
+        "agent_control_file",
+        "lock_file",
+        mode="before",
+        check_fields=False,
     )
     @classmethod
     def _non_blank_path(cls, value: Any) -> Any:
@@ -302,12 +148,34 @@ class Settings(BaseSettings):
     def _absolute_base(cls, value: Path) -> Path:
         return Path.cwd() / value.expanduser()
 
-    @field_validator("running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="after")
+    @field_validator(
+        "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="after", check_fields=False
+    )
     @classmethod
     def _under_base(cls, value: Path, info: ValidationInfo) -> Path:
         base = info.data.get("base_path")
         # Without a valid base path its own error is reported; this value stays as given.
         return value if base is None else base / value.expanduser()
+
+
+class _Agents(_Paths):
+    """Which agents run, and how many runs each may have at once."""
+
+    agent_limits: dict[str, int] = _setting(
+        default_factory=dict,
+        flag="--agent-limit",
+        metavar="NAME=N",
+        expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
+        description="slots per agent, overriding the registry (the flag repeats; "
+        "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source",
+    )
+    default_slots: NonNegativeInt = _setting(
+        1,
+        flag="--default-slots",
+        metavar="N",
+        expect=_NON_NEGATIVE,
+        description="slots of a registry agent whose slots are set nowhere else",
+    )
 
     @field_validator("agent_limits", mode="before")
     @classmethod
@@ -319,6 +187,40 @@ class Settings(BaseSettings):
         if isinstance(value, Mapping):
             return {_agent_name(k): _slot_count(v, k) for k, v in value.items()}
         return value
+
+
+class _Goose(_Agents):
+    """How a run is started and what proves that it succeeded."""
+
+    goose_bin: str = _setting(
+        "goose",
+        flag="--goose-bin",
+        metavar="PATH",
+        expect="expected a program name or path",
+        description="goose executable: a bare name is looked up on PATH, a path resolves against the base path",
+    )
+    goose_args: str = _setting(
+        "",
+        flag="--goose-args",
+        metavar="ARGS",
+        expect="expected shell-style arguments",
+        description="extra arguments for `goose run`, shell-style quoting",
+    )
+    goose_output_format: OutputFormatName = _setting(
+        "stream-json",
+        flag="--goose-output-format",
+        metavar="FORMAT",
+        expect="expected stream-json, json or text",
+        description="goose's --output-format for runs: stream-json (success needs its complete event), json "
+        "(needs status completed) or text; an --output-format in the goose args wins",
+    )
+    text_success: TextSuccess = _setting(
+        "output",
+        flag="--text-success",
+        metavar="RULE",
+        expect="expected output or exit",
+        description="with text output, what proves success: output (exit 0 and some output) or exit (exit 0 alone)",
+    )
 
     @field_validator("goose_bin", mode="after")
     @classmethod
@@ -339,6 +241,25 @@ class Settings(BaseSettings):
             raise ValueError(f"expected shell-style arguments ({exc})") from None
         return value
 
+
+class _TinyTask(_Goose):
+    """Where the tasks are."""
+
+    mcp_endpoint: str = _setting(
+        "http://127.0.0.1:3000",
+        flag="--mcp-endpoint",
+        metavar="URL",
+        expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
+        description="TinyTask base URL (a trailing /mcp is accepted)",
+    )
+    tinytask_protocol: Protocol = _setting(
+        "auto",
+        flag="--tinytask-protocol",
+        metavar="PROTOCOL",
+        expect="expected rest, mcp or auto",
+        description="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
+    )
+
     @field_validator("mcp_endpoint", mode="after")
     @classmethod
     def _endpoint(cls, value: str) -> str:
@@ -348,15 +269,146 @@ class Settings(BaseSettings):
             raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:3000")
         return url
 
+
+class _Timing(_TinyTask):
+    """How often and for how long: passes, heartbeats, runs, retries, shutdown."""
+
+    loop_interval_sec: PositiveInt = _setting(
+        60,
+        flag="--loop-interval",
+        metavar="SECONDS",
+        expect=_POSITIVE,
+        description="seconds between passes (a run's end or a reload triggers one at once)",
+    )
+    heartbeat_sec: PositiveInt = _setting(
+        15,
+        flag="--heartbeat-interval",
+        metavar="SECONDS",
+        expect=_POSITIVE,
+        description="seconds between lease heartbeats and lease checks",
+    )
+    pass_timeout_sec: PositiveInt = _setting(
+        120,
+        flag="--pass-timeout",
+        metavar="SECONDS",
+        expect=_POSITIVE,
+        description="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
+        "the daemon (read at start)",
+    )
+    max_runtime_sec: PositiveInt = _setting(
+        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE, description="a run older than this is stopped"
+    )
+    stop_grace_sec: float = _setting(
+        10.0,
+        flag="--stop-grace",
+        metavar="SECONDS",
+        expect="expected a positive number of seconds",
+        gt=0,
+        allow_inf_nan=False,
+        description="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
+    )
+    idle_timeout_sec: NonNegativeInt = _setting(
+        0,
+        flag="--idle-timeout",
+        metavar="SECONDS",
+        expect=_NON_NEGATIVE,
+        description="stop a run that printed nothing for this long; 0 = off",
+    )
+    run_log_max_bytes: PositiveInt = _setting(
+        10 * 1024 * 1024,
+        flag="--run-log-max-bytes",
+        metavar="BYTES",
+        expect=_POSITIVE,
+        description="cap of one run's output log; beyond it the tail is kept",
+    )
+    retry_base_sec: NonNegativeInt = _setting(
+        60,
+        flag="--retry-base",
+        metavar="SECONDS",
+        expect=_NON_NEGATIVE,
+        description="backoff before the first retry of a failed run, doubling, capped at 1 h",
+    )
+    max_attempts: PositiveInt = _setting(
+        3,
+        flag="--max-attempts",
+        metavar="N",
+        expect=_POSITIVE,
+        description="failed attempts before a task is tagged tinyscheduler:failed",
+    )
+    shutdown_grace_sec: NonNegativeInt = _setting(
+        30,
+        flag="--shutdown-grace",
+        metavar="SECONDS",
+        expect=_NON_NEGATIVE,
+        description="on SIGTERM, wait this long for runs before stopping them",
+    )
+
+
+class _Logging(_Timing):
+    """What the daemon says, and where."""
+
+    log_level: LogLevel = _setting(
+        "INFO",
+        flag="--log-level",
+        metavar="LEVEL",
+        expect="expected DEBUG, INFO, WARNING or ERROR",
+        description="DEBUG, INFO, WARNING or ERROR",
+    )
+    log_format: LogFormat = _setting(
+        "auto",
+        flag="--log-format",
+        metavar="FORMAT",
+        expect="expected auto, console, json or journal",
+        description="auto, console, json or journal (auto: journal under journald, else console)",
+    )
+    log_keep_days: PositiveInt = _setting(
+        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE, description="days of scheduler log files to keep"
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "tinytask_protocol", "goose_output_format", "text_success", mode="before")
+    @field_validator(
+        "log_format", "tinytask_protocol", "goose_output_format", "text_success", mode="before", check_fields=False
+    )
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+
+class Settings(_Logging):
+    """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
+
+    The fields are declared in sections (the classes above, in this order), which is also their order
+    in `config --show`, the README and the example env file.
+    """
+
+    dry_run: bool = _setting(
+        False, flag="--dry-run", metavar="", expect=_BOOL, description="print the plan, change nothing anywhere"
+    )
+    enabled: bool = _setting(
+        True,
+        flag="--enabled",
+        metavar="",
+        expect=_BOOL,
+        description="kill switch: when false, `run` (unless a dry run) does nothing and exits 0",
+    )
+    disable_blocking: bool = _setting(
+        False,
+        flag="--disable-blocking",
+        metavar="",
+        expect=_BOOL,
+        description="ignore task blockers and keep the server's order",
+    )
+    lock_file: Path = _setting(
+        Path("state/tinyscheduler.lock"),
+        flag="--lock-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="single-instance lock",
+    )
 
     # Derived locations: one definition, so no module builds these paths by hand.
     @property

@@ -92,9 +92,9 @@ def _moment(value: Any, field: str) -> datetime:
     raise LeaseFormatError(f"field {field}: expected a timestamp, got {value!r}")
 
 
-def _int(data: dict[str, Any], field: str, *, optional: bool, digits_ok: bool = False) -> int | None:
+def _optional_int(data: dict[str, Any], field: str, *, digits_ok: bool = False) -> int | None:
     value = data.get(field)
-    if value is None and optional:
+    if value is None:
         return None
     if digits_ok and isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
@@ -103,14 +103,24 @@ def _int(data: dict[str, Any], field: str, *, optional: bool, digits_ok: bool = 
     return value
 
 
-def _str(data: dict[str, Any], field: str, *, optional: bool, default: str = "") -> str | None:
-    value = data.get(field)
+def _int(data: dict[str, Any], field: str, *, digits_ok: bool = False) -> int:
+    value = _optional_int(data, field, digits_ok=digits_ok)
     if value is None:
-        if optional:
-            return default or None
-        raise LeaseFormatError(f"field {field}: missing")
-    if not isinstance(value, str):
+        raise LeaseFormatError(f"field {field}: expected an integer, got None")
+    return value
+
+
+def _optional_str(data: dict[str, Any], field: str) -> str | None:
+    value = data.get(field)
+    if value is not None and not isinstance(value, str):
         raise LeaseFormatError(f"field {field}: expected a string, got {value!r}")
+    return value
+
+
+def _str(data: dict[str, Any], field: str) -> str:
+    value = _optional_str(data, field)
+    if value is None:
+        raise LeaseFormatError(f"field {field}: missing")
     return value
 
 
@@ -118,35 +128,36 @@ def lease_from_json(data: Any, default_host: str = "") -> Lease:
     """A lease from its decoded JSON; `default_host` stands in for an original-schema lease without one."""
     if not isinstance(data, dict):
         raise LeaseFormatError(f"expected a JSON object, got {type(data).__name__}")
-    state_text = _str(data, "state", optional=True, default=LeaseState.RUNNING.value)
+    state_text = _optional_str(data, "state")
     try:
-        state = LeaseState(state_text)
+        state = LeaseState.RUNNING if state_text is None else LeaseState(state_text)
     except ValueError:
         allowed = ", ".join(s.value for s in LeaseState)
         raise LeaseFormatError(f"field state: expected one of {allowed}, got {state_text!r}") from None
     started_at = _moment(data.get("started_at"), "started_at")
     heartbeat = _moment(data["heartbeat"], "heartbeat") if data.get("heartbeat") is not None else started_at
+    host = _optional_str(data, "host")
     return Lease(
         # The original scheduler wrote the task id as a JSON string ("42").
-        task_id=_int(data, "task_id", optional=False, digits_ok=True),  # type: ignore[arg-type]
-        agent=_str(data, "agent", optional=False),  # type: ignore[arg-type]
-        pid=_int(data, "pid", optional=True),
-        recipe=_str(data, "recipe", optional=True, default="") or "",
+        task_id=_int(data, "task_id", digits_ok=True),
+        agent=_str(data, "agent"),
+        pid=_optional_int(data, "pid"),
+        recipe=_optional_str(data, "recipe") or "",
         started_at=started_at,
         heartbeat=heartbeat,
-        host=_str(data, "host", optional=True, default=default_host),  # type: ignore[arg-type]
+        host=default_host if host is None else host,
         state=state,
-        pgid=_int(data, "pgid", optional=True),
-        boot_id=_str(data, "boot_id", optional=True),
-        start_ticks=_int(data, "start_ticks", optional=True),
-        owner=_str(data, "owner", optional=True),
-        attempt=_int(data, "attempt", optional=True) or 1,
-        log_path=_str(data, "log_path", optional=True),
-        keeper_pid=_int(data, "keeper_pid", optional=True),
-        keeper_ticks=_int(data, "keeper_ticks", optional=True),
-        cgroup=_str(data, "cgroup", optional=True),
-        outcome=_str(data, "outcome", optional=True),
-        outcome_detail=_str(data, "outcome_detail", optional=True),
+        pgid=_optional_int(data, "pgid"),
+        boot_id=_optional_str(data, "boot_id"),
+        start_ticks=_optional_int(data, "start_ticks"),
+        owner=_optional_str(data, "owner"),
+        attempt=_optional_int(data, "attempt") or 1,
+        log_path=_optional_str(data, "log_path"),
+        keeper_pid=_optional_int(data, "keeper_pid"),
+        keeper_ticks=_optional_int(data, "keeper_ticks"),
+        cgroup=_optional_str(data, "cgroup"),
+        outcome=_optional_str(data, "outcome"),
+        outcome_detail=_optional_str(data, "outcome_detail"),
     )
 
 

@@ -93,6 +93,9 @@ class EvidenceRule:
     text_needs_output: bool = True
 
 
+DEFAULT_EVIDENCE = EvidenceRule()
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token totals and the model, when goose reports them."""

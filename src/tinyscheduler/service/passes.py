@@ -52,14 +52,17 @@ class PassRunner:
 
     async def loop(self) -> None:
         rt = self.runtime
-        while not rt.stopping:
+        while not self._stopping():
             await self.run_pass()
-            if rt.stopping:
+            if self._stopping():
                 return
             delay = float(rt.config.settings.loop_interval_sec)
             if not self.report.ok:
                 delay = min(delay, PASS_RETRY_BASE_SEC * 2 ** (self.report.consecutive_failures - 1))
             await rt.tick.wait(delay)
+
+    def _stopping(self) -> bool:
+        return self.runtime.stopping
 
     async def run_pass(self) -> None:
         rt = self.runtime

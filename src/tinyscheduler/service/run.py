@@ -50,7 +50,7 @@ from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError,
 from tinyscheduler.config.registry import recipe_problem
 from tinyscheduler.core.goose import child_environment, goose_command, output_format_of
 from tinyscheduler.core.leases import Lease, LeaseState
-from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, RunVerdict
+from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict
 from tinyscheduler.core.policy import claim_refusal, history_reset
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
 from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
@@ -86,7 +86,7 @@ class RunPolicy:
     #: Whether a blocked task may not be claimed (TINYSCHEDULER_DISABLE_BLOCKING turns it off).
     blocking: bool = True
     #: goose's --output-format (added unless goose_args has one) and what proves success with it.
-    evidence: EvidenceRule = EvidenceRule()
+    evidence: EvidenceRule = DEFAULT_EVIDENCE
 
     @property
     def limits(self) -> Limits:

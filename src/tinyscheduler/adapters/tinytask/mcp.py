@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import urljoin
@@ -56,13 +56,13 @@ NEW_SERVER_TASK_KEYS = frozenset({"queue_name", "is_currently_blocked"})
 STREAM_END_GRACE_SEC = 0.5
 
 
-async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+async def sse_events(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str], None]:
     """(event, data) pairs of a text/event-stream; multi-line data is joined with newlines.
 
     An event cut off by the end of the stream is still delivered: a server that closes right
     after its last `data:` line has said all it will say.
     """
-    event, data = "", []
+    event, data = "", list[str]()
     async for line in lines:
         if not line:
             if data:
@@ -361,10 +361,10 @@ class _EventStream(_Channel):
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    async def _read(self, http: httpx.AsyncClient, url: str, timeout: httpx.Timeout) -> None:
+    async def _read(self, http: httpx.AsyncClient, url: str, timeouts: httpx.Timeout) -> None:
         cause = "the server closed it"
         try:
-            async with http.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeout) as response:
+            async with http.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeouts) as response:
                 await check_status(response, f"GET {httpx.URL(url).path}")
                 async for event, data in sse_events(response.aiter_lines()):
                     if event == "endpoint" and not self.endpoint:
@@ -457,8 +457,9 @@ def _rpc_result(reply: Any, method: str) -> dict[str, Any]:
 def _tool_text(result: dict[str, Any], tool: str) -> str:
     content = result.get("content")
     first = content[0] if isinstance(content, list) and content else None
-    if isinstance(first, dict) and isinstance(first.get("text"), str):
-        return first["text"]
+    text = first.get("text") if isinstance(first, dict) else None
+    if isinstance(text, str):
+        return text
     raise TinyTaskBadReply(f"MCP {tool}: expected text content, got {one_line(json.dumps(result), 80)}")
 
 

@@ -127,7 +127,10 @@ def parse_tasks(raw: Any, where: str) -> TaskBatch:
     problems: list[TaskProblem] = []
     for item in raw:
         parsed = parse_task(item, where)
-        (tasks if isinstance(parsed, Task) else problems).append(parsed)
+        if isinstance(parsed, Task):
+            tasks.append(parsed)
+        else:
+            problems.append(parsed)
     return TaskBatch(tuple(tasks), tuple(problems))
 
 
