@@ -66,7 +66,9 @@ def test_daemon_unit() -> None:
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["WatchdogSec"] == ["60"]
     assert service["Restart"] == ["on-failure"]
-    assert service["KillMode"] == ["mixed"]
+    # Runs survive a restart or a crash of the daemon (it adopts them again); it contains them itself.
+    assert service["KillMode"] == ["process"]
+    assert service["Delegate"] == ["yes"]
     assert service["SyslogIdentifier"] == ["tinyscheduler"]
     assert service["WorkingDirectory"] == [INSTALL]
     assert service["Environment"] == [f"TINYSCHEDULER_BASE_PATH={INSTALL}"]
