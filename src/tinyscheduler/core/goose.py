@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tinyscheduler.core.standin import STANDIN_MARKER
+
+__all__ = ["STANDIN_MARKER", "child_environment", "goose_command", "output_format_of", "scrubbed_environ"]
+
 #: Variables systemd hands to the service itself; a child that inherits them could ping the
 #: watchdog or report readiness on our behalf (NotifyAccess=all) or claim our sockets.
 SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")

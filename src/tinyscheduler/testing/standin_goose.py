@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["INTERRUPTED_TEXT", "MAX_TURNS_TEXT", "MODES", "STANDIN_MARKER", "main", "write_launcher"]
 
 #: In the first line of `--version`: how the daemon can tell the stand-in from goose and refuse it.
-STANDIN_MARKER = "tinyscheduler stand-in goose (not goose)"
+from tinyscheduler.core.standin import STANDIN_MARKER  # noqa: E402  (one definition, also read by the daemon)
 
 #: What the <arg> of a `standin:<mode>:<arg>` tag sets, by mode (`seconds` for the others).
 TAG_ARGUMENT = {
