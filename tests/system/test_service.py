@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pytest
 
 from tinyscheduler.testing.fake import FakeTinyTask
@@ -157,6 +158,17 @@ class Service:
             output = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(none)"
             raise AssertionError(f"{exc}\nsystemd: {shown}\ndaemon output:\n{output}") from None
 
+    def cgroup_root(self) -> str:
+        """The unit's cgroup folder (the daemon's own, where its per-run cgroups go)."""
+        pid = int(self.show("MainPID")["MainPID"])
+        own = next(line[3:] for line in run_cgroup(pid).splitlines() if line.startswith("0::"))
+        mount = next(
+            line.split(" - ")[0].split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split(" - ")[1].startswith("cgroup2 ")
+        )
+        return mount + own
+
     def wait_status(self, pattern: str, timeout: float = 15) -> None:
         self.wait(lambda: re.search(pattern, self.status_text()), f"StatusText matching {pattern!r}", timeout)
 
@@ -173,7 +185,11 @@ def service(user_manager: UserManager, tmp_path: Path, fake: FakeTinyTask) -> It
     for folder in ("state", "home", "etc"):
         (tmp_path / folder).mkdir()
     # goose.env is the runs' environment (systemd's EnvironmentFile=): where the stand-in records.
-    (tmp_path / "etc" / "goose.env").write_text(f"TINYSCHEDULER_STANDIN_RECORD={workspace.records_file}\n")
+    (tmp_path / "task-locks").mkdir()
+    (tmp_path / "etc" / "goose.env").write_text(
+        f"TINYSCHEDULER_STANDIN_RECORD={workspace.records_file}\n"
+        f"TINYSCHEDULER_STANDIN_LOCK_DIR={tmp_path / 'task-locks'}\n"
+    )
     unit = Service(user_manager, workspace)
     unit.write_settings()
     yield unit
@@ -283,3 +299,62 @@ def test_stop_drains_the_runs_and_exits_cleanly(service: Service, fake: FakeTiny
     }
     assert service.workspace.leases() == []
     assert processes_of(service.base) == []
+
+
+def alive(pids: list[int]) -> list[int]:
+    found = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def run_cgroup(pid: int) -> str:
+    return Path(f"/proc/{pid}/cgroup").read_text()
+
+
+def test_a_restart_leaves_the_runs_running_and_the_next_instance_adopts_them(
+    service: Service, fake: FakeTinyTask
+) -> None:
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:3")
+    service.workspace.write_recipe("dev", {"mode": "succeed", "seconds": 4})
+    tasks = [fake.create_task(f"task {i}", assigned_to="dev") for i in range(3)]
+    service.install()
+    service.manager.systemctl("start", UNIT)
+    service.wait(lambda: len(starts(service.workspace)) == 3, "three runs started")
+    runs = [r["pid"] for r in starts(service.workspace)]
+    assert all("tinyscheduler-run-" in run_cgroup(pid) for pid in runs), "each run in a cgroup of its own"
+    first_pid = service.show("MainPID")["MainPID"]
+
+    service.manager.systemctl("restart", UNIT)  # returns once the new instance sent READY=1
+
+    assert service.show("MainPID")["MainPID"] != first_pid
+    assert alive(runs) == runs, "the restart killed runs in flight"
+    service.wait(lambda: all(fake.task(t["id"])["status"] == "complete" for t in tasks), "every task complete", 30)
+    records = service.workspace.records()
+    assert len(starts(service.workspace)) == 3, "no run was started again"
+    assert sorted(r["exit"] for r in records if r["event"] == "end") == [0, 0, 0]
+    assert [r for r in records if r["event"] == "overlap"] == []
+    log = service.log.read_text()
+    assert log.count('"event": "run_adopted"') == 3 and '"event": "handing_off"' in log
+    assert [fake.comments(t["id"]) for t in tasks] == [[], [], []], "each outcome reported once, quietly"
+    service.wait(lambda: service.workspace.leases() == [], "no lease left")
+
+
+@pytest.mark.parametrize("mode", ["setsid-child", "double-fork", "background-child", "escaped-writer"])
+def test_what_a_run_started_dies_with_it_under_systemd(service: Service, fake: FakeTinyTask, mode: str) -> None:
+    service.write_settings(TINYSCHEDULER_AGENT_LIMITS="dev:1")
+    service.workspace.write_recipe("dev", {"mode": mode, "linger": 300})
+    task = fake.create_task("leaves something behind", assigned_to="dev")
+    service.install()
+    service.manager.systemctl("start", UNIT)
+    service.wait(lambda: fake.task(task["id"])["status"] == "complete", "the run done")
+    left = [r["child"] for r in service.workspace.records() if r["event"] == "child"]
+    assert left, f"the stand-in's {mode} mode left nothing to catch"
+    # Killed with the run's cgroup when goose exited, before its outcome was reported.
+    assert alive(left) == []
+    cgroups = list(Path(service.cgroup_root()).glob("tinyscheduler-run-*"))
+    assert cgroups == [], "the run's cgroup is removed with it"

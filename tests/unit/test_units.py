@@ -88,7 +88,9 @@ def test_hardening(unit: str) -> None:
     service = directives(UNITS / unit)["Service"]
     assert service["NoNewPrivileges"] == ["yes"]
     assert service["ProtectSystem"] == ["strict"]
-    assert service["PrivateTmp"] == ["yes"]
+    # The daemon's runs outlive a restart of its unit, and a private /tmp is removed under them when
+    # the instance that made it stops; the one-shot unit waits for its runs.
+    assert service.get("PrivateTmp") == (["yes"] if "oneshot" in unit else None)
     assert service["ProtectHome"] == ["read-only"]
     assert f"{INSTALL}/state" in service["ReadWritePaths"][0].split()
 

@@ -176,6 +176,9 @@ class RunSession:
 
     async def _settle(self) -> ProcessEnd:
         """The process ended while no daemon watched: the rest of its output, then its evidence."""
+        # Into the log before the keeper is killed: a daemon killed in between must not lose it.
+        if self.output.read_fd is not None:
+            drain(self.output.read_fd, self.output.run_log)
         await self.contain()
         if self.output.read_fd is not None:
             drain(self.output.read_fd, self.output.run_log)

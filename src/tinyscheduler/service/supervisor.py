@@ -22,7 +22,7 @@ import anyio.abc
 
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.process import ExitWatch, RunProcess, stop_process_group
-from tinyscheduler.adapters.runlog import RunLog, pump
+from tinyscheduler.adapters.runlog import RunLog, drain, pump
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import ProcessEnd, StopCause
 from tinyscheduler.service.runtime import Waker
@@ -117,6 +117,10 @@ class Supervision:
                 duration = time.monotonic() - began
                 if self._ladder_done is not None:
                     await self._ladder_done.wait()
+                # goose's last words are in the pipe now: into the log before anything is killed, so a
+                # daemon killed right here leaves them on disk (the keeper dies with what it holds).
+                if self.read_fd is not None:
+                    drain(self.read_fd, self.run_log)
                 # What the run left behind holds the pipe open: once it is gone, the output ends.
                 await self.contain()
                 with anyio.move_on_after(DRAIN_SEC):
