@@ -5,7 +5,6 @@ Kept private so the public surface stays the `TinyTaskClient` interface plus the
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import random
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 import httpx
 
 from tinyscheduler.adapters.tinytask.client import TinyTaskClient
@@ -65,7 +65,7 @@ class RetryPolicy:
 
     retries: int = 3
     backoff_base: float = 0.2
-    sleep: Sleep = field(default=asyncio.sleep)
+    sleep: Sleep = field(default=anyio.sleep)
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.backoff_base < 0:
@@ -241,7 +241,7 @@ class HttpClient(TinyTaskClient):
         read_timeout: float = 15.0,
         retries: int = 3,
         backoff_base: float = 0.2,
-        sleep: Sleep = asyncio.sleep,
+        sleep: Sleep = anyio.sleep,
         page_size: int = 500,
     ) -> None:
         if page_size < 1:

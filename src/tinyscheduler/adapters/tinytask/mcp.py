@@ -15,7 +15,6 @@ sentence, a blank line and JSON.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import itertools
 import json
@@ -24,6 +23,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import urljoin
 
+import anyio
 import httpx
 
 from tinyscheduler import __version__
@@ -44,7 +44,6 @@ from tinyscheduler.adapters.tinytask.client import SCHEDULER_NAME
 from tinyscheduler.adapters.tinytask.errors import (
     TaskNotFound,
     TinyTaskBadReply,
-    TinyTaskError,
     TinyTaskRejected,
 )
 from tinyscheduler.adapters.tinytask.models import ServerFeatures, TaskBatch, parse_tasks
@@ -99,7 +98,7 @@ class _McpClient(HttpClient):
         super().__init__(base_url, **options)
         self.mcp_url = self.base_url + "/mcp"
         self._ids = itertools.count(1)
-        self._channel_lock = asyncio.Lock()
+        self._channel_lock = anyio.Lock()
         self._current: _Channel | None = None
         # Optimistic until `detect_features` has asked the server (`connect` always does).
         self.features = ServerFeatures(protocol=self.transport)
@@ -281,14 +280,14 @@ class McpHttpClient(_McpClient):
         """
         if self._streams_stay_open:
             return
-        try:
-            async with asyncio.timeout(STREAM_END_GRACE_SEC):
+        with anyio.move_on_after(STREAM_END_GRACE_SEC) as scope:
+            try:
                 async for _ in events:  # events after the reply are addressed to nobody here
                     pass
-        except TimeoutError:
+            except (httpx.HTTPError, Transient):
+                pass  # the reply is in hand; the connection is dropped, as it would have been
+        if scope.cancelled_caught:
             self._streams_stay_open = True
-        except (httpx.HTTPError, Transient):
-            pass  # the reply is in hand; the connection is dropped, as it would have been
 
     async def _open(self) -> _Channel:
         return _HttpSession()
@@ -320,73 +319,89 @@ class McpHttpClient(_McpClient):
 
 
 class _EventStream(_Channel):
-    """The legacy transport's `GET /mcp` stream, read by a background task.
+    """The legacy transport's `GET /mcp` stream, read by whichever call is waiting for a reply.
 
-    Replies are handed to the waiting call by JSON-RPC id. When the stream ends, every waiting call
-    fails as `Transient`, so the retry policy opens a new stream and sends the call again.
+    No background reader: a call holds the stream's lock while it reads events, keeps the replies
+    addressed to other waiting calls for them, and returns at its own. When the stream ends, every
+    call fails as `Transient`, so the retry policy opens a new stream and sends the call again.
     """
 
     def __init__(self, http: httpx.AsyncClient, url: str, connect_timeout: float) -> None:
         super().__init__()
         self.endpoint = ""
-        self._ready = asyncio.Event()
-        self._failure: TinyTaskError | Transient | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._http = http
+        self._url = url
+        self._connect_timeout = connect_timeout
+        self._response: httpx.Response | None = None
+        self._events: AsyncIterator[tuple[str, str]] | None = None
+        self._reading = anyio.Lock()
+        self._waiting: set[int] = set()
+        self._replies: dict[int, dict[str, Any]] = {}
+
+    async def open(self, within: float) -> None:
+        """Connect and read up to the `endpoint` event."""
         # The stream is idle between calls by design, so it has no read timeout; a dead peer shows
         # up as a call that gets no reply in time, and that call closes the stream.
-        timeout = httpx.Timeout(connect_timeout, read=None)
-        self._task = asyncio.create_task(self._read(http, url, timeout))
-
-    async def opened(self, within: float) -> None:
-        try:
-            await asyncio.wait_for(self._ready.wait(), within)
-        except TimeoutError:
+        timeout = httpx.Timeout(self._connect_timeout, read=None)
+        request = self._http.build_request("GET", self._url, headers={"Accept": "text/event-stream"}, timeout=timeout)
+        with anyio.move_on_after(within) as scope:
+            try:
+                self._response = await self._http.send(request, stream=True)
+                await check_status(self._response, f"GET {httpx.URL(self._url).path}")
+                self._events = sse_events(self._response.aiter_lines())
+                while not self.endpoint:
+                    event, data = await self._next()
+                    if event == "endpoint":
+                        self.endpoint = urljoin(self._url, data.strip())
+            except httpx.HTTPError as exc:
+                await self.close()
+                raise Transient(f"MCP event stream ended before its endpoint event: {describe(exc)}") from None
+            except BaseException:
+                await self.close()
+                raise
+        if scope.cancelled_caught:
             await self.close()
-            raise Transient(f"no endpoint event on the MCP event stream within {within:g} s") from None
-        if self._failure is not None:
-            raise self._failure
+            raise Transient(f"no endpoint event on the MCP event stream within {within:g} s")
 
-    def expect(self, ident: int) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, ident: int) -> None:
+        """Keep the reply to `ident` when it comes (register before posting: it may come first)."""
         if self.closed:
             raise Transient("MCP event stream closed")
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = waiter
-        return waiter
+        self._waiting.add(ident)
 
     def forget(self, ident: int) -> None:
-        self._pending.pop(ident, None)
+        self._waiting.discard(ident)
+        self._replies.pop(ident, None)
 
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _read(self, http: httpx.AsyncClient, url: str, timeouts: httpx.Timeout) -> None:
-        cause = "the server closed it"
-        try:
-            async with http.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeouts) as response:
-                await check_status(response, f"GET {httpx.URL(url).path}")
-                async for event, data in sse_events(response.aiter_lines()):
-                    if event == "endpoint" and not self.endpoint:
-                        self.endpoint = urljoin(url, data.strip())
-                        self._ready.set()
-                    elif event == "message":
+    async def reply(self, ident: int, within: float) -> dict[str, Any]:
+        with anyio.move_on_after(within):
+            async with self._reading:
+                while ident not in self._replies:
+                    event, data = await self._next()
+                    if event == "message":
                         self._deliver(data)
-        except (TinyTaskError, Transient) as exc:
-            self._failure = exc
+            return self._replies.pop(ident)
+        await self.close()
+        raise Transient(f"no reply on the MCP event stream within {within:g} s")
+
+    async def _next(self) -> tuple[str, str]:
+        if self._events is None or self.closed:
+            raise Transient("MCP event stream closed")
+        try:
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            cause = "the server closed it"
         except httpx.HTTPError as exc:
             cause = describe(exc)
-        except asyncio.CancelledError:
-            cause = "closed by the client"
-            raise
-        finally:
-            self.closed = True
-            if self._failure is None and not self.endpoint:
-                self._failure = Transient(f"MCP event stream ended before its endpoint event: {cause}")
-            self._ready.set()
-            for waiter in self._pending.values():
-                if not waiter.done():
-                    waiter.set_exception(Transient(f"MCP event stream lost: {cause}"))
+        await self.close()
+        raise Transient(f"MCP event stream lost: {cause}")
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._response is not None:
+            response, self._response = self._response, None
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
 
     def _deliver(self, data: str) -> None:
         # Anything that is not a reply to a waiting call (a server ping, a late reply to an attempt
@@ -395,9 +410,8 @@ class _EventStream(_Channel):
         if not isinstance(reply, dict):
             return
         ident = reply.get("id")
-        waiter = self._pending.get(ident) if isinstance(ident, int) else None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(reply)
+        if isinstance(ident, int) and ident in self._waiting:
+            self._replies[ident] = reply
 
 
 class McpSseClient(_McpClient):
@@ -413,14 +427,15 @@ class McpSseClient(_McpClient):
 
     async def _open(self) -> _Channel:
         stream = _EventStream(self._api.http, self.mcp_url, self._api.connect_timeout)
-        await stream.opened(within=self._api.connect_timeout + self._api.read_timeout)
+        await stream.open(within=self._api.connect_timeout + self._api.read_timeout)
         return stream
 
     async def _send(self, channel: _Channel, message: dict[str, Any]) -> dict[str, Any] | None:
         assert isinstance(channel, _EventStream)
         ident = message.get("id")
         # Register for the reply before posting: it can arrive on the stream before the POST returns.
-        waiter = channel.expect(ident) if isinstance(ident, int) else None
+        if isinstance(ident, int):
+            channel.expect(ident)
         try:
             response = await self._api.http.post(channel.endpoint, json=message)
             if response.status_code == 404:
@@ -428,13 +443,9 @@ class McpSseClient(_McpClient):
                 await channel.close()
                 raise Transient("MCP SSE session lost (HTTP 404)")
             await check_status(response, "POST /mcp")
-            if waiter is None:
+            if not isinstance(ident, int):
                 return None
-            try:
-                return await asyncio.wait_for(waiter, self._api.read_timeout)
-            except TimeoutError:
-                await channel.close()
-                raise Transient(f"no reply on the MCP event stream within {self._api.read_timeout:g} s") from None
+            return await channel.reply(ident, self._api.read_timeout)
         finally:
             if isinstance(ident, int):
                 channel.forget(ident)
