@@ -62,6 +62,29 @@ def evidence_rule(goose_args: list[str], output_format: str, text_success: str) 
     return EvidenceRule(fmt, text_needs_output=text_success == "output")
 
 
+def run_policy(runtime: Runtime) -> RunPolicy:
+    """What every run needs from the current settings, as plain data."""
+    s = runtime.config.settings
+    return RunPolicy(
+        goose_bin=s.goose_bin,
+        goose_args=tuple(s.goose_argv),
+        base_path=s.base_path,
+        recipes_dir=s.recipes_dir,
+        task_log_dir=s.task_log_dir,
+        tinytask_url=s.tinytask_url,
+        heartbeat_sec=s.heartbeat_sec,
+        max_runtime_sec=s.max_runtime_sec,
+        stop_grace_sec=s.stop_grace_sec,
+        idle_timeout_sec=s.idle_timeout_sec,
+        run_log_max_bytes=s.run_log_max_bytes,
+        host=runtime.host,
+        instance_id=runtime.instance_id,
+        boot_id=runtime.boot_id,
+        blocking=not s.disable_blocking,
+        evidence=evidence_rule(s.goose_argv, s.goose_output_format, s.text_success),
+    )
+
+
 class Runner:
     """Starts and adopts runs in the daemon's task group and forgets them when they end."""
 
@@ -74,25 +97,7 @@ class Runner:
         self.cgroups = cgroups
 
     def policy(self) -> RunPolicy:
-        s = self.runtime.config.settings
-        return RunPolicy(
-            goose_bin=s.goose_bin,
-            goose_args=tuple(s.goose_argv),
-            base_path=s.base_path,
-            recipes_dir=s.recipes_dir,
-            task_log_dir=s.task_log_dir,
-            tinytask_url=s.tinytask_url,
-            heartbeat_sec=s.heartbeat_sec,
-            max_runtime_sec=s.max_runtime_sec,
-            stop_grace_sec=s.stop_grace_sec,
-            idle_timeout_sec=s.idle_timeout_sec,
-            run_log_max_bytes=s.run_log_max_bytes,
-            host=self.runtime.host,
-            instance_id=self.runtime.instance_id,
-            boot_id=self.runtime.boot_id,
-            blocking=not s.disable_blocking,
-            evidence=evidence_rule(s.goose_argv, s.goose_output_format, s.text_success),
-        )
+        return run_policy(self.runtime)
 
     def deps(self) -> RunDeps:
         rt = self.runtime

@@ -95,6 +95,10 @@ class Connection:
             )
         return client
 
+    def use(self, client: TinyTaskClient) -> None:
+        """Talk to TinyTask through `client` instead of connecting (service tests)."""
+        self._client = client
+
     @property
     def opened(self) -> TinyTaskClient | None:
         return self._client

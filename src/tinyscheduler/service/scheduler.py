@@ -12,10 +12,12 @@ and the signal handlers (see docs/architecture.md).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld
 from tinyscheduler.adapters.logsetup import EventLog, configure_logging
 from tinyscheduler.adapters.procfs import current_boot_id
 from tinyscheduler.adapters.systemd import Notifier, restart_in_progress
+from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.config.settings import ConfigError, LoadedSettings
 from tinyscheduler.core.attempts import RetryPolicy
 from tinyscheduler.core.redact import redacted
@@ -40,10 +43,13 @@ from tinyscheduler.service.leasewatch import LeaseWatcher
 from tinyscheduler.service.passes import Hook, PassRunner
 from tinyscheduler.service.reclaim import Reclaimer
 from tinyscheduler.service.runner import Runner
-from tinyscheduler.service.runtime import Runtime
+from tinyscheduler.service.runtime import Clock, Runtime, utcnow
 from tinyscheduler.service.watchdog import ping_watchdog
 
 log = structlog.get_logger("tinyscheduler.daemon")
+
+#: How often recovery and shutdown look whether the runs and reclaims they wait for are done.
+UNTIL_POLL_SEC = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,11 @@ class Scheduler:
         once: bool = False,
         environ: dict[str, str] | None = None,
         hooks: Hooks | None = None,
+        client: TinyTaskClient | None = None,
+        clock: Clock = utcnow,
     ) -> None:
+        """`client` replaces the connection to TinyTask (the in-memory client of the service tests);
+        `clock` is the wall clock every decision reads."""
         config = Configuration.load(loaded)
         s = config.settings
         environ = dict(os.environ if environ is None else environ)
@@ -78,7 +88,10 @@ class Scheduler:
             attempts=AttemptBook(s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec),
             events=EventLog(s.log_dir, keep_days=s.log_keep_days),
             notifier=Notifier.from_environ(environ),
+            clock=clock,
         )
+        if client is not None:
+            self.runtime.connection.use(client)
         # The tick loop must also keep coming back: a loop that stopped passing is as stuck as a pass.
         loop_timeout = None if once else 2 * s.loop_interval_sec + s.pass_timeout_sec
         self.gate = WatchdogGate(pass_timeout=s.pass_timeout_sec, loop_timeout=loop_timeout)
@@ -252,9 +265,13 @@ class Scheduler:
         await self._until(lambda: not rt.runs and not rt.reclaiming, None)
 
     async def _until(self, done: Callable[[], bool], interrupt: anyio.Event | None) -> None:
-        """Poll a condition while keeping systemd's start or stop timeout extended."""
+        """Poll a condition (cheap: a few dict lookups) while keeping systemd's start or stop timeout
+        extended, about once a second."""
         ladder = 2 * self.runtime.config.settings.stop_grace_sec + 10
+        extended = -math.inf
         while not done() and not (interrupt is not None and interrupt.is_set()):
-            self.runtime.notifier.extend_timeout(ladder + 5)
-            with anyio.move_on_after(1):
+            if time.monotonic() - extended >= 1:
+                self.runtime.notifier.extend_timeout(ladder + 5)
+                extended = time.monotonic()
+            with anyio.move_on_after(UNTIL_POLL_SEC):
                 await (interrupt or anyio.Event()).wait()

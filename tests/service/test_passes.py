@@ -1,0 +1,58 @@
+"""One pass and its runs, in-process: what TinyTask sees (call counts), what ran (stand-in records)."""
+
+from __future__ import annotations
+
+from tinyscheduler.core.tasks import FAILED_TAG
+
+from world import World
+
+
+async def test_a_pass_assigns_by_free_slots_and_runs_each_task_once(world: World) -> None:
+    world.registry([("dev-a", "dev", 2), ("dev-b", "dev", 1)])
+    ids = [world.client.create_task(f"t{i}", queue_name="dev")["id"] for i in range(5)]
+
+    assert await world.serve() == 0
+
+    assert sorted(world.starts()) == ids[:3], "three slots, the three oldest tasks"
+    assert [world.client.task(i)["status"] for i in ids] == ["complete"] * 3 + ["idle"] * 2
+    owners = [world.client.task(i)["assigned_to"] for i in ids[:3]]
+    assert sorted(owners) == ["dev-a", "dev-a", "dev-b"]
+    report = world.last_pass()
+    assert (report["ok"], report["assigned"], report["started"]) == (True, 3, 3)
+    assert list(world.running_dir.iterdir()) == [], "every lease removed"
+
+
+async def test_tinytask_down_fails_the_pass_without_acting(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    task = world.client.create_task("t", queue_name="dev")["id"]
+    world.client.fail_next(None)
+
+    assert await world.serve() == 1  # `run --once` says the pass failed
+
+    report = world.last_pass()
+    assert report["ok"] is False and report["error"].startswith("TinyTask: ")
+    assert report["consecutive_failures"] == 1 and report["counters"]["pass_errors"] == 1
+    assert world.starts() == [] and world.client.task(task)["status"] == "idle"
+
+
+async def test_a_task_backing_off_starts_only_once_the_clock_has_passed_its_time(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.recipe("dev-a", mode="fail")
+    task = world.client.create_task("t", queue_name="dev")["id"]
+    await world.serve()
+    [comment] = world.comments(task)
+    assert comment.startswith("tinyscheduler: attempt 1/3 failed (exit 1 after ")
+
+    world.clock.advance(59)
+    await world.serve()
+    assert world.starts() == [task], "still backing off (60 s)"
+    world.clock.advance(2)
+    await world.serve()
+    assert world.starts() == [task, task]
+
+
+async def test_a_task_tagged_failed_is_never_started(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.client.create_task("t", queue_name="dev", tags=[FAILED_TAG])
+    await world.serve()
+    assert world.starts() == []
