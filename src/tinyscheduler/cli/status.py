@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from tinyscheduler.adapters.attempt_book import MAX_BOOK_BYTES
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.procfs import current_boot_id, probe
+from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.attempts import AttemptRecord
@@ -184,10 +186,10 @@ def _iso(moment: datetime) -> str:
 def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
     path = settings.last_pass_file
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bytes(path))
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         status.problems.append(f"{path}: unreadable ({exc})")
         return
     if not isinstance(data, dict):
@@ -287,7 +289,7 @@ def _unsupervised(decision: LeaseDecision, *, running: bool) -> str | None:
 
 def _quarantine_reason(path: Path) -> str:
     try:
-        return path.with_name(f"{path.name}.reason").read_text(encoding="utf-8").strip()
+        return read_bytes(path.with_name(f"{path.name}.reason"), 4096).decode("utf-8", "replace").strip()
     except OSError:
         return "reason not recorded"
 
@@ -316,12 +318,12 @@ def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
     # Parsed here rather than through AttemptBook, which sets a broken file aside: status only reads.
     path = settings.attempts_file
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bytes(path, MAX_BOOK_BYTES))
         tasks = data["tasks"]
         records = [AttemptRecord.from_json(int(key), value) for key, value in tasks.items()]
     except FileNotFoundError:
         return
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         status.problems.append(f"{path}: unreadable attempt history ({exc})")
         return
     for record in sorted(records, key=lambda r: r.task_id):
