@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
-from tinyscheduler.adapters.reading import read_bytes, reason
+from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
     AttemptRecord,
@@ -113,7 +113,7 @@ class AttemptBook:
             raw = read_bytes(self.path, MAX_BOOK_BYTES)
         except FileNotFoundError:
             return {}
-        except OSError as exc:
+        except (NotRegularFile, FileTooLarge, IsADirectoryError) as exc:  # other errors: the folder's
             return self._unreadable(reason(exc))
         try:
             return _parse(raw)

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError
+from tinyscheduler.adapters.tinytask import Task, TaskProblem, TinyTaskClient, TinyTaskError
 from tinyscheduler.config.registry import RegistryError, agent_recipe_path
 from tinyscheduler.core.planner import Plan, PlanConfig, plan
 from tinyscheduler.core.watchdog import WatchdogGate
-from tinyscheduler.service.gather import gather, plan_config, queued_and_blocked
+from tinyscheduler.service.availability import note_start_failed, recheck_goose_if_due, unavailable
+from tinyscheduler.service.gather import gather, plan_config, planned_agents, queued_and_blocked
 from tinyscheduler.service.leasewatch import note_quarantined
 from tinyscheduler.service.run import RunRequest
 from tinyscheduler.service.runner import Runner
@@ -30,6 +31,31 @@ log = structlog.get_logger("tinyscheduler.daemon")
 PASS_RETRY_BASE_SEC = 2.0
 
 Hook = Callable[[], Awaitable[None]]
+
+
+class MalformedTasks:
+    """Tasks TinyTask sends that cannot be used: one log line per task when it turns bad, not per pass."""
+
+    def __init__(self) -> None:
+        #: What was said, by task (its id as sent, which may be anything): the problem.
+        self._said: dict[str, str] = {}
+
+    def note(self, problems: tuple[TaskProblem, ...]) -> None:
+        now: dict[str, str] = {}
+        for problem in problems:
+            key = repr(problem.task_id) if problem.task_id is not None else f"{problem.where} {problem.field}"
+            now[key] = f"{problem.field}: {problem.message}"
+            if self._said.get(key) != now[key]:
+                log.warning(
+                    "task_malformed",
+                    task_id=problem.task_id,
+                    field=problem.field,
+                    reason=problem.message,
+                    where=problem.where,
+                    detail="skipped; said once per task until its problem changes",
+                )
+        # A task fixed (or gone) and broken again is said again.
+        self._said = now
 
 
 class PassRunner:
@@ -49,6 +75,7 @@ class PassRunner:
         self.report = PassReport()
         #: Why the last reload was refused, shown until a reload succeeds.
         self.reload_error: str | None = None
+        self.malformed = MalformedTasks()
 
     async def loop(self) -> None:
         rt = self.runtime
@@ -114,6 +141,7 @@ class PassRunner:
 
     async def _body(self, report: PassReport) -> None:
         rt = self.runtime
+        await recheck_goose_if_due(rt)
         client = await rt.connection.client()
         config = self.plan_config(client)
         gathered = await gather(
@@ -127,15 +155,9 @@ class PassRunner:
             supervised=rt.busy,
             in_flight=self.runner.in_flight(),
             not_before=rt.attempts.not_before_all(),
+            unavailable=unavailable(rt, planned_agents(config)),
         )
-        for problem in gathered.problems:
-            log.warning(
-                "task_malformed",
-                task_id=problem.task_id,
-                field=problem.field,
-                reason=problem.message,
-                where=problem.where,
-            )
+        self.malformed.note(gathered.problems)
         note_quarantined(rt, gathered.quarantined)
         result = plan(gathered.snapshot, config)
         report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
@@ -159,10 +181,12 @@ class PassRunner:
             # would have its task set idle and its lease deleted under it. The reclaim wakes a pass.
             if start.task_id in lost or start.task_id in rt.busy:
                 continue
+            if start.agent in unavailable(rt, {start.agent}):
+                continue  # its breaker opened during this pass (another start of it failed)
             try:
                 recipe = agent_recipe_path(start.agent, rt.config.registry, rt.config.settings)
             except RegistryError as exc:
-                log.error("start_refused", task_id=start.task_id, agent=start.agent, reason="; ".join(exc.problems))
+                note_start_failed(rt, start.agent, "; ".join(exc.problems))
                 continue
             recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
             self.runner.start(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))
