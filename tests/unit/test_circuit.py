@@ -14,6 +14,7 @@ from tinyscheduler.core.circuit import (
     started,
     succeeded,
 )
+from tinyscheduler.core.pacing import PASS_BURST, PassPacer
 from tinyscheduler.core.planner import PlanConfig, Snapshot, plan
 from tinyscheduler.core.tasks import Task
 
@@ -93,3 +94,18 @@ def test_an_unavailable_agent_starts_nothing_and_its_tasks_say_why_and_until_whe
     assert everyone.starts == () and everyone.assignments == ()
     pool_reason = next(skip.reason for skip in everyone.skips if skip.task_id == 1)
     assert pool_reason.startswith("no agent of pool dev available: agent dev-a unavailable until ")
+
+
+def test_passes_come_in_a_burst_of_five_then_five_per_interval() -> None:
+    pacer = PassPacer(interval_sec=60)
+    clock = 1000.0
+    ran = []
+    # Something wakes the loop every 10 ms for ten minutes: how many passes may run?
+    while clock < 1000.0 + 600:
+        if pacer.wait_sec(clock) == 0:
+            pacer.take(clock)
+            ran.append(clock)
+        clock += 0.01
+    assert len(ran[:5]) == 5 and ran[4] - ran[0] < 0.1, "the burst passes at once"
+    assert len(ran) <= PASS_BURST + 10 * PASS_BURST + 1, len(ran)
+    assert len(ran) >= 10 * PASS_BURST, "and no fewer: scheduled passes are never held back"

@@ -1,10 +1,10 @@
 """The tick loop and one pass: gather -> plan (pure) -> act.
 
 A pass runs every loop interval, and at once when a run ends, a lease is reclaimed or the
-configuration is reloaded. A pass that fails (TinyTask down, a full disk, a bug) is logged, counted
-and published, and the next one comes sooner (2 s, doubling up to the loop interval); it never ends
-the daemon and never acts on a partial view of TinyTask.
-"""
+configuration is reloaded, within a pass budget (core.pacing: a burst of 5, then 5 per interval).
+A pass that fails (TinyTask down, a full disk, a bug) is logged, counted and published, and the
+next one comes sooner (2 s, doubling up to the loop interval); it never ends the daemon and never
+acts on a partial view of TinyTask."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import structlog
 
 from tinyscheduler.adapters.tinytask import Task, TaskProblem, TinyTaskClient, TinyTaskError
 from tinyscheduler.config.registry import RegistryError, agent_recipe_path
+from tinyscheduler.core.pacing import PassPacer
 from tinyscheduler.core.planner import Plan, PlanConfig, plan
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import note_start_failed, recheck_goose_if_due, unavailable
@@ -76,10 +77,14 @@ class PassRunner:
         #: Why the last reload was refused, shown until a reload succeeds.
         self.reload_error: str | None = None
         self.malformed = MalformedTasks()
+        self.pacer = PassPacer(float(runtime.config.settings.loop_interval_sec))
 
     async def loop(self) -> None:
         rt = self.runtime
         while not self._stopping():
+            await self._paced()
+            if self._stopping():
+                return
             await self.run_pass()
             if self._stopping():
                 return
@@ -87,6 +92,14 @@ class PassRunner:
             if not self.report.ok:
                 delay = min(delay, PASS_RETRY_BASE_SEC * 2 ** (self.report.consecutive_failures - 1))
             await rt.tick.wait(delay)
+
+    async def _paced(self) -> None:
+        """Wait for the pass budget (core.pacing): whatever wakes the loop, passes never storm."""
+        pacer = self.pacer
+        pacer.interval_sec = float(self.runtime.config.settings.loop_interval_sec)  # a reload may change it
+        while (wait := pacer.wait_sec(time.monotonic())) > 0 and not self._stopping():
+            await self.runtime.tick.wait(wait)
+        pacer.take(time.monotonic())
 
     def _stopping(self) -> bool:
         return self.runtime.stopping
