@@ -244,3 +244,16 @@ def test_a_setting_out_of_range_or_a_missing_named_registry_stops_run_with_one_l
     [error] = result.stderr.splitlines()
     assert line in error
     assert writes(fake) == []
+
+
+def test_the_dry_run_says_which_agents_cannot_start_and_why(fake, workspace):
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a")
+    task = fake.create_task("t", queue_name="dev")
+    result = cli(workspace, "run", "--dry-run", "--json", TINYSCHEDULER_GOOSE_BIN="goose", PATH="/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["starts"] == []
+    [skip] = [s for s in plan["skips"] if s["task_id"] == task["id"]]
+    assert skip["reason"].startswith("no agent of pool dev available: agent dev-a unavailable until ")
+    assert skip["reason"].endswith("goose 'goose' not found on PATH")

@@ -116,6 +116,41 @@ def problems(runtime: Runtime) -> list[str]:
     return lines
 
 
+def published(runtime: Runtime) -> dict[str, dict[str, str]]:
+    """The agents unavailable now, as last_pass.json keeps them for a dry run to read."""
+    agents = set(runtime.config.limits) | set(runtime.circuits.agents)
+    return {
+        agent: {"until": entry.until.isoformat(), "reason": entry.reason}
+        for agent, entry in unavailable(runtime, agents).items()
+    }
+
+
+def from_published(data: object, now: datetime) -> dict[str, Unavailable]:
+    """`published` read back (by a dry run), ignoring anything malformed or already over."""
+    found: dict[str, Unavailable] = {}
+    if not isinstance(data, dict):
+        return found
+    for agent, entry in data.items():
+        try:
+            until = datetime.fromisoformat(entry["until"])
+            reason = str(entry["reason"])
+        except (TypeError, KeyError, ValueError):
+            continue
+        if until.tzinfo is not None and until > now:
+            found[str(agent)] = Unavailable(str(agent), until, reason)
+    return found
+
+
+async def goose_unavailable(
+    program: str, environ: dict[str, str], agents: set[str], now: datetime
+) -> dict[str, Unavailable]:
+    """Every agent, when goose cannot run now (a dry run's own check)."""
+    found = await anyio.to_thread.run_sync(check_goose, program, environ)
+    if found.problem is None:
+        return {}
+    return {agent: Unavailable(agent, now, f"goose {program!r} {found.problem}") for agent in agents}
+
+
 def _until(breaker: Breaker, now: datetime) -> str:
     if breaker.open_until is None or not breaker.is_open(now):
         return " (checking again now)"

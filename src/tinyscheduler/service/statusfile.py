@@ -10,6 +10,7 @@ import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
 from tinyscheduler.service.availability import problems as availability_problems
+from tinyscheduler.service.availability import published
 from tinyscheduler.service.runtime import Runtime
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -63,6 +64,7 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         "reload_error": reload_error,
         #: Open breakers (goose missing, agents that could not start runs): problems until they close.
         "unavailable": unavailable,
+        "breakers": published(runtime),
         "env_file": str(runtime.config.loaded.env_file) if runtime.config.loaded.env_file else None,
         "agent_control_file": str(s.agent_control_file) if runtime.config.registry else None,
         "limits": runtime.config.limits,
