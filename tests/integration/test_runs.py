@@ -589,3 +589,15 @@ async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backof
     assert bench.attempts.next_attempt(task_id) == 2
     assert bench.attempts.not_before(task_id) is not None, "the backoff holds"
     assert bench.leases.read(task_id) is None
+
+
+async def test_a_requeue_repeated_for_one_event_posts_one_comment(bench: RunBench) -> None:
+    """A reclaim whose lease could not be removed is tried again at the next check: the task is no
+    longer ours to requeue then, so the second try writes nothing and says nothing."""
+    task_id = bench.task()
+    await bench.client.set_status(task_id, "working")
+    bench.fake.reset_requests()
+    results = [await requeue_if_ours(bench.client, task_id, "dev", "never started; requeued") for _ in range(5)]
+    assert results == [True, False, False, False, False]
+    assert len(bench.comments(task_id)) == 1
+    assert [method for method, _ in bench.fake.requests].count("PATCH") == 1
