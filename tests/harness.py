@@ -10,8 +10,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from tinyscheduler.testing.standin_goose import write_launcher
 
 #: A daemon whose passes block while a file exists (see wedged_daemon.py).
 WEDGED_DAEMON = [sys.executable, str(Path(__file__).with_name("wedged_daemon.py"))]
+#: A daemon whose every start of goose raises ValueError (see faulty_daemon.py).
+FAULTY_DAEMON = [sys.executable, str(Path(__file__).with_name("faulty_daemon.py"))]
 
 #: The stand-in goose as a program (a plain install puts none on PATH), beside the test interpreter:
 #: not under /tmp, which the system tests' units see privately (PrivateTmp=yes).
@@ -259,3 +263,45 @@ class DaemonProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+class NotifyListener:
+    """Collects every datagram the daemon sends, with its arrival time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append((time.monotonic(), data.decode()))
+
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [text for _, text in self.messages]
+
+    def times_of(self, text: str) -> list[float]:
+        with self._lock:
+            return [at for at, message in self.messages if message == text]
+
+    def statuses(self) -> list[str]:
+        return [t.removeprefix("STATUS=") for t in self.texts() if t.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()

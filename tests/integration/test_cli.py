@@ -83,8 +83,8 @@ def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "error: TINYSCHEDULER_LOOP_INTERVAL_SEC='abc': expected a positive integer",
-        "error: --max-runtime='soon': expected a positive integer",
+        "error: TINYSCHEDULER_LOOP_INTERVAL_SEC='abc': expected a whole number of seconds from 1 to 86400",
+        "error: --max-runtime='soon': expected a whole number of seconds from 1 to 604800",
     ]
     assert result.stdout == ""
     assert list(tmp_path.iterdir()) == []

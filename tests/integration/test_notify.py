@@ -7,60 +7,15 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 
-from harness import WEDGED_DAEMON, DaemonProcess, max_concurrency, wait_for
-
-
-class NotifyListener:
-    """Collects every datagram the daemon sends, with its arrival time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append((time.monotonic(), data.decode()))
-
-    def texts(self) -> list[str]:
-        with self._lock:
-            return [text for _, text in self.messages]
-
-    def times_of(self, text: str) -> list[float]:
-        with self._lock:
-            return [at for at, message in self.messages if message == text]
-
-    def statuses(self) -> list[str]:
-        return [t.removeprefix("STATUS=") for t in self.texts() if t.startswith("STATUS=")]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
+from harness import WEDGED_DAEMON, DaemonProcess, NotifyListener, max_concurrency, wait_for
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.service.reporter import Reported, requeue_if_ours
+from tinyscheduler.service.run import StartFailure
 
 from runbench import STANDIN, RunBench, eventually
 
@@ -302,7 +303,31 @@ async def test_spawn_failure_removes_the_lease_and_requeues(bench: RunBench) -> 
     assert bench.leases.read(task_id) is None
     assert bench.fake.task(task_id)["status"] == "idle"
     assert bench.attempts.next_attempt(task_id) == 1  # a host problem, not the task's fault
-    assert bench.comments(task_id) == []
+    assert result.start_failure is StartFailure.GOOSE  # every agent's breaker opens, not only this one's
+    [comment] = bench.comments(task_id)  # rolled back once, said once
+    assert "could not start: spawn failed: " in comment and "not counted as a failed attempt" in comment
+
+
+async def test_any_exception_while_starting_is_rolled_back_once_with_one_comment(
+    bench: RunBench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only OSError: the measured case was a ValueError (a NUL byte in the goose arguments)."""
+
+    def broken_spawn(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("embedded null byte")
+
+    monkeypatch.setattr("tinyscheduler.service.run.spawn", broken_spawn)
+    task_id = bench.task()
+    bench.fake.reset_requests()
+    result = await bench.run(task_id, bench.recipe("dev.yaml")).execute()
+
+    assert result.outcome is Outcome.NOT_STARTED and result.start_failure is StartFailure.AGENT
+    assert "ValueError" not in result.reason and "embedded null byte" in result.reason
+    assert bench.leases.read(task_id) is None and bench.fake.task(task_id)["status"] == "idle"
+    assert bench.attempts.next_attempt(task_id) == 1
+    assert len(bench.comments(task_id)) == 1
+    patches = [path for method, path in bench.fake.requests if method == "PATCH"]
+    assert len(patches) == 2, "set working, then idle again: once each"
 
 
 async def test_child_gets_a_scrubbed_environment_and_the_base_path(bench: RunBench) -> None:
@@ -564,3 +589,15 @@ async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backof
     assert bench.attempts.next_attempt(task_id) == 2
     assert bench.attempts.not_before(task_id) is not None, "the backoff holds"
     assert bench.leases.read(task_id) is None
+
+
+async def test_a_requeue_repeated_for_one_event_posts_one_comment(bench: RunBench) -> None:
+    """A reclaim whose lease could not be removed is tried again at the next check: the task is no
+    longer ours to requeue then, so the second try writes nothing and says nothing."""
+    task_id = bench.task()
+    await bench.client.set_status(task_id, "working")
+    bench.fake.reset_requests()
+    results = [await requeue_if_ours(bench.client, task_id, "dev", "never started; requeued") for _ in range(5)]
+    assert results == [True, False, False, False, False]
+    assert len(bench.comments(task_id)) == 1
+    assert [method for method, _ in bench.fake.requests].count("PATCH") == 1

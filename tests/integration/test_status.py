@@ -37,8 +37,9 @@ def status(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]
 
 def status_json(workspace: Workspace) -> dict[str, Any]:
     result = status(workspace, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    data = json.loads(result.stdout)
+    assert result.returncode == (1 if data["problems"] else 0), result.stderr  # like systemctl: 1 = problems
+    return data
 
 
 def tree(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -83,7 +84,7 @@ def test_status_of_a_running_daemon_shows_holder_slots_leases_last_pass_and_prob
     assert [q["moved"] for q in data["quarantined"]] == [True]
 
     human = status(workspace)
-    assert human.returncode == 0, human.stderr
+    assert human.returncode == 1, human.stderr
     assert f"running, pid {daemon.pid}" in human.stdout
     assert "dev-a" in human.stdout and "1/2" in human.stdout
     assert row["log_path"] in human.stdout
@@ -159,7 +160,7 @@ def test_status_of_a_base_path_that_does_not_exist_says_so(workspace):
         text=True,
         timeout=30,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     assert "No problems found" not in result.stdout
     assert f"base path {workspace.base / 'typo'} is not an existing folder" in result.stdout
 

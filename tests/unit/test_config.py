@@ -123,7 +123,7 @@ def test_env_file_bad_lines_name_file_and_line(tmp_path: Path) -> None:
     assert problems(tmp_path, env_file=env_file) == [
         f"{env_file} line 1: expected NAME=VALUE, got 'just words'",
         f"{env_file} line 2: TINYSCHEDULER_GOOSE_ARGS: unterminated ' quote",
-        f"{env_file} line 3: TINYSCHEDULER_HEARTBEAT_SEC='x': expected a positive integer",
+        f"{env_file} line 3: TINYSCHEDULER_HEARTBEAT_SEC='x': expected a whole number of seconds from 1 to 3600",
     ]
 
 
@@ -213,19 +213,19 @@ def test_case_insensitive_choices(tmp_path: Path) -> None:
 
 
 BAD_VALUES = [
-    ("loop_interval_sec", "abc", "expected a positive integer"),
-    ("loop_interval_sec", "0", "expected a positive integer"),
-    ("heartbeat_sec", "-5", "expected a positive integer"),
-    ("max_runtime_sec", "1.5", "expected a positive integer"),
-    ("run_log_max_bytes", "10MB", "expected a positive integer"),
-    ("max_attempts", "0", "expected a positive integer"),
-    ("log_keep_days", "", "expected a positive integer"),
-    ("default_slots", "-1", "expected a non-negative integer"),
-    ("idle_timeout_sec", "soon", "expected a non-negative integer"),
-    ("retry_base_sec", "-1", "expected a non-negative integer"),
-    ("shutdown_grace_sec", "x", "expected a non-negative integer"),
-    ("stop_grace_sec", "0", "expected a positive number of seconds"),
-    ("stop_grace_sec", "inf", "expected a positive number of seconds"),  # SIGKILL would never come
+    ("loop_interval_sec", "abc", "expected a whole number of seconds from 1 to 86400"),
+    ("loop_interval_sec", "0", "expected a whole number of seconds from 1 to 86400"),
+    ("heartbeat_sec", "-5", "expected a whole number of seconds from 1 to 3600"),
+    ("max_runtime_sec", "1.5", "expected a whole number of seconds from 1 to 604800"),
+    ("run_log_max_bytes", "10MB", "expected a whole number of bytes from 1024 to 1099511627776"),
+    ("max_attempts", "0", "expected a whole number from 1 to 1000"),
+    ("log_keep_days", "", "expected a whole number of days from 1 to 3650"),
+    ("default_slots", "-1", "expected a whole number from 0 to 1000"),
+    ("idle_timeout_sec", "soon", "expected a whole number of seconds from 0 to 604800"),
+    ("retry_base_sec", "-1", "expected a whole number of seconds from 0 to 86400"),
+    ("shutdown_grace_sec", "x", "expected a whole number of seconds from 0 to 86400"),
+    ("stop_grace_sec", "0", "expected a number of seconds above 0, at most 3600"),
+    ("stop_grace_sec", "inf", "expected a number of seconds above 0, at most 3600"),  # SIGKILL would never come
     ("dry_run", "maybe", "expected true or false"),
     ("enabled", "2", "expected true or false"),
     ("disable_blocking", "", "expected true or false"),
@@ -238,11 +238,11 @@ BAD_VALUES = [
     ("goose_args", '--text "unclosed', "expected shell-style arguments (No closing quotation)"),
     ("running_dir", "", "expected a path"),
     ("base_path", " ", "expected a path"),
-    ("agent_limits", "dev:x", "slots of agent 'dev' must be a non-negative integer, got 'x'"),
+    ("agent_limits", "dev:x", "slots of agent 'dev' must be a whole number from 0 to 1000, got 'x'"),
     ("agent_limits", "dev", "expected NAME=N or NAME:N, got 'dev'"),
     ("agent_limits", "bad name:1", "agent name 'bad name' is not 1-64 letters, digits, '_', '.', '-'"),
-    ("agent_limits", '{"dev": -1}', "slots of agent 'dev' must be a non-negative integer, got -1"),
-    ("agent_limits", '{"dev": true}', "slots of agent 'dev' must be a non-negative integer, got True"),
+    ("agent_limits", '{"dev": -1}', "slots of agent 'dev' must be a whole number from 0 to 1000, got -1"),
+    ("agent_limits", '{"dev": true}', "slots of agent 'dev' must be a whole number from 0 to 1000, got True"),
     ("agent_limits", '{"dev": 1', "invalid JSON at column 10: Expecting ',' delimiter"),
 ]
 
@@ -256,10 +256,10 @@ def test_bad_value_from_env_names_variable_value_and_rule(tmp_path: Path, name: 
 @pytest.mark.parametrize(
     ("name", "flag", "detail"),
     [
-        ("loop_interval_sec", "--loop-interval", "expected a positive integer"),
-        ("heartbeat_sec", "--heartbeat-interval", "expected a positive integer"),
-        ("max_runtime_sec", "--max-runtime", "expected a positive integer"),
-        ("stop_grace_sec", "--stop-grace", "expected a positive number of seconds"),
+        ("loop_interval_sec", "--loop-interval", "expected a whole number of seconds from 1 to 86400"),
+        ("heartbeat_sec", "--heartbeat-interval", "expected a whole number of seconds from 1 to 3600"),
+        ("max_runtime_sec", "--max-runtime", "expected a whole number of seconds from 1 to 604800"),
+        ("stop_grace_sec", "--stop-grace", "expected a number of seconds above 0, at most 3600"),
     ],
 )
 def test_bad_value_from_cli_names_the_flag(tmp_path: Path, name: str, flag: str, detail: str) -> None:
@@ -269,7 +269,7 @@ def test_bad_value_from_cli_names_the_flag(tmp_path: Path, name: str, flag: str,
 def test_bad_agent_limit_flag_names_the_occurrence(tmp_path: Path) -> None:
     assert problems(tmp_path, cli={"agent_limits": ["dev=1", "qa", "ops=-2"]}) == [
         "--agent-limit='qa': expected NAME=N or NAME:N, got 'qa'",
-        "--agent-limit='ops=-2': slots of agent 'ops' must be a non-negative integer, got '-2'",
+        "--agent-limit='ops=-2': slots of agent 'ops' must be a whole number from 0 to 1000, got '-2'",
     ]
 
 

@@ -123,6 +123,8 @@ MALFORMED: list[tuple[str, dict[str, Any], Any, str]] = [
     ("string id", {"id": "42"}, "42", "id"),
     ("float id", {"id": 42.0}, 42.0, "id"),
     ("missing id", {"id": None}, None, "id"),
+    ("negative id", {"id": -5}, -5, "id"),  # measured: its lease went round quarantine and back
+    ("zero id", {"id": 0}, 0, "id"),
     ("priority high", {"priority": "high"}, 42, "priority"),
     ("boolean priority", {"priority": True}, 42, "priority"),
     ("bad status", {"status": "done"}, 42, "status"),

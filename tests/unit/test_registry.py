@@ -135,19 +135,19 @@ def test_folder_instead_of_file(tmp_path: Path, recipes: Path) -> None:
         ({"agentName": "dev", "agentType": ""}, "FILE[0].agentType: blank"),
         (
             {"agentName": "dev", "agentType": "q", "slots": -1},
-            "FILE[0].slots: -1 is negative, expected a non-negative integer",
+            "FILE[0].slots: -1 is out of range, expected a whole number from 0 to 1000",
         ),
         (
             {"agentName": "dev", "agentType": "q", "slots": "2"},
-            "FILE[0].slots: expected a non-negative integer, got '2'",
+            "FILE[0].slots: expected a whole number from 0 to 1000, got '2'",
         ),
         (
             {"agentName": "dev", "agentType": "q", "slots": 1.5},
-            "FILE[0].slots: expected a non-negative integer, got 1.5",
+            "FILE[0].slots: expected a whole number from 0 to 1000, got 1.5",
         ),
         (
             {"agentName": "dev", "agentType": "q", "slots": True},
-            "FILE[0].slots: expected a non-negative integer, got True",
+            "FILE[0].slots: expected a whole number from 0 to 1000, got True",
         ),
         ({"agentName": "dev", "agentType": "q", "recipe": ""}, "FILE[0].recipe: expected a file name, got ''"),
         (
@@ -192,7 +192,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path, recipes: Path) -> Non
     )
     assert found == [
         "FILE[1].agentName: blank",
-        "FILE[1].slots: -2 is negative, expected a non-negative integer",
+        "FILE[1].slots: -2 is out of range, expected a whole number from 0 to 1000",
         "FILE[2]: expected an object, got a number",
     ]
 

@@ -128,7 +128,7 @@ def test_registry_problems_are_errors_and_skip_the_agent_checks(tmp_path: Path, 
     registry = tmp_path / "agent-control.json"
     assert found == [
         ("error", "agent registry", f"{registry}[0].agentType: missing"),
-        ("error", "agent registry", f"{registry}[1].slots: -1 is negative, expected a non-negative integer"),
+        ("error", "agent registry", f"{registry}[1].slots: -1 is out of range, expected a whole number from 0 to 1000"),
         ("error", "agent registry", f"{registry}[1].agentName: duplicate 'dev', already at [0]"),
     ]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
     AttemptRecord,
@@ -29,6 +30,8 @@ from tinyscheduler.core.attempts import (
 )
 
 FORMAT_VERSION = 1
+#: Far above the history of any real host (a record is about 200 bytes).
+MAX_BOOK_BYTES = 64 * 1024 * 1024
 log = structlog.get_logger("tinyscheduler.attempts")
 
 
@@ -106,34 +109,38 @@ class AttemptBook:
 
     def _load(self) -> dict[int, AttemptRecord]:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            # A FIFO or a device in its place must not hang the daemon's start.
+            raw = read_bytes(self.path, MAX_BOOK_BYTES)
         except FileNotFoundError:
             return {}
+        except (NotRegularFile, FileTooLarge, IsADirectoryError) as exc:  # other errors: the folder's
+            return self._unreadable(reason(exc))
         try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
-                raise ValueError("expected an object with a 'tasks' object")
-            records = {int(key): AttemptRecord.from_json(int(key), value) for key, value in data["tasks"].items()}
-            for record in records.values():
-                for moment in (record.last_failure_at, record.not_before):
-                    if moment is not None and moment.tzinfo is None:
-                        raise ValueError(f"task {record.task_id}: timestamp without a time zone")
-            return records
-        except (ValueError, TypeError, AttributeError) as exc:
-            # A broken history must not stop the daemon; keep the file for a person, start afresh.
-            aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
-            if self.read_only:
-                log.error(
-                    "attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=str(exc)
-                )
-                return {}
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            log.error(
-                "attempt_history_unreadable",
-                action="starting empty",
-                path=str(self.path),
-                moved_to=str(aside),
-                reason=str(exc),
-            )
+            return _parse(raw)
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            return self._unreadable(str(exc))
+
+    def _unreadable(self, why: str) -> dict[int, AttemptRecord]:
+        # A broken history must not stop the daemon; keep the file for a person, start afresh.
+        if self.read_only:
+            log.error("attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=why)
             return {}
+        aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        with contextlib.suppress(OSError):
+            os.replace(self.path, aside)
+        log.error(
+            "attempt_history_unreadable", action="starting empty", path=str(self.path), moved_to=str(aside), reason=why
+        )
+        return {}
+
+
+def _parse(raw: bytes) -> dict[int, AttemptRecord]:
+    data = json.loads(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+        raise ValueError("expected an object with a 'tasks' object")
+    records = {int(key): AttemptRecord.from_json(int(key), value) for key, value in data["tasks"].items()}
+    for record in records.values():
+        for moment in (record.last_failure_at, record.not_before):
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"task {record.task_id}: timestamp without a time zone")
+    return records

@@ -11,12 +11,12 @@ import contextlib
 import json
 import os
 import socket
-import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes
 from tinyscheduler.core.leases import LEASE_NAME, MAX_LEASE_BYTES, Lease, LeaseFormatError, lease_from_json
 
 
@@ -108,17 +108,13 @@ class LeaseStore:
             return []
 
     def _parse(self, path: Path) -> Lease:
-        # O_NONBLOCK: a FIFO with a lease's name must not hang the pass waiting for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # Non-blocking and regular files only: a FIFO with a lease's name must not hang the pass.
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise LeaseFormatError("not a regular file")
-            with os.fdopen(fd, "rb", closefd=False) as handle:
-                raw = handle.read(MAX_LEASE_BYTES + 1)
-        finally:
-            os.close(fd)
-        if len(raw) > MAX_LEASE_BYTES:
-            raise LeaseFormatError(f"file is over {MAX_LEASE_BYTES} bytes")
+            raw = read_bytes(path, MAX_LEASE_BYTES)
+        except (NotRegularFile, IsADirectoryError):
+            raise LeaseFormatError("not a regular file") from None
+        except FileTooLarge:
+            raise LeaseFormatError(f"file is over {MAX_LEASE_BYTES} bytes") from None
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tinyscheduler.adapters.reading import read_bytes
+
 #: Exit code of a second instance (EX_TEMPFAIL: try again later).
 EXIT_LOCKED = 75
+#: The holder line is short; a lock file grown huge by hand is not read whole.
+HOLDER_MAX_BYTES = 4096
 
 
 class LockHeld(Exception):
@@ -26,7 +31,7 @@ class LockHeld(Exception):
 def read_holder(path: Path) -> str:
     """What the lock file says of its holder, for messages and `status`."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = read_bytes(path, HOLDER_MAX_BYTES).decode("utf-8", errors="replace").strip()
     except OSError:
         return "holder unknown"
     return text.splitlines()[0] if text else "holder unknown"
@@ -35,10 +40,13 @@ def read_holder(path: Path) -> str:
 def is_locked(path: Path) -> bool:
     """True if some process holds the lock (probes without keeping it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO in the lock's place must not hang `status` or a dry run.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False  # no daemon locks anything but a file
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
+from pathlib import Path
 
 import anyio
 
@@ -13,6 +15,7 @@ from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.adapters.procfs import current_boot_id
+from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.adapters.tinytask import TinyTaskError
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.cli.plan_view import render_plan
@@ -20,8 +23,9 @@ from tinyscheduler.config.registry import RegistryError
 from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.planner import plan
 from tinyscheduler.core.redact import mask_url_passwords
+from tinyscheduler.service.availability import from_published, goose_unavailable
 from tinyscheduler.service.configuration import Configuration
-from tinyscheduler.service.gather import gather, plan_config
+from tinyscheduler.service.gather import gather, plan_config, planned_agents
 from tinyscheduler.service.runtime import utcnow
 from tinyscheduler.service.scheduler import Hooks, Scheduler
 
@@ -38,9 +42,11 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
     store = LeaseStore(s.running_dir, s.quarantine_dir, read_only=True)
     # Leases of a daemon that is running now are its own, not a previous instance's.
     instance_id = "dry-run"
+    breakers: object = None
     if is_locked(s.lock_file):
         holder = read_holder(s.lock_file).split()
         instance_id = holder[holder.index("instance") + 1] if "instance" in holder else instance_id
+        breakers = _daemon_breakers(s.last_pass_file)
     try:
         async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
             pc = plan_config(
@@ -51,6 +57,12 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
                 heartbeat_sec=s.heartbeat_sec,
                 max_runtime_sec=s.max_runtime_sec,
             )
+            now = utcnow()
+            agents = planned_agents(pc)
+            # What the daemon would skip: its open breakers, and goose if it cannot run now.
+            unavailable = from_published(breakers, now) | await goose_unavailable(
+                s.goose_bin, dict(os.environ), agents, now
+            )
             attempts = AttemptBook(
                 s.attempts_file, max_attempts=s.max_attempts, retry_base_sec=s.retry_base_sec, read_only=True
             )
@@ -58,11 +70,12 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
                 client,
                 pc,
                 store,
-                now=utcnow(),
+                now=now,
                 host=socket.gethostname(),
                 instance_id=instance_id,
                 boot_id=current_boot_id(),
                 not_before=attempts.not_before_all(),
+                unavailable=unavailable,
             )
             protocol = client.features.protocol
     except TinyTaskError as exc:
@@ -91,6 +104,13 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         )
         print(render_plan(result, gathered, header=header) + "\nDry run: nothing was assigned, started or written.")
     return 0
+
+
+def _daemon_breakers(path: Path) -> object:
+    try:
+        return json.loads(read_bytes(path)).get("breakers")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
 
 
 def run_command(

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from tinyscheduler.adapters.attempt_book import MAX_BOOK_BYTES
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.procfs import current_boot_id, probe
+from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.attempts import AttemptRecord
@@ -130,8 +132,9 @@ class Status:
         return asdict(self)
 
 
-def collect(settings: Settings, *, now: datetime | None = None) -> Status:
-    """Everything `status` shows; reads files only."""
+def collect(settings: Settings, *, now: datetime | None = None, registry_required: bool = False) -> Status:
+    """Everything `status` shows; reads files only. `registry_required`: the registry is named
+    explicitly, so its absence is a problem rather than legacy mode."""
     now = now or utcnow()
     host = socket.gethostname()
     daemon = daemon_info(settings.lock_file)
@@ -172,7 +175,7 @@ def collect(settings: Settings, *, now: datetime | None = None) -> Status:
         reason = _quarantine_reason(path)
         status.quarantined.append({"file": str(path), "reason": reason, "moved": True})
         status.problems.append(f"quarantined lease file {path}: {reason}")
-    _agents(settings, status)
+    _agents(settings, status, registry_required=registry_required)
     _read_attempts(settings, status, now)
     return status
 
@@ -184,10 +187,10 @@ def _iso(moment: datetime) -> str:
 def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
     path = settings.last_pass_file
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bytes(path))
     except FileNotFoundError:
         return
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         status.problems.append(f"{path}: unreadable ({exc})")
         return
     if not isinstance(data, dict):
@@ -208,6 +211,7 @@ def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
         status.problems.append(
             f"configuration reload rejected, the daemon keeps the previous one: {data['reload_error']}"
         )
+    _breakers_and_bad_tasks(data, status)
     stuck_after = STUCK_INTERVALS * settings.loop_interval_sec + float(data.get("duration_sec") or 0)
     if (
         status.daemon.running
@@ -218,6 +222,21 @@ def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
         status.problems.append(
             f"no pass finished for {format_age(status.last_pass_age_sec)} "
             f"(loop interval {settings.loop_interval_sec}s): the daemon may be stuck"
+        )
+
+
+def _breakers_and_bad_tasks(data: dict[str, Any], status: Status) -> None:
+    """The running daemon's open breakers (goose missing, agents that could not start runs), and the
+    tasks TinyTask sent that it had to skip."""
+    if status.daemon.running and data.get("pid") == status.daemon.pid:
+        unavailable = data.get("unavailable")
+        if isinstance(unavailable, list):
+            status.problems += [str(line) for line in unavailable]
+    malformed = data.get("malformed")
+    if isinstance(malformed, int) and malformed > 0:
+        status.problems.append(
+            f"{malformed} task(s) from TinyTask could not be used and were skipped in the last pass "
+            "(each named once in the log as task_malformed)"
         )
 
 
@@ -287,19 +306,20 @@ def _unsupervised(decision: LeaseDecision, *, running: bool) -> str | None:
 
 def _quarantine_reason(path: Path) -> str:
     try:
-        return path.with_name(f"{path.name}.reason").read_text(encoding="utf-8").strip()
+        return read_bytes(path.with_name(f"{path.name}.reason"), 4096).decode("utf-8", "replace").strip()
     except OSError:
         return "reason not recorded"
 
 
-def _agents(settings: Settings, status: Status) -> None:
+def _agents(settings: Settings, status: Status, *, registry_required: bool) -> None:
     last = status.last_pass or {}
     limits: dict[str, int]
     if status.daemon.running and last.get("pid") == status.daemon.pid and isinstance(last.get("limits"), dict):
         limits = {str(k): int(v) for k, v in last["limits"].items()}  # what the daemon actually runs with
     else:
         try:
-            limits = effective_limits(load_registry(settings.agent_control_file, settings.recipes_dir), settings)
+            registry = load_registry(settings.agent_control_file, settings.recipes_dir, required=registry_required)
+            limits = effective_limits(registry, settings)
         except RegistryError as exc:
             status.problems.extend(exc.problems)
             limits = dict(settings.agent_limits)
@@ -316,12 +336,12 @@ def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
     # Parsed here rather than through AttemptBook, which sets a broken file aside: status only reads.
     path = settings.attempts_file
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bytes(path, MAX_BOOK_BYTES))
         tasks = data["tasks"]
         records = [AttemptRecord.from_json(int(key), value) for key, value in tasks.items()]
     except FileNotFoundError:
         return
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         status.problems.append(f"{path}: unreadable attempt history ({exc})")
         return
     for record in sorted(records, key=lambda r: r.task_id):
@@ -412,11 +432,12 @@ def _describe_pass(status: Status) -> str:
 
 
 def status_command(loaded: LoadedSettings, *, json_output: bool, out: TextIO | None = None) -> int:
-    """Entry point of `tinyscheduler status`; always exit 0 when the state could be read."""
+    """Entry point of `tinyscheduler status`: exit 0 when nothing is wrong, 1 when a problem is listed."""
     out = out or sys.stdout
-    status = collect(loaded.settings)
+    required = loaded.sources.get("agent_control_file", "default") != "default"
+    status = collect(loaded.settings, registry_required=required)
     if json_output:
         out.write(json.dumps(status.to_json(), indent=2, default=str) + "\n")
     else:
         out.write(render(status))
-    return 0
+    return 1 if status.problems else 0

@@ -19,12 +19,13 @@ from typing import Any, Literal
 import httpx
 import yaml
 
+from tinyscheduler.adapters.reading import FileTooLarge, read_bytes, reason
 from tinyscheduler.config.registry import (
     Registry,
     RegistryError,
     agent_recipe_path,
+    configured_registry,
     effective_limits,
-    load_registry,
 )
 from tinyscheduler.config.settings import LoadedSettings, Settings, env_var
 
@@ -69,7 +70,7 @@ def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
     checks += _folders(s)
     checks.append(_goose(s))
     try:
-        registry = load_registry(s.agent_control_file, s.recipes_dir)
+        registry = configured_registry(loaded)
     except RegistryError as exc:
         checks += [Check("agent registry", False, detail=problem) for problem in exc.problems]
     else:
@@ -203,14 +204,13 @@ def _agents(registry: Registry | None, s: Settings) -> list[Check]:
 def recipe_problems(path: Path) -> list[str]:
     """What would stop goose from running this recipe headless; [] when nothing does."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_RECIPE_BYTES + 1)
+        data = read_bytes(path, MAX_RECIPE_BYTES)
     except FileNotFoundError:
         return [f"{path}: recipe not found"]
-    except OSError as exc:
-        return [f"{path}: cannot read ({exc.strerror})"]
-    if len(data) > MAX_RECIPE_BYTES:
+    except FileTooLarge:
         return [f"{path}: larger than 1 MiB"]
+    except OSError as exc:
+        return [f"{path}: cannot read ({reason(exc)})"]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyscheduler.config.settings import ConfigError, Settings
+from tinyscheduler.adapters.reading import FileTooLarge, read_bytes, reason
+from tinyscheduler.config.settings import MAX_SLOTS, ConfigError, LoadedSettings, Settings
 from tinyscheduler.core.tasks import NAME_PATTERN
 
 MAX_REGISTRY_BYTES = 1024 * 1024
+#: A refused reload is one log line: a file with thousands of bad entries names the first ones.
+MAX_PROBLEMS_SHOWN = 20
 
 
 class RegistryError(ConfigError):
@@ -56,20 +59,30 @@ class Registry:
         return list(dict.fromkeys(entry.queue for entry in self.entries))
 
 
-def load_registry(path: Path, recipes_dir: Path) -> Registry | None:
-    """The registry at `path`, None when there is no such file (legacy mode); RegistryError."""
+def load_registry(path: Path, recipes_dir: Path, *, required: bool = False) -> Registry | None:
+    """The registry at `path`; RegistryError.
+
+    No such file means legacy mode (None) only when the path is the default one: a registry named
+    explicitly (`required`, TINYSCHEDULER_AGENT_CONTROL_FILE or its flag) that is missing is an error,
+    or a typo in its name would silently run legacy mode. Read without blocking, a regular file only.
+    """
     try:
-        with path.open("rb") as handle:
-            # Read one byte past the limit rather than trust a size that may change meanwhile.
-            data = handle.read(MAX_REGISTRY_BYTES + 1)
+        data = read_bytes(path, MAX_REGISTRY_BYTES)
     except FileNotFoundError:
+        if required:
+            raise RegistryError(
+                [
+                    f"{path}: not found; the agent registry is named explicitly, so legacy mode does not apply "
+                    "(leave TINYSCHEDULER_AGENT_CONTROL_FILE unset for legacy mode)"
+                ]
+            ) from None
         return None
     except IsADirectoryError:
         raise RegistryError([f"{path}: is a folder, expected a JSON file"]) from None
+    except FileTooLarge:
+        raise RegistryError([f"{path}: larger than {MAX_REGISTRY_BYTES} bytes (1 MiB)"]) from None
     except OSError as exc:
-        raise RegistryError([f"{path}: cannot read ({exc.strerror})"]) from None
-    if len(data) > MAX_REGISTRY_BYTES:
-        raise RegistryError([f"{path}: larger than {MAX_REGISTRY_BYTES} bytes (1 MiB)"])
+        raise RegistryError([f"{path}: cannot read: {reason(exc)}"]) from None
     try:
         document = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -79,6 +92,13 @@ def load_registry(path: Path, recipes_dir: Path) -> Registry | None:
     except RecursionError:
         raise RegistryError([f"{path}: invalid JSON: nested too deeply"]) from None
     return parse_registry(document, path, recipes_dir)
+
+
+def configured_registry(loaded: LoadedSettings) -> Registry | None:
+    """The registry the settings name: required when named explicitly, optional at its default."""
+    s = loaded.settings
+    required = loaded.sources.get("agent_control_file", "default") != "default"
+    return load_registry(s.agent_control_file, s.recipes_dir, required=required)
 
 
 def parse_registry(document: Any, path: Path, recipes_dir: Path) -> Registry:
@@ -109,6 +129,9 @@ def parse_registry(document: Any, path: Path, recipes_dir: Path) -> Registry:
                 first_index[name] = index
         if len(problems) == before and name is not None and queue is not None:
             entries.append(AgentEntry(name, queue, slots, recipe))
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        hidden = len(problems) - MAX_PROBLEMS_SHOWN
+        problems = [*problems[:MAX_PROBLEMS_SHOWN], f"{path}: and {hidden} more problem(s)"]
     if problems:
         raise RegistryError(problems)
     return Registry(path, tuple(entries))
@@ -172,10 +195,10 @@ def _slots(item: dict[str, Any], where: str, problems: list[str]) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
-        problems.append(f"{where}.slots: expected a non-negative integer, got {value!r}")
+        problems.append(f"{where}.slots: expected a whole number from 0 to {MAX_SLOTS}, got {value!r}")
         return None
-    if value < 0:
-        problems.append(f"{where}.slots: {value} is negative, expected a non-negative integer")
+    if not 0 <= value <= MAX_SLOTS:
+        problems.append(f"{where}.slots: {value} is out of range, expected a whole number from 0 to {MAX_SLOTS}")
         return None
     return value
 
@@ -196,6 +219,8 @@ def _recipe(item: dict[str, Any], where: str, recipes_dir: Path, problems: list[
 
 def recipe_problem(name: str, recipes_dir: Path) -> str | None:
     """Why a recipe name may not be used (it leaves the recipes folder), or None."""
+    if any(ord(char) < 32 or char == "\x7f" for char in name):
+        return "contains a control character (such as a NUL byte or a newline); expected a file name"
     if posixpath.isabs(name):
         return "is absolute; expected a path inside the recipes folder"
     normal = posixpath.normpath(name)
@@ -204,6 +229,10 @@ def recipe_problem(name: str, recipes_dir: Path) -> str | None:
     if normal == ".":
         return "is the recipes folder itself; expected a file"
     # A symlink inside the folder can still lead out of it.
-    if not (recipes_dir / normal).resolve().is_relative_to(recipes_dir.resolve()):
+    try:
+        inside = (recipes_dir / normal).resolve().is_relative_to(recipes_dir.resolve())
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        return f"cannot be resolved ({exc})"
+    if not inside:
         return "leads out of the recipes folder through a symbolic link"
     return None

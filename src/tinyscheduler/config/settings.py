@@ -12,6 +12,7 @@ has no side effects (it creates nothing), so the daemon can call it again on SIG
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +22,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -29,6 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tinyscheduler.adapters.reading import read_bytes, reason
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import NAME_PATTERN
 
@@ -42,8 +44,10 @@ Protocol = Literal["rest", "mcp", "auto"]
 OutputFormatName = Literal["stream-json", "json", "text"]
 TextSuccess = Literal["output", "exit"]
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+#: The most slots one agent may have: far beyond one host, far below what could exhaust it by mistake.
+MAX_SLOTS = 1000
+DAY_SEC = 86400
+WEEK_SEC = 7 * DAY_SEC
 
 
 class ConfigError(Exception):
@@ -66,10 +70,35 @@ def _setting(
     )
 
 
-_POSITIVE = "expected a positive integer"
-_NON_NEGATIVE = "expected a non-negative integer"
+def _whole(low: int, high: int, unit: str = "") -> dict[str, Any]:
+    """A whole number within [low, high]: the bounds and the words that name them in errors."""
+    return {"ge": low, "le": high, "expect": f"expected a whole number{unit} from {low} to {high}"}
+
+
 _BOOL = "expected true or false"
 _PATH = "expected a path"
+
+
+#: Settings given as free text (paths, the program, its arguments, the URL).
+_TEXT_SETTINGS = (
+    "base_path",
+    "running_dir",
+    "log_dir",
+    "recipes_dir",
+    "agent_control_file",
+    "lock_file",
+    "goose_bin",
+    "goose_args",
+    "mcp_endpoint",
+)
+
+
+def expand_user(path: Path) -> Path:
+    """`~` and `~user` expanded; ValueError (not RuntimeError) when there is no such home folder."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {str(path).split('/')[0]!r}: no such user or home folder") from None
 
 
 class _Paths(BaseSettings):
@@ -111,7 +140,8 @@ class _Paths(BaseSettings):
         flag="--agent-control-file",
         metavar="PATH",
         expect=_PATH,
-        description="agent registry; without it: legacy mode (agent limits only)",
+        description="agent registry; legacy mode (agent limits only) when this is unset and the file absent; "
+        "named explicitly, it must exist",
     )
 
     @classmethod
@@ -143,10 +173,18 @@ class _Paths(BaseSettings):
             raise ValueError(_PATH)
         return value
 
+    @field_validator(*_TEXT_SETTINGS, mode="before", check_fields=False)
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # No file name, argument or URL can hold one; refused here, it cannot fail a run later.
+        if isinstance(value, (str, Path)) and "\0" in str(value):
+            raise ValueError("contains a NUL byte")
+        return value
+
     @field_validator("base_path", mode="after")
     @classmethod
     def _absolute_base(cls, value: Path) -> Path:
-        return Path.cwd() / value.expanduser()
+        return Path.cwd() / expand_user(value)
 
     @field_validator(
         "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="after", check_fields=False
@@ -155,7 +193,7 @@ class _Paths(BaseSettings):
     def _under_base(cls, value: Path, info: ValidationInfo) -> Path:
         base = info.data.get("base_path")
         # Without a valid base path its own error is reported; this value stays as given.
-        return value if base is None else base / value.expanduser()
+        return value if base is None else base / expand_user(value)
 
 
 class _Agents(_Paths):
@@ -169,11 +207,11 @@ class _Agents(_Paths):
         description="slots per agent, overriding the registry (the flag repeats; "
         "the variable takes JSON or a:1,b:2); replaces the whole map of a lower source",
     )
-    default_slots: NonNegativeInt = _setting(
+    default_slots: int = _setting(
         1,
         flag="--default-slots",
         metavar="N",
-        expect=_NON_NEGATIVE,
+        **_whole(0, MAX_SLOTS),
         description="slots of a registry agent whose slots are set nowhere else",
     )
 
@@ -229,7 +267,7 @@ class _Goose(_Agents):
             raise ValueError("expected a program name or path")
         base = info.data.get("base_path")
         if "/" in value and base is not None:
-            return str(base / Path(value).expanduser())
+            return str(base / expand_user(Path(value)))
         return value
 
     @field_validator("goose_args", mode="after")
@@ -273,73 +311,78 @@ class _TinyTask(_Goose):
 class _Timing(_TinyTask):
     """How often and for how long: passes, heartbeats, runs, retries, shutdown."""
 
-    loop_interval_sec: PositiveInt = _setting(
+    loop_interval_sec: int = _setting(
         60,
         flag="--loop-interval",
         metavar="SECONDS",
-        expect=_POSITIVE,
+        **_whole(1, DAY_SEC, " of seconds"),
         description="seconds between passes (a run's end or a reload triggers one at once)",
     )
-    heartbeat_sec: PositiveInt = _setting(
+    heartbeat_sec: int = _setting(
         15,
         flag="--heartbeat-interval",
         metavar="SECONDS",
-        expect=_POSITIVE,
+        **_whole(1, 3600, " of seconds"),
         description="seconds between lease heartbeats and lease checks",
     )
-    pass_timeout_sec: PositiveInt = _setting(
+    pass_timeout_sec: int = _setting(
         120,
         flag="--pass-timeout",
         metavar="SECONDS",
-        expect=_POSITIVE,
+        **_whole(1, DAY_SEC, " of seconds"),
         description="a pass running longer is stuck: systemd watchdog pings stop so systemd restarts "
         "the daemon (read at start)",
     )
-    max_runtime_sec: PositiveInt = _setting(
-        3600, flag="--max-runtime", metavar="SECONDS", expect=_POSITIVE, description="a run older than this is stopped"
+    max_runtime_sec: int = _setting(
+        3600,
+        flag="--max-runtime",
+        metavar="SECONDS",
+        **_whole(1, WEEK_SEC, " of seconds"),
+        description="a run older than this is stopped",
     )
     stop_grace_sec: float = _setting(
         10.0,
         flag="--stop-grace",
         metavar="SECONDS",
-        expect="expected a positive number of seconds",
+        expect="expected a number of seconds above 0, at most 3600",
         gt=0,
+        le=3600,
         allow_inf_nan=False,
         description="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
     )
-    idle_timeout_sec: NonNegativeInt = _setting(
+    idle_timeout_sec: int = _setting(
         0,
         flag="--idle-timeout",
         metavar="SECONDS",
-        expect=_NON_NEGATIVE,
+        **_whole(0, WEEK_SEC, " of seconds"),
         description="stop a run that printed nothing for this long; 0 = off",
     )
-    run_log_max_bytes: PositiveInt = _setting(
+    run_log_max_bytes: int = _setting(
         10 * 1024 * 1024,
         flag="--run-log-max-bytes",
         metavar="BYTES",
-        expect=_POSITIVE,
+        **_whole(1024, 2**40, " of bytes"),
         description="cap of one run's output log; beyond it the tail is kept",
     )
-    retry_base_sec: NonNegativeInt = _setting(
+    retry_base_sec: int = _setting(
         60,
         flag="--retry-base",
         metavar="SECONDS",
-        expect=_NON_NEGATIVE,
+        **_whole(0, DAY_SEC, " of seconds"),
         description="backoff before the first retry of a failed run, doubling, capped at 1 h",
     )
-    max_attempts: PositiveInt = _setting(
+    max_attempts: int = _setting(
         3,
         flag="--max-attempts",
         metavar="N",
-        expect=_POSITIVE,
+        **_whole(1, 1000),
         description="failed attempts before a task is tagged tinyscheduler:failed",
     )
-    shutdown_grace_sec: NonNegativeInt = _setting(
+    shutdown_grace_sec: int = _setting(
         30,
         flag="--shutdown-grace",
         metavar="SECONDS",
-        expect=_NON_NEGATIVE,
+        **_whole(0, DAY_SEC, " of seconds"),
         description="on SIGTERM, wait this long for runs before stopping them",
     )
 
@@ -361,8 +404,12 @@ class _Logging(_Timing):
         expect="expected auto, console, json or journal",
         description="auto, console, json or journal (auto: journal under journald, else console)",
     )
-    log_keep_days: PositiveInt = _setting(
-        14, flag="--log-keep-days", metavar="DAYS", expect=_POSITIVE, description="days of scheduler log files to keep"
+    log_keep_days: int = _setting(
+        14,
+        flag="--log-keep-days",
+        metavar="DAYS",
+        **_whole(1, 3650, " of days"),
+        description="days of scheduler log files to keep",
     )
 
     @field_validator("log_level", mode="before")
@@ -494,11 +541,14 @@ def _agent_name(name: Any) -> str:
 
 
 def _slot_count(value: Any, name: Any) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\d+", value):
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ValueError(f"slots of agent {name!r} must be a non-negative integer, got {value!r}")
+    count: int | None = None
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,7}", value.strip()):
+        count = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    if count is None or not 0 <= count <= MAX_SLOTS:
+        raise ValueError(f"slots of agent {name!r} must be a whole number from 0 to {MAX_SLOTS}, got {value!r}")
+    return count
 
 
 def env_var(name: str) -> str:
@@ -517,6 +567,9 @@ class SettingInfo:
     help: str
     default: Any  # None when the default is computed at load (base_path: the current directory)
     is_bool: bool
+    #: The lowest and highest value a numeric setting accepts (a lower bound may be exclusive: see
+    #: `expect`); None for the others.
+    range: tuple[float, float] | None = None
 
 
 def _info(name: str, spec: FieldInfo) -> SettingInfo:
@@ -531,7 +584,16 @@ def _info(name: str, spec: FieldInfo) -> SettingInfo:
         help=spec.description or "",
         default=None if spec.default is PydanticUndefined else spec.default,
         is_bool=spec.annotation is bool,
+        range=_range(spec),
     )
+
+
+def _range(spec: FieldInfo) -> tuple[float, float] | None:
+    low = high = None
+    for item in spec.metadata:
+        low = getattr(item, "ge", getattr(item, "gt", low))
+        high = getattr(item, "le", high)
+    return None if low is None or high is None else (low, high)
 
 
 SETTINGS: tuple[SettingInfo, ...] = tuple(_info(n, f) for n, f in Settings.model_fields.items())
@@ -617,7 +679,10 @@ def load_settings(
         raise TypeError(f"load_settings: not settings: {', '.join(unknown_cli)}")
 
     explicit = env_file is not None
-    env_path = cwd / env_file.expanduser() if env_file is not None else cwd / DEFAULT_ENV_FILE
+    try:
+        env_path = cwd / expand_user(env_file) if env_file is not None else cwd / DEFAULT_ENV_FILE
+    except ValueError as exc:
+        raise ConfigError([f"--env-file={str(env_file)!r}: {exc}"]) from None
     raw: dict[str, _Raw] = {}
     problems: list[str] = []
     unknown: list[str] = []
@@ -648,8 +713,9 @@ def load_settings(
 
     # The base path defaults to, and resolves against, `cwd` (not the process's, for reload).
     base = values.get("base_path", cwd)
-    if isinstance(base, (str, Path)) and str(base).strip():
-        values["base_path"] = cwd / Path(base).expanduser()
+    if isinstance(base, (str, Path)) and str(base).strip() and "\0" not in str(base):
+        with contextlib.suppress(ValueError):  # the base path's validator words the problem
+            values["base_path"] = cwd / expand_user(Path(base))
     settings: Settings | None = None
     try:
         settings = Settings(**values)
@@ -701,17 +767,26 @@ def _shown(name: str, value: Any) -> str:
     return repr(redacted(name, value))
 
 
+#: An env file is a few dozen lines; anything larger is not one.
+MAX_ENV_FILE_BYTES = 256 * 1024
+
+
 def _read_env_file(path: Path) -> list[str]:
+    # Read without blocking and only if it is a regular file: a FIFO in its place must not hang a reload.
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        data = read_bytes(path, MAX_ENV_FILE_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"env file {path}: not found"]) from None
     except IsADirectoryError:
         raise ConfigError([f"env file {path}: is a folder, expected a file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"env file {path}: cannot read ({reason(exc)})"]) from None
+    if b"\0" in data:
+        raise ConfigError([f"env file {path}: contains a NUL byte at byte {data.index(0)} (a binary file?)"])
+    try:
+        return data.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise ConfigError([f"env file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    except OSError as exc:
-        raise ConfigError([f"env file {path}: cannot read ({exc.strerror})"]) from None
 
 
 _ENV_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")

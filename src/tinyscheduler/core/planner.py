@@ -25,6 +25,9 @@ Rules, in the order they apply:
    Then every agent's already-assigned candidates fill its remaining slots. Agents with a limit but
    no registry entry are served from their assigned tasks only. Legacy mode (no registry) is that
    second step alone.
+6. Breakers. An agent whose breaker is open (core.circuit: it could not start a run, or its runs
+   keep failing, or goose is missing) has no free slot; its tasks are skipped with the reason and
+   the time it may try again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tinyscheduler.core.circuit import Unavailable
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.tasks import FAILED_TAG, Task
 
@@ -78,6 +82,8 @@ class Snapshot:
     agent_tasks: Mapping[str, Sequence[Task]] = field(default_factory=dict)
     #: Earliest next start of tasks backing off after a failed attempt.
     not_before: Mapping[int, datetime] = field(default_factory=dict)
+    #: Agents whose breaker is open (core.circuit): they start nothing, and their tasks say why.
+    unavailable: Mapping[str, Unavailable] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,11 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
     agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
     limits = {agent: max(0, config.limits.get(agent, 0)) for agent in agents}
     free = {agent: max(0, limits[agent] - busy.get(agent, 0)) for agent in agents}
+    # An unavailable agent starts nothing: as if it had no free slot, with its own reason.
+    unavailable = snapshot.unavailable
+    for agent in unavailable:
+        if agent in free:
+            free[agent] = 0
     starting = dict.fromkeys(agents, 0)
 
     assignments: list[Assignment] = []
@@ -320,6 +331,8 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
     for queue in sorted(config.pools):
         pool = sorted(set(config.pools[queue]))
         exhausted = f"no free slot in pool {queue}"
+        if pool and all(agent in unavailable for agent in pool):
+            exhausted = f"no agent of pool {queue} available: " + "; ".join(str(unavailable[a]) for a in pool)
         # Free slots only go down while planning: once the pool has none, the rest of the queue
         # is skipped without looking for an agent again.
         open_pool = bool(pool)
@@ -338,6 +351,8 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
 
     for agent in agents:
         full = f"no free slot ({limits[agent]} of {limits[agent]} busy or starting)"
+        if agent in unavailable:
+            full = str(unavailable[agent])
         for task in state.candidates(snapshot.agent_tasks.get(agent, ()), agent):
             if free[agent] <= 0:
                 state.skips.append(Skip(task.id, agent, full))

@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from tinyscheduler.config.registry import Registry, effective_limits, load_registry
+from tinyscheduler.config.registry import Registry, configured_registry, effective_limits
 from tinyscheduler.config.settings import LoadedSettings, Settings
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -33,9 +33,8 @@ class Configuration:
     @classmethod
     def load(cls, loaded: LoadedSettings) -> Configuration:
         """Raises ConfigError (RegistryError) naming every problem."""
-        s = loaded.settings
-        registry = load_registry(s.agent_control_file, s.recipes_dir)
-        return cls(loaded, registry, effective_limits(registry, s))
+        registry = configured_registry(loaded)
+        return cls(loaded, registry, effective_limits(registry, loaded.settings))
 
     def reloaded(self) -> tuple[Configuration, dict[str, tuple[Any, Any]]]:
         """The configuration as the files say now, and what changed; raises ConfigError.

@@ -22,6 +22,7 @@ from tinyscheduler.adapters.tinytask import (
     TinyTaskError,
 )
 from tinyscheduler.config.registry import Registry
+from tinyscheduler.core.circuit import Unavailable
 from tinyscheduler.core.leases import Liveness
 from tinyscheduler.core.planner import PlanConfig, Snapshot
 from tinyscheduler.core.tasks import Task
@@ -75,7 +76,7 @@ async def fetch_tasks(client: TinyTaskClient, config: PlanConfig) -> _Fetches:
     """
     fetches = _Fetches()
     limiter = anyio.CapacityLimiter(FETCH_CONCURRENCY)
-    agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
+    agents = sorted(planned_agents(config))
 
     async def one(kind: str, name: str) -> None:
         async with limiter:
@@ -103,6 +104,11 @@ async def fetch_tasks(client: TinyTaskClient, config: PlanConfig) -> _Fetches:
     return fetches
 
 
+def planned_agents(config: PlanConfig) -> set[str]:
+    """Every agent a plan serves: those with a limit and those of a pool."""
+    return set(config.limits) | {agent for pool in config.pools.values() for agent in pool}
+
+
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
@@ -120,6 +126,7 @@ async def gather(
     supervised: frozenset[int] = frozenset(),
     in_flight: Mapping[int, str] | None = None,
     not_before: Mapping[int, datetime] | None = None,
+    unavailable: Mapping[str, Unavailable] | None = None,
 ) -> Gathered:
     scan = await anyio.to_thread.run_sync(store.scan)
     # The planner reads the liveness of this host's leases that no run of ours supervises, and no
@@ -141,6 +148,7 @@ async def gather(
         queue_tasks=fetches.queue_tasks,
         agent_tasks=fetches.agent_tasks,
         not_before=dict(not_before or {}),
+        unavailable=dict(unavailable or {}),
     )
     return Gathered(snapshot, tuple(fetches.problems), scan.quarantined)
 

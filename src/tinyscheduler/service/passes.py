@@ -1,10 +1,10 @@
 """The tick loop and one pass: gather -> plan (pure) -> act.
 
 A pass runs every loop interval, and at once when a run ends, a lease is reclaimed or the
-configuration is reloaded. A pass that fails (TinyTask down, a full disk, a bug) is logged, counted
-and published, and the next one comes sooner (2 s, doubling up to the loop interval); it never ends
-the daemon and never acts on a partial view of TinyTask.
-"""
+configuration is reloaded, within a pass budget (core.pacing: a burst of 5, then 5 per interval).
+A pass that fails (TinyTask down, a full disk, a bug) is logged, counted and published, and the
+next one comes sooner (2 s, doubling up to the loop interval); it never ends the daemon and never
+acts on a partial view of TinyTask."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError
+from tinyscheduler.adapters.tinytask import Task, TaskProblem, TinyTaskClient, TinyTaskError
 from tinyscheduler.config.registry import RegistryError, agent_recipe_path
+from tinyscheduler.core.pacing import PassPacer
 from tinyscheduler.core.planner import Plan, PlanConfig, plan
 from tinyscheduler.core.watchdog import WatchdogGate
-from tinyscheduler.service.gather import gather, plan_config, queued_and_blocked
+from tinyscheduler.service.availability import note_start_failed, recheck_goose_if_due, unavailable
+from tinyscheduler.service.gather import gather, plan_config, planned_agents, queued_and_blocked
 from tinyscheduler.service.leasewatch import note_quarantined
 from tinyscheduler.service.run import RunRequest
 from tinyscheduler.service.runner import Runner
@@ -30,6 +32,31 @@ log = structlog.get_logger("tinyscheduler.daemon")
 PASS_RETRY_BASE_SEC = 2.0
 
 Hook = Callable[[], Awaitable[None]]
+
+
+class MalformedTasks:
+    """Tasks TinyTask sends that cannot be used: one log line per task when it turns bad, not per pass."""
+
+    def __init__(self) -> None:
+        #: What was said, by task (its id as sent, which may be anything): the problem.
+        self._said: dict[str, str] = {}
+
+    def note(self, problems: tuple[TaskProblem, ...]) -> None:
+        now: dict[str, str] = {}
+        for problem in problems:
+            key = repr(problem.task_id) if problem.task_id is not None else f"{problem.where} {problem.field}"
+            now[key] = f"{problem.field}: {problem.message}"
+            if self._said.get(key) != now[key]:
+                log.warning(
+                    "task_malformed",
+                    task_id=problem.task_id,
+                    field=problem.field,
+                    reason=problem.message,
+                    where=problem.where,
+                    detail="skipped; said once per task until its problem changes",
+                )
+        # A task fixed (or gone) and broken again is said again.
+        self._said = now
 
 
 class PassRunner:
@@ -49,10 +76,15 @@ class PassRunner:
         self.report = PassReport()
         #: Why the last reload was refused, shown until a reload succeeds.
         self.reload_error: str | None = None
+        self.malformed = MalformedTasks()
+        self.pacer = PassPacer(float(runtime.config.settings.loop_interval_sec))
 
     async def loop(self) -> None:
         rt = self.runtime
         while not self._stopping():
+            await self._paced()
+            if self._stopping():
+                return
             await self.run_pass()
             if self._stopping():
                 return
@@ -60,6 +92,14 @@ class PassRunner:
             if not self.report.ok:
                 delay = min(delay, PASS_RETRY_BASE_SEC * 2 ** (self.report.consecutive_failures - 1))
             await rt.tick.wait(delay)
+
+    async def _paced(self) -> None:
+        """Wait for the pass budget (core.pacing): whatever wakes the loop, passes never storm."""
+        pacer = self.pacer
+        pacer.interval_sec = float(self.runtime.config.settings.loop_interval_sec)  # a reload may change it
+        while (wait := pacer.wait_sec(time.monotonic())) > 0 and not self._stopping():
+            await self.runtime.tick.wait(wait)
+        pacer.take(time.monotonic())
 
     def _stopping(self) -> bool:
         return self.runtime.stopping
@@ -114,6 +154,7 @@ class PassRunner:
 
     async def _body(self, report: PassReport) -> None:
         rt = self.runtime
+        await recheck_goose_if_due(rt)
         client = await rt.connection.client()
         config = self.plan_config(client)
         gathered = await gather(
@@ -127,15 +168,9 @@ class PassRunner:
             supervised=rt.busy,
             in_flight=self.runner.in_flight(),
             not_before=rt.attempts.not_before_all(),
+            unavailable=unavailable(rt, planned_agents(config)),
         )
-        for problem in gathered.problems:
-            log.warning(
-                "task_malformed",
-                task_id=problem.task_id,
-                field=problem.field,
-                reason=problem.message,
-                where=problem.where,
-            )
+        self.malformed.note(gathered.problems)
         note_quarantined(rt, gathered.quarantined)
         result = plan(gathered.snapshot, config)
         report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
@@ -159,10 +194,12 @@ class PassRunner:
             # would have its task set idle and its lease deleted under it. The reclaim wakes a pass.
             if start.task_id in lost or start.task_id in rt.busy:
                 continue
+            if start.agent in unavailable(rt, {start.agent}):
+                continue  # its breaker opened during this pass (another start of it failed)
             try:
                 recipe = agent_recipe_path(start.agent, rt.config.registry, rt.config.settings)
             except RegistryError as exc:
-                log.error("start_refused", task_id=start.task_id, agent=start.agent, reason="; ".join(exc.problems))
+                note_start_failed(rt, start.agent, "; ".join(exc.problems))
                 continue
             recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
             self.runner.start(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))

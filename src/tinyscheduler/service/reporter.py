@@ -161,13 +161,17 @@ class OutcomeReporter:
         self._emit("gave_up", attempt=self.attempt, failures=record.failures, reason=verdict.detail)
         return Reported.GAVE_UP
 
-    async def roll_back(self) -> bool:
-        """A start that never happened: set the task idle again if we had set it working.
-        False when TinyTask could not be told (the lease then stays for the recovery)."""
+    async def roll_back(self, comment: str | None = None) -> bool:
+        """A start that never happened: set the task idle again if we had set it working, and post
+        `comment` if given and the task was ours. False when TinyTask could not be told (the lease
+        then stays for the recovery)."""
+        deadline = time.monotonic() + self.timeout_sec
         try:
-            await self._patch_if_ours(time.monotonic() + self.timeout_sec, lambda _task: {"status": "idle"})
+            written, _ = await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
         except Unreachable:
             return False
+        if written and comment:
+            await self._comment(deadline, comment)
         return True
 
     def _count_failure(self, verdict: RunVerdict) -> AttemptRecord:

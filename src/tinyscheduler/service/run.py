@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 import shlex
 import shutil
@@ -131,12 +132,25 @@ class RunResult:
     log_path: Path | None = None
     exit_code: int | None = None
     duration_sec: float | None = None
-    #: The goose process could not be started (bad binary, base path...): a host problem to count.
-    spawn_failed: bool = False
+    #: Why the run could not start when that is the host's doing, not the task's: it opens a breaker.
+    start_failure: StartFailure | None = None
 
     @property
     def started(self) -> bool:
         return self.outcome is not Outcome.NOT_STARTED
+
+    @property
+    def spawn_failed(self) -> bool:
+        return self.start_failure is not None
+
+
+class StartFailure(enum.StrEnum):
+    """Whose breaker a failed start opens (service.availability)."""
+
+    #: The agent's: its recipe vanished, its command or launch failed.
+    AGENT = "agent"
+    #: Goose's, standing for every agent: the program is missing or not executable.
+    GOOSE = "goose"
 
 
 class RecipeError(ValueError):
@@ -266,19 +280,21 @@ class Run:
     async def execute(self) -> RunResult:
         try:
             recipe = resolve_recipe(self.policy.recipes_dir, self.request.recipe)
-        except RecipeError as exc:
-            return self._not_started(str(exc))
+        except RecipeError as exc:  # nothing claimed yet: nothing to roll back
+            return self._not_started(str(exc), start_failure=StartFailure.AGENT)
         refused = await self._claim()
         if refused is not None:
             return refused
         extra = self.policy.goose_args
         extra = (*extra, *output_format_of(extra, self.policy.evidence.output_format)[1])
-        command = goose_command(self.policy.goose_bin, recipe, self.task_id, self.agent, extra)
+        command = [self.policy.goose_bin]
         try:
+            command = goose_command(self.policy.goose_bin, recipe, self.task_id, self.agent, extra)
             process, output = self._launch(command)
-        except OSError as exc:
-            self._log.error("spawn_failed", reason=str(exc), command=shlex.join(command))
-            return await self._roll_back(f"spawn failed: {exc}", spawn_failed=True)
+        except Exception as exc:  # any failure to start (not only OSError): rolled back once, counted
+            failure = StartFailure.GOOSE if getattr(exc, "filename", None) == command[0] else StartFailure.AGENT
+            self._log.error("spawn_failed", reason=f"{type(exc).__name__}: {exc}", command=shlex.join(command))
+            return await self._roll_back(f"spawn failed: {exc}", start_failure=failure)
         return await self._supervise(process, output)
 
     async def _claim(self) -> RunResult | None:
@@ -403,9 +419,18 @@ class Run:
 
     # --- not started -----------------------------------------------------------------------------
 
-    async def _roll_back(self, reason: str, *, spawn_failed: bool = False) -> RunResult:
-        """We may have set the task working but no run exists: set it idle, then drop the lease."""
-        if await self._reporter().roll_back():
+    async def _roll_back(self, reason: str, *, start_failure: StartFailure | None = None) -> RunResult:
+        """We may have set the task working but no run exists: set it idle, then drop the lease.
+
+        A start that failed for the host's reasons also says so in one comment on the task (once per
+        failed start; the breaker it opens keeps those rare)."""
+        comment = None
+        if start_failure is not None:
+            comment = (
+                f"tinyscheduler: the run of {self.agent} on {self.policy.host} could not start: {reason}; "
+                "the task is back in the queue (not counted as a failed attempt)"
+            )
+        if await self._reporter().roll_back(comment):
             self.deps.leases.remove(self.task_id)
         else:
             self._log.error(
@@ -413,7 +438,7 @@ class Run:
                 reason=reason,
                 detail="TinyTask unreachable: the task may stay working; lease left for the recovery",
             )
-        return self._not_started(reason, spawn_failed=spawn_failed)
+        return self._not_started(reason, start_failure=start_failure)
 
     def _reporter(self) -> OutcomeReporter:
         return OutcomeReporter(
@@ -430,10 +455,10 @@ class Run:
             emit=lambda *_args, **_fields: None,
         )
 
-    def _not_started(self, reason: str, *, spawn_failed: bool = False) -> RunResult:
+    def _not_started(self, reason: str, *, start_failure: StartFailure | None = None) -> RunResult:
         self._log.info("run_not_started", reason=reason, attempt=self._attempt)
         return RunResult(
-            self.task_id, self.agent, self._attempt, Outcome.NOT_STARTED, reason, spawn_failed=spawn_failed
+            self.task_id, self.agent, self._attempt, Outcome.NOT_STARTED, reason, start_failure=start_failure
         )
 
 

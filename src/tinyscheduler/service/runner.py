@@ -18,8 +18,9 @@ from tinyscheduler.core.leases import Lease
 from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict
 from tinyscheduler.service.adopt import Host, adopt, find_unrecorded, never_started
+from tinyscheduler.service.availability import note_run_ended, note_start_failed
 from tinyscheduler.service.reclaim import Reclaimer
-from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult
+from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult, StartFailure
 from tinyscheduler.service.runtime import Runtime
 from tinyscheduler.service.session import RunDeps
 
@@ -181,18 +182,29 @@ class Runner:
             run.request_stop(reason)
 
     async def _supervise(self, run: Supervised) -> None:
-        counters = self.runtime.counters
+        rt = self.runtime
         try:
             result = await run.execute()
-            counters.add(f"runs_{result.outcome}")
-            if result.spawn_failed:
-                counters.add("spawn_errors")
-        except Exception:  # a bug in one run must not take the others down
+            rt.counters.add(f"runs_{result.outcome}")
+            self._judge(run.agent, result)
+        except Exception as exc:  # a bug in one run must not take the others down
             log.exception("run_crashed", task_id=run.task_id, agent=run.agent)
-            counters.add("runs_crashed")
+            rt.counters.add("runs_crashed")
+            # Counted against the task (it gives up in the end) and the agent (its breaker opens):
+            # whatever its lease says is settled or recovered by the lease watcher, once.
+            rt.attempts.record_failure(run.task_id, "crashed", rt.clock())
+            note_start_failed(rt, run.agent, f"the scheduler failed supervising a run: {type(exc).__name__}: {exc}")
         finally:
-            self.runtime.runs.pop(run.task_id, None)
-            self.runtime.tick.set()
+            rt.runs.pop(run.task_id, None)
+            rt.tick.set()
+
+    def _judge(self, agent: str, result: RunResult) -> None:
+        """What the run's end says of its agent (and of goose): service.availability."""
+        if result.start_failure is not None:
+            goose = result.start_failure is StartFailure.GOOSE
+            note_start_failed(self.runtime, agent, result.reason, goose=goose)
+        elif result.started:
+            note_run_ended(self.runtime, agent, result.outcome, result.reason)
 
     def _record_event(self, event: str, fields: dict[str, Any]) -> None:
         self.runtime.events.record(event, **fields)

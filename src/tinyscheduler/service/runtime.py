@@ -21,6 +21,7 @@ from tinyscheduler.adapters.logsetup import EventLog
 from tinyscheduler.adapters.systemd import Notifier
 from tinyscheduler.adapters.tinytask import SCHEDULER_NAME, ServerFeatures, Task, TaskBatch, TinyTaskClient
 from tinyscheduler.adapters.tinytask.connect import connect
+from tinyscheduler.core.circuit import Circuits
 from tinyscheduler.service.configuration import Configuration
 
 if TYPE_CHECKING:
@@ -165,6 +166,8 @@ class Runtime:
     runs: dict[int, Supervised] = field(default_factory=dict)
     #: Task ids whose lease is being reclaimed right now.
     reclaiming: set[int] = field(default_factory=set)
+    #: The breakers of goose and of each agent (service.availability moves them).
+    circuits: Circuits = field(default_factory=Circuits)
     stopping: bool = False
     connection: Connection = field(init=False)
 

@@ -38,6 +38,7 @@ from tinyscheduler.config.settings import ConfigError, LoadedSettings
 from tinyscheduler.core.attempts import RetryPolicy
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.watchdog import WatchdogGate
+from tinyscheduler.service.availability import check_goose_now
 from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.leasewatch import LeaseWatcher
 from tinyscheduler.service.passes import Hook, PassRunner
@@ -140,14 +141,21 @@ class Scheduler:
             await rt.connection.aclose()
             lock.release()
         log.info("stopped", pid=os.getpid(), instance=rt.instance_id)
-        ok = self.passes is None or self.passes.report.ok
-        return 0 if ok or not self.once else 1
+        return 1 if self.once and self._once_failed() else 0
+
+    def _once_failed(self) -> bool:
+        """`run --once` fails when its pass failed, a run could not start, or goose is missing."""
+        rt = self.runtime
+        pass_failed = self.passes is not None and not self.passes.report.ok
+        return pass_failed or rt.counters.snapshot().get("start_errors", 0) > 0 or rt.circuits.goose.failing
 
     async def _live(self, group: anyio.abc.TaskGroup) -> None:
         rt = self.runtime
         runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
         watcher = LeaseWatcher(rt, runner)
         self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
+        # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
+        await check_goose_now(rt)
         # Recovery before READY: the live runs of a previous instance adopted, the ended ones being
         # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
@@ -227,6 +235,10 @@ class Scheduler:
         except ConfigError as exc:
             self._reload_refused("; ".join(exc.problems))
             return
+        except Exception as exc:  # reload is total: whatever the files hold, the old configuration runs on
+            log.exception("reload_crashed")
+            self._reload_refused(f"{type(exc).__name__}: {exc}")
+            return
         if self.passes is not None:
             self.passes.reload_error = None
         old = rt.config
@@ -239,6 +251,8 @@ class Scheduler:
         for name, (before, after) in changes.items():
             log.info("setting_changed", setting=name, old=redacted(name, before), new=redacted(name, after))
         log.info("reloaded", changed=len(changes))
+        # Goose may have been installed (or the PATH or TINYSCHEDULER_GOOSE_BIN changed): check now.
+        await check_goose_now(rt)
         rt.notifier.ready()
         rt.tick.set()
 

@@ -9,6 +9,8 @@ from typing import Any
 import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.service.availability import problems as availability_problems
+from tinyscheduler.service.availability import published
 from tinyscheduler.service.runtime import Runtime
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -49,6 +51,9 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
     """Say how the last pass went: the STATUS= line, and last_pass.json (never fatal)."""
     s = runtime.config.settings
     line = status_line(report)
+    unavailable = availability_problems(runtime)
+    if unavailable:
+        line += "; " + "; ".join(unavailable)
     if reload_error:
         line += f"; reload rejected, previous configuration kept: {reload_error}"
     runtime.notifier.status(line)
@@ -57,6 +62,9 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         "instance": runtime.instance_id,
         "host": runtime.host,
         "reload_error": reload_error,
+        #: Open breakers (goose missing, agents that could not start runs): problems until they close.
+        "unavailable": unavailable,
+        "breakers": published(runtime),
         "env_file": str(runtime.config.loaded.env_file) if runtime.config.loaded.env_file else None,
         "agent_control_file": str(s.agent_control_file) if runtime.config.registry else None,
         "limits": runtime.config.limits,

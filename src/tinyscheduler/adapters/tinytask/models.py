@@ -44,7 +44,8 @@ class TaskRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    id: StrictInt
+    #: TinyTask numbers tasks from 1; anything else (a misbehaving server) names no file or lease.
+    id: StrictInt = Field(ge=1)
     title: str = ""
     description: str | None = None
     status: Status
