@@ -120,7 +120,11 @@ def test_any_exception_while_starting_rolls_back_once_per_start_and_backs_off(fa
         daemons, workspace, "--daemon", program=FAULTY_DAEMON, TINYSCHEDULER_TEST_SPAWN_ERROR="embedded null byte"
     )
     # The window: three failed starts, the agent's breaker waiting 1 s, then 2 s between them.
-    wait_for(lambda: len(events(daemon, "spawn_failed")) >= 3, what="three failed starts")
+    # Each failed start is said twice, the failure then the agent's breaker opening: wait for both.
+    wait_for(
+        lambda: len(events(daemon, "spawn_failed")) >= 3 and len(events(daemon, "agent_unavailable")) >= 3,
+        what="three failed starts and the breaker opened after each",
+    )
     failed = len(events(daemon, "spawn_failed"))
     comments = fake.comments(task["id"])
     patches = [r for r in writes(fake) if r[0] == "PATCH"]
