@@ -35,6 +35,13 @@ COMMANDS: dict[str, list[list[str]]] = {
 }
 
 
+def parallel(args: list[str]) -> list[str]:
+    """pytest arguments with one worker per CPU (pytest-xdist), unless the caller chose otherwise:
+    the suite is mostly waiting on real processes and servers, so workers overlap well."""
+    chosen = any(a.startswith(("-n", "--numprocesses", "--dist")) or a == "no:xdist" for a in args)
+    return args if chosen else ["-n", "auto", *args]
+
+
 def fast_args(extra: list[str]) -> list[str]:
     """pytest arguments for the fast layer; a layer folder that does not exist yet is left out."""
     return [*(layer for layer in FAST_LAYERS if (ROOT / layer).is_dir()), "-m", "unit or service", *extra]
@@ -45,7 +52,7 @@ def coverage_commands(pytest_args: list[str]) -> list[list[str]]:
     (failing under `fail_under` in pyproject.toml), then hold every module to MODULE_FLOOR."""
     return [
         ["coverage", "erase"],
-        ["coverage", "run", "-m", "pytest", *pytest_args],
+        ["coverage", "run", "-m", "pytest", *parallel(pytest_args)],
         ["coverage", "combine", "--quiet"],
         ["coverage", "report"],
         ["coverage", "json", "--quiet", "-o", COVERAGE_JSON],
@@ -104,7 +111,7 @@ def main(argv: list[str]) -> int:
     if mode == "--cov":
         return _run_all(coverage_commands(rest), bin_dir)
     pytest_args = fast_args(rest) if mode == "--fast" else rest
-    return _run_all([["python", "-m", "pytest", *pytest_args]], bin_dir)
+    return _run_all([["python", "-m", "pytest", *parallel(pytest_args)]], bin_dir)
 
 
 if __name__ == "__main__":
