@@ -226,7 +226,8 @@ def test_daemon_survives_tinytask_outage_and_resumes(workspace, daemons):
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.1})
     server.stop()
-    daemon = start_daemon(daemons, workspace, "--daemon")
+    # Nobody can tell it is the fake while it is down: the stand-in goose needs the test switch.
+    daemon = start_daemon(daemons, workspace, "--daemon", TINYSCHEDULER_ALLOW_STANDIN="1")
     last_pass = workspace.base / "state" / "last_pass.json"
     wait_for(
         lambda: last_pass.exists() and json.loads(last_pass.read_text())["consecutive_failures"] >= 2,

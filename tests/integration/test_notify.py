@@ -74,7 +74,7 @@ def test_ready_status_stopping_and_no_systemd_variables_for_goose(fake, workspac
 def test_status_names_the_error_when_tinytask_is_down(workspace, listener, daemon_factory):
     workspace.tinytask_url = "http://127.0.0.1:9"
     workspace.write_registry([("dev-a", "dev", 1)])
-    daemon_factory()
+    daemon_factory(TINYSCHEDULER_ALLOW_STANDIN="1")  # no fake to vouch for the stand-in goose
     wait_for(lambda: any("last pass failed: TinyTask" in s for s in listener.statuses()), what="error in STATUS")
 
 
@@ -152,6 +152,7 @@ def test_journal_stream_gives_priority_prefixes_without_timestamps(fake, workspa
             JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}",
             TINYSCHEDULER_LOG_FORMAT="auto",
             TINYSCHEDULER_MCP_ENDPOINT="http://127.0.0.1:9",
+            TINYSCHEDULER_ALLOW_STANDIN="1",  # no fake to vouch for the stand-in goose
         )
         proc = subprocess.Popen(
             [sys.executable, "-m", "tinyscheduler", "run", "--daemon"],

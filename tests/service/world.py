@@ -87,7 +87,11 @@ class World:
         return load_settings(env_file=None, cli=cli, environ={}, cwd=self.base)
 
     def scheduler(self, *, once: bool = True, hooks: Hooks | None = None) -> Scheduler:
-        environ = {"PATH": "/usr/bin:/bin", "TINYSCHEDULER_STANDIN_RECORD": str(self.records_file)}
+        environ = {
+            "PATH": "/usr/bin:/bin",
+            "TINYSCHEDULER_STANDIN_RECORD": str(self.records_file),
+            "TINYSCHEDULER_ALLOW_STANDIN": "1",  # the in-memory TinyTask is no server to vouch for it
+        }
         return Scheduler(self.loaded(), once=once, environ=environ, hooks=hooks, client=self.client, clock=self.clock)
 
     def run(self, task_id: int, agent: str = "dev-a", **policy_changes: Any) -> Run:

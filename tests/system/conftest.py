@@ -44,9 +44,17 @@ RUN_SYSTEMD_SYSTEM = Path("/run/systemd/system")
 PRIVATE_START = """
 systemd=$1; shift
 for procs in "$@"; do echo $$ > "$procs" || exit 1; done
+# On a booted system /run is a mount point; where it is not, systemd mounts an empty tmpfs on it in
+# the namespace of a unit with ProtectKernelTunables= or ProtectProc=, hiding the manager's sockets.
+mountpoint -q /run || mount --bind /run /run || exit 1
 if [ ! -d /run/systemd/system ]; then
     mkdir -p /run/systemd && mount -t tmpfs -o mode=0755 tinyscheduler-test /run/systemd \\
         && mkdir /run/systemd/system || exit 1
+    # What a booted systemd makes at start, for the sandboxing options to mount over what they hide
+    # (ProtectKernelTunables=, ProtectKernelLogs=): without them such a unit fails with 226/NAMESPACE.
+    mkdir -m 0755 /run/systemd/inaccessible && cd /run/systemd/inaccessible \\
+        && install -m 0000 /dev/null reg && mkdir -m 0000 dir && mknod -m 0000 chr c 0 0 \\
+        && mknod -m 0000 blk b 0 0 && mkfifo -m 0000 fifo && cd / || exit 1
 fi
 exec "$systemd" --user
 """

@@ -67,19 +67,22 @@ ExecStart={sys.executable} {script}
         user_manager.remove("trivial-notify.service")
 
 
-def unit_copy(base: Path, *, replace: dict[str, str], add: list[str], program: str | None = None) -> str:
-    """The shipped unit with /opt/tinyscheduler etc. moved under `base`, for a user manager.
+def unit_copy(
+    base: Path, *, replace: dict[str, str], add: list[str], program: str | None = None, shipped: Path = SHIPPED
+) -> str:
+    """A shipped unit (the daemon's by default) with /opt/tinyscheduler etc. moved under `base`, for
+    a user manager.
 
     `replace` gives new values to directives the unit has; `add` appends lines to [Service].
     """
-    text = SHIPPED.read_text()
+    text = shipped.read_text()
     for old, new in [
         ("/opt/tinyscheduler/.venv/bin/tinyscheduler", program or f"{sys.executable} -m tinyscheduler"),
         ("/opt/tinyscheduler", str(base)),
         ("/etc/tinyscheduler", str(base / "etc")),
         ("/var/lib/tinyscheduler", str(base / "home")),
     ]:
-        assert old in text, f"{SHIPPED.name} no longer mentions {old}: update this copy"
+        assert old in text, f"{shipped.name} no longer mentions {old}: update this copy"
         text = text.replace(old, new)
     replace = dict(replace)
     lines: list[str] = []
@@ -91,9 +94,10 @@ def unit_copy(base: Path, *, replace: dict[str, str], add: list[str], program: s
             line = f"{key}={replace.pop(key)}"
         if line == "[Install]":
             lines.extend(add)
+            add = []
         lines.append(line)
-    assert not replace, f"{SHIPPED.name} has no {', '.join(replace)} to replace"
-    return "\n".join(lines) + "\n"
+    assert not replace, f"{shipped.name} has no {', '.join(replace)} to replace"
+    return "\n".join([*lines, *add]) + "\n"
 
 
 @dataclass
@@ -130,10 +134,12 @@ class Service:
         replace: dict[str, str] | None = None,
         environment: dict[str, str] | None = None,
         program: str | None = None,
+        shipped: Path = SHIPPED,
     ) -> None:
+        """A copy of `shipped` (the daemon's unit by default), installed under the same name."""
         add = [
-            # PrivateTmp=yes hides /tmp, where pytest's folders (and maybe this checkout) live;
-            # binding them keeps them visible. Elsewhere the binds change nothing.
+            # The units' own /tmp hides the real one, where pytest's folders (and maybe this
+            # checkout) live; binding them keeps them visible. Elsewhere the binds change nothing.
             f"BindPaths={self.base}",
             f"BindReadOnlyPaths={ROOT} {sys.prefix}",
             # No journald here: the output goes to a file the tests can show when they fail.
@@ -141,7 +147,8 @@ class Service:
             "StandardError=inherit",
             *(f"Environment={key}={value}" for key, value in (environment or {}).items()),
         ]
-        self.manager.install(UNIT, unit_copy(self.base, replace=replace or {}, add=add, program=program))
+        text = unit_copy(self.base, replace=replace or {}, add=add, program=program, shipped=shipped)
+        self.manager.install(shipped.name, text)
 
     def show(self, *properties: str) -> dict[str, str]:
         return self.manager.show(UNIT, *properties)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.adapters.files import make_private_folder, write_json_atomic
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
@@ -101,7 +101,7 @@ class AttemptBook:
     def _save(self) -> None:
         if self.read_only:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.path.parent)
         tasks = {str(tid): rec.to_json() for tid, rec in sorted(self._records.items())}
         # Atomic but not fsynced: it is on every run's path, and a record lost to a power cut costs
         # at most one extra attempt of a task.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.adapters.files import make_private_folder, write_json_atomic, write_private
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes
 from tinyscheduler.core.leases import LEASE_NAME, MAX_LEASE_BYTES, Lease, LeaseFormatError, lease_from_json
 
@@ -47,8 +47,8 @@ class LeaseStore:
         self.host = socket.gethostname()
 
     def ensure(self) -> None:
-        self.running_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.running_dir, 0o700)
+        make_private_folder(self.running_dir)
+        os.chmod(self.running_dir, 0o700)  # also an existing one: lease files are the scheduler's alone
 
     def path(self, task_id: int) -> Path:
         return self.running_dir / f"task_{task_id}.json"
@@ -127,7 +127,7 @@ class LeaseStore:
         if self.read_only:
             return Quarantined(path, None, reason)
         try:
-            self.quarantine_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_folder(self.quarantine_dir)
             os.chmod(self.quarantine_dir, 0o700)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             base = f"{path.name}.{stamp}.{os.getpid()}"
@@ -146,5 +146,5 @@ class LeaseStore:
             # Left in place and reported again next pass; never lost, never a crash.
             return Quarantined(path, None, f"{reason} (could not quarantine: {exc})")
         with contextlib.suppress(OSError):
-            (target.parent / f"{target.name}.reason").write_text(f"{path}: {reason}\n", encoding="utf-8")
+            write_private(target.parent / f"{target.name}.reason", f"{path}: {reason}\n", exclusive=True)
         return Quarantined(path, target, reason)

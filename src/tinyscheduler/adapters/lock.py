@@ -2,7 +2,8 @@
 
 The file is never deleted (deleting a held lock file lets a second instance lock a new inode), the
 descriptor is close-on-exec so Goose runs never inherit it, and the holder's PID is written in it
-only for diagnostics: the lock itself is the flock, not the PID.
+only for diagnostics: the lock itself is the flock, not the PID. It is opened like every file the
+scheduler writes (adapters.files.open_private): a symlink in its place is refused, not truncated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.reading import read_bytes
 
 #: Exit code of a second instance (EX_TEMPFAIL: try again later).
@@ -61,8 +63,8 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self, note: str = "") -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        make_private_folder(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

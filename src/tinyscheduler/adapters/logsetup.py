@@ -29,7 +29,9 @@ from typing import IO, Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from tinyscheduler.core.redact import mask_url_passwords
+from tinyscheduler.adapters.files import make_private_folder, open_private
+from tinyscheduler.core.redact import redacted
+from tinyscheduler.core.text import escaped
 
 log = structlog.get_logger("tinyscheduler.logs")
 
@@ -103,8 +105,9 @@ class DailyFile:
 
     def _open(self, day: date) -> None:
         self.close()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path_for(day), "a", encoding="utf-8")  # noqa: SIM115 - kept open until the day changes
+        make_private_folder(self.directory)
+        fd = open_private(self.path_for(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self._file = os.fdopen(fd, "a", encoding="utf-8")  # kept open until the day changes
         self._day = day
         self._prune(day)
 
@@ -169,6 +172,7 @@ class EventLog:
                 f"unknown task lifecycle event {event!r}; expected one of {', '.join(sorted(LIFECYCLE_EVENTS))}"
             )
         now = self._clock()
+        fields = {key: redacted(key, value) for key, value in fields.items()}
         line = json.dumps({"timestamp": _iso(now), "event": event, **fields}, default=_json_default)
         try:
             self._file.write(now, line)
@@ -212,9 +216,20 @@ def is_journal_stream(stream: TextIO) -> bool:
         return False
 
 
-def _mask_passwords(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-    # A TinyTask URL with credentials reaches many lines (errors quote it); none may show them.
-    return {key: mask_url_passwords(value) if isinstance(value, str) else value for key, value in event_dict.items()}
+#: Fields that are no text of ours to judge: structlog renders them itself.
+_NOT_REDACTED = frozenset({"exc_info", "stack_info"})
+
+
+def _redact_fields(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    # A TinyTask URL with credentials, a goose command with --api-key: errors and commands quote
+    # them in many lines, in every format; none may show them.
+    return {key: value if key in _NOT_REDACTED else redacted(key, value) for key, value in event_dict.items()}
+
+
+def _escape_controls(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    # A terminal or the journal would obey an ESC or a newline in a server's error text (a cleared
+    # screen, a forged line with its own priority); JSON escapes them itself.
+    return {key: escaped(value) if isinstance(value, str) else value for key, value in event_dict.items()}
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -228,9 +243,9 @@ def _stream_renderer(fmt: str, stream: TextIO) -> list[Processor]:
     if fmt == "auto":
         fmt = "journal" if is_journal_stream(stream) else "console"
     if fmt == "console":
-        return [structlog.dev.ConsoleRenderer(colors=_isatty(stream))]
+        return [_escape_controls, structlog.dev.ConsoleRenderer(colors=_isatty(stream))]
     if fmt == "journal":
-        return [structlog.processors.format_exc_info, _render_journal]
+        return [structlog.processors.format_exc_info, _escape_controls, _render_journal]
     return [structlog.processors.format_exc_info, _json]
 
 
@@ -257,7 +272,7 @@ def configure_logging(
 
     def formatter(renderer: list[Processor]) -> logging.Formatter:
         return structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _mask_passwords, *renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact_fields, *renderer],
             foreign_pre_chain=foreign,
         )
 

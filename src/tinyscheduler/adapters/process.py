@@ -18,13 +18,15 @@ from typing import Any, Protocol
 
 import anyio
 
+from tinyscheduler.adapters.files import run_umask
 from tinyscheduler.adapters.procfs import probe, verified_group
 from tinyscheduler.core.leases import Lease, Liveness
 
 
 def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start `command` with stdout and stderr on `output_fd`, in its own session and process group,
-    so that it outlives the daemon and the stop ladder reaches the whole group."""
+    so that it outlives the daemon and the stop ladder reaches the whole group. It gets the umask the
+    daemon was started with, not the daemon's own 077 (adapters.files.run_umask)."""
     return subprocess.Popen(
         list(command),
         stdin=subprocess.DEVNULL,
@@ -33,6 +35,7 @@ def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str
         cwd=cwd,
         env=dict(env),
         start_new_session=True,
+        umask=run_umask(),
     )
 
 

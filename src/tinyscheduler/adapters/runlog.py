@@ -28,6 +28,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
+from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.procfs import KEEPER_ENV
 from tinyscheduler.core.outcomes import TAIL_BYTES
 
@@ -64,9 +65,8 @@ class RunLog:
     def create(self, header: str) -> None:
         """Start the log with `header`, after whatever an earlier run of the same attempt left (a
         run stopped on request is not a counted attempt, so its successor shares the number)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        self._fd = os.open(self.path, flags, 0o600)
+        make_private_folder(self.path.parent)
+        self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self.size = os.fstat(self._fd).st_size
         self.write(header.encode())
         self.start = self.size
@@ -78,9 +78,8 @@ class RunLog:
         marker when the header itself was cut.
         """
         with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-            self._fd = os.open(self.path, flags, 0o600)
+            make_private_folder(self.path.parent)
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             self.size = os.fstat(self._fd).st_size
             if header_prefix:
                 self.start = self._run_start(os.pread(self._fd, self.size, 0), header_prefix.encode())

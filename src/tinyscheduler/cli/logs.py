@@ -4,24 +4,27 @@ Each run writes `<task_log_dir>/<task_id>/<attempt>.log`. Without `--attempt` th
 is shown. `-f` keeps printing what the run appends for as long as its lease says it is in flight,
 then prints the rest and exits, so a script can `logs -f` a run to its end. With no daemon holding
 the lock nobody will remove a lease, so then the run is in flight only while its process lives.
-Reads only.
+Reads only. On a terminal, control characters in the output (other than newlines and tabs) are shown
+escaped: a run prints whatever its tools print, and a terminal would obey an escape sequence in it.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import is_locked
 from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.leases import LeaseState, Liveness
+from tinyscheduler.core.text import escaped
 
 _ATTEMPT_LOG = re.compile(r"(\d+)\.log")
 #: How often `-f` looks for new output; short enough to feel live, long enough to cost nothing.
@@ -31,6 +34,27 @@ CHUNK = 64 * 1024
 
 class LogNotFound(Exception):
     pass
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class TerminalSafe:
+    """A sink for a terminal: UTF-8 decoded across chunk boundaries, control characters escaped."""
+
+    def __init__(self, out: ByteSink) -> None:
+        self._out = out
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes, /) -> int:
+        self._out.write(escaped(self._decoder.decode(data), keep_lines=True).encode())
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 def attempts(settings: Settings, task_id: int) -> list[int]:
@@ -74,7 +98,7 @@ def choose(settings: Settings, task_id: int, attempt: int | None) -> int:
     raise LogNotFound(f"no log of attempt {attempt} of task {task_id} ({have})")
 
 
-def copy_new(path: Path, offset: int, out: BinaryIO) -> int:
+def copy_new(path: Path, offset: int, out: ByteSink) -> int:
     """Write what `path` holds beyond `offset`; return the new offset.
 
     A file shorter than `offset` was cut (the run's log cap keeps the tail): start over from its
@@ -95,7 +119,7 @@ def copy_new(path: Path, offset: int, out: BinaryIO) -> int:
 
 
 def follow(
-    settings: Settings, task_id: int, attempt: int | None, out: BinaryIO, *, sleep: Callable[[float], None] = time.sleep
+    settings: Settings, task_id: int, attempt: int | None, out: ByteSink, *, sleep: Callable[[float], None] = time.sleep
 ) -> int:
     """Print the log and keep printing while the run is in flight. Exit code 0, or 1 if no log."""
     if attempt is None and not attempts(settings, task_id) and in_flight(settings, task_id, None):
@@ -113,11 +137,12 @@ def follow(
 
 
 def logs_command(
-    loaded: LoadedSettings, *, task_id: int, attempt: int | None, follow_output: bool, out: BinaryIO | None = None
+    loaded: LoadedSettings, *, task_id: int, attempt: int | None, follow_output: bool, out: ByteSink | None = None
 ) -> int:
     """Entry point of `tinyscheduler logs`."""
     settings = loaded.settings
-    out = out or sys.stdout.buffer
+    if out is None:
+        out = TerminalSafe(sys.stdout.buffer) if sys.stdout.isatty() else sys.stdout.buffer
     try:
         if follow_output:
             return follow(settings, task_id, attempt, out)

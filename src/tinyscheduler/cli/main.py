@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 from tinyscheduler import __version__
+from tinyscheduler.adapters.files import restrict_umask
 from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
 
 EXIT_OK = 0
@@ -161,15 +162,18 @@ def _add_run(sub: Subparsers, common: list[_Parser]) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
+    from tinyscheduler.core.text import escaped
+
     loaded = load_from_args(args)
     for where in loaded.unknown_keys:
-        print(f"warning: {where} is not a setting (ignored)", file=sys.stderr)
+        print(escaped(f"warning: {where} is not a setting (ignored)"), file=sys.stderr)
+    # Values come redacted from describe() (core.redact), in both formats.
     if args.json:
         document = {"env_file": str(loaded.env_file) if loaded.env_file else None, "settings": loaded.describe()}
         print(json.dumps(document, indent=2))
         return EXIT_OK
-    print(f"env file: {loaded.env_file or 'none'}")
-    rows = [(row["name"], _text(row["value"]), row["source"], row["env_var"]) for row in loaded.describe()]
+    print(escaped(f"env file: {loaded.env_file or 'none'}"))
+    rows = [(row["name"], escaped(_text(row["value"])), row["source"], row["env_var"]) for row in loaded.describe()]
     rows.insert(0, ("SETTING", "VALUE", "SOURCE", "VARIABLE"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -202,12 +206,13 @@ def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
 
 
 def _validate_config(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.status import printable
     from tinyscheduler.cli.validate import run_checks
 
     checks = run_checks(load_from_args(args), fix=args.fix)
     marks = {(True, "error"): "PASS", (True, "warning"): "PASS", (False, "error"): "FAIL", (False, "warning"): "WARN"}
-    for check in checks:
-        print(f"{marks[check.ok, check.level]}  {check.name}: {check.detail}")
+    # Details quote files and the server's replies: shown escaped, secrets masked.
+    print(printable([f"{marks[check.ok, check.level]}  {check.name}: {check.detail}" for check in checks]), end="")
     errors = sum(1 for c in checks if not c.ok and c.level == "error")
     warnings = sum(1 for c in checks if not c.ok and c.level == "warning")
     print(f"{errors} error(s), {warnings} warning(s)")
@@ -375,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever a command creates (state, logs, a report) is its user's alone, whatever the caller's umask.
+    restrict_umask()
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

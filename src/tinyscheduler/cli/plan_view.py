@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tinyscheduler.cli.status import table
+from tinyscheduler.cli.status import printable, table
 from tinyscheduler.core.planner import LeaseVerdict, Plan
 from tinyscheduler.service.gather import Gathered, queued_and_blocked
 
@@ -50,4 +50,4 @@ def render_plan(result: Plan, gathered: Gathered, *, header: str) -> str:
         lines += [
             f"  {q.original} -> {q.moved_to or '(left in place: dry run)'}: {q.reason}" for q in gathered.quarantined
         ]
-    return "\n".join(lines) + "\n"
+    return printable(lines)

@@ -19,11 +19,14 @@ from typing import Any, Literal, TextIO
 
 import anyio
 
+from tinyscheduler.adapters.files import write_private
 from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskClient, TinyTaskError
 from tinyscheduler.adapters.tinytask.connect import connect
-from tinyscheduler.cli.status import format_age, table
+from tinyscheduler.cli.status import format_age, printable, table
 from tinyscheduler.config.settings import LoadedSettings
+from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import STATUSES, Task
+from tinyscheduler.core.text import markdown_cell
 
 Format = Literal["table", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "json", "markdown")
@@ -259,11 +262,7 @@ def render_table(report: dict[str, Any]) -> str:
         lines += ["", title]
         lines += table(headers, rows) if rows else ["  (none)"]
     footer = _footer(report)
-    return "\n".join(lines + (["", *footer] if footer else [])) + "\n"
-
-
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return printable(lines + (["", *footer] if footer else []))
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -273,11 +272,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         if not rows:
             lines.append("(none)")
             continue
-        lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+        lines.append("| " + " | ".join(markdown_cell(str(h)) for h in headers) + " |")
         lines.append("|" + "|".join("---" for _ in headers) + "|")
-        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(markdown_cell(str(c)) for c in row) + " |" for row in rows]
     footer = _footer(report)
-    return "\n".join(lines + (["", *footer] if footer else [])) + "\n"
+    return printable(lines + (["", *footer] if footer else []))
 
 
 def render(report: dict[str, Any], fmt: Format) -> str:
@@ -295,7 +294,7 @@ async def _collect(loaded: LoadedSettings, statuses: Sequence[str], agent: str |
         now=datetime.now(UTC),
         statuses=statuses,
         agent=agent,
-        tinytask=s.tinytask_url,
+        tinytask=redacted("", s.tinytask_url),
         skipped=[str(p) for p in fetched.problems],
     )
 
@@ -313,17 +312,15 @@ def report_command(
     try:
         report = anyio.run(_collect, loaded, tuple(statuses), agent)
     except TinyTaskError as exc:
-        print(
-            f"tinyscheduler: TinyTask at {loaded.settings.tinytask_url} is unreachable or failed: {exc}",
-            file=sys.stderr,
-        )
+        url = loaded.settings.tinytask_url
+        print(printable([f"tinyscheduler: TinyTask at {url} is unreachable or failed: {exc}"]), end="", file=sys.stderr)
         return 1
     text = render(report, fmt)
     if output is None:
         (out or sys.stdout).write(text)
         return 0
     try:
-        output.write_text(text, encoding="utf-8")
+        write_private(output, text)
     except OSError as exc:
         print(f"tinyscheduler: cannot write the report to {output}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -19,10 +19,11 @@ from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.adapters.tinytask import TinyTaskError
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.cli.plan_view import render_plan
+from tinyscheduler.cli.status import printable
 from tinyscheduler.config.registry import RegistryError
 from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.planner import plan
-from tinyscheduler.core.redact import mask_url_passwords
+from tinyscheduler.core.redact import redacted
 from tinyscheduler.service.availability import from_published, goose_unavailable
 from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.gather import gather, plan_config, planned_agents
@@ -80,7 +81,8 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
             protocol = client.features.protocol
     except TinyTaskError as exc:
         print(
-            mask_url_passwords(f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}"),
+            printable([f"tinyscheduler: TinyTask at {s.tinytask_url} is unreachable or failed: {exc}"]),
+            end="",
             file=sys.stderr,
         )
         return 1
@@ -88,19 +90,19 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
     if json_output:
         payload = {
             "dry_run": True,
-            "tinytask": mask_url_passwords(s.tinytask_url),
+            "tinytask": s.tinytask_url,
             "protocol": protocol,
             "mode": "queue" if pc.pools else "legacy",
             **result.to_json(),
             "malformed": [str(p) for p in gathered.problems],
             "quarantine_candidates": [{"file": str(q.original), "reason": q.reason} for q in gathered.quarantined],
         }
-        print(json.dumps(payload, indent=2, default=str))
+        print(json.dumps(redacted("", payload), indent=2, default=str))
     else:
         mode = f"queue mode ({len(pc.pools)} queue(s))" if pc.pools else "legacy mode (agent limits only)"
         header = (
             f"TinyScheduler dry run at {gathered.snapshot.now:%Y-%m-%d %H:%M:%S} UTC: "
-            f"TinyTask {mask_url_passwords(s.tinytask_url)} ({protocol}), {mode}"
+            f"TinyTask {s.tinytask_url} ({protocol}), {mode}"
         )
         print(render_plan(result, gathered, header=header) + "\nDry run: nothing was assigned, started or written.")
     return 0

@@ -27,7 +27,9 @@ from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
+from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.core.text import escaped
 
 # What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
 _HOLDER = re.compile(
@@ -57,8 +59,9 @@ def format_age(seconds: float) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> list[str]:
-    """Left-aligned columns, as plain text lines."""
-    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    """Left-aligned columns, as plain text lines; a cell cannot hold a control character (a newline
+    would forge a row, an ESC would drive the terminal): it is shown escaped, and measured so."""
+    cells = [headers, *[[escaped(str(c)) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
@@ -414,7 +417,12 @@ def render(status: Status) -> str:
 
     lines += ["", f"Problems ({len(status.problems)})" if status.problems else "No problems found."]
     lines += [f"  - {p}" for p in status.problems]
-    return "\n".join(lines) + "\n"
+    return printable(lines)
+
+
+def printable(lines: list[str]) -> str:
+    """Lines made of text from files and servers, as one safe block: secrets masked, controls escaped."""
+    return "".join(escaped(redacted("", line)) + "\n" for line in lines)
 
 
 def _describe_pass(status: Status) -> str:
@@ -437,7 +445,7 @@ def status_command(loaded: LoadedSettings, *, json_output: bool, out: TextIO | N
     required = loaded.sources.get("agent_control_file", "default") != "default"
     status = collect(loaded.settings, registry_required=required)
     if json_output:
-        out.write(json.dumps(status.to_json(), indent=2, default=str) + "\n")
+        out.write(json.dumps(redacted("", status.to_json()), indent=2, default=str) + "\n")
     else:
         out.write(render(status))
     return 1 if status.problems else 0

@@ -1,6 +1,7 @@
 """`validate-config`: is this host ready to schedule runs? One Check per finding.
 
-Errors are what would make runs fail (missing folders, no goose, a bad registry, a broken
+Errors are what would make runs fail or what the daemon refuses (missing folders, a state folder
+anyone can write, no goose, the stand-in goose against a real TinyTask, a bad registry, a broken
 recipe); warnings are what works but is probably not meant (agents with 0 slots, TinyTask down
 right now, unknown TINYSCHEDULER_* names). `--fix` creates what is missing and safe to create,
 and never overwrites anything.
@@ -19,6 +20,8 @@ from typing import Any, Literal
 import httpx
 import yaml
 
+from tinyscheduler.adapters.files import make_private_folder
+from tinyscheduler.adapters.goose_probe import check_goose
 from tinyscheduler.adapters.reading import FileTooLarge, read_bytes, reason
 from tinyscheduler.config.registry import (
     Registry,
@@ -28,6 +31,8 @@ from tinyscheduler.config.registry import (
     effective_limits,
 )
 from tinyscheduler.config.settings import LoadedSettings, Settings, env_var
+from tinyscheduler.core.goose import standin_allowed, standin_refusal
+from tinyscheduler.service.guard import unsafe_state
 
 HEALTH_TIMEOUT_SEC = 3.0
 MAX_RECIPE_BYTES = 1024 * 1024
@@ -68,7 +73,8 @@ def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
     if fix:
         checks += _fix(s)
     checks += _folders(s)
-    checks.append(_goose(s))
+    tinytask, health, why_no_health = _tinytask(s)
+    checks.append(_goose(s, health, why_no_health))
     try:
         registry = configured_registry(loaded)
     except RegistryError as exc:
@@ -76,7 +82,7 @@ def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
     else:
         checks += _registry_summary(registry, s)
         checks += _agents(registry, s)
-    checks.append(_tinytask(s))
+    checks.append(tinytask)
     return checks
 
 
@@ -97,9 +103,7 @@ def _fix(s: Settings) -> list[Check]:
         if folder.exists():
             continue
         try:
-            folder.mkdir(parents=True)
-            if folder == s.running_dir:
-                os.chmod(folder, 0o700)  # lease files are private to the scheduler's user
+            make_private_folder(folder)
         except OSError as exc:
             checks.append(Check("fix", False, detail=f"cannot create {label} {folder}: {exc.strerror}"))
         else:
@@ -132,6 +136,9 @@ def _folders(s: Settings) -> list[Check]:
     fixable = " (validate-config --fix creates it)"
     checks = [_folder("base path", s.base_path, writable=False), _folder("recipes dir", s.recipes_dir, writable=False)]
     checks += [_folder(label, folder, writable=True, hint=fixable) for label, folder in _state_folders(s)]
+    unsafe = unsafe_state(s)
+    if unsafe:
+        checks.append(Check("paths", False, detail=f"{unsafe} (the daemon refuses to start)"))
     if s.running_dir.is_dir():
         mode = stat.S_IMODE(s.running_dir.stat().st_mode)
         if mode & 0o077:
@@ -146,12 +153,17 @@ def _folders(s: Settings) -> list[Check]:
     return checks
 
 
-def _goose(s: Settings) -> Check:
-    found = s.goose_executable()
-    if found is not None:
-        return Check("goose", True, detail=f"{found}")
-    where = "on PATH" if "/" not in s.goose_bin else "or not executable"
-    return Check("goose", False, detail=f"{env_var('goose_bin')}={s.goose_bin!r}: not found {where}")
+def _goose(s: Settings, health: dict[str, Any] | None, why_no_health: str) -> Check:
+    """Goose is there, runs, and is goose: the stand-in only against the in-package fake TinyTask."""
+    found = check_goose(s.goose_bin, os.environ)
+    if found.problem is not None:
+        return Check("goose", False, detail=f"{env_var('goose_bin')}={s.goose_bin!r}: {found.problem}")
+    if found.standin and not standin_allowed(os.environ):
+        refusal = standin_refusal(s.goose_bin, health=health, why_no_health=why_no_health)
+        if refusal is not None:
+            return Check("goose", False, detail=refusal)
+    version = f" ({found.version})" if found.version else ""
+    return Check("goose", True, detail=f"{found.path}{version}")
 
 
 def _registry_summary(registry: Registry | None, s: Settings) -> list[Check]:
@@ -265,16 +277,19 @@ def _parameters(raw: Any) -> tuple[set[str], list[str]]:
     return declared, problems
 
 
-def _tinytask(s: Settings) -> Check:
+def _tinytask(s: Settings) -> tuple[Check, dict[str, Any] | None, str]:
+    """The check, the health document (None if there is none) and why there is none."""
     url = f"{s.tinytask_url}/health"
     try:
         reply = httpx.get(url, timeout=HEALTH_TIMEOUT_SEC)
     except httpx.HTTPError as exc:
-        return Check("tinytask", False, "warning", f"{url} unreachable: {exc or type(exc).__name__}")
+        why = f"{url} unreachable: {exc or type(exc).__name__}"
+        return Check("tinytask", False, "warning", why), None, why
     try:
-        status = reply.json().get("status") if reply.status_code == 200 else None
-    except (ValueError, AttributeError):
-        status = None
-    if status != "healthy":
-        return Check("tinytask", False, "warning", f"{url} answered {reply.status_code}, not healthy")
-    return Check("tinytask", True, detail=f"{url} healthy")
+        document = reply.json() if reply.status_code == 200 else None
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or document.get("status") != "healthy":
+        why = f"{url} answered {reply.status_code}, not healthy"
+        return Check("tinytask", False, "warning", why), None, why
+    return Check("tinytask", True, detail=f"{url} healthy"), document, ""

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from tinyscheduler.core.standin import STANDIN_MARKER
+from tinyscheduler.core.standin import ALLOW_STANDIN_ENV, FAKE_SERVER_FIELD, FAKE_SERVER_VALUE, STANDIN_MARKER
 
-__all__ = ["STANDIN_MARKER", "child_environment", "goose_command", "output_format_of", "scrubbed_environ"]
+__all__ = [
+    "STANDIN_MARKER",
+    "child_environment",
+    "goose_command",
+    "is_fake_server",
+    "output_format_of",
+    "scrubbed_environ",
+    "standin_allowed",
+    "standin_refusal",
+]
 
 #: Variables systemd hands to the service itself; a child that inherits them could ping the
 #: watchdog or report readiness on our behalf (NotifyAccess=all) or claim our sockets.
@@ -66,3 +76,31 @@ def output_format_of(extra: Sequence[str], configured: str) -> tuple[str, list[s
         if arg == "--output-format" and index + 1 < len(extra):
             return extra[index + 1], []
     return configured, ["--output-format", configured]
+
+
+def is_fake_server(health: Mapping[str, Any]) -> bool:
+    """Whether a `GET /health` document is the in-package fake TinyTask's (core.standin)."""
+    return health.get(FAKE_SERVER_FIELD) == FAKE_SERVER_VALUE
+
+
+def standin_allowed(environ: Mapping[str, str]) -> bool:
+    """Whether the test-only switch lets the stand-in goose run against any server."""
+    return environ.get(ALLOW_STANDIN_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def standin_refusal(program: str, *, health: Mapping[str, Any] | None, why_no_health: str = "") -> str | None:
+    """Why the stand-in goose `program` may not run here, as one line; None when the server is the
+    in-package fake. `health` is the server's `GET /health` document, None when it could not be read
+    (`why_no_health`). The caller has already looked at ALLOW_STANDIN_ENV (standin_allowed)."""
+    if health is not None and is_fake_server(health):
+        return None
+    server = (
+        "TinyTask is not the in-package fake"
+        if health is not None
+        else f"TinyTask could not be asked whether it is the in-package fake ({why_no_health or 'no answer'})"
+    )
+    return (
+        f"TINYSCHEDULER_GOOSE_BIN={program} is the in-package stand-in goose, which runs no agent and "
+        f"would report tasks done with no work done, and {server}: set it to the real goose "
+        f"(in tests only: {ALLOW_STANDIN_ENV}=1 in the environment)"
+    )

@@ -1,25 +1,81 @@
-"""Secrets kept out of everything a person or a log reads: one place decides what is masked."""
+"""Secrets kept out of everything a person or a log reads: `redacted` is the one place that decides.
+
+Masked, with REDACTED:
+- the value of anything whose name says it is a secret (a setting, an environment variable, a JSON
+  field, a `NAME=value` or `--name value` inside a text or a command line): a name made of words
+  such as key, token, secret, password (`ANTHROPIC_API_KEY`, `access_token`, `--api-key`, `apiKey`);
+- the user info of a URL, in any form (`http://TOKEN@host`, `http://user:password@host`);
+- an `Authorization` credential (`Bearer ...`, `Basic ...`).
+Used for `config --show` (every format), the dry run, log lines and events, the run log's header,
+`status`, last_pass.json and the sd_notify STATUS line.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-#: The password part of `scheme://user:password@host` in any value.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]*@", re.IGNORECASE)
 REDACTED = "***"
+#: Words that make a name secret when they are one of its words (`--max-tokens` is not: "tokens").
+SECRET_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "credential", "credentials", "signature", "sig"}
+)
+_WORD_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+#: scheme://userinfo@ (userinfo ends the authority part, so it holds no / ? #).
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)([^/?#@\s]+)@", re.IGNORECASE)
+#: NAME=value, as in a query string, an environment listing or a `--flag=value` argument.
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z0-9_.-]+)=(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)")
+#: --flag value, as in a command line (a quoted value is one value).
+_FLAG_VALUE = re.compile(
+    r"(?P<flag>(?<!\S)--?[A-Za-z0-9][A-Za-z0-9_-]*)(?P<space>\s+)(?P<value>'[^']*'|\"[^\"]*\"|[^\s-]\S*)"
+)
+_AUTHORIZATION = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+
+
+def secret_name(name: str) -> bool:
+    """Whether `name` (a setting, variable, field or flag) names a secret."""
+    words = [word.lower() for word in _WORD_BREAK.split(name) if word]
+    return any(word in SECRET_WORDS for word in words)
 
 
 def redacted(name: str, value: Any) -> Any:
-    """`value`, or a mask when the setting's name says it is a secret; a password inside a URL
-    (`http://user:secret@host`) is masked whatever the setting."""
-    secret = any(marker in name.upper() for marker in SECRET_MARKERS)
-    if secret and value not in (None, ""):
-        return REDACTED
-    return mask_url_passwords(value) if isinstance(value, str) else value
+    """`value` as it may be shown or logged: masked when `name` says it is a secret (a non-empty
+    string), else with the secrets inside it masked. Text is searched for URLs with user info,
+    `NAME=value`, `--flag value` and credentials; a list is read as a command line (`--api-key`,
+    then its value); a mapping's values are judged by their keys. Other values are returned as is."""
+    if isinstance(value, str):
+        if value and name and secret_name(name):
+            return REDACTED
+        return _redacted_text(value)
+    if isinstance(value, Mapping):
+        return {key: redacted(str(key), item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return _redacted_argv(value)
+    return value
 
 
-def mask_url_passwords(text: str) -> str:
-    """`http://user:secret@host` -> `http://user:***@host`, anywhere in `text`."""
-    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+def _redacted_text(text: str) -> str:
+    text = _USERINFO.sub(_mask_userinfo, text)
+    text = _ASSIGNMENT.sub(lambda m: f"{m['name']}={REDACTED}" if secret_name(m["name"]) else m[0], text)
+    text = _FLAG_VALUE.sub(lambda m: f"{m['flag']}{m['space']}{REDACTED}" if secret_name(m["flag"]) else m[0], text)
+    return _AUTHORIZATION.sub(lambda m: f"{m[1]} {REDACTED}", text)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _ = match[2].partition(":")
+    # user:password keeps the user (who it is, not how it signs in); a lone part may be a token.
+    return f"{match[1]}{user}:{REDACTED}@" if colon else f"{match[1]}{REDACTED}@"
+
+
+def _redacted_argv(items: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    shown: list[Any] = []
+    secret_next = False
+    for item in items:
+        if secret_next and isinstance(item, str):
+            shown.append(REDACTED)
+            secret_next = False
+            continue
+        secret_next = isinstance(item, str) and item.startswith("-") and "=" not in item and secret_name(item)
+        shown.append(redacted("", item))
+    return tuple(shown) if isinstance(items, tuple) else shown

@@ -28,6 +28,7 @@ import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.containment import RunCgroups, become_subreaper
+from tinyscheduler.adapters.files import make_private_folder
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld
 from tinyscheduler.adapters.logsetup import EventLog, configure_logging
@@ -40,6 +41,7 @@ from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import check_goose_now
 from tinyscheduler.service.configuration import Configuration
+from tinyscheduler.service.guard import EXIT_REFUSED, standin_problem, unsafe_state
 from tinyscheduler.service.leasewatch import LeaseWatcher
 from tinyscheduler.service.passes import Hook, PassRunner
 from tinyscheduler.service.reclaim import Reclaimer
@@ -119,6 +121,11 @@ class Scheduler:
     async def serve(self) -> int:
         rt = self.runtime
         s = rt.config.settings
+        refused = unsafe_state(s) or await standin_problem(s, rt.environ, rt.connection.lazy.health)
+        if refused:
+            await rt.connection.aclose()
+            print(f"tinyscheduler: not started: {refused}", file=sys.stderr)
+            return EXIT_REFUSED
         lock = InstanceLock(s.lock_file)
         try:
             lock.acquire(f"instance {rt.instance_id} config {rt.config.loaded.env_file or '-'}")
@@ -127,7 +134,7 @@ class Scheduler:
             return EXIT_LOCKED
         try:
             rt.store.ensure()
-            s.task_log_dir.mkdir(parents=True, exist_ok=True)
+            make_private_folder(s.task_log_dir)
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
             subreaper = become_subreaper()
             self._say_started(subreaper=subreaper)
@@ -238,6 +245,12 @@ class Scheduler:
         except Exception as exc:  # reload is total: whatever the files hold, the old configuration runs on
             log.exception("reload_crashed")
             self._reload_refused(f"{type(exc).__name__}: {exc}")
+            return
+        refused = "goose_bin" in changes and await standin_problem(
+            fresh.settings, rt.environ, rt.connection.lazy.health
+        )
+        if refused:
+            self._reload_refused(refused)
             return
         if self.passes is not None:
             self.passes.reload_error = None

@@ -1,4 +1,5 @@
-"""The last pass as others see it: systemd's STATUS= line and `state/last_pass.json` for `status`."""
+"""The last pass as others see it: systemd's STATUS= line and `state/last_pass.json` for `status`,
+both with secrets masked (core.redact)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.core.redact import redacted
 from tinyscheduler.service.availability import problems as availability_problems
 from tinyscheduler.service.availability import published
 from tinyscheduler.service.runtime import Runtime
@@ -56,7 +58,8 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         line += "; " + "; ".join(unavailable)
     if reload_error:
         line += f"; reload rejected, previous configuration kept: {reload_error}"
-    runtime.notifier.status(line)
+    # Error texts quote TinyTask's URL, which may carry credentials; `systemctl status` is for anyone.
+    runtime.notifier.status(redacted("", line))
     data: dict[str, Any] = asdict(report) | {
         "pid": os.getpid(),
         "instance": runtime.instance_id,
@@ -70,6 +73,6 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         "limits": runtime.config.limits,
     }
     try:
-        write_json_atomic(s.last_pass_file, data, mode=0o644, durable=False)
+        write_json_atomic(s.last_pass_file, redacted("", data), durable=False)
     except OSError as exc:
         log.error("status_write_failed", file=str(s.last_pass_file), reason=str(exc))

@@ -31,13 +31,18 @@ class FakeTinyTask(Seeding):
     The tasks outlive `stop()`: starting again (same object, or a new one on the same port with
     the same seed) is how tests play a server that goes away and comes back. `legacy=True` plays
     the old tinytask-mcp 1.0: no REST, only the legacy SSE MCP transport, no queue/parent/blocking
-    fields, timestamps as `YYYY-MM-DD HH:MM:SS`.
+    fields, timestamps as `YYYY-MM-DD HH:MM:SS`. `disguised=True` leaves out of `GET /health` the
+    field that tells the scheduler it is the fake (core.standin): it then plays a production server,
+    against which the stand-in goose is refused.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, legacy: bool = False) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, legacy: bool = False, disguised: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.legacy = legacy
+        self.disguised = disguised
         self.url = ""
         self.store = Store(legacy)
         self.mcp = McpEndpoint(self.store, legacy)
@@ -92,7 +97,8 @@ class FakeTinyTask(Seeding):
             self.requests.clear()
 
     def health(self) -> dict[str, Any]:
-        return health_document(self.legacy, time.monotonic() - self._started, len(self.mcp.sessions))
+        uptime = time.monotonic() - self._started
+        return health_document(self.legacy, uptime, len(self.mcp.sessions), marked=not self.disguised)
 
     # -- used by the handler -----------------------------------------------------------------
 

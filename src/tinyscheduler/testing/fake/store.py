@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tinyscheduler.core.standin import FAKE_SERVER_FIELD, FAKE_SERVER_VALUE
+
 STATUSES: tuple[str, ...] = ("idle", "working", "complete")
 MAX_DEPTH = 3
 NEW_SERVER_FIELDS = ("parent_task_id", "queue_name", "blocked_by_task_id", "is_currently_blocked")
@@ -60,8 +62,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def health_document(legacy: bool, uptime: float, sessions: int) -> dict[str, Any]:
-    """What `GET /health` answers."""
+def health_document(legacy: bool, uptime: float, sessions: int, *, marked: bool = True) -> dict[str, Any]:
+    """What `GET /health` answers; `marked` adds the field the real server never sends, which lets
+    the scheduler run the stand-in goose against the fake (core.standin)."""
     now = datetime.now(UTC)
     health: dict[str, Any] = {
         "status": "healthy",
@@ -72,6 +75,8 @@ def health_document(legacy: bool, uptime: float, sessions: int) -> dict[str, Any
     if not legacy:  # tinytask-mcp 1.0 reported neither
         health["transport"] = "streamable-http"
         health["sessionCount"] = sessions
+    if marked:
+        health[FAKE_SERVER_FIELD] = FAKE_SERVER_VALUE
     return health
 
 

@@ -1,0 +1,33 @@
+"""Text from outside (task titles, agent names, server errors, paths) made safe to print.
+
+A terminal obeys control characters: ESC starts sequences that clear the screen, move the cursor or
+set the window title (OSC, ended by BEL), and a newline starts what looks like a new table row or
+log line. `escaped` shows every one of them as a visible escape instead (`\\x1b`, `\\n`), so what is
+printed is exactly one line of inert text.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: C0 controls, DEL and C1 controls (0x9b is a one-byte CSI on some terminals).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: The same but for newline and tab: a block of lines stays a block of lines.
+_CONTROL_IN_BLOCK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match[0]
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
+
+def escaped(text: str, *, keep_lines: bool = False) -> str:
+    """`text` with every control character shown as an escape; idempotent (escaping it again is a
+    no-op). `keep_lines` keeps newlines and tabs, for a block of output shown as it was printed."""
+    return (_CONTROL_IN_BLOCK if keep_lines else _CONTROL).sub(_visible, text)
+
+
+def markdown_cell(text: str) -> str:
+    """`text` as one Markdown table cell: escaped, and a `|` cannot end the cell."""
+    return escaped(text).replace("|", "\\|")
