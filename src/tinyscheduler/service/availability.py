@@ -15,7 +15,8 @@ from datetime import datetime
 import anyio
 import structlog
 
-from tinyscheduler.adapters.goose_probe import check_goose
+from tinyscheduler.adapters.goose_probe import GooseCheck, check_goose
+from tinyscheduler.config.settings import Settings
 from tinyscheduler.core.circuit import (
     Breaker,
     CircuitPolicy,
@@ -39,10 +40,19 @@ def circuit_policy(runtime: Runtime) -> CircuitPolicy:
     return CircuitPolicy(base_sec=float(runtime.config.settings.loop_interval_sec))
 
 
+async def probe_goose(runtime: Runtime, settings: Settings) -> GooseCheck:
+    """What `settings`' goose is (in a thread: it runs `goose --version`)."""
+    return await anyio.to_thread.run_sync(check_goose, settings.goose_bin, runtime.environ)
+
+
 async def check_goose_now(runtime: Runtime) -> bool:
-    """Check the configured goose (in a thread: it runs `goose --version`); True when it can run."""
+    """Check the configured goose and move its breaker; True when it can run."""
+    return apply_goose_check(runtime, await probe_goose(runtime, runtime.config.settings))
+
+
+def apply_goose_check(runtime: Runtime, found: GooseCheck) -> bool:
+    """Move goose's breaker by what a check found (said once per change); True when it can run."""
     s = runtime.config.settings
-    found = await anyio.to_thread.run_sync(check_goose, s.goose_bin, runtime.environ)
     circuits = runtime.circuits
     before = circuits.goose
     if found.problem is None:

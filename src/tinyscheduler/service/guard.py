@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import anyio
 import structlog
 
 from tinyscheduler.adapters.files import unsafe_folder
-from tinyscheduler.adapters.goose_probe import check_goose
+from tinyscheduler.adapters.goose_probe import GooseCheck
 from tinyscheduler.adapters.tinytask import TinyTaskError
 from tinyscheduler.config.settings import Settings
 from tinyscheduler.core.goose import standin_allowed, standin_refusal
@@ -40,13 +39,10 @@ def unsafe_state(s: Settings) -> str | None:
 
 
 async def standin_problem(
-    s: Settings, environ: Mapping[str, str], health: Callable[[], Awaitable[dict[str, Any]]]
+    check: GooseCheck, s: Settings, environ: Mapping[str, str], health: Callable[[], Awaitable[dict[str, Any]]]
 ) -> str | None:
-    """Why the configured goose may not run (it is the stand-in, and TinyTask is not the fake)."""
-    if standin_allowed(environ):
-        return None
-    check = await anyio.to_thread.run_sync(check_goose, s.goose_bin, environ)
-    if not check.standin:
+    """Why the goose `check` found may not run (it is the stand-in, and TinyTask is not the fake)."""
+    if standin_allowed(environ) or not check.standin:
         return None
     try:
         document = await health()

@@ -29,6 +29,7 @@ import structlog
 from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.containment import RunCgroups, become_subreaper
 from tinyscheduler.adapters.files import make_private_folder
+from tinyscheduler.adapters.goose_probe import GooseCheck
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld
 from tinyscheduler.adapters.logsetup import EventLog, configure_logging
@@ -39,7 +40,7 @@ from tinyscheduler.config.settings import ConfigError, LoadedSettings
 from tinyscheduler.core.attempts import RetryPolicy
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.watchdog import WatchdogGate
-from tinyscheduler.service.availability import check_goose_now
+from tinyscheduler.service.availability import apply_goose_check, probe_goose
 from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.guard import EXIT_REFUSED, standin_problem, unsafe_state
 from tinyscheduler.service.leasewatch import LeaseWatcher
@@ -121,7 +122,8 @@ class Scheduler:
     async def serve(self) -> int:
         rt = self.runtime
         s = rt.config.settings
-        refused = unsafe_state(s) or await standin_problem(s, rt.environ, rt.connection.lazy.health)
+        goose = await probe_goose(rt, s)
+        refused = unsafe_state(s) or await standin_problem(goose, s, rt.environ, rt.connection.lazy.health)
         if refused:
             await rt.connection.aclose()
             print(f"tinyscheduler: not started: {refused}", file=sys.stderr)
@@ -141,7 +143,7 @@ class Scheduler:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals)
-                    await self._live(group)
+                    await self._live(group, goose)
                     # On a hand-off this abandons the supervisors; their processes go on.
                     group.cancel_scope.cancel()
         finally:
@@ -156,13 +158,13 @@ class Scheduler:
         pass_failed = self.passes is not None and not self.passes.report.ok
         return pass_failed or rt.counters.snapshot().get("start_errors", 0) > 0 or rt.circuits.goose.failing
 
-    async def _live(self, group: anyio.abc.TaskGroup) -> None:
+    async def _live(self, group: anyio.abc.TaskGroup, goose: GooseCheck) -> None:
         rt = self.runtime
         runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
         watcher = LeaseWatcher(rt, runner)
         self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
         # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
-        await check_goose_now(rt)
+        apply_goose_check(rt, goose)
         # Recovery before READY: the live runs of a previous instance adopted, the ended ones being
         # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
@@ -246,9 +248,9 @@ class Scheduler:
             log.exception("reload_crashed")
             self._reload_refused(f"{type(exc).__name__}: {exc}")
             return
-        refused = "goose_bin" in changes and await standin_problem(
-            fresh.settings, rt.environ, rt.connection.lazy.health
-        )
+        # Goose may have been installed (or the PATH or TINYSCHEDULER_GOOSE_BIN changed): check now.
+        goose = await probe_goose(rt, fresh.settings)
+        refused = await standin_problem(goose, fresh.settings, rt.environ, rt.connection.lazy.health)
         if refused:
             self._reload_refused(refused)
             return
@@ -264,8 +266,7 @@ class Scheduler:
         for name, (before, after) in changes.items():
             log.info("setting_changed", setting=name, old=redacted(name, before), new=redacted(name, after))
         log.info("reloaded", changed=len(changes))
-        # Goose may have been installed (or the PATH or TINYSCHEDULER_GOOSE_BIN changed): check now.
-        await check_goose_now(rt)
+        apply_goose_check(rt, goose)
         rt.notifier.ready()
         rt.tick.set()
 
