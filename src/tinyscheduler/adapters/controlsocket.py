@@ -107,8 +107,11 @@ def ask(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         sock.settimeout(timeout)
         with _short_path(path) as short:
             sock.connect(short)
-        sock.sendall(encode(request))
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(encode(request))
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it read the request (another user): the refusal is there to read
         chunks: list[bytes] = []
         size = 0
         while size <= MAX_REPLY_BYTES:

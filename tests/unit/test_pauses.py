@@ -386,3 +386,22 @@ def test_a_stale_socket_is_replaced_and_anything_else_in_its_place_is_left_alone
         controlsocket.bind(path, backlog=1)
     controlsocket.remove(path)
     assert path.read_text() == "mine"
+
+
+def test_a_refusal_sent_before_the_request_is_read_still_reaches_the_client(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    sock = controlsocket.bind(path, backlog=1)
+
+    def refuse_unread() -> None:
+        sock.setblocking(True)
+        conn, _ = sock.accept()
+        conn.sendall(controlsocket.encode({"ok": False, "message": "not you"}))
+        conn.close()  # the request is never read: the client's send breaks
+
+    thread = threading.Thread(target=refuse_unread, daemon=True)
+    thread.start()
+    try:
+        assert controlsocket.ask(path, {"padding": "x" * 4_000_000}, timeout=5) == {"ok": False, "message": "not you"}
+    finally:
+        thread.join(5)
+        sock.close()
