@@ -368,3 +368,35 @@ def test_another_user_is_refused_even_when_the_socket_lets_them_connect(workspac
     reply = json.loads(answer)
     assert reply == {"ok": False, "message": f"only the scheduler's user ({ME}) may control it"}
     assert json.loads(cli(workspace, "status", "--json").stdout)["pauses"] == [], "nothing changed"
+
+
+def test_a_broken_pause_file_is_a_problem_in_status_and_resume_host_replaces_it(workspace):
+    (workspace.base / "state").mkdir()
+    pauses_file = workspace.base / "state" / "pauses.json"
+    pauses_file.write_text("{oops")
+
+    status = cli(workspace, "status")
+    resumed = cli(workspace, "resume", "--host")
+
+    assert status.returncode == 1
+    assert f"  - {pauses_file}: not valid JSON: " in status.stdout and "`resume --host` replaces it" in status.stdout
+    assert "  - host paused by tinyscheduler since " in status.stdout, "nothing starts meanwhile"
+    assert resumed.returncode == 0 and resumed.stdout.startswith("no daemon running: resumed host (")
+    assert json.loads(pauses_file.read_text()) == {"pauses": [], "version": 1}
+    assert cli(workspace, "status").returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the state folder to another user")
+def test_only_the_owner_of_the_state_folder_may_control_the_scheduler(workspace):
+    state = workspace.base / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+
+    result = cli(workspace, "pause", "--host")
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"tinyscheduler: refused: only the owner of {state} ({user_name(65534)}) may control the scheduler, "
+        f"not {ME} (sudo -u {user_name(65534)} tinyscheduler ...)\n"
+    )
+    assert not (state / "pauses.json").exists()

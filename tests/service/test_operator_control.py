@@ -16,7 +16,8 @@ from tinyscheduler.adapters import controlsocket
 from tinyscheduler.adapters.controlsocket import user_name
 from tinyscheduler.adapters.pausestore import PauseStore
 from tinyscheduler.core.control import Pause, Pauses, Scope
-from tinyscheduler.service.scheduler import Scheduler
+from tinyscheduler.service.scheduler import Hooks, Scheduler
+from tinyscheduler.service.statusfile import PassReport
 
 from world import World
 
@@ -24,9 +25,9 @@ ME = user_name(os.geteuid())
 
 
 @asynccontextmanager
-async def daemon(world: World) -> AsyncIterator[Scheduler]:
+async def daemon(world: World, hooks: Hooks | None = None) -> AsyncIterator[Scheduler]:
     """The daemon serving in this event loop until the block ends."""
-    scheduler = world.scheduler(once=False)
+    scheduler = world.scheduler(once=False, hooks=hooks)
     async with anyio.create_task_group() as group:
         group.start_soon(scheduler.serve)
         with anyio.fail_after(10):
@@ -183,3 +184,44 @@ async def test_status_counts_the_runs_left_while_draining(world: World) -> None:
         assert (status["runs"], status["message"]) == ([], "draining: 0 runs left, idle")
         assert status["draining"]["reason"] == "kernel update"
         assert len(world.starts()) == 2 and world.client.task(tasks[2])["status"] == "idle", "nothing new started"
+
+
+async def test_a_pause_applied_while_a_pass_assigns_keeps_that_pass_from_starting_the_run(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    task = world.client.create_task("t", queue_name="dev")["id"]
+    stall = world.client.stall("get_task")  # the read-back after the assignment
+    reports: list[PassReport] = []
+
+    async def keep_last_report() -> None:  # at the start of a pass: the one before has ended
+        if scheduler.passes is not None:
+            reports.append(scheduler.passes.report)
+
+    async with daemon(world, Hooks(before_pass=keep_last_report)) as scheduler:
+        with anyio.fail_after(10):
+            await stall.reached.wait()
+        assert (await ask(world, action="pause", scope="agent", target="dev-a"))["ok"]
+        stall.release.set()
+        await until(lambda: any(report.assigned for report in reports), "the end of the pass that assigned")
+
+        [stalled] = [report for report in reports if report.assigned]
+        assert stalled.started == 0, "planned before the pause, not started after it"
+        assert world.client.task(task)["assigned_to"] == "dev-a" and world.starts() == []
+
+
+async def test_an_unreadable_pause_file_holds_the_host_until_resume_replaces_it(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    task = world.client.create_task("t", queue_name="dev")["id"]
+    (world.base / "state").mkdir()
+    (world.base / "state" / "pauses.json").write_text('{"pauses": [{"scope": "agent", "target": "dev-a"')
+    async with daemon(world) as scheduler:
+        held = scheduler.runtime.pauses.host
+        assert held is not None and held.user == "tinyscheduler"
+        assert held.reason.startswith(f"{world.base}/state/pauses.json is unreadable (not valid JSON: ")
+        await until(lambda: scheduler.passes is not None and scheduler.passes.report.started_at, "a pass")
+        assert world.starts() == []
+
+        resumed = await ask(world, action="resume", scope="host")
+
+        assert resumed["ok"] and resumed["pauses"] == []
+        assert json.loads((world.base / "state" / "pauses.json").read_text()) == {"pauses": [], "version": 1}
+        await until(lambda: world.starts() == [task], "the run once resumed")

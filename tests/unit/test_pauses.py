@@ -296,13 +296,13 @@ def test_a_stop_on_request_is_requeued_unless_it_is_counted(cause: StopCause, in
 # --- the pause file ----------------------------------------------------------------------------------
 
 
-def test_pause_file_round_trip_is_private_and_missing_means_none(tmp_path: Path) -> None:
+def test_pause_file_round_trip_is_readable_by_status_and_missing_means_none(tmp_path: Path) -> None:
     store = PauseStore(tmp_path / "pauses.json")
     assert store.load() == Pauses()
     pauses = Pauses((pause(Scope.QUEUE, "qa"),))
     store.save(pauses)
     assert store.load() == pauses
-    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o644
 
 
 @pytest.mark.parametrize(

@@ -25,10 +25,12 @@ MAX_PAUSES_BYTES = 1024 * 1024
 
 
 class PausesUnreadable(Exception):
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: Path, why: str, errno: int | None = None) -> None:
         super().__init__(f"{path}: {why}")
         self.path = path
         self.why = why
+        #: The OSError's errno when the file could not be read at all (EACCES: another user's).
+        self.errno = errno
 
 
 class PauseStore:
@@ -42,7 +44,7 @@ class PauseStore:
         except FileNotFoundError:
             return Pauses()
         except OSError as exc:
-            raise PausesUnreadable(self.path, reason(exc)) from None
+            raise PausesUnreadable(self.path, reason(exc), exc.errno) from None
         except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
             raise PausesUnreadable(self.path, f"not valid JSON: {exc}") from None
         try:
@@ -58,8 +60,11 @@ class PauseStore:
             return Pauses.unreadable(str(exc.path), exc.why, now)
 
     def save(self, pauses: Pauses) -> None:
-        """Raises OSError (a full disk, a read-only folder): the caller refuses the change."""
-        write_json_atomic(self.path, pauses.to_json(), mode=0o600, durable=True)
+        """Raises OSError (a full disk, a read-only folder): the caller refuses the change.
+
+        Readable by all, like last_pass.json: `status` shows the pauses to whoever may read the
+        state folder; only the owner changes them."""
+        write_json_atomic(self.path, pauses.to_json(), mode=0o644, durable=True)
 
 
 class DaemonRunning(Exception):

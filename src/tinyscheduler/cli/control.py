@@ -111,7 +111,7 @@ def _not_owner(s: Settings) -> str | None:
     if owner != os.geteuid():
         return (
             f"refused: only the owner of {s.state_dir} ({user_name(owner)}) may control the scheduler, "
-            f"not {user_name(os.geteuid())}"
+            f"not {user_name(os.geteuid())} (sudo -u {user_name(owner)} tinyscheduler ...)"
         )
     return None
 

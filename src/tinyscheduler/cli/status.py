@@ -8,6 +8,7 @@ come from the planner's own `judge_lease`, so "stale" here means what it means t
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import socket
@@ -373,6 +374,9 @@ def _read_pauses(settings: Settings, status: Status, now: datetime) -> None:
     try:
         pauses = PauseStore(settings.pauses_file).load()
     except PausesUnreadable as exc:
+        if exc.errno == errno.EACCES:  # the daemon reads it; this user cannot
+            status.problems.append(f"cannot read {exc}; run status as the scheduler's user")
+            return
         status.problems.append(f"{exc}: the host starts nothing until it is fixed or `resume --host` replaces it")
         pauses = Pauses.unreadable(str(exc.path), exc.why, now)
     status.pauses = [pause.to_json() | {"text": pause.describe()} for pause in pauses.items]
