@@ -57,12 +57,8 @@ def apply(pauses: Pauses, data: dict[str, Any]) -> Change | Refusal:
 
 
 def test_a_pause_says_who_when_and_why() -> None:
-    assert (
-        pause(Scope.AGENT, "dev-a").describe() == "agent dev-a paused by alice since 2026-11-29T12:00:00Z: maintenance"
-    )
-    assert (
-        pause(Scope.HOST, kind=Kind.DRAIN, reason="").describe() == "host draining by alice since 2026-11-29T12:00:00Z"
-    )
+    assert pause(Scope.AGENT, "dev-a").text == "agent dev-a paused by alice since 2026-11-29T12:00:00Z: maintenance"
+    assert pause(Scope.HOST, kind=Kind.DRAIN, reason="").text == "host draining by alice since 2026-11-29T12:00:00Z"
 
 
 def test_pauses_round_trip_through_their_json() -> None:
@@ -234,14 +230,14 @@ def test_a_paused_agent_gets_no_queue_task_and_starts_none_of_its_own() -> None:
         agent_tasks={"dev-a": [task(4, agent="dev-a")]},
     )
     assert starts == {1: "dev-b", 2: "dev-b"}, "the pool's other agent takes the queue"
-    assert skips == {3: "no free slot in pool dev", 4: paused.describe()}
+    assert skips == {3: "no free slot in pool dev", 4: paused.text}
 
 
 def test_a_pool_whose_agents_are_all_paused_says_so() -> None:
     pauses = Pauses((pause(Scope.AGENT, "dev-a"), pause(Scope.AGENT, "dev-b")))
     starts, skips = planned(pauses, queue_tasks={"dev": [task(1)]})
     assert starts == {}
-    assert skips[1] == "no agent of pool dev available: " + "; ".join(p.describe() for p in pauses.items)
+    assert skips[1] == "no agent of pool dev available: " + "; ".join(p.text for p in pauses.items)
 
 
 def test_a_paused_queue_is_neither_assigned_nor_started_while_other_queues_run() -> None:
@@ -252,7 +248,7 @@ def test_a_paused_queue_is_neither_assigned_nor_started_while_other_queues_run()
         agent_tasks={"dev-a": [task(3, agent="dev-a")], "qa-a": [task(4, agent="qa-a", queue="qa")]},
     )
     assert starts == {2: "qa-a", 4: "qa-a"}
-    assert skips == {1: "queue dev paused by alice since 2026-11-29T12:00:00Z", 3: paused.describe()}
+    assert skips == {1: "queue dev paused by alice since 2026-11-29T12:00:00Z", 3: paused.text}
 
 
 def test_a_paused_or_draining_host_starts_nothing_and_every_task_says_why() -> None:
@@ -264,7 +260,7 @@ def test_a_paused_or_draining_host_starts_nothing_and_every_task_says_why() -> N
             agent_tasks={"qa-a": [task(3, agent="qa-a", queue="qa")]},
         )
         assert starts == {}
-        assert skips == dict.fromkeys((1, 2, 3), host.describe())
+        assert skips == dict.fromkeys((1, 2, 3), host.text)
 
 
 def test_starts_carry_their_queue_so_a_pause_made_during_the_pass_can_be_checked() -> None:

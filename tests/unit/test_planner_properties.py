@@ -258,7 +258,7 @@ def test_nothing_paused_is_assigned_or_started_and_every_paused_task_says_who_pa
         assert pauses.holding(assignment.agent, assignment.queue) is None
     if pauses.host is not None:
         assert not result.starts and not result.assignments
-        described = pauses.host.describe()
+        described = pauses.host.text
         # Every task that could start otherwise is skipped with the host's pause as its reason.
         unpaused = plan(dataclasses.replace(scene.snapshot, pauses=Pauses()), scene.config)
         held = {skip.task_id: skip.reason for skip in result.skips}

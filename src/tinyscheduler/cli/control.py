@@ -31,7 +31,7 @@ EXIT_NOT_RUNNING = 3
 
 #: How long the daemon may take to answer (a pause writes and fsyncs a file).
 ASK_TIMEOUT_SEC = 10.0
-#: A daemon that has just taken the lock may not listen yet; a busy one says so: try again meanwhile.
+#: A daemon that has just taken the lock may not listen yet: try again meanwhile.
 CONNECT_PATIENCE_SEC = 5.0
 #: How often `drain --wait` asks how many runs are left.
 POLL_SEC = 0.5
@@ -131,9 +131,7 @@ def _ask_daemon(s: Settings, request: dict[str, Any]) -> dict[str, Any] | None:
         except (OSError, ValueError) as exc:
             raise Unreachable(f"cannot talk to the daemon over {s.control_socket}: {exc}") from None
         else:
-            if not reply.get("busy"):
-                return reply
-            why = str(reply.get("message"))
+            return reply
         if time.monotonic() > patience:
             holder = read_holder(s.lock_file)
             raise Unreachable(f"the daemon ({holder}) holds the lock but its control socket does not answer: {why}")

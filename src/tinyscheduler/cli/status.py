@@ -379,11 +379,11 @@ def _read_pauses(settings: Settings, status: Status, now: datetime) -> None:
             return
         status.problems.append(f"{exc}: the host starts nothing until it is fixed or `resume --host` replaces it")
         pauses = Pauses.unreadable(str(exc.path), exc.why, now)
-    status.pauses = [pause.to_json() | {"text": pause.describe()} for pause in pauses.items]
+    status.pauses = [pause.to_json() | {"text": pause.text} for pause in pauses.items]
     drain = pauses.draining
     if drain is not None:
         left = sum(1 for row in status.leases if row.host == status.host)
-        status.draining = drain.to_json() | {"text": drain.describe(), "runs_left": left}
+        status.draining = drain.to_json() | {"text": drain.text, "runs_left": left}
 
 
 # --- rendering -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ or a file. The daemon and, with no daemon running, the command line apply reques
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,8 +69,10 @@ class Pause:
     def what(self) -> str:
         return "host" if self.scope is Scope.HOST else f"{self.scope.value} {self.target}"
 
-    def describe(self) -> str:
-        """`agent dev-a paused by alice since 2026-11-29T12:00:00Z: flaky provider`."""
+    @functools.cached_property
+    def text(self) -> str:
+        """`agent dev-a paused by alice since 2026-11-29T12:00:00Z: flaky provider`. Said once and
+        kept: the planner gives it as the reason of every task the pause holds."""
         verb = "draining" if self.kind is Kind.DRAIN else "paused"
         why = f": {self.reason}" if self.reason else ""
         return f"{self.what} {verb} by {self.user} since {iso(self.since)}{why}"
@@ -111,8 +114,12 @@ class Pauses:
 
     items: tuple[Pause, ...] = ()
 
+    @functools.cached_property
+    def _index(self) -> dict[tuple[Scope, str], Pause]:
+        return {(p.scope, p.target): p for p in self.items}
+
     def find(self, scope: Scope, target: str = "") -> Pause | None:
-        return next((p for p in self.items if p.scope is scope and p.target == target), None)
+        return self._index.get((scope, target))
 
     @property
     def host(self) -> Pause | None:
@@ -287,7 +294,7 @@ def change_pauses(
     if request.action is Action.RESUME:
         if existing is None:
             return Refusal(f"{_what(scope, request.target)} is not paused")
-        return Change(pauses.without(scope, request.target), f"resumed {existing.what} ({existing.describe()})")
+        return Change(pauses.without(scope, request.target), f"resumed {existing.what} ({existing.text})")
     if request.action is Action.DRAIN:
         return _drain(pauses, request, user=user, now=now)
     if request.action is not Action.PAUSE:
@@ -296,20 +303,20 @@ def change_pauses(
     if unknown:
         return Refusal(unknown)
     if existing is not None:
-        return Refusal(f"already paused: {existing.describe()}")
+        return Refusal(f"already paused: {existing.text}")
     pause = Pause(scope, request.target, user, now, request.reason)
-    return Change(pauses.with_pause(pause), pause.describe())
+    return Change(pauses.with_pause(pause), pause.text)
 
 
 def _drain(pauses: Pauses, request: Request, *, user: str, now: datetime) -> Change | Refusal:
     host = pauses.host
     if host is not None and host.kind is Kind.DRAIN:
         if request.wait:
-            return Change(pauses, f"already {host.describe()}", changed=False)
-        return Refusal(f"already {host.describe()}")
+            return Change(pauses, f"already {host.text}", changed=False)
+        return Refusal(f"already {host.text}")
     drain = Pause(Scope.HOST, "", user, now, request.reason, Kind.DRAIN)
-    was = f" (was {host.describe()})" if host is not None else ""
-    return Change(pauses.with_pause(drain), drain.describe() + was)
+    was = f" (was {host.text})" if host is not None else ""
+    return Change(pauses.with_pause(drain), drain.text + was)
 
 
 def _what(scope: Scope, target: str) -> str:

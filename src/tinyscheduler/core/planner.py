@@ -345,7 +345,7 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
             exhausted = f"no agent of pool {queue} available: " + "; ".join(held[a] for a in pool)
         queue_paused = pauses.holding(None, queue)
         if queue_paused is not None:
-            exhausted = queue_paused.describe()
+            exhausted = queue_paused.text
         # Free slots only go down while planning: once the pool has none, the rest of the queue
         # is skipped without looking for an agent again.
         open_pool = bool(pool) and queue_paused is None
@@ -367,7 +367,7 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
         for task in state.candidates(snapshot.agent_tasks.get(agent, ()), agent):
             paused = pauses.holding(agent, task.queue_name) if pauses.items else None
             if paused is not None:
-                state.skips.append(Skip(task.id, agent, paused.describe()))
+                state.skips.append(Skip(task.id, agent, paused.text))
                 continue
             if free[agent] <= 0:
                 state.skips.append(Skip(task.id, agent, full))
@@ -390,7 +390,7 @@ def _held_agents(agents: Iterable[str], pauses: Pauses, unavailable: Mapping[str
     for agent in agents:
         paused = pauses.holding(agent, None) if pauses.items else None
         if paused is not None:
-            held[agent] = paused.describe()
+            held[agent] = paused.text
         elif agent in unavailable:
             held[agent] = str(unavailable[agent])
     return held

@@ -2,11 +2,14 @@
 the Unix socket they arrive on.
 
 The server belongs to the daemon's task group and handles each connection in a task group of its
-own, with a size limit (adapters.controlsocket), a read deadline and a cap on connections at once:
-garbage, a huge request, a client that never sends or never reads, or a crowd of them cost a
-refusal and a closed connection, never a blocked loop. Only the daemon's own user gets through (the
-socket file is 0600, and the kernel's peer credentials are checked). A change is answered once it
-is applied: the pauses written to `state/pauses.json`, the runs asked to stop, the event recorded.
+own, with a size limit (adapters.controlsocket), a read deadline and a cap on connections at once
+(beyond it, connections wait in the socket's backlog until a slot frees): garbage, a huge request,
+a client that never sends or never reads, or a crowd of them cost a refusal and a closed
+connection, never a blocked loop. The request is read before any reply, even one refused: a socket
+closed with unread data resets the client, which would then lose the refusal. Only the daemon's own
+user gets through (the socket file is 0600, and the kernel's peer credentials are checked). A
+change is answered once it is applied: the pauses written to `state/pauses.json`, the runs asked
+to stop, the event recorded.
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ log = structlog.get_logger("tinyscheduler.control")
 READ_TIMEOUT_SEC = 5.0
 #: A reply is small and the socket's buffer empty: a client that does not read loses it after this.
 WRITE_TIMEOUT_SEC = 1.0
-#: Connections handled at once; more are told the daemon is busy and closed.
+#: What a client sent beyond its request is read (and dropped) up to this much, for this long, before
+#: the connection is closed: closed with unread data, the socket would reset the client.
+LINGER_BYTES = 64 * 1024
+LINGER_SEC = 0.5
+#: Connections handled at once; more wait to be accepted.
 MAX_CONNECTIONS = 16
 #: A refused user is logged once per this many seconds, not once per connection.
 REFUSED_LOG_EVERY_SEC = 60.0
@@ -90,7 +97,7 @@ class Controls:
 
     def status(self) -> Reply:
         rt = self.runtime
-        runs = sorted(rt.runs)
+        runs = sorted(rt.busy)  # runs in flight, and leases being recovered
         draining = rt.pauses.draining
         return {
             "ok": True,
@@ -129,7 +136,7 @@ class Controls:
         in_flight = {task_id: run.agent for task_id, run in rt.runs.items() if run.holds_slot}
         stopping = runs_to_stop(pause, in_flight, pools)
         for task_id in stopping:
-            rt.runs[task_id].request_stop(pause.describe())
+            rt.runs[task_id].request_stop(pause.text)
         if not stopping:
             return "; no run in flight to stop"
         tasks = ", ".join(map(str, stopping))
@@ -190,7 +197,6 @@ class ControlServer:
         self.path = path
         self.max_connections = max_connections
         self.read_timeout = READ_TIMEOUT_SEC
-        self.active = 0
         self._refused_logged: dict[int, float] = {}
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -213,41 +219,39 @@ class ControlServer:
             controlsocket.remove(self.path)
 
     async def _accept(self, listener: anyio.abc.SocketListener, group: anyio.abc.TaskGroup) -> None:
+        slots = anyio.Semaphore(self.max_connections)
         while True:
+            await slots.acquire()
             try:
                 stream = await listener.accept()
             except OSError as exc:  # out of descriptors, say: wait a moment rather than spin
+                slots.release()
                 log.warning("control_accept_failed", reason=str(exc))
                 await anyio.sleep(0.1)
                 continue
-            if self.active >= self.max_connections:
-                with anyio.move_on_after(WRITE_TIMEOUT_SEC):
-                    await self._send(stream, refused("busy: too many control connections at once; try again"))
-                await stream.aclose()
-                continue
-            self.active += 1
-            group.start_soon(self._handle, stream)
+            group.start_soon(self._handle, stream, slots)
 
-    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+    async def _handle(self, stream: anyio.abc.SocketStream, slots: anyio.Semaphore) -> None:
         try:
             reply = await self._answer(stream)
             with anyio.move_on_after(WRITE_TIMEOUT_SEC):
                 await self._send(stream, reply)
+            await self._linger(stream)
         except Exception:  # one connection's trouble must never reach the daemon
             log.exception("control_connection_failed")
         finally:
-            self.active -= 1
+            slots.release()
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
     async def _answer(self, stream: anyio.abc.SocketStream) -> Reply:
         peer = peer_of(stream.extra(anyio.abc.SocketAttribute.raw_socket))
-        if peer.uid != os.geteuid():
-            self._log_refused_user(peer)
-            return refused(f"only the scheduler's user ({user_name(os.geteuid())}) may control it")
         data: bytes | None = None
         with anyio.move_on_after(self.read_timeout):
             data = await self._read(stream)
+        if peer.uid != os.geteuid():
+            self._log_refused_user(peer)
+            return refused(f"only the scheduler's user ({user_name(os.geteuid())}) may control it")
         if data is None:
             return refused(f"no complete request within {self.read_timeout:g}s")
         if len(data) > MAX_REQUEST_BYTES:
@@ -268,6 +272,12 @@ class ControlServer:
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 break
         return data.split(b"\n", 1)[0]
+
+    async def _linger(self, stream: anyio.abc.SocketStream) -> None:
+        left = LINGER_BYTES
+        with anyio.move_on_after(LINGER_SEC), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            while left > 0:
+                left -= len(await stream.receive(left))
 
     async def _send(self, stream: anyio.abc.SocketStream, reply: Reply) -> None:
         # A client that left has nothing to be told.

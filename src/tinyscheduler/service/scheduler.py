@@ -188,7 +188,7 @@ class Scheduler:
             log.error("pauses_unreadable", file=str(exc.path), reason=exc.why, detail="the host starts nothing")
             rt.pauses = Pauses.unreadable(str(exc.path), exc.why, rt.clock())
         for pause in rt.pauses.items:
-            log.warning("paused", scope=pause.scope.value, target=pause.target, reason=pause.describe())
+            log.warning("paused", scope=pause.scope.value, target=pause.target, reason=pause.text)
 
     def _control_changed(self) -> None:
         """A control request changed something: say it in STATUS= now and plan again at once."""

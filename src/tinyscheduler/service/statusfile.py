@@ -53,7 +53,7 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
     s = runtime.config.settings
     line = status_line(report)
     # An operator's pause or drain comes first: it explains every other number on the line.
-    paused = summary(runtime.pauses, len(runtime.runs))
+    paused = summary(runtime.pauses, len(runtime.busy))
     if paused:
         line = f"{paused}; {line}"
     unavailable = availability_problems(runtime)
