@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from tinyscheduler.adapters.controlsocket import ask, user_name
 from tinyscheduler.adapters.lock import is_locked, read_holder
@@ -61,22 +61,17 @@ def request_from(args: argparse.Namespace) -> Request:
     return parse_request(request.to_json())
 
 
-class Console:
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-
-    def say(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
-
-    def refuse(self, line: str, code: int = EXIT_REFUSED) -> int:
-        self.err.write(f"tinyscheduler: {line}\n")
-        return code
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
-def control_command(loaded: LoadedSettings, args: argparse.Namespace, console: Console | None = None) -> int:
-    console = console or Console()
+def _refuse(line: str, code: int = EXIT_REFUSED) -> int:
+    """One line on stderr saying why; the exit code."""
+    print(f"tinyscheduler: {line}", file=sys.stderr)
+    return code
+
+
+def control_command(loaded: LoadedSettings, args: argparse.Namespace) -> int:
     s = loaded.settings
     try:
         request = request_from(args)
@@ -84,23 +79,21 @@ def control_command(loaded: LoadedSettings, args: argparse.Namespace, console: C
         raise ConfigError([str(exc)]) from None
     problem = _not_owner(s)
     if problem:
-        return console.refuse(problem)
+        return _refuse(problem)
     for _ in range(3):  # a daemon may start or stop between the look at the lock and the request
         try:
             reply = _ask_daemon(s, request.to_json())
         except Unreachable as exc:
-            return console.refuse(str(exc))
+            return _refuse(str(exc))
         if reply is not None:
-            return _answered(s, request, reply, args, console)
+            return _answered(s, request, reply, args)
         if request.action is Action.CANCEL:
-            return console.refuse(
-                f"no daemon running ({s.lock_file} is not locked): no run to cancel", EXIT_NOT_RUNNING
-            )
+            return _refuse(f"no daemon running ({s.lock_file} is not locked): no run to cancel", EXIT_NOT_RUNNING)
         try:
-            return _offline(loaded, request, console)
+            return _offline(loaded, request)
         except DaemonRunning:
             continue
-    return console.refuse("the daemon kept starting and stopping; try again")
+    return _refuse("the daemon kept starting and stopping; try again")
 
 
 def _not_owner(s: Settings) -> str | None:
@@ -138,17 +131,17 @@ def _ask_daemon(s: Settings, request: dict[str, Any]) -> dict[str, Any] | None:
         time.sleep(0.1)
 
 
-def _answered(s: Settings, request: Request, reply: dict[str, Any], args: argparse.Namespace, console: Console) -> int:
+def _answered(s: Settings, request: Request, reply: dict[str, Any], args: argparse.Namespace) -> int:
     message = str(reply.get("message", ""))
     if not reply.get("ok"):
-        return console.refuse(f"refused: {message}")
-    console.say(message)
+        return _refuse(f"refused: {message}")
+    _say(message)
     if request.action is Action.DRAIN and request.wait:
-        return _wait_idle(s, args.timeout, console)
+        return _wait_idle(s, args.timeout)
     return EXIT_OK
 
 
-def _wait_idle(s: Settings, timeout: float | None, console: Console) -> int:
+def _wait_idle(s: Settings, timeout: float | None) -> int:
     """Ask how many runs are left until none is, the drain ends, or `timeout` seconds pass."""
     deadline = None if timeout is None else time.monotonic() + timeout
     said: int | None = None
@@ -156,24 +149,24 @@ def _wait_idle(s: Settings, timeout: float | None, console: Console) -> int:
         try:
             reply = _ask_daemon(s, {"action": Action.STATUS.value})
         except Unreachable as exc:
-            return console.refuse(str(exc))
+            return _refuse(str(exc))
         if reply is None:
-            return console.refuse("the daemon stopped while draining", EXIT_NOT_RUNNING)
+            return _refuse("the daemon stopped while draining", EXIT_NOT_RUNNING)
         left = len(reply.get("runs") or [])
         if reply.get("draining") is None:
-            return console.refuse(f"the drain was ended (resume --host) with {left} run(s) in flight")
+            return _refuse(f"the drain was ended (resume --host) with {left} run(s) in flight")
         if left == 0:
-            console.say("idle: no run in flight; the daemon stays up and starts nothing until `resume --host`")
+            _say("idle: no run in flight; the daemon stays up and starts nothing until `resume --host`")
             return EXIT_OK
         if left != said:
-            console.say(f"draining: {left} run{'' if left == 1 else 's'} left")
+            _say(f"draining: {left} run{'' if left == 1 else 's'} left")
             said = left
         if deadline is not None and time.monotonic() > deadline:
-            return console.refuse(f"timed out after {timeout:g}s: {left} run(s) still in flight; the drain goes on")
+            return _refuse(f"timed out after {timeout:g}s: {left} run(s) still in flight; the drain goes on")
         time.sleep(POLL_SEC)
 
 
-def _offline(loaded: LoadedSettings, request: Request, console: Console) -> int:
+def _offline(loaded: LoadedSettings, request: Request) -> int:
     """No daemon: change state/pauses.json here, under the instance lock (raises DaemonRunning)."""
     s = loaded.settings
     agents: set[str] = set()
@@ -187,13 +180,13 @@ def _offline(loaded: LoadedSettings, request: Request, console: Console) -> int:
             store.load_or_hold(utcnow()), request, user=user, now=utcnow(), agents=agents, queues=queues
         )
         if isinstance(result, Refusal):
-            return console.refuse(f"refused: {result.message}")
+            return _refuse(f"refused: {result.message}")
         if result.changed:
             store.save(result.pauses)
             _record_offline(s, request, user)
-    console.say(f"no daemon running: {result.message}; recorded in {s.pauses_file}, applied when the daemon starts")
+    _say(f"no daemon running: {result.message}; recorded in {s.pauses_file}, applied when the daemon starts")
     if request.action is Action.DRAIN and request.wait:
-        console.say("idle: no daemon, so no run in flight is supervised here")
+        _say("idle: no daemon, so no run in flight is supervised here")
     return EXIT_OK
 
 

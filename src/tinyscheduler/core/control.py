@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tinyscheduler.core.leases import iso
 from tinyscheduler.core.tasks import NAME_PATTERN
 
 FORMAT_VERSION = 1
@@ -51,8 +52,9 @@ class RequestError(ValueError):
     """A request or a pause file that cannot be used; the message is one line naming what and why."""
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def named(scope: Scope, target: str) -> str:
+    """What a pause is of, as a person says it: `agent dev-a`, `queue qa`, `host`."""
+    return "host" if scope is Scope.HOST else f"{scope.value} {target}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Pause:
 
     @property
     def what(self) -> str:
-        return "host" if self.scope is Scope.HOST else f"{self.scope.value} {self.target}"
+        return named(self.scope, self.target)
 
     @functools.cached_property
     def text(self) -> str:
@@ -202,9 +204,7 @@ class Request:
         """The target as the events and the log name it: `agent dev-a`, `host`, `task 42`."""
         if self.task_id is not None:
             return f"task {self.task_id}"
-        if self.scope is None:
-            return "host"
-        return "host" if self.scope is Scope.HOST else f"{self.scope.value} {self.target}"
+        return named(self.scope or Scope.HOST, self.target)
 
 
 def parse_request(data: object) -> Request:
@@ -293,7 +293,7 @@ def change_pauses(
     existing = pauses.find(scope, request.target)
     if request.action is Action.RESUME:
         if existing is None:
-            return Refusal(f"{_what(scope, request.target)} is not paused")
+            return Refusal(f"{named(scope, request.target)} is not paused")
         return Change(pauses.without(scope, request.target), f"resumed {existing.what} ({existing.text})")
     if request.action is Action.DRAIN:
         return _drain(pauses, request, user=user, now=now)
@@ -317,10 +317,6 @@ def _drain(pauses: Pauses, request: Request, *, user: str, now: datetime) -> Cha
     drain = Pause(Scope.HOST, "", user, now, request.reason, Kind.DRAIN)
     was = f" (was {host.text})" if host is not None else ""
     return Change(pauses.with_pause(drain), drain.text + was)
-
-
-def _what(scope: Scope, target: str) -> str:
-    return "host" if scope is Scope.HOST else f"{scope.value} {target}"
 
 
 def _unknown(scope: Scope, target: str, agents: Collection[str], queues: Collection[str]) -> str | None:
