@@ -401,3 +401,15 @@ def test_a_refusal_sent_before_the_request_is_read_still_reaches_the_client(tmp_
     finally:
         thread.join(5)
         sock.close()
+
+
+def test_the_operator_is_the_login_user_behind_a_sudo_when_the_kernel_knows_it() -> None:
+    me = os.geteuid()
+    assert controlsocket.operator(me, None) == controlsocket.user_name(me)
+    assert controlsocket.operator(me, me) == controlsocket.user_name(me)
+    other = 65534 if me != 65534 else 0
+    assert controlsocket.operator(me, other) == f"{controlsocket.user_name(other)} (as {controlsocket.user_name(me)})"
+    assert controlsocket.user_name(2**31 - 7) == f"uid {2**31 - 7}"
+    assert controlsocket.login_uid_of(2**22 + 12345) is None, "no such process"
+    unset = Path("/proc/self/loginuid").read_text().strip() == str(controlsocket.NO_LOGIN_UID)
+    assert (controlsocket.login_uid_of("self") is None) is unset

@@ -28,6 +28,10 @@ MAX_REQUEST_BYTES = 4096
 MAX_REPLY_BYTES = 1024 * 1024
 
 
+#: /proc/PID/loginuid of a process outside any login session.
+NO_LOGIN_UID = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class Peer:
     """Who is at the other end of a connection (SO_PEERCRED: the kernel's word, not the client's)."""
@@ -35,10 +39,18 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    #: The uid its login session began as (the kernel's audit login uid, kept across sudo), if any.
+    login_uid: int | None = None
 
     @property
     def user(self) -> str:
         return user_name(self.uid)
+
+    @property
+    def operator(self) -> str:
+        """Who asked, as pauses and comments name them: `alice (as tinyscheduler)` after a
+        `sudo -u tinyscheduler`, else the user."""
+        return operator(self.uid, self.login_uid)
 
 
 def user_name(uid: int) -> str:
@@ -48,10 +60,26 @@ def user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def operator(uid: int, login_uid: int | None) -> str:
+    if login_uid is None or login_uid == uid:
+        return user_name(uid)
+    return f"{user_name(login_uid)} (as {user_name(uid)})"
+
+
+def login_uid_of(pid: int | str) -> int | None:
+    """The audit login uid of a process (`self` for this one); None when unset or unknown."""
+    try:
+        with open(f"/proc/{pid}/loginuid", "rb") as handle:
+            value = int(handle.read(16))
+    except (OSError, ValueError):
+        return None
+    return None if value == NO_LOGIN_UID else value
+
+
 def peer_of(sock: socket.socket) -> Peer:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
-    return Peer(pid, uid, gid)
+    return Peer(pid, uid, gid, login_uid_of(pid))
 
 
 @contextlib.contextmanager

@@ -15,14 +15,14 @@ import sys
 import time
 from typing import Any
 
-from tinyscheduler.adapters.controlsocket import ask, user_name
+from tinyscheduler.adapters.controlsocket import Peer, ask, login_uid_of, user_name
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.logsetup import EventLog
 from tinyscheduler.adapters.pausestore import DaemonRunning, PauseStore, without_daemon
 from tinyscheduler.config.settings import ConfigError, LoadedSettings, Settings
 from tinyscheduler.core.control import Action, Refusal, Request, RequestError, Scope, change_pauses, parse_request
 from tinyscheduler.service.configuration import Configuration
-from tinyscheduler.service.control import known_targets
+from tinyscheduler.service.control import event_fields, known_targets
 from tinyscheduler.service.runtime import utcnow
 
 EXIT_OK = 0
@@ -174,34 +174,25 @@ def _offline(loaded: LoadedSettings, request: Request) -> int:
     if request.action is Action.PAUSE:
         agents, queues = known_targets(Configuration.load(loaded))  # ConfigError: exit 2 with its lines
     store = PauseStore(s.pauses_file)
-    user = user_name(os.geteuid())
+    me = Peer(os.getpid(), os.geteuid(), os.getegid(), login_uid_of("self"))
     with without_daemon(s.lock_file):
         result = change_pauses(
-            store.load_or_hold(utcnow()), request, user=user, now=utcnow(), agents=agents, queues=queues
+            store.load_or_hold(utcnow()), request, user=me.operator, now=utcnow(), agents=agents, queues=queues
         )
         if isinstance(result, Refusal):
             return _refuse(f"refused: {result.message}")
         if result.changed:
             store.save(result.pauses)
-            _record_offline(s, request, user)
+            _record_offline(s, event_fields(request, me))
     _say(f"no daemon running: {result.message}; recorded in {s.pauses_file}, applied when the daemon starts")
     if request.action is Action.DRAIN and request.wait:
         _say("idle: no daemon, so no run in flight is supervised here")
     return EXIT_OK
 
 
-def _record_offline(s: Settings, request: Request, user: str) -> None:
+def _record_offline(s: Settings, fields: dict[str, Any]) -> None:
     events = EventLog(s.log_dir, keep_days=s.log_keep_days)
     try:
-        events.record(
-            "control",
-            action=request.action.value,
-            target=request.target_text,
-            reason=request.reason,
-            user=user,
-            uid=os.geteuid(),
-            pid=os.getpid(),
-            daemon=False,
-        )
+        events.record("control", **fields, daemon=False)
     finally:
         events.close()

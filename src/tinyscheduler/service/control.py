@@ -68,6 +68,25 @@ def known_targets(config: Configuration) -> tuple[set[str], dict[str, list[str]]
     return set(config.limits) | {agent for pool in pools.values() for agent in pool}, pools
 
 
+def event_fields(request: Request, peer: Peer) -> dict[str, Any]:
+    """The `control` event of an applied request: what, on what, why, who (the kernel's word)."""
+    fields: dict[str, Any] = {
+        "action": request.action.value,
+        "target": request.target_text,
+        "reason": request.reason,
+        "user": peer.user,
+        "uid": peer.uid,
+        "pid": peer.pid,
+    }
+    if peer.login_uid is not None and peer.login_uid != peer.uid:
+        fields["login_user"] = user_name(peer.login_uid)
+    if request.action is Action.CANCEL:
+        fields |= {"task_id": request.task_id, "fail": request.fail}
+    if request.action is Action.PAUSE:
+        fields["stop_runs"] = request.stop_runs
+    return fields
+
+
 def refused(message: str) -> Reply:
     return {"ok": False, "message": message}
 
@@ -111,7 +130,7 @@ class Controls:
     async def _change_pauses(self, request: Request, peer: Peer) -> Reply:
         rt = self.runtime
         agents, pools = known_targets(rt.config)
-        result = change_pauses(rt.pauses, request, user=peer.user, now=rt.clock(), agents=agents, queues=pools)
+        result = change_pauses(rt.pauses, request, user=peer.operator, now=rt.clock(), agents=agents, queues=pools)
         if isinstance(result, Refusal):
             return self._refuse(request, peer, result.message)
         message = result.message
@@ -156,7 +175,7 @@ class Controls:
             return self._refuse(request, peer, f"task {task_id}: already being stopped ({self._cancelled[task_id][1]})")
         if not run.holds_slot:
             return self._refuse(request, peer, f"task {task_id}: its run has ended; its outcome is being reported")
-        by = f"cancelled by {peer.user}" + (f": {request.reason}" if request.reason else "")
+        by = f"cancelled by {peer.operator}" + (f": {request.reason}" if request.reason else "")
         self._cancelled[task_id] = (run, by)
         run.request_stop(by, counted=request.fail)
         self._record(request, peer)
@@ -168,18 +187,7 @@ class Controls:
         return self.status() | {"message": f"task {task_id} ({run.agent}{pid}): stopping its run; {then}"}
 
     def _record(self, request: Request, peer: Peer) -> None:
-        fields: dict[str, Any] = {
-            "action": request.action.value,
-            "target": request.target_text,
-            "reason": request.reason,
-            "user": peer.user,
-            "uid": peer.uid,
-            "pid": peer.pid,
-        }
-        if request.action is Action.CANCEL:
-            fields |= {"task_id": request.task_id, "fail": request.fail}
-        if request.action is Action.PAUSE:
-            fields["stop_runs"] = request.stop_runs
+        fields = event_fields(request, peer)
         self.runtime.events.record("control", **fields)
         log.info("control", **fields)
 
