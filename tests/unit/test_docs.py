@@ -35,8 +35,9 @@ ENV_EXAMPLE = ROOT / ".env.tinyscheduler.example"
 EXAMPLES = ROOT / "examples"
 
 #: README lines that are parsed but not run here: the daemon never ends; the demo has its own tests
-#: (tests/integration/test_demo.py runs it to the end and interrupts it as a person would).
-NOT_RUN = ("run --daemon", "demo")
+#: (tests/integration/test_demo.py runs it to the end and interrupts it as a person would); cancel
+#: needs a daemon with a run in flight (tests/integration/test_control.py).
+NOT_RUN = ("run --daemon", "demo", "cancel")
 
 
 def shell_lines(text: str) -> list[str]:

@@ -734,7 +734,13 @@ def test_plan_to_json_round_trips_through_json() -> None:
     text = json.dumps(data)
     assert json.loads(text) == data
     assert [d["verdict"] for d in data["leases"]] == ["keep", "adopt", "settle", "foreign"]
-    assert data["starts"][0] == {"task_id": 1, "agent": "b", "reason": result.starts[0].reason, "newly_assigned": True}
+    assert data["starts"][0] == {
+        "task_id": 1,
+        "agent": "b",
+        "reason": result.starts[0].reason,
+        "newly_assigned": True,
+        "queue": "dev",
+    }
     assert data["assignments"][0]["queue"] == "dev"
     assert {"task_id": 2, "agent": None, "reason": "blocked by task 1"} in data["skips"]
     assert data["slots"][0] == {"agent": "a", "limit": 2, "busy": 1, "starting": 1, "free_after": 0}

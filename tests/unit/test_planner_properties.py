@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tinyscheduler.core.control import Pause, Pauses, Scope
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.planner import LeaseVerdict, Plan, PlanConfig, Snapshot, plan
 from tinyscheduler.core.tasks import FAILED_TAG, Task
@@ -46,6 +47,7 @@ def task_bodies(draw: st.DrawFn, task_id: int, ids: list[int]) -> Task:
         blocked_by_task_id=blocked_by,
         is_currently_blocked=blocked_by is not None and draw(st.booleans()),
         created_at=NOW - timedelta(minutes=draw(st.integers(0, 5))),
+        queue_name=draw(st.sampled_from([None, *QUEUE_NAMES])),
     )
 
 
@@ -91,10 +93,13 @@ def scenes(draw: st.DrawFn) -> Scene:
         else {}
     )
 
+    targets = [(Scope.HOST, "")] + [(Scope.AGENT, a) for a in agents] + [(Scope.QUEUE, q) for q in QUEUE_NAMES]
+    paused = draw(st.lists(st.sampled_from(targets), max_size=3, unique=True) | st.just([]))
     snapshot = Snapshot(
         now=NOW,
         host=HOST,
         instance_id=ME,
+        pauses=Pauses(tuple(Pause(scope, target, "op", NOW) for scope, target in paused)),
         leases=tuple(leases),
         liveness=liveness,
         supervised=supervised,
@@ -219,6 +224,7 @@ def _reordered(scene: Scene) -> tuple[Snapshot, PlanConfig]:
         queue_tasks=dict(reversed(list(s.queue_tasks.items()))),
         agent_tasks=dict(reversed(list(s.agent_tasks.items()))),
         not_before=dict(reversed(list(s.not_before.items()))),
+        pauses=Pauses(tuple(reversed(s.pauses.items))),
     )
     config = PlanConfig(
         limits=dict(reversed(list(c.limits.items()))),
@@ -238,3 +244,22 @@ def test_deterministic_for_the_same_input(scene: Scene) -> None:
     # Mapping order is not an input: the same facts, listed differently, give the same plan.
     assert plan(*_reordered(scene)) == first
     assert first.to_json() == plan(*_reordered(scene)).to_json()
+
+
+@given(scenes())
+@PROPERTY_SETTINGS
+def test_nothing_paused_is_assigned_or_started_and_every_paused_task_says_who_paused_it(scene: Scene) -> None:
+    pauses = scene.snapshot.pauses
+    result = plan(scene.snapshot, scene.config)
+    for start in result.starts:
+        # A queue's task is started under its queue; an agent's task under its own queue name.
+        assert pauses.holding(start.agent, start.queue) is None
+    for assignment in result.assignments:
+        assert pauses.holding(assignment.agent, assignment.queue) is None
+    if pauses.host is not None:
+        assert not result.starts and not result.assignments
+        described = pauses.host.text
+        # Every task that could start otherwise is skipped with the host's pause as its reason.
+        unpaused = plan(dataclasses.replace(scene.snapshot, pauses=Pauses()), scene.config)
+        held = {skip.task_id: skip.reason for skip in result.skips}
+        assert all(held[start.task_id] == described for start in unpaused.starts)

@@ -47,8 +47,8 @@ LEVELS = {
 FORMATS = ("auto", "console", "json", "journal")
 #: sd-daemon(3) priorities, read by journald from a `<N>` line prefix.
 SYSLOG_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
-#: The task lifecycle events written to events_YYYYMMDD.jsonl.
-LIFECYCLE_EVENTS = frozenset({"assigned", "started", "finished", "requeued", "reclaimed", "gave_up"})
+#: The task lifecycle events written to events_YYYYMMDD.jsonl, and `control`: an operator's action.
+LIFECYCLE_EVENTS = frozenset({"assigned", "started", "finished", "requeued", "reclaimed", "gave_up", "control"})
 
 # Handlers this module put on the root logger, replaced on the next call. Others (pytest's
 # capture handler, say) are left alone.

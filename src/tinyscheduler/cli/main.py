@@ -5,8 +5,9 @@ adds its parser (with `parents=common`, so the global options also work after th
 and sets `handler=<function(args) -> int>`, then append it to SUBCOMMANDS. A handler imports what
 it needs inside its body, so `--help` and the quick paths stay fast and cannot break on an import.
 
-Exit codes: 0 success; 1 the command ran and failed (checks failed, TinyTask unreachable);
-2 bad arguments or bad configuration (one line per problem on stderr, never a traceback).
+Exit codes: 0 success; 1 the command ran and failed (checks failed, TinyTask unreachable, a control
+request refused); 2 bad arguments or bad configuration (one line per problem on stderr, never a
+traceback); 3 no daemon running (a control request that needs one).
 """
 
 from __future__ import annotations
@@ -342,6 +343,88 @@ def _add_report(sub: Subparsers, common: list[_Parser]) -> None:
     parser.set_defaults(handler=_report)
 
 
+# --- pause, resume, cancel, drain (operator control; the work is in cli/control.py) ----------
+
+
+def _control(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.control import control_command
+
+    return control_command(load_from_args(args), args)
+
+
+_CONTROL_EPILOG = (
+    "Sent to the running daemon over state/control.sock; with no daemon, pause, resume and drain "
+    "change state/pauses.json. Exit: 0 applied, 1 refused, 2 usage, 3 no daemon running."
+)
+
+
+def _add_scoped(sub: Subparsers, common: list[_Parser], name: str, help_text: str, description: str) -> _Parser:
+    parser = sub.add_parser(
+        name, parents=common, allow_abbrev=False, help=help_text, description=description, epilog=_CONTROL_EPILOG
+    )
+    target = parser.add_argument_group("what (one of)").add_mutually_exclusive_group(required=True)
+    target.add_argument("--agent", metavar="A", help="one agent")
+    target.add_argument("--queue", metavar="Q", help="one queue: its tasks are neither assigned nor started")
+    target.add_argument("--host", action="store_true", help="the whole host (this scheduler)")
+    parser.set_defaults(handler=_control, control=name)
+    return parser
+
+
+def _add_pause(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = _add_scoped(
+        sub,
+        common,
+        "pause",
+        "stop new runs of an agent, a queue or the host",
+        "Start no new run for the agent, the queue or the host until `resume`; runs in flight go on "
+        "(unless --stop-runs). Kept in state/pauses.json: survives restarts and reloads.",
+    )
+    parser.add_argument("--reason", metavar="TEXT", help="why, shown in status and the skip reasons")
+    parser.add_argument(
+        "--stop-runs",
+        action="store_true",
+        help="also stop its runs in flight (stop ladder); their tasks are requeued, not counted as failures",
+    )
+
+
+def _add_resume(sub: Subparsers, common: list[_Parser]) -> None:
+    _add_scoped(sub, common, "resume", "undo a pause or a drain", "End a pause (`--host` also ends a drain).")
+
+
+def _add_cancel(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "cancel",
+        parents=common,
+        allow_abbrev=False,
+        help="stop one task's run",
+        description="Stop the task's run through the stop ladder. The task is requeued with a comment naming "
+        "you and the reason, not counted as a failed attempt (unless --fail).",
+        epilog=_CONTROL_EPILOG,
+    )
+    parser.add_argument("task_id", type=int, metavar="TASK", help="the TinyTask task id")
+    parser.add_argument("--fail", action="store_true", help="count the run as a failed attempt (backoff, give-up)")
+    parser.add_argument("--reason", metavar="TEXT", help="why, in the task's comment")
+    parser.set_defaults(handler=_control, control="cancel")
+
+
+def _add_drain(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "drain",
+        parents=common,
+        allow_abbrev=False,
+        help="start nothing new and let the runs in flight finish",
+        description="Pause the host as a drain: nothing new starts, runs in flight finish, the daemon stays "
+        "up. `resume --host` ends it.",
+        epilog=_CONTROL_EPILOG,
+    )
+    parser.add_argument("--wait", action="store_true", help="return once no run is in flight (exit 0)")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="with --wait: give up waiting after S seconds (exit 1)"
+    )
+    parser.add_argument("--reason", metavar="TEXT", help="why, shown in status")
+    parser.set_defaults(handler=_control, control="drain")
+
+
 #: Every subcommand, in the order `--help` lists them.
 SUBCOMMANDS: list[Registration] = [
     _add_run,
@@ -349,6 +432,10 @@ SUBCOMMANDS: list[Registration] = [
     _add_validate_config,
     _add_demo,
     _add_status,
+    _add_pause,
+    _add_resume,
+    _add_cancel,
+    _add_drain,
     _add_logs,
     _add_report,
 ]

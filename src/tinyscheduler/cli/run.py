@@ -14,6 +14,7 @@ from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.logsetup import configure_logging
+from tinyscheduler.adapters.pausestore import PauseStore
 from tinyscheduler.adapters.procfs import current_boot_id
 from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.adapters.tinytask import TinyTaskError
@@ -77,6 +78,7 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
                 boot_id=current_boot_id(),
                 not_before=attempts.not_before_all(),
                 unavailable=unavailable,
+                pauses=PauseStore(s.pauses_file).load_or_hold(now),
             )
             protocol = client.features.protocol
     except TinyTaskError as exc:

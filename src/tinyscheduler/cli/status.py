@@ -8,6 +8,7 @@ come from the planner's own `judge_lease`, so "stale" here means what it means t
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import socket
@@ -20,11 +21,13 @@ from typing import Any, TextIO
 from tinyscheduler.adapters.attempt_book import MAX_BOOK_BYTES
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
+from tinyscheduler.adapters.pausestore import PauseStore, PausesUnreadable
 from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.attempts import AttemptRecord
+from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.redact import redacted
@@ -128,6 +131,10 @@ class Status:
     backing_off: list[dict[str, Any]] = field(default_factory=list)
     gave_up: list[dict[str, Any]] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    #: The operator's pauses (state/pauses.json), each with the sentence that says it.
+    pauses: list[dict[str, Any]] = field(default_factory=list)
+    #: The host's drain, with the runs it waits for (this host's leases), or None.
+    draining: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -180,6 +187,7 @@ def collect(settings: Settings, *, now: datetime | None = None, registry_require
         status.problems.append(f"quarantined lease file {path}: {reason}")
     _agents(settings, status, registry_required=registry_required)
     _read_attempts(settings, status, now)
+    _read_pauses(settings, status, now)
     return status
 
 
@@ -365,6 +373,22 @@ def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
             status.backing_off.append(entry)
 
 
+def _read_pauses(settings: Settings, status: Status, now: datetime) -> None:
+    try:
+        pauses = PauseStore(settings.pauses_file).load()
+    except PausesUnreadable as exc:
+        if exc.errno == errno.EACCES:  # the daemon reads it; this user cannot
+            status.problems.append(f"cannot read {exc}; run status as the scheduler's user")
+            return
+        status.problems.append(f"{exc}: the host starts nothing until it is fixed or `resume --host` replaces it")
+        pauses = Pauses.unreadable(str(exc.path), exc.why, now)
+    status.pauses = [pause.to_json() | {"text": pause.text} for pause in pauses.items]
+    drain = pauses.draining
+    if drain is not None:
+        left = sum(1 for row in status.leases if row.host == status.host)
+        status.draining = drain.to_json() | {"text": drain.text, "runs_left": left}
+
+
 # --- rendering -------------------------------------------------------------------------------------
 
 
@@ -381,6 +405,12 @@ def render(status: Status) -> str:
         lines.append(f"Daemon:    not running{last}")
     lines.append(f"Lock file: {d.lock_file}")
     lines.append(f"Last pass: {_describe_pass(status)}")
+    if status.draining is not None:
+        left = status.draining["runs_left"]
+        lines.append(f"Draining:  {left} run{'' if left == 1 else 's'} left ({status.draining['text']})")
+    if status.pauses:
+        lines += ["", f"Paused ({len(status.pauses)}): nothing new starts for these"]
+        lines += [f"  - {pause['text']}" for pause in status.pauses]
 
     lines += ["", "Agents (busy/limit slots)"]
     if status.agents:

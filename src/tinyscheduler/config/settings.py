@@ -475,6 +475,14 @@ class Settings(_Logging):
         return self.state_dir / "last_pass.json"
 
     @property
+    def pauses_file(self) -> Path:
+        return self.state_dir / "pauses.json"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "control.sock"
+
+    @property
     def task_log_dir(self) -> Path:
         return self.log_dir / "tasks"
 

@@ -58,8 +58,8 @@ class Lease:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["state"] = self.state.value
-        data["started_at"] = _iso(self.started_at)
-        data["heartbeat"] = _iso(self.heartbeat)
+        data["started_at"] = iso(self.started_at)
+        data["heartbeat"] = iso(self.heartbeat)
         return data
 
     def with_changes(self, **changes: Any) -> Lease:
@@ -70,7 +70,8 @@ class LeaseFormatError(ValueError):
     """A lease file's content is not a lease; the message names the field."""
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
+    """A time as lease files, pauses and `status` write it: UTC, to the second, with a Z."""
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

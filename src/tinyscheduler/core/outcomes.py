@@ -48,7 +48,10 @@ class StopCause(enum.StrEnum):
     NONE = "none"
     MAX_RUNTIME = "max_runtime"
     IDLE = "idle"
+    #: Stopped on request (shutdown, a pause with --stop-runs, `cancel`): requeued, not counted.
     REQUEST = "request"
+    #: Stopped on request, counted as a failed attempt (`cancel --fail`).
+    REQUEST_COUNTED = "request_counted"
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def classify(end: ProcessEnd, rule: EvidenceRule) -> RunVerdict:
         return RunVerdict(Outcome.TIMED_OUT, f"max runtime reached, {stopped}")
     if end.stopped_by is StopCause.IDLE:
         return RunVerdict(Outcome.IDLE_TIMEOUT, f"no output for too long, {stopped}")
-    if end.stopped_by is StopCause.REQUEST:
+    if end.stopped_by in (StopCause.REQUEST, StopCause.REQUEST_COUNTED):
         reason = f" ({end.stop_reason})" if end.stop_reason else ""
         return RunVerdict(Outcome.KILLED, f"stopped on request{reason}, {stopped}")
     evidence = read_evidence(end.tail)

@@ -28,6 +28,11 @@ Rules, in the order they apply:
 6. Breakers. An agent whose breaker is open (core.circuit: it could not start a run, or its runs
    keep failing, or goose is missing) has no free slot; its tasks are skipped with the reason and
    the time it may try again.
+7. Pauses (core.control). An agent, a queue or the host an operator paused starts nothing: a paused
+   agent gets no free slot and no queue assignment, a paused queue's tasks are neither assigned nor
+   started, and a paused (or draining) host starts nothing at all. Each such task is skipped with
+   the pause as its reason ("agent dev-a paused by alice since ...: ..."); the widest pause is
+   named (host, then queue, then agent). Leases are judged as always: runs in flight go on.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from datetime import datetime
 from typing import Any
 
 from tinyscheduler.core.circuit import Unavailable
+from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.tasks import FAILED_TAG, Task
 
@@ -84,6 +90,8 @@ class Snapshot:
     not_before: Mapping[int, datetime] = field(default_factory=dict)
     #: Agents whose breaker is open (core.circuit): they start nothing, and their tasks say why.
     unavailable: Mapping[str, Unavailable] = field(default_factory=dict)
+    #: What operators paused (core.control): those agents, queues or the host start nothing.
+    pauses: Pauses = field(default_factory=Pauses)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ class Start:
     reason: str
     #: True when this plan also assigns the task (it was unassigned in its queue).
     newly_assigned: bool = False
+    #: The task's queue, if it has one (a pause made while the pass ran is checked again).
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -312,30 +322,33 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
     agents = sorted(set(config.limits) | {a for pool in config.pools.values() for a in pool})
     limits = {agent: max(0, config.limits.get(agent, 0)) for agent in agents}
     free = {agent: max(0, limits[agent] - busy.get(agent, 0)) for agent in agents}
-    # An unavailable agent starts nothing: as if it had no free slot, with its own reason.
-    unavailable = snapshot.unavailable
-    for agent in unavailable:
-        if agent in free:
-            free[agent] = 0
+    # A paused or unavailable agent starts nothing: as if it had no free slot, with its own reason.
+    pauses, unavailable = snapshot.pauses, snapshot.unavailable
+    held = _held_agents(agents, pauses, unavailable)
+    for agent in held:
+        free[agent] = 0
     starting = dict.fromkeys(agents, 0)
 
     assignments: list[Assignment] = []
     starts: list[Start] = []
 
-    def take(task: Task, agent: str, reason: str, newly_assigned: bool) -> None:
+    def take(task: Task, agent: str, reason: str, *, newly_assigned: bool, queue: str | None) -> None:
         state.chosen.add(task.id)
         free[agent] -= 1
         starting[agent] += 1
-        starts.append(Start(task.id, agent, reason, newly_assigned))
+        starts.append(Start(task.id, agent, reason, newly_assigned, queue))
 
     for queue in sorted(config.pools):
         pool = sorted(set(config.pools[queue]))
         exhausted = f"no free slot in pool {queue}"
-        if pool and all(agent in unavailable for agent in pool):
-            exhausted = f"no agent of pool {queue} available: " + "; ".join(str(unavailable[a]) for a in pool)
+        if pool and all(agent in held for agent in pool):
+            exhausted = f"no agent of pool {queue} available: " + "; ".join(held[a] for a in pool)
+        queue_paused = pauses.holding(None, queue)
+        if queue_paused is not None:
+            exhausted = queue_paused.text
         # Free slots only go down while planning: once the pool has none, the rest of the queue
         # is skipped without looking for an agent again.
-        open_pool = bool(pool)
+        open_pool = bool(pool) and queue_paused is None
         for task in state.candidates(snapshot.queue_tasks.get(queue, ()), None):
             if open_pool:
                 # max() keeps the first of equal maxima and the pool is sorted: the most free
@@ -347,17 +360,37 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
                 continue
             reason = f"unassigned in queue {queue}; {agent} has the most free slots ({free[agent]})"
             assignments.append(Assignment(task.id, agent, queue, reason))
-            take(task, agent, reason, newly_assigned=True)
+            take(task, agent, reason, newly_assigned=True, queue=queue)
 
     for agent in agents:
-        full = f"no free slot ({limits[agent]} of {limits[agent]} busy or starting)"
-        if agent in unavailable:
-            full = str(unavailable[agent])
+        full = held.get(agent, f"no free slot ({limits[agent]} of {limits[agent]} busy or starting)")
         for task in state.candidates(snapshot.agent_tasks.get(agent, ()), agent):
+            paused = pauses.holding(agent, task.queue_name) if pauses.items else None
+            if paused is not None:
+                state.skips.append(Skip(task.id, agent, paused.text))
+                continue
             if free[agent] <= 0:
                 state.skips.append(Skip(task.id, agent, full))
                 continue
-            take(task, agent, f"assigned to {agent}, priority {task.priority}", newly_assigned=False)
+            take(
+                task,
+                agent,
+                f"assigned to {agent}, priority {task.priority}",
+                newly_assigned=False,
+                queue=task.queue_name,
+            )
 
     slots = tuple(AgentSlots(a, limits[a], busy.get(a, 0), starting[a]) for a in agents)
     return Plan(decisions, tuple(assignments), tuple(starts), tuple(state.skips), slots)
+
+
+def _held_agents(agents: Iterable[str], pauses: Pauses, unavailable: Mapping[str, Unavailable]) -> dict[str, str]:
+    """Agents that start nothing now, with why: paused (host or agent), or their breaker is open."""
+    held: dict[str, str] = {}
+    for agent in agents:
+        paused = pauses.holding(agent, None) if pauses.items else None
+        if paused is not None:
+            held[agent] = paused.text
+        elif agent in unavailable:
+            held[agent] = str(unavailable[agent])
+    return held

@@ -53,7 +53,8 @@ class Intent(enum.StrEnum):
     COMPLETE = "complete"
     #: Stopped on request (shutdown, an operator): back to idle, not counted as a failed attempt.
     REQUEUE = "requeue"
-    #: Failed in any other way: back to idle as a counted attempt (tagged once the budget is spent).
+    #: Failed in any other way, or stopped by an operator who counts it (`cancel --fail`): back to
+    #: idle as a counted attempt (tagged once the budget is spent).
     FAIL = "fail"
 
 

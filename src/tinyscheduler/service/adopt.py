@@ -71,8 +71,8 @@ class AdoptedRun:
     def children(self) -> set[int]:
         return set()  # its processes are not the daemon's children
 
-    def request_stop(self, reason: str) -> None:
-        self.session.request_stop(reason)
+    def request_stop(self, reason: str, *, counted: bool = False) -> None:
+        self.session.request_stop(reason, counted=counted)
 
     async def execute(self) -> RunResult:
         verdict, report, end = await self.session.run(how=self.how)

@@ -23,6 +23,7 @@ from tinyscheduler.adapters.tinytask import (
 )
 from tinyscheduler.config.registry import Registry
 from tinyscheduler.core.circuit import Unavailable
+from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.leases import Liveness
 from tinyscheduler.core.planner import PlanConfig, Snapshot
 from tinyscheduler.core.tasks import Task
@@ -127,6 +128,7 @@ async def gather(
     in_flight: Mapping[int, str] | None = None,
     not_before: Mapping[int, datetime] | None = None,
     unavailable: Mapping[str, Unavailable] | None = None,
+    pauses: Pauses | None = None,
 ) -> Gathered:
     scan = await anyio.to_thread.run_sync(store.scan)
     # The planner reads the liveness of this host's leases that no run of ours supervises, and no
@@ -149,6 +151,7 @@ async def gather(
         agent_tasks=fetches.agent_tasks,
         not_before=dict(not_before or {}),
         unavailable=dict(unavailable or {}),
+        pauses=pauses or Pauses(),
     )
     return Gathered(snapshot, tuple(fetches.problems), scan.quarantined)
 

@@ -169,6 +169,7 @@ class PassRunner:
             in_flight=self.runner.in_flight(),
             not_before=rt.attempts.not_before_all(),
             unavailable=unavailable(rt, planned_agents(config)),
+            pauses=rt.pauses,
         )
         self.malformed.note(gathered.problems)
         note_quarantined(rt, gathered.quarantined)
@@ -196,6 +197,8 @@ class PassRunner:
                 continue
             if start.agent in unavailable(rt, {start.agent}):
                 continue  # its breaker opened during this pass (another start of it failed)
+            if rt.pauses.holding(start.agent, start.queue) is not None:
+                continue  # paused by an operator while this pass ran
             try:
                 recipe = agent_recipe_path(start.agent, rt.config.registry, rt.config.settings)
             except RegistryError as exc:

@@ -212,6 +212,7 @@ class Run:
         self._lease: LeaseKeeper | None = None
         self._session: RunSession | None = None
         self._stop_reason: str | None = None
+        self._stop_counted = False
         #: Set by a stop request: cuts report retries short.
         self._stop_requested = anyio.Event()
         self._log = log.bind(task_id=request.task_id, agent=request.agent)
@@ -268,13 +269,14 @@ class Run:
         keeper = self._session.output.keeper
         return {pid for pid in (self._pid, keeper.pid if keeper else None) if pid is not None}
 
-    def request_stop(self, reason: str) -> None:
-        """Stop the run now through the ladder (e.g. daemon shutdown); the task gets requeued."""
+    def request_stop(self, reason: str, *, counted: bool = False) -> None:
+        """Stop the run now through the ladder (a shutdown, an operator); the task gets requeued, or
+        with `counted` the run is a failed attempt. A run not started yet is rolled back, uncounted."""
         if self._stop_reason is None:
-            self._stop_reason = reason
+            self._stop_reason, self._stop_counted = reason, counted
             self._stop_requested.set()
             if self._session is not None:
-                self._session.request_stop(reason)
+                self._session.request_stop(reason, counted=counted)
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -415,7 +417,9 @@ class Run:
             spec, self.deps, process, self._lease, output, stop_requested=self._stop_requested
         )
         session.emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
-        verdict, report, end = await session.run(how=Reason.SPAWNED, stop_reason=self._stop_reason)
+        verdict, report, end = await session.run(
+            how=Reason.SPAWNED, stop_reason=self._stop_reason, stop_counted=self._stop_counted
+        )
         return finished(session, verdict, report, end)
 
     # --- not started -----------------------------------------------------------------------------

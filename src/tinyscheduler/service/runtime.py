@@ -22,6 +22,7 @@ from tinyscheduler.adapters.systemd import Notifier
 from tinyscheduler.adapters.tinytask import SCHEDULER_NAME, ServerFeatures, Task, TaskBatch, TinyTaskClient
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.core.circuit import Circuits
+from tinyscheduler.core.control import Pauses
 from tinyscheduler.service.configuration import Configuration
 
 if TYPE_CHECKING:
@@ -168,6 +169,8 @@ class Runtime:
     reclaiming: set[int] = field(default_factory=set)
     #: The breakers of goose and of each agent (service.availability moves them).
     circuits: Circuits = field(default_factory=Circuits)
+    #: What operators paused (core.control), as in state/pauses.json; changed by service.control.
+    pauses: Pauses = field(default_factory=Pauses)
     stopping: bool = False
     connection: Connection = field(init=False)
 

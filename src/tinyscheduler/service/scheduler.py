@@ -5,6 +5,8 @@ and the signal handlers (see docs/architecture.md).
 - run: the pass runner (service.passes), the lease watcher (service.leasewatch), the watchdog
   (service.watchdog), one supervisor per run (service.runner); all owned by one task group;
 - signals: SIGTERM/SIGINT drain and stop (a second one skips the wait), SIGHUP reloads;
+- control: the operator's pauses (read from state/pauses.json at start) and the control socket
+  (service.control), in the same task group;
 - stop: drain the runs for the shutdown grace, stop the rest through the ladder, release the lock;
 - hand-off: a SIGTERM while systemd restarts the unit (`systemctl restart`, an upgrade) leaves the runs
   running: the daemon exits at once and the next instance adopts them (service.adopt).
@@ -33,15 +35,18 @@ from tinyscheduler.adapters.goose_probe import GooseCheck
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld
 from tinyscheduler.adapters.logsetup import EventLog, configure_logging
+from tinyscheduler.adapters.pausestore import PauseStore, PausesUnreadable
 from tinyscheduler.adapters.procfs import current_boot_id
 from tinyscheduler.adapters.systemd import Notifier, restart_in_progress
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.config.settings import ConfigError, LoadedSettings
 from tinyscheduler.core.attempts import RetryPolicy
+from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import apply_goose_check, probe_goose
 from tinyscheduler.service.configuration import Configuration
+from tinyscheduler.service.control import Controls, ControlServer
 from tinyscheduler.service.guard import EXIT_REFUSED, standin_problem, unsafe_state
 from tinyscheduler.service.leasewatch import LeaseWatcher
 from tinyscheduler.service.passes import Hook, PassRunner
@@ -137,6 +142,7 @@ class Scheduler:
         try:
             rt.store.ensure()
             make_private_folder(s.task_log_dir)
+            self._load_pauses()
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
             subreaper = become_subreaper()
             self._say_started(subreaper=subreaper)
@@ -163,6 +169,8 @@ class Scheduler:
         runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
         watcher = LeaseWatcher(rt, runner)
         self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
+        # Listening before the recovery: an operator can pause or drain while runs are adopted.
+        await group.start(ControlServer(Controls(rt, self._control_changed), rt.config.settings.control_socket).serve)
         # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
         apply_goose_check(rt, goose)
         # Recovery before READY: the live runs of a previous instance adopted, the ended ones being
@@ -178,6 +186,24 @@ class Scheduler:
         else:
             await self.passes.loop()
         await self._drain(runner)
+
+    def _load_pauses(self) -> None:
+        """The operator's pauses outlive the daemon; an unreadable file holds the host (core.control)."""
+        rt = self.runtime
+        store = PauseStore(rt.config.settings.pauses_file)
+        try:
+            rt.pauses = store.load()
+        except PausesUnreadable as exc:
+            log.error("pauses_unreadable", file=str(exc.path), reason=exc.why, detail="the host starts nothing")
+            rt.pauses = Pauses.unreadable(str(exc.path), exc.why, rt.clock())
+        for pause in rt.pauses.items:
+            log.warning("paused", scope=pause.scope.value, target=pause.target, reason=pause.text)
+
+    def _control_changed(self) -> None:
+        """A control request changed something: say it in STATUS= now and plan again at once."""
+        if self.passes is not None and self.passes.report.started_at:
+            self.passes.publish()
+        self.runtime.tick.set()
 
     def _say_started(self, *, subreaper: bool) -> None:
         rt = self.runtime

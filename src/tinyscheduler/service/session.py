@@ -113,6 +113,7 @@ class RunSession:
         self._log = log.bind(task_id=spec.task_id, agent=spec.agent)
         self._supervision: Supervision | None = None
         self._stop_reason: str | None = None
+        self._stop_counted = False
         self.process_ended = process is None
 
     @property
@@ -123,15 +124,20 @@ class RunSession:
     def agent(self) -> str:
         return self.spec.agent
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, *, counted: bool = False) -> None:
+        """Stop the process through the ladder; `counted`: as a failed attempt (else requeued)."""
         self.stop_requested.set()
         if self._supervision is not None:
-            self._supervision.request_stop(reason)
-        else:
-            self._stop_reason = reason
+            self._supervision.request_stop(reason, counted=counted)
+        elif self._stop_reason is None:
+            self._stop_reason, self._stop_counted = reason, counted
 
-    async def run(self, *, how: Reason, stop_reason: str | None = None) -> tuple[RunVerdict, Reported, ProcessEnd]:
-        end = await self._supervise(stop_reason) if self.process is not None else await self._settle()
+    async def run(
+        self, *, how: Reason, stop_reason: str | None = None, stop_counted: bool = False
+    ) -> tuple[RunVerdict, Reported, ProcessEnd]:
+        if stop_reason is not None and self._stop_reason is None:
+            self._stop_reason, self._stop_counted = stop_reason, stop_counted
+        end = await self._supervise() if self.process is not None else await self._settle()
         self.process_ended = True
         self.lease.update(state=LeaseState.FINISHING)
         if self.deps.on_exit is not None:
@@ -156,7 +162,7 @@ class RunSession:
         )
         return verdict, report, end
 
-    async def _supervise(self, stop_reason: str | None) -> ProcessEnd:
+    async def _supervise(self) -> ProcessEnd:
         assert self.process is not None
         supervision = self._supervision = Supervision(
             self.process,
@@ -169,9 +175,8 @@ class RunSession:
             log=self._log,
             elapsed_sec=self.spec.elapsed_sec,
         )
-        pending = stop_reason or self._stop_reason
-        if pending is not None:
-            supervision.request_stop(pending)
+        if self._stop_reason is not None:
+            supervision.request_stop(self._stop_reason, counted=self._stop_counted)
         return await supervision.run()
 
     async def _settle(self) -> ProcessEnd:

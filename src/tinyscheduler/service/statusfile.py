@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.core.control import summary
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.service.availability import problems as availability_problems
 from tinyscheduler.service.availability import published
@@ -53,6 +54,10 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
     """Say how the last pass went: the STATUS= line, and last_pass.json (never fatal)."""
     s = runtime.config.settings
     line = status_line(report)
+    # An operator's pause or drain comes first: it explains every other number on the line.
+    paused = summary(runtime.pauses, len(runtime.busy))
+    if paused:
+        line = f"{paused}; {line}"
     unavailable = availability_problems(runtime)
     if unavailable:
         line += "; " + "; ".join(unavailable)

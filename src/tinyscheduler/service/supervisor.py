@@ -94,13 +94,16 @@ class Supervision:
         self.elapsed_sec = elapsed_sec
         self.waker = Waker()
         self.stop_reason: str | None = None
+        #: The stop requested counts as a failed attempt (`cancel --fail`).
+        self.stop_counted = False
         self._cause = StopCause.NONE
         self._ladder_done: anyio.Event | None = None
         self._stop_signal: str | None = None
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, *, counted: bool = False) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_counted = counted
             self.waker.set()
 
     async def run(self) -> ProcessEnd:
@@ -159,7 +162,7 @@ class Supervision:
 
     def _stop_cause(self, running: float, silent: float) -> StopCause:
         if self.stop_reason is not None:
-            return StopCause.REQUEST
+            return StopCause.REQUEST_COUNTED if self.stop_counted else StopCause.REQUEST
         if running >= self.limits.max_runtime_sec:
             return StopCause.MAX_RUNTIME
         if self._idle_timeout() > 0 and silent >= self._idle_timeout():
