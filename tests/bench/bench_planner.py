@@ -165,7 +165,7 @@ def main() -> int:
         print(f"- {title}")
         print(
             f"    plan: {len(result.starts)} starts, {len(result.assignments)} assignments, "
-            f"{len(result.skips)} skips, {len(result.reclaims)} reclaims"
+            f"{len(result.skips)} skips, {len(result.recoveries)} recoveries"
         )
         print(
             f"    wall: median {statistics.median(times):.1f} ms   p95 {p95(times):.1f} ms   "

@@ -28,7 +28,7 @@ from tinyscheduler.config.registry import RegistryError, effective_limits, load_
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.control import Pauses
-from tinyscheduler.core.leases import Lease, LeaseState
+from tinyscheduler.core.leases import Lease, LeaseState, iso
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import FAILED_TAG
@@ -149,7 +149,7 @@ def collect(settings: Settings, *, now: datetime | None = None, registry_require
     host = socket.gethostname()
     daemon = daemon_info(settings.lock_file)
     status = Status(
-        now=_iso(now),
+        now=iso(now),
         host=host,
         daemon=daemon,
         paths={
@@ -189,10 +189,6 @@ def collect(settings: Settings, *, now: datetime | None = None, registry_require
     _read_attempts(settings, status, now)
     _read_pauses(settings, status, now)
     return status
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
@@ -287,7 +283,7 @@ def _judge_leases(settings: Settings, status: Status, leases: tuple[Lease, ...],
                 state=lease.state.value,
                 host=lease.host,
                 attempt=lease.attempt,
-                started_at=_iso(lease.started_at),
+                started_at=iso(lease.started_at),
                 runtime_sec=round((now - lease.started_at).total_seconds(), 1),
                 heartbeat_age_sec=round((now - lease.heartbeat).total_seconds(), 1),
                 log_path=lease.log_path,
