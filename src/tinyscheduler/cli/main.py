@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from tinyscheduler import __version__
 from tinyscheduler.adapters.files import restrict_umask
+from tinyscheduler.adapters.journal import prefix_stderr
 from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
 
 EXIT_OK = 0
@@ -382,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Whatever a command creates (state, logs, a report) is its user's alone, whatever the caller's umask.
     restrict_umask()
+    # Under journald every line gets a priority, the one-line errors printed before logging too.
+    prefix_stderr()
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

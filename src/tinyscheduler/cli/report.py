@@ -22,11 +22,11 @@ import anyio
 from tinyscheduler.adapters.files import write_private
 from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskClient, TinyTaskError
 from tinyscheduler.adapters.tinytask.connect import connect
-from tinyscheduler.cli.status import format_age, printable, table
+from tinyscheduler.cli.status import printable, table
 from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import STATUSES, Task
-from tinyscheduler.core.text import markdown_cell
+from tinyscheduler.core.text import format_age, markdown_cell
 
 Format = Literal["table", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "json", "markdown")

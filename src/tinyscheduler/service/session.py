@@ -114,6 +114,8 @@ class RunSession:
         self._supervision: Supervision | None = None
         self._stop_reason: str | None = None
         self.process_ended = process is None
+        #: How this session came to be (said in its log lines, its `finished` event and the history).
+        self.how = Reason.SPAWNED if process is not None else Reason.SETTLED
 
     @property
     def task_id(self) -> int:
@@ -131,6 +133,7 @@ class RunSession:
             self._stop_reason = reason
 
     async def run(self, *, how: Reason, stop_reason: str | None = None) -> tuple[RunVerdict, Reported, ProcessEnd]:
+        self.how = how
         end = await self._supervise(stop_reason) if self.process is not None else await self._settle()
         self.process_ended = True
         self.lease.update(state=LeaseState.FINISHING)
