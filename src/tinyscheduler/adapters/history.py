@@ -176,9 +176,8 @@ class HistoryStore:
                 f"({SCHEMA_VERSION}); upgrade TinyScheduler or move the file away"
             )
         if version < SCHEMA_VERSION and writable:
-            with _transaction(db):
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # One script, one transaction: a reader never sees the tables without their version.
+            db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
     def close(self) -> None:
         if self._db is not None:

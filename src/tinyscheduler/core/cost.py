@@ -41,6 +41,14 @@ class PriceTable:
         return patterns[0][1] if patterns else None
 
 
+def format_cost(cost: float | None, currency: str = "") -> str:
+    """A cost as a person reads it: up to 6 decimals, no trailing zeros, its currency; "-" when unknown."""
+    if cost is None:
+        return "-"
+    amount = f"{cost:.6f}".rstrip("0").rstrip(".")
+    return f"{amount} {currency}".strip()
+
+
 def run_cost(usage: Usage, table: PriceTable) -> float | None:
     """The cost of a run's tokens, or None when its model has no price or its tokens are unknown."""
     price = table.price_of(usage.model)

@@ -37,6 +37,7 @@ from tinyscheduler.adapters.tinytask import (
     TinyTaskUnavailable,
 )
 from tinyscheduler.core.cost import run_cost
+from tinyscheduler.core.goose import model_of
 from tinyscheduler.core.outcomes import Usage
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.watchdog import WatchdogGate
@@ -197,11 +198,10 @@ class Observer:
     def _finished(self, agent: str, fields: dict[str, Any]) -> dict[str, Any]:
         rt = self.runtime
         prices = rt.config.prices
-        usage = Usage(
-            fields.get("input_tokens"), fields.get("output_tokens"), fields.get("total_tokens"), fields.get("model")
-        )
+        model = fields.get("model") or model_of(rt.config.settings.goose_argv, rt.environ)
+        usage = Usage(fields.get("input_tokens"), fields.get("output_tokens"), fields.get("total_tokens"), model)
         cost = run_cost(usage, prices) if prices.entries else None
-        fields = {**fields, "cost": cost}
+        fields = {**fields, "model": model, "cost": cost}
         m = self.metrics
         outcome = str(fields.get("outcome", ""))
         duration = float(fields.get("duration") or 0.0)

@@ -22,6 +22,7 @@ import anyio
 
 from tinyscheduler import __version__
 from tinyscheduler.adapters.history import HistoryError, HistoryStore, RunRecord
+from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.text import escaped, format_age
 from tinyscheduler.service.availability import problems as availability_problems
@@ -170,10 +171,6 @@ def _tokens(record: RunRecord) -> str:
     return f"{record.input_tokens or 0:,} in / {record.output_tokens or 0:,} out"
 
 
-def _cost(cost: float | None, currency: str) -> str:
-    return "-" if cost is None else f"{cost:.4f} {currency}".strip()
-
-
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em;margin:0}h2{font-size:1.1em;margin-top:1.5em}
@@ -216,7 +213,7 @@ def render_page(data: PageData) -> str:
                 _text(r.outcome),
                 format_age(r.duration_sec),
                 _tokens(r),
-                _text(_cost(r.cost, data.currency)),
+                _text(format_cost(r.cost, data.currency)),
                 _text(r.reason),
             ]
             for r in data.recent

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 import anyio
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from tinyscheduler.service.page import gather_page, render_page
 from tinyscheduler.service.runtime import Runtime
@@ -26,6 +25,9 @@ log = structlog.get_logger("tinyscheduler.http")
 
 #: Page renders at once: each reads a few log tails in worker threads; more requests wait their turn.
 PAGE_CONCURRENCY = 4
+#: The text format every Prometheus reads (our names need nothing newer); the client's own latest
+#: format changes with its version.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: How long the listener's connections get to finish when the daemon stops.
 CLOSE_SEC = 2.0
 
@@ -76,7 +78,7 @@ def build_app(runtime: Runtime, *, loopback: bool) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         body = runtime.observer.metrics.text()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def page(_: web.Request) -> web.Response:
         async with limiter:
