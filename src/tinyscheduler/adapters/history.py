@@ -49,9 +49,11 @@ CREATE TABLE IF NOT EXISTS runs (
     log_path TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at);
-CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent, ended_at);
-CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task_id, ended_at);
-"""
+CREATE INDEX IF NOT EXISTS runs_by_agent ON runs (agent, ended_at, {sums});
+CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task_id, ended_at, {sums});
+""".format(sums="outcome, duration_sec, input_tokens, output_tokens, total_tokens, cost")
+#: The agent and task indexes carry the summed columns: the totals read the index alone (a GROUP BY
+#: over 100,000 runs: 250 ms through row lookups, a few tens of ms this way).
 
 
 class HistoryError(Exception):
@@ -217,12 +219,16 @@ class HistoryStore:
         rows = self._query(sql, values)
         return [RunRecord(_moment(row[0]), _moment(row[1]), *row[2:]) for row in rows]
 
-    def count(self, where: Filter = Filter()) -> int:
+    def count(self, where: Filter = Filter(), *, distinct: str = "*") -> int:
+        """How many runs match (or how many distinct agents or tasks: `distinct="task_id"`)."""
+        if distinct not in ("*", "agent", "task_id"):
+            raise ValueError(f"count of {distinct!r}: expected *, agent or task_id")
         clause, values = where.where()
-        return int(self._query(f"SELECT COUNT(*) FROM runs{clause}", values)[0][0])
+        what = "*" if distinct == "*" else f"DISTINCT {distinct}"
+        return int(self._query(f"SELECT COUNT({what}) FROM runs{clause}", values)[0][0])
 
-    def totals(self, by: str, where: Filter = Filter()) -> list[Totals]:
-        """Sums per agent (`by="agent"`) or per task (`by="task_id"`), the costliest first."""
+    def totals(self, by: str, where: Filter = Filter(), *, limit: int | None = None) -> list[Totals]:
+        """Sums per agent (`by="agent"`) or per task (`by="task_id"`), the costliest first; at most `limit`."""
         if by not in ("agent", "task_id"):
             raise ValueError(f"totals by {by!r}: expected agent or task_id")
         clause, values = where.where()
@@ -231,6 +237,9 @@ class HistoryStore:
             f"TOTAL(output_tokens), TOTAL(total_tokens), SUM(cost) FROM runs{clause} GROUP BY {by} "
             f"ORDER BY SUM(cost) DESC, TOTAL(total_tokens) DESC, {by}"
         )
+        if limit is not None:
+            sql += " LIMIT ?"
+            values.append(limit)
         return [
             Totals(str(row[0]), row[1], row[2], row[3], int(row[4]), int(row[5]), int(row[6]), row[7])
             for row in self._query(sql, values)
