@@ -126,16 +126,18 @@ def render_json(found: Found, currency: str) -> str:
         data["started_at"], data["ended_at"] = _iso(record.started_at), _iso(record.ended_at)
         return data
 
+    def sums(totals: Totals, name: str, key: object) -> dict[str, Any]:
+        data = asdict(totals)
+        del data["key"]
+        return {name: key, **data}
+
     document = {
         "currency": currency or None,
         "total_runs": found.total,
         "runs": [run(r) for r in found.runs],
-        "per_agent": [asdict(t) | {"agent": t.key} for t in found.by_agent],
-        "per_task": [asdict(t) | {"task_id": int(t.key)} for t in found.by_task],
+        "per_agent": [sums(t, "agent", t.key) for t in found.by_agent],
+        "per_task": [sums(t, "task_id", int(t.key)) for t in found.by_task],
     }
-    for group in (document["per_agent"], document["per_task"]):
-        for entry in group:
-            del entry["key"]
     return json.dumps(document, indent=2) + "\n"
 
 
