@@ -4,15 +4,18 @@ own tests in tests/integration/test_monitoring.py and tests/unit/test_journal.py
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tinyscheduler.adapters.history import HistoryStore
+from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.service.scheduler import Scheduler
 
+from harness import JournalListener
 from world import World
 
 PRICES = {"currency": "USD", "models": {"standin-*": {"input": 3.0, "output": 15.0}}}
@@ -101,3 +104,25 @@ async def test_without_a_price_table_runs_have_tokens_but_no_cost(world: World) 
 
 def _events(base: Path) -> list[dict[str, object]]:
     return [json.loads(line) for path in (base / "state" / "logs").glob("events_*.jsonl") for line in path.open()]
+
+
+async def test_under_journald_a_tasks_entries_are_selected_by_its_id(world: World, tmp_path: Path) -> None:
+    """What `journalctl -u tinyscheduler TASK_ID=<id>` shows, against a socket speaking journald's protocol."""
+    journal = JournalListener(tmp_path / "journal.socket")
+    configure_logging("info", "journal", stream=io.StringIO(), journal_socket=str(journal.path))
+    try:
+        world.registry([("dev-a", "dev", 1)])
+        task = world.client.create_task("t", queue_name="dev")["id"]
+        scheduler = world.scheduler()
+        await scheduler.serve()
+        entries = journal.matching(TASK_ID=str(task))
+    finally:
+        configure_logging("info", "console", stream=io.StringIO())
+        journal.close()
+    events = [e["TINYSCHEDULER_EVENT"] for e in entries]
+    assert {"assigned", "run_started", "run_finished"} <= set(events)
+    [finished] = [e for e in entries if e["TINYSCHEDULER_EVENT"] == "run_finished"]
+    rt = scheduler.runtime
+    assert (finished["AGENT"], finished["ATTEMPT"], finished["OUTCOME"]) == ("dev-a", "1", "succeeded")
+    assert (finished["HOST"], finished["TINYSCHEDULER_INSTANCE"]) == (rt.host, rt.instance_id)
+    assert finished["PRIORITY"] == "6" and finished["MESSAGE"].startswith("event=run_finished ")

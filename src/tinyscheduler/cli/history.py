@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from tinyscheduler.adapters.history import Filter, HistoryError, HistoryStore, RunRecord, Totals
 from tinyscheduler.cli.status import printable, table
+from tinyscheduler.config.prices import currency_of
 from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.text import format_age
@@ -174,17 +175,6 @@ def history_command(
         return 1
     finally:
         store.close()
-    currency = _currency(loaded)
+    currency = currency_of(loaded.settings.prices)
     out.write(render_json(found, currency) if json_output else render_table(found, currency))
     return 0
-
-
-def _currency(loaded: LoadedSettings) -> str:
-    """The price table's currency for the labels, if the table can be read (a bad one costs no listing)."""
-    from tinyscheduler.config.prices import load_prices
-    from tinyscheduler.config.settings import ConfigError
-
-    try:
-        return load_prices(loaded.settings.prices).currency
-    except ConfigError:
-        return ""

@@ -50,6 +50,14 @@ def load_prices(path: Path | None) -> PriceTable:
     return table
 
 
+def currency_of(path: Path | None) -> str:
+    """The table's currency for labels, "" without one; a bad table costs a listing no label."""
+    try:
+        return load_prices(path).currency
+    except ConfigError:
+        return ""
+
+
 def _table(data: Any, where: str, problems: list[str]) -> PriceTable:
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         problems.append(f'{where}: expected an object with "models": {{"<model>": {{"input": N, "output": N}}}}')
