@@ -126,3 +126,16 @@ async def test_under_journald_a_tasks_entries_are_selected_by_its_id(world: Worl
     assert (finished["AGENT"], finished["ATTEMPT"], finished["OUTCOME"]) == ("dev-a", "1", "succeeded")
     assert (finished["HOST"], finished["TINYSCHEDULER_INSTANCE"]) == (rt.host, rt.instance_id)
     assert finished["PRIORITY"] == "6" and finished["MESSAGE"].startswith("event=run_finished ")
+
+
+async def test_the_metrics_go_to_a_textfile_for_node_exporter_after_each_pass(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.client.create_task("t", queue_name="dev")
+    world.settings["metrics_textfile"] = "textfile/tinyscheduler.prom"
+    (world.base / "textfile").mkdir()
+    await world.scheduler().serve()
+    path = world.base / "textfile" / "tinyscheduler.prom"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"  # node_exporter runs as another user
+    families = {f.name for f in text_string_to_metric_families(path.read_text())}
+    assert {"tinyscheduler_passes", "tinyscheduler_slots", "tinyscheduler_tasks_waiting"} <= families
+    assert list((world.base / "textfile").iterdir()) == [path]  # written atomically: no temporary left
