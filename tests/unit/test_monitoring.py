@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tinyscheduler.adapters.history import Filter, HistoryError, HistoryStore, RunRecord
 from tinyscheduler.config.prices import load_prices
@@ -18,6 +21,7 @@ from tinyscheduler.config.settings import ConfigError
 from tinyscheduler.core.cost import Price, PriceTable, format_cost, run_cost
 from tinyscheduler.core.goose import model_of
 from tinyscheduler.core.outcomes import Usage
+from tinyscheduler.service.metrics import Live, Metrics
 from tinyscheduler.service.page import read_tail
 from tinyscheduler.service.web import host_allowed
 
@@ -174,3 +178,45 @@ async def test_the_end_of_a_huge_log_is_read_without_reading_the_log(tmp_path: P
 )
 def test_a_loopback_listener_answers_only_requests_naming_an_address(host: str | None, allowed: bool) -> None:
     assert host_allowed(host) is allowed
+
+
+def exposed_names() -> set[str]:
+    """Every sample name the daemon's registry can expose (all labels of the live part set)."""
+    live = Live(
+        host="h",
+        instance="i",
+        limits={"a": 1},
+        busy={"a": 1},
+        unavailable=frozenset(),
+        goose_available=True,
+        counters={},
+        waiting={"q": {"blocked": 1}},
+        last_pass_at=1.0,
+        last_pass_ok=True,
+        watchdog_healthy=True,
+    )
+    metrics = Metrics(lambda: live)
+    metrics.runs_finished.labels(agent="a", outcome="succeeded").inc()
+    metrics.run_duration.labels(agent="a").observe(1)
+    metrics.tokens.labels(agent="a", type="input").inc()
+    metrics.cost.labels(agent="a", currency="USD").inc()
+    metrics.tinytask_errors.labels(kind="unavailable").inc()
+    metrics.pass_duration.observe(0.1)
+    metrics.runs_started.labels(agent="a").inc()
+    text = metrics.text().decode()
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_example_dashboard_and_alerts_use_only_metrics_the_daemon_exposes() -> None:
+    folder = Path(__file__).resolve().parents[2] / "examples" / "monitoring"
+    dashboard = json.loads((folder / "grafana-dashboard.json").read_text())
+    rules = yaml.safe_load((folder / "tinyscheduler-alerts.yml").read_text())["groups"][0]["rules"]
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + [r["expr"] for r in rules]
+    used = {name for expr in expressions for name in re.findall(r"\b(?:tinyscheduler|process)_[a-z_]+", expr)}
+    assert used and used <= exposed_names(), used - exposed_names()
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+        assert rule["expr"].count("(") == rule["expr"].count(")")
+    named = {rule["alert"] for rule in rules}
+    wanted = {"Down", "PassesFailing", "AgentUnavailable", "HighRunFailureRate", "WatchdogWithheld", "Restarted"}
+    assert {f"TinyScheduler{name}" for name in wanted} <= named
