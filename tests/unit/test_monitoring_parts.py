@@ -21,6 +21,7 @@ from tinyscheduler.config.settings import ConfigError
 from tinyscheduler.core.cost import Price, PriceTable, format_cost, run_cost
 from tinyscheduler.core.goose import model_of
 from tinyscheduler.core.outcomes import Usage
+from tinyscheduler.core.text import format_age
 from tinyscheduler.service.metrics import Live, Metrics
 from tinyscheduler.service.page import read_tail
 from tinyscheduler.service.web import host_allowed
@@ -220,3 +221,11 @@ def test_the_example_dashboard_and_alerts_use_only_metrics_the_daemon_exposes() 
     named = {rule["alert"] for rule in rules}
     wanted = {"Down", "PassesFailing", "AgentUnavailable", "HighRunFailureRate", "WatchdogWithheld", "Restarted"}
     assert {f"TinyScheduler{name}" for name in wanted} <= named
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(-1, "0.0s"), (4.24, "4.2s"), (42.9, "42s"), (303, "5m03s"), (7620, "2h07m"), (273600, "3d04h")],
+)
+def test_durations_read_as_a_person_says_them(seconds: float, shown: str) -> None:
+    assert format_age(seconds) == shown
