@@ -305,3 +305,57 @@ class NotifyListener:
         self._stop.set()
         self._thread.join()
         self.sock.close()
+
+
+class JournalListener:
+    """A socket that speaks journald's native protocol: each datagram is one entry of `KEY=value`
+    lines, a value with a newline as the key, a newline, its 64-bit little-endian length and the
+    bytes; an entry too large for a datagram comes as a memfd passed with SCM_RIGHTS."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self.sock.settimeout(0.05)
+        self.entries: list[dict[str, str]] = []
+
+    def receive(self) -> list[dict[str, str]]:
+        """Every entry that arrived so far (kept in `entries`)."""
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4))
+            except TimeoutError:
+                return self.entries
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fd = int.from_bytes(payload[:4], sys.byteorder)
+                    with os.fdopen(fd, "rb") as memfd:
+                        memfd.seek(0)  # journald maps the whole file, whatever the sender's offset
+                        data = memfd.read()
+            self.entries.append(parse_journal_entry(data))
+
+    def matching(self, **fields: str) -> list[dict[str, str]]:
+        """The entries with these field values, as `journalctl FIELD=value` selects them."""
+        return [e for e in self.receive() if all(e.get(k) == v for k, v in fields.items())]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_journal_entry(data: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    at = 0
+    while at < len(data):
+        end = data.index(b"\n", at)
+        line = data[at:end]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            at = end + 1
+        else:
+            key, size = line, int.from_bytes(data[end + 1 : end + 9], "little")
+            value = data[end + 9 : end + 9 + size]
+            assert data[end + 9 + size : end + 10 + size] == b"\n", "binary field not ended by a newline"
+            at = end + 10 + size
+        fields[key.decode()] = value.decode()
+    return fields

@@ -97,8 +97,10 @@ async def test_a_pause_with_stop_runs_stops_the_agents_runs_requeued_and_uncount
         assert qa in rt.runs, "the other agent's run goes on"
         assert world.client.task(dev)["status"] == "idle" and world.starts().count(dev) == 1
     [event] = events(world, "control")
-    assert event | {"timestamp": None} == {
+    assert event | {"timestamp": None, "host": None, "instance": None} == {
         "timestamp": None,
+        "host": None,
+        "instance": None,
         "event": "control",
         "action": "pause",
         "target": "agent dev-a",

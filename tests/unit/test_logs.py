@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tinyscheduler.adapters.logsetup import EventLog, configure_logging
+from tinyscheduler.adapters.logsetup import EventLog, configure_logging, set_identity
 
 TZ = timezone(timedelta(hours=2))  # a non-UTC zone, so "local midnight" is not UTC midnight
 log = structlog.get_logger("tinyscheduler.test")
@@ -209,7 +209,8 @@ def test_scheduler_files_older_than_keep_days_are_deleted(tmp_path: Path, clock:
     assert (tmp_path / "scheduler_20260314.log").exists()
 
 
-def test_event_log_writes_one_json_line_per_event(tmp_path: Path, clock: FakeClock) -> None:
+def test_event_log_writes_one_json_line_per_event_with_host_and_instance(tmp_path: Path, clock: FakeClock) -> None:
+    set_identity(host="host-1", instance="abc123")
     events = EventLog(tmp_path, clock=clock)
     events.record("assigned", task_id=7, agent="dev", queue="dev")
     events.record("started", task_id=7, agent="dev", pid=4242, attempt=1, log_path=tmp_path / "t7.log")
@@ -222,6 +223,8 @@ def test_event_log_writes_one_json_line_per_event(tmp_path: Path, clock: FakeClo
         {
             "timestamp": "2026-03-14T23:59:58.000+02:00",
             "event": "assigned",
+            "host": "host-1",
+            "instance": "abc123",
             "task_id": 7,
             "agent": "dev",
             "queue": "dev",
@@ -229,6 +232,8 @@ def test_event_log_writes_one_json_line_per_event(tmp_path: Path, clock: FakeClo
         {
             "timestamp": "2026-03-14T23:59:58.000+02:00",
             "event": "started",
+            "host": "host-1",
+            "instance": "abc123",
             "task_id": 7,
             "agent": "dev",
             "pid": 4242,
@@ -240,6 +245,8 @@ def test_event_log_writes_one_json_line_per_event(tmp_path: Path, clock: FakeClo
         {
             "timestamp": "2026-03-15T00:00:03.000+02:00",
             "event": "finished",
+            "host": "host-1",
+            "instance": "abc123",
             "task_id": 7,
             "agent": "dev",
             "outcome": "success",

@@ -121,7 +121,12 @@ def write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
 
 
 def write_json_atomic(path: Path, data: Any, *, mode: int = PRIVATE_FILE, durable: bool = True) -> None:
-    """Write JSON so a reader sees the old file or the new one, never a torn one.
+    """Write JSON so a reader sees the old file or the new one, never a torn one (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=mode, durable=durable)
+
+
+def write_text_atomic(path: Path, text: str, *, mode: int = PRIVATE_FILE, durable: bool = True) -> None:
+    """Write `text` so a reader sees the old file or the new one, never a torn one.
 
     `durable` also survives power loss (fsync of the file and the folder, some milliseconds). A
     file whose loss at power-off costs nothing (a heartbeat, a status) skips that: after a crash of
@@ -133,8 +138,7 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = PRIVATE_FILE, durabl
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             os.fchmod(fd, mode)
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

@@ -7,9 +7,12 @@ touching the loggers other modules already hold.
 - stream (stderr unless told): `console` (readable, colours on a terminal), `json`, or
   `journal` (no timestamp, journald adds one; `<N>` syslog priority prefix so that
   `journalctl -p warning` works; logfmt key=value). `auto` picks journal when the stream is the
-  one systemd connected to the journal (JOURNAL_STREAM), else console.
+  one systemd connected to the journal (JOURNAL_STREAM), else console. Under journald itself the
+  journal format is sent natively instead (adapters.journal): PRIORITY, MESSAGE (the same logfmt
+  text), TINYSCHEDULER_EVENT, TASK_ID, AGENT, ATTEMPT, OUTCOME, HOST, TINYSCHEDULER_INSTANCE.
 - `<log_dir>/scheduler_YYYYMMDD.log`: JSON lines, a new file at local midnight.
-- `<log_dir>/events_YYYYMMDD.jsonl` (`EventLog`): one JSON line per task lifecycle event.
+- `<log_dir>/events_YYYYMMDD.jsonl` (`EventLog`): one JSON line per task lifecycle event, with host
+  and instance.
 Both daily files keep `keep_days` days, today included.
 """
 
@@ -20,6 +23,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -30,6 +34,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from tinyscheduler.adapters.files import make_private_folder, open_private
+from tinyscheduler.adapters.journal import JournalSender, is_journal_stream
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.text import escaped
 
@@ -53,6 +58,17 @@ LIFECYCLE_EVENTS = frozenset({"assigned", "started", "finished", "requeued", "re
 # Handlers this module put on the root logger, replaced on the next call. Others (pytest's
 # capture handler, say) are left alone.
 _installed: list[logging.Handler] = []
+#: Which host and daemon instance writes (`set_identity`): every event record and journal entry says it.
+_identity: dict[str, str] = {}
+
+
+def set_identity(*, host: str, instance: str) -> None:
+    _identity.update(host=host, instance=instance)
+
+
+def identity() -> dict[str, str]:
+    """host and instance (the host alone before a daemon has set its instance)."""
+    return {"host": socket.gethostname(), **_identity}
 
 
 def local_now() -> datetime:
@@ -172,7 +188,7 @@ class EventLog:
                 f"unknown task lifecycle event {event!r}; expected one of {', '.join(sorted(LIFECYCLE_EVENTS))}"
             )
         now = self._clock()
-        fields = {key: redacted(key, value) for key, value in fields.items()}
+        fields = {key: redacted(key, value) for key, value in {**identity(), **fields}.items()}
         line = json.dumps({"timestamp": _iso(now), "event": event, **fields}, default=_json_default)
         try:
             self._file.write(now, line)
@@ -205,15 +221,45 @@ def _render_journal(logger: WrappedLogger, name: str, event_dict: EventDict) -> 
     return f"<{SYSLOG_PRIORITY.get(level, SYSLOG_PRIORITY['info'])}>{_logfmt(logger, name, event_dict)}"
 
 
-def is_journal_stream(stream: TextIO) -> bool:
-    """True when `stream` is the file systemd connected to the journal (JOURNAL_STREAM=dev:ino)."""
-    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
-    try:
-        st = os.fstat(stream.fileno())
-        return (st.st_dev, st.st_ino) == (int(device), int(inode))
-    except (OSError, ValueError, AttributeError):
-        # No JOURNAL_STREAM, a malformed one, or a stream without a file (StringIO, closed).
-        return False
+#: Event fields that become journal fields of their own, for `journalctl TASK_ID=42`.
+JOURNAL_FIELDS = {"task_id": "TASK_ID", "agent": "AGENT", "attempt": "ATTEMPT", "outcome": "OUTCOME"}
+
+
+def journal_entry(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+    """The fields of one journal entry, as JSON for `_JournalHandler` (a formatter returns text)."""
+    fields = {name: str(event_dict[key]) for key, name in JOURNAL_FIELDS.items() if event_dict.get(key) is not None}
+    ident = identity()
+    fields.update(
+        SYSLOG_IDENTIFIER="tinyscheduler",
+        TINYSCHEDULER_EVENT=str(event_dict.get("event", "")),
+        HOST=ident["host"],
+        TINYSCHEDULER_INSTANCE=ident.get("instance", ""),
+    )
+    line = _render_journal(logger, name, dict(event_dict))
+    fields["PRIORITY"], fields["MESSAGE"] = line[1], line[3:]
+    return json.dumps(fields)
+
+
+class _JournalHandler(logging.Handler):
+    """Each record as a native journal entry; the `<N>` line on the stream when journald refuses it."""
+
+    def __init__(self, sender: JournalSender, stream: TextIO) -> None:
+        super().__init__()
+        self._sender = sender
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = json.loads(self.format(record))
+            if not self._sender.send(fields):
+                self._stream.write(f"<{fields['PRIORITY']}>{fields['MESSAGE']}\n")
+                self._stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self._sender.close()
+        super().close()
 
 
 #: Fields that are no text of ours to judge: structlog renders them itself.
@@ -239,14 +285,26 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+def _resolved(fmt: str, stream: TextIO) -> str:
+    return ("journal" if is_journal_stream(stream) else "console") if fmt == "auto" else fmt
+
+
 def _stream_renderer(fmt: str, stream: TextIO) -> list[Processor]:
-    if fmt == "auto":
-        fmt = "journal" if is_journal_stream(stream) else "console"
     if fmt == "console":
         return [_escape_controls, structlog.dev.ConsoleRenderer(colors=_isatty(stream))]
     if fmt == "journal":
         return [structlog.processors.format_exc_info, _escape_controls, _render_journal]
     return [structlog.processors.format_exc_info, _json]
+
+
+def _stream_handler(fmt: str, stream: TextIO, journal_socket: str | None) -> logging.Handler:
+    if fmt == "journal":
+        if journal_socket is not None:
+            return _JournalHandler(JournalSender(journal_socket), stream)
+        sender = JournalSender()
+        if is_journal_stream(stream) and sender.available():
+            return _JournalHandler(sender, stream)
+    return logging.StreamHandler(stream)
 
 
 def configure_logging(
@@ -257,8 +315,12 @@ def configure_logging(
     stream: TextIO | None = None,
     *,
     clock: Clock = local_now,
+    journal_socket: str | None = None,
 ) -> None:
-    """Set up (or set up again) logging to `stream` (default: sys.stderr now) and `log_dir`."""
+    """Set up (or set up again) logging to `stream` (default: sys.stderr now) and `log_dir`.
+
+    The journal format goes to journald's native socket (fields of their own) when the stream is the
+    journal's (JOURNAL_STREAM) and the socket is there, or to `journal_socket` when given (tests)."""
     if level.lower() not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
     if fmt not in FORMATS:
@@ -276,8 +338,12 @@ def configure_logging(
             foreign_pre_chain=foreign,
         )
 
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
-    handlers[0].setFormatter(formatter(_stream_renderer(fmt, stream)))
+    fmt = _resolved(fmt, stream)
+    handlers: list[logging.Handler] = [_stream_handler(fmt, stream, journal_socket)]
+    if isinstance(handlers[0], _JournalHandler):
+        handlers[0].setFormatter(formatter([structlog.processors.format_exc_info, _escape_controls, journal_entry]))
+    else:
+        handlers[0].setFormatter(formatter(_stream_renderer(fmt, stream)))
     if log_dir is not None:
         daily = _DailyFileHandler(DailyFile(log_dir, "scheduler", ".log", keep_days), clock, stream)
         daily.setFormatter(formatter([structlog.processors.format_exc_info, _json]))

@@ -37,10 +37,11 @@ import yaml
 
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import configure_logging
-from tinyscheduler.cli.status import format_age, table
+from tinyscheduler.cli.status import table
 from tinyscheduler.config.settings import LoadedSettings, load_settings
 from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.core.text import format_age
 from tinyscheduler.testing.fake import FakeTinyTask
 from tinyscheduler.testing.standin_goose import write_launcher
 

@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from tinyscheduler import __version__
 from tinyscheduler.adapters.files import restrict_umask
+from tinyscheduler.adapters.journal import prefix_stderr
 from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
 
 EXIT_OK = 0
@@ -425,6 +426,40 @@ def _add_drain(sub: Subparsers, common: list[_Parser]) -> None:
     parser.set_defaults(handler=_control, control="drain")
 
 
+def _history(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.history import history_command
+
+    return history_command(
+        load_from_args(args),
+        agent=args.agent,
+        task_id=args.task,
+        since=args.since,
+        limit=args.limit,
+        json_output=args.json,
+    )
+
+
+def _add_history(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "history",
+        parents=common,
+        allow_abbrev=False,
+        help="the runs that ended on this host, with tokens and cost",
+        description="Every run from the run history (state/history.sqlite3): start and end, agent, task, "
+        "attempt, outcome and reason, exit code, duration, tokens, cost, host; then tokens and cost per "
+        "agent and per task over the same runs.",
+    )
+    parser.add_argument("--agent", metavar="A", help="only runs of this agent")
+    parser.add_argument("--task", type=int, metavar="N", help="only runs of this task")
+    parser.add_argument("--since", metavar="WHEN", help="only runs that ended since: 30m, 12h, 1d, 2w, or a date")
+    parser.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="list the latest N runs (default: 100; 0: all)"
+    )
+    parser.add_argument("--json", action="store_true", help="as JSON")
+    add_setting_flags(parser)
+    parser.set_defaults(handler=_history)
+
+
 #: Every subcommand, in the order `--help` lists them.
 SUBCOMMANDS: list[Registration] = [
     _add_run,
@@ -438,6 +473,7 @@ SUBCOMMANDS: list[Registration] = [
     _add_drain,
     _add_logs,
     _add_report,
+    _add_history,
 ]
 
 
@@ -469,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Whatever a command creates (state, logs, a report) is its user's alone, whatever the caller's umask.
     restrict_umask()
+    # Under journald every line gets a priority, the one-line errors printed before logging too.
+    prefix_stderr()
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))

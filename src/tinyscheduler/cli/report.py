@@ -1,5 +1,6 @@
 """`tinyscheduler report`: the TinyTask workload report (summary, per-agent breakdown, priority
-distribution, task age metrics, the task table) as a table, JSON or Markdown.
+distribution, task age metrics, the task table, and the tokens and cost of the runs per agent and per
+task from this host's run history) as a table, JSON or Markdown.
 
 One list request per status (pages of a long list aside), never one request per task: the
 original reporter fetched every task again to count its comments and links, which made a report of
@@ -20,13 +21,16 @@ from typing import Any, Literal, TextIO
 import anyio
 
 from tinyscheduler.adapters.files import write_private
+from tinyscheduler.adapters.history import Filter, HistoryError, HistoryStore, Totals
 from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskClient, TinyTaskError
 from tinyscheduler.adapters.tinytask.connect import connect
-from tinyscheduler.cli.status import format_age, printable, table
+from tinyscheduler.cli.status import printable, table
+from tinyscheduler.config.prices import currency_of
 from tinyscheduler.config.settings import LoadedSettings
+from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import STATUSES, Task
-from tinyscheduler.core.text import markdown_cell
+from tinyscheduler.core.text import format_age, markdown_cell
 
 Format = Literal["table", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "json", "markdown")
@@ -77,8 +81,10 @@ def build(
     agent: str | None,
     tinytask: str,
     skipped: Sequence[str] = (),
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report as plain data (pure: `now` is an input)."""
+    """The report as plain data (pure: `now` is an input). `usage`: tokens and cost from the run
+    history (`usage_of`), None without one."""
     ordered = sorted(tasks, key=lambda t: (-t.priority, t.created_at, t.id))  # the server's own order
     by_status = {s: sum(1 for t in ordered if t.status == s) for s in STATUSES}
     agents_with_work = sorted({t.assigned_to for t in ordered if t.assigned_to})
@@ -106,6 +112,37 @@ def build(
         "age_metrics": _age_metrics(ordered, ages),
         "tasks": [_task_row(t, ages[t.id]) for t in ordered],
         "skipped_malformed": list(skipped),
+        "usage": usage,
+    }
+
+
+def usage_of(history: Path, agent: str | None, task_ids: set[int], currency: str) -> dict[str, Any] | None:
+    """Tokens and cost per agent, and per task of the report, from this host's run history."""
+    store = HistoryStore(history, read_only=True)
+    if not store.exists():
+        return None
+    where = Filter(agent=agent)
+    try:
+        by_agent = store.totals("agent", where)
+        by_task = [t for t in store.totals("task_id", where) if int(t.key) in task_ids]
+    except HistoryError as exc:
+        return {"error": str(exc)}
+    finally:
+        store.close()
+
+    def sums(t: Totals) -> dict[str, Any]:
+        return {
+            "runs": t.runs,
+            "input_tokens": t.input_tokens,
+            "output_tokens": t.output_tokens,
+            "total_tokens": t.total_tokens,
+            "cost": t.cost,
+        }
+
+    return {
+        "currency": currency or None,
+        "per_agent": {t.key: sums(t) for t in by_agent},
+        "per_task": {t.key: sums(t) for t in by_task},
     }
 
 
@@ -237,6 +274,31 @@ def _sections(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[An
         (f"Priority distribution (average {p['average_priority']})", ["priority", "tasks", "share"], priorities),
         ("Task age", ["", "age"], ages),
         (f"Tasks ({shown})", ["id", "status", "agent", "queue", "priority", "age", "title"], tasks),
+        *_usage_sections(report.get("usage")),
+    ]
+
+
+def _usage_sections(usage: dict[str, Any] | None) -> list[tuple[str, list[str], list[list[Any]]]]:
+    if not usage or "error" in usage:
+        return []
+    currency = usage["currency"] or ""
+    headers = ["runs", "tokens in", "tokens out", "cost"]
+
+    def row(key: str, sums: dict[str, Any]) -> list[Any]:
+        tokens = f"{sums['input_tokens']:,}", f"{sums['output_tokens']:,}"
+        return [key, sums["runs"], *tokens, format_cost(sums["cost"], currency)]
+
+    return [
+        (
+            "Tokens and cost per agent (run history)",
+            ["agent", *headers],
+            [row(k, v) for k, v in usage["per_agent"].items()],
+        ),
+        (
+            "Tokens and cost per task (run history)",
+            ["task", *headers],
+            [row(k, v) for k, v in usage["per_task"].items()],
+        ),
     ]
 
 
@@ -244,6 +306,9 @@ def _footer(report: dict[str, Any]) -> list[str]:
     lines = []
     if len(report["tasks"]) > TABLE_ROWS:
         lines.append(f"{len(report['tasks']) - TABLE_ROWS} more task(s) not shown; --format json lists all.")
+    usage = report.get("usage") or {}
+    if "error" in usage:
+        lines.append(f"Tokens and cost not shown: {usage['error']}")
     if report["skipped_malformed"]:
         lines.append(f"Skipped {len(report['skipped_malformed'])} malformed task(s):")
         lines += [f"  {p}" for p in report["skipped_malformed"]]
@@ -289,6 +354,9 @@ async def _collect(loaded: LoadedSettings, statuses: Sequence[str], agent: str |
     s = loaded.settings
     async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
         fetched = await fetch(client, statuses, agent)
+    usage = await anyio.to_thread.run_sync(
+        usage_of, s.history_file, agent, {t.id for t in fetched.tasks}, currency_of(s.prices)
+    )
     return build(
         fetched.tasks,
         now=datetime.now(UTC),
@@ -296,6 +364,7 @@ async def _collect(loaded: LoadedSettings, statuses: Sequence[str], agent: str |
         agent=agent,
         tinytask=redacted("", s.tinytask_url),
         skipped=[str(p) for p in fetched.problems],
+        usage=usage,
     )
 
 

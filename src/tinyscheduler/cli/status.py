@@ -32,7 +32,7 @@ from tinyscheduler.core.leases import Lease, LeaseState, iso
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.core.text import escaped
+from tinyscheduler.core.text import escaped, format_age
 
 # What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
 _HOLDER = re.compile(
@@ -44,21 +44,6 @@ STUCK_INTERVALS = 3
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def format_age(seconds: float) -> str:
-    """A duration as a person reads it: 4.2s, 42s, 5m03s, 2h07m, 3d04h."""
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def table(headers: list[str], rows: list[list[Any]], indent: str = "  ") -> list[str]:

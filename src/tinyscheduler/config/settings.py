@@ -425,7 +425,85 @@ class _Logging(_Timing):
         return value.strip().lower() if isinstance(value, str) else value
 
 
-class Settings(_Logging):
+#: A port of the listener: 0 asks the kernel for a free one (tests, a first try), said in the log.
+_HTTP_ADDR = "expected nothing (off), PORT, HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
+
+
+def parse_http_addr(value: str) -> tuple[str, int] | None:
+    """TINYSCHEDULER_HTTP_ADDR as (host, port); None when empty (off). A bare port binds 127.0.0.1."""
+    text = value.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(_HTTP_ADDR)
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        raise ValueError(_HTTP_ADDR)
+    return host, int(port)
+
+
+class _Monitoring(_Logging):
+    """What the daemon shows to monitoring: metrics, the status page, run history, costs."""
+
+    http_addr: str = _setting(
+        "",
+        flag="--http-addr",
+        metavar="ADDR",
+        expect=_HTTP_ADDR,
+        description="address of the metrics and status page listener: PORT (on 127.0.0.1), HOST:PORT or "
+        "[IPv6]:PORT; empty = off (read at start)",
+    )
+    metrics_textfile: Path | None = _setting(
+        None,
+        flag="--metrics-textfile",
+        metavar="PATH",
+        expect=_PATH,
+        description="also write the metrics to this file after every pass, for node_exporter's textfile "
+        "collector (name it *.prom); empty = off",
+    )
+    prices: Path | None = _setting(
+        None,
+        flag="--prices",
+        metavar="PATH",
+        expect=_PATH,
+        description="price table (JSON): model -> prices per million input and output tokens; with it every "
+        "run has a cost",
+    )
+    history_keep_days: int = _setting(
+        90,
+        flag="--history-keep-days",
+        metavar="DAYS",
+        **_whole(1, 3650, " of days"),
+        description="days of run history to keep",
+    )
+
+    @field_validator("http_addr", mode="after")
+    @classmethod
+    def _http_addr(cls, value: str) -> str:
+        parse_http_addr(value)
+        return value.strip()
+
+    @field_validator("metrics_textfile", "prices", mode="before")
+    @classmethod
+    def _optional_path(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, (str, Path)) and "\0" in str(value):
+            raise ValueError("contains a NUL byte")
+        return value
+
+    @field_validator("metrics_textfile", "prices", mode="after")
+    @classmethod
+    def _optional_under_base(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        base = info.data.get("base_path")
+        return value if value is None or base is None else base / expand_user(value)
+
+
+class Settings(_Monitoring):
     """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
 
     The fields are declared in sections (the classes above, in this order), which is also their order
@@ -485,6 +563,10 @@ class Settings(_Logging):
     @property
     def task_log_dir(self) -> Path:
         return self.log_dir / "tasks"
+
+    @property
+    def history_file(self) -> Path:
+        return self.state_dir / "history.sqlite3"
 
     @property
     def goose_argv(self) -> list[str]:

@@ -78,6 +78,18 @@ def output_format_of(extra: Sequence[str], configured: str) -> tuple[str, list[s
     return configured, ["--output-format", configured]
 
 
+def model_of(extra: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """The model a run asked for when goose's output does not say: `--model` in the goose arguments,
+    else GOOSE_MODEL in the run's environment (goose.env); None when neither says (the recipe's or
+    goose's own configuration decides then)."""
+    for index, arg in enumerate(extra):
+        if arg.startswith("--model="):
+            return arg.partition("=")[2] or None
+        if arg == "--model" and index + 1 < len(extra):
+            return extra[index + 1]
+    return environ.get("GOOSE_MODEL") or None
+
+
 def is_fake_server(health: Mapping[str, Any]) -> bool:
     """Whether a `GET /health` document is the in-package fake TinyTask's (core.standin)."""
     return health.get(FAKE_SERVER_FIELD) == FAKE_SERVER_VALUE

@@ -31,3 +31,18 @@ def escaped(text: str, *, keep_lines: bool = False) -> str:
 def markdown_cell(text: str) -> str:
     """`text` as one Markdown table cell: escaped, and a `|` cannot end the cell."""
     return escaped(text).replace("|", "\\|")
+
+
+def format_age(seconds: float) -> str:
+    """A duration as a person reads it: 4.2s, 42s, 5m03s, 2h07m, 3d04h."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"

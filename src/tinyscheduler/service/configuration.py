@@ -6,18 +6,21 @@ one on failure, so a bad env file or registry never leaves the daemon half recon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from tinyscheduler.config.prices import load_prices
 from tinyscheduler.config.registry import Registry, configured_registry, effective_limits
 from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.core.cost import PriceTable
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
-#: Settings read once at start: changing them needs a restart (the lock and leases live there).
-RESTART_ONLY = ("base_path", "running_dir", "lock_file", "pass_timeout_sec")
+#: Settings read once at start: changing them needs a restart (the lock and leases live there; the
+#: HTTP listener is bound at start).
+RESTART_ONLY = ("base_path", "running_dir", "lock_file", "pass_timeout_sec", "http_addr")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class Configuration:
     loaded: LoadedSettings
     registry: Registry | None
     limits: dict[str, int]
+    #: Prices of the models (TINYSCHEDULER_PRICES); empty without the setting.
+    prices: PriceTable = field(default_factory=PriceTable)
 
     @property
     def settings(self) -> Settings:
@@ -34,7 +39,7 @@ class Configuration:
     def load(cls, loaded: LoadedSettings) -> Configuration:
         """Raises ConfigError (RegistryError) naming every problem."""
         registry = configured_registry(loaded)
-        return cls(loaded, registry, effective_limits(registry, loaded.settings))
+        return cls(loaded, registry, effective_limits(registry, loaded.settings), load_prices(loaded.settings.prices))
 
     def reloaded(self) -> tuple[Configuration, dict[str, tuple[Any, Any]]]:
         """The configuration as the files say now, and what changed; raises ConfigError.

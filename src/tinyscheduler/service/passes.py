@@ -17,6 +17,7 @@ from tinyscheduler.adapters.tinytask import Task, TaskProblem, TinyTaskClient, T
 from tinyscheduler.config.registry import RegistryError, agent_recipe_path
 from tinyscheduler.core.pacing import PassPacer
 from tinyscheduler.core.planner import Plan, PlanConfig, plan
+from tinyscheduler.core.waiting import waiting
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import note_start_failed, recheck_goose_if_due, unavailable
 from tinyscheduler.service.gather import gather, plan_config, planned_agents, queued_and_blocked
@@ -130,6 +131,7 @@ class PassRunner:
             report.consecutive_failures = 0 if report.ok else self.report.consecutive_failures + 1
             self.report = report
             self.publish()
+            rt.observer.pass_finished(report)
 
     def publish(self) -> None:
         publish(self.runtime, self.report, self.reload_error)
@@ -175,6 +177,7 @@ class PassRunner:
         note_quarantined(rt, gathered.quarantined)
         result = plan(gathered.snapshot, config)
         report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
+        report.waiting = waiting(gathered.snapshot, result, blocking=not config.disable_blocking)
         report.malformed = len(gathered.problems)
         leases = {lease.task_id: lease for lease in gathered.snapshot.leases}
         for decision in result.recoveries:

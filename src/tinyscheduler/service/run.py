@@ -51,7 +51,7 @@ from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError,
 from tinyscheduler.config.registry import recipe_problem
 from tinyscheduler.core.goose import child_environment, goose_command, output_format_of
 from tinyscheduler.core.leases import Lease, LeaseState
-from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict
+from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict, read_evidence
 from tinyscheduler.core.policy import claim_refusal, history_reset
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
@@ -468,9 +468,11 @@ class Run:
 
 
 def finished(session: RunSession, verdict: RunVerdict, report: Reported, end: ProcessEnd) -> RunResult:
-    """The result of a session that ran to its end, said as the `finished` event."""
+    """The result of a session that ran to its end, said as the `finished` event (with the tokens goose
+    reported: the observer records it in the run history and the metrics)."""
     spec = session.spec
     pid = session.process.pid if session.process is not None else session.lease.lease.pid
+    usage = read_evidence(end.tail).usage
     session.emit(
         "finished",
         pid=pid,
@@ -480,6 +482,12 @@ def finished(session: RunSession, verdict: RunVerdict, report: Reported, end: Pr
         outcome=verdict.outcome.value,
         reason=verdict.detail,
         report=report.value,
+        how=session.how.value,
+        exit_code=end.returncode,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+        model=usage.model,
     )
     return RunResult(
         task_id=spec.task_id,

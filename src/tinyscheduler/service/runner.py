@@ -145,6 +145,7 @@ class Runner:
     def adopt(self, lease: Lease, *, alive: bool) -> None:
         """Supervise a live run of a previous instance (`alive`), or settle one that ended unwatched."""
         host = Host(self.runtime.instance_id, self.runtime.boot_id)
+        self.runtime.counters.add("runs_adopted" if alive else "runs_settled")
         self._launch(adopt(lease, self.policy(), self.deps(), host, alive=alive))
 
     async def recover(self, lease: Lease) -> None:
@@ -207,4 +208,4 @@ class Runner:
             note_run_ended(self.runtime, agent, result.outcome, result.reason)
 
     def _record_event(self, event: str, fields: dict[str, Any]) -> None:
-        self.runtime.events.record(event, **fields)
+        self.runtime.events.record(event, **self.runtime.observer.run_event(event, fields))

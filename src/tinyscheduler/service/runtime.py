@@ -19,11 +19,19 @@ from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import EventLog
 from tinyscheduler.adapters.systemd import Notifier
-from tinyscheduler.adapters.tinytask import SCHEDULER_NAME, ServerFeatures, Task, TaskBatch, TinyTaskClient
+from tinyscheduler.adapters.tinytask import (
+    SCHEDULER_NAME,
+    ServerFeatures,
+    Task,
+    TaskBatch,
+    TinyTaskClient,
+    TinyTaskError,
+)
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.core.circuit import Circuits
 from tinyscheduler.core.control import Pauses
 from tinyscheduler.service.configuration import Configuration
+from tinyscheduler.service.observer import CountingClient, Observer
 
 if TYPE_CHECKING:
     from tinyscheduler.service.runner import Supervised
@@ -85,7 +93,14 @@ class Connection:
 
     async def _open(self) -> TinyTaskClient:
         s = self._runtime.config.settings
-        client = await connect(s.tinytask_url, s.tinytask_protocol)
+        observer = self._runtime.observer
+        try:
+            client: TinyTaskClient = CountingClient(
+                await connect(s.tinytask_url, s.tinytask_protocol), observer.tinytask_error
+            )
+        except TinyTaskError as exc:
+            observer.tinytask_error(exc)
+            raise
         features = client.features
         log.info("tinytask_connected", url=s.tinytask_url, protocol=features.protocol)
         if not features.queues:
@@ -99,7 +114,7 @@ class Connection:
 
     def use(self, client: TinyTaskClient) -> None:
         """Talk to TinyTask through `client` instead of connecting (service tests)."""
-        self._client = client
+        self._client = CountingClient(client, self._runtime.observer.tinytask_error)
 
     @property
     def opened(self) -> TinyTaskClient | None:
@@ -173,8 +188,11 @@ class Runtime:
     pauses: Pauses = field(default_factory=Pauses)
     stopping: bool = False
     connection: Connection = field(init=False)
+    #: Metrics, run history and what the status page shows (service.observer).
+    observer: Observer = field(init=False)
 
     def __post_init__(self) -> None:
+        self.observer = Observer(self)
         self.connection = Connection(self)
 
     @property

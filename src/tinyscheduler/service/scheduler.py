@@ -34,12 +34,12 @@ from tinyscheduler.adapters.files import make_private_folder
 from tinyscheduler.adapters.goose_probe import GooseCheck
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import EXIT_LOCKED, InstanceLock, LockHeld
-from tinyscheduler.adapters.logsetup import EventLog, configure_logging
+from tinyscheduler.adapters.logsetup import EventLog, configure_logging, set_identity
 from tinyscheduler.adapters.pausestore import PauseStore, PausesUnreadable
 from tinyscheduler.adapters.procfs import current_boot_id
-from tinyscheduler.adapters.systemd import Notifier, restart_in_progress
+from tinyscheduler.adapters.systemd import Notifier, restart_in_progress, watchdog_interval
 from tinyscheduler.adapters.tinytask import TinyTaskClient
-from tinyscheduler.config.settings import ConfigError, LoadedSettings
+from tinyscheduler.config.settings import ConfigError, LoadedSettings, parse_http_addr
 from tinyscheduler.core.attempts import RetryPolicy
 from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.redact import redacted
@@ -87,10 +87,13 @@ class Scheduler:
         environ = dict(os.environ if environ is None else environ)
         self.once = once
         self.hooks = hooks or Hooks()
+        host, instance_id = socket.gethostname(), uuid.uuid4().hex[:12]
+        # Every event record and journal entry says which host and which daemon instance wrote it.
+        set_identity(host=host, instance=instance_id)
         self.runtime = Runtime(
             config=config,
-            host=socket.gethostname(),
-            instance_id=uuid.uuid4().hex[:12],
+            host=host,
+            instance_id=instance_id,
             boot_id=current_boot_id(),
             environ=environ,
             store=LeaseStore(s.running_dir, s.quarantine_dir),
@@ -153,6 +156,7 @@ class Scheduler:
                     # On a hand-off this abandons the supervisors; their processes go on.
                     group.cancel_scope.cancel()
         finally:
+            rt.observer.close()
             await rt.connection.aclose()
             lock.release()
         log.info("stopped", pid=os.getpid(), instance=rt.instance_id)
@@ -173,6 +177,7 @@ class Scheduler:
         await group.start(ControlServer(Controls(rt, self._control_changed), rt.config.settings.control_socket).serve)
         # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
         apply_goose_check(rt, goose)
+        await self._observe(group)
         # Recovery before READY: the live runs of a previous instance adopted, the ended ones being
         # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
@@ -204,6 +209,18 @@ class Scheduler:
         if self.passes is not None and self.passes.report.started_at:
             self.passes.publish()
         self.runtime.tick.set()
+
+    async def _observe(self, group: anyio.abc.TaskGroup) -> None:
+        """The run history's writer, and the HTTP listener when configured (bound before READY)."""
+        rt = self.runtime
+        group.start_soon(rt.observer.history.run)
+        if watchdog_interval(rt.environ) is not None:
+            rt.observer.gate = self.gate
+        address = parse_http_addr(rt.config.settings.http_addr)
+        if address is not None:
+            from tinyscheduler.service.web import serve_http  # aiohttp only for a daemon that listens
+
+            await group.start(serve_http, rt, address)
 
     def _say_started(self, *, subreaper: bool) -> None:
         rt = self.runtime

@@ -115,6 +115,8 @@ class RunSession:
         self._stop_reason: str | None = None
         self._stop_counted = False
         self.process_ended = process is None
+        #: How this session came to be (said in its log lines, its `finished` event and the history).
+        self.how = Reason.SPAWNED if process is not None else Reason.SETTLED
 
     @property
     def task_id(self) -> int:
@@ -135,6 +137,7 @@ class RunSession:
     async def run(
         self, *, how: Reason, stop_reason: str | None = None, stop_counted: bool = False
     ) -> tuple[RunVerdict, Reported, ProcessEnd]:
+        self.how = how
         if stop_reason is not None and self._stop_reason is None:
             self._stop_reason, self._stop_counted = stop_reason, stop_counted
         end = await self._supervise() if self.process is not None else await self._settle()

@@ -37,6 +37,8 @@ class PassReport:
     malformed: int = 0
     consecutive_failures: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    #: Idle tasks the pass did not start: queue -> reason (blocked, no_slot, backing_off, given_up) -> count.
+    waiting: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def status_line(report: PassReport) -> str:
@@ -63,6 +65,7 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         line += "; " + "; ".join(unavailable)
     if reload_error:
         line += f"; reload rejected, previous configuration kept: {reload_error}"
+    runtime.observer.reload_error = reload_error
     # Error texts quote TinyTask's URL, which may carry credentials; `systemctl status` is for anyone.
     runtime.notifier.status(redacted("", line))
     data: dict[str, Any] = asdict(report) | {
@@ -76,6 +79,7 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         "env_file": str(runtime.config.loaded.env_file) if runtime.config.loaded.env_file else None,
         "agent_control_file": str(s.agent_control_file) if runtime.config.registry else None,
         "limits": runtime.config.limits,
+        "http": runtime.observer.http_address,
     }
     try:
         write_json_atomic(s.last_pass_file, redacted("", data), durable=False)

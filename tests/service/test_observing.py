@@ -1,0 +1,141 @@
+"""What the daemon shows to monitoring, in-process: the metrics a pass and a run move, the run history
+with tokens and cost, TinyTask errors by kind. (The HTTP listener, the page and journald have their
+own tests in tests/integration/test_monitoring.py and tests/unit/test_journal.py.)"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tinyscheduler.adapters.history import HistoryStore
+from tinyscheduler.adapters.logsetup import configure_logging
+from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.service.scheduler import Scheduler
+
+from harness import JournalListener
+from world import World
+
+PRICES = {"currency": "USD", "models": {"standin-*": {"input": 3.0, "output": 15.0}}}
+
+
+def samples(scheduler: Scheduler) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the daemon's metrics, parsed by prometheus_client's own parser."""
+    text = scheduler.runtime.observer.metrics.text().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+async def test_a_pass_and_its_run_move_the_metrics_and_the_run_history_gets_tokens_and_cost(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.recipe("dev-a", mode="succeed", seconds=0, input_tokens=1000, output_tokens=250)
+    (world.base / "prices.json").write_text(json.dumps(PRICES))
+    world.settings["prices"] = "prices.json"
+    world.settings["goose_args"] = "--model standin-large"  # goose's stream-json does not name its model
+    first = world.client.create_task("first", queue_name="dev", priority=9)["id"]
+    world.client.create_task("waits for a slot", queue_name="dev")
+    world.client.create_task("blocked", queue_name="dev", blocked_by_task_id=first)
+    world.client.create_task("gave up", queue_name="dev", tags=[FAILED_TAG])
+
+    scheduler = world.scheduler()
+    assert await scheduler.serve() == 0
+
+    found = samples(scheduler)
+    assert value(found, "tinyscheduler_runs_started_total", agent="dev-a") == 1
+    assert value(found, "tinyscheduler_runs_finished_total", agent="dev-a", outcome="succeeded") == 1
+    assert value(found, "tinyscheduler_run_duration_seconds_count", agent="dev-a") == 1
+    assert value(found, "tinyscheduler_tokens_total", agent="dev-a", type="input") == 1000
+    assert value(found, "tinyscheduler_tokens_total", agent="dev-a", type="output") == 250
+    cost = (1000 * 3.0 + 250 * 15.0) / 1e6
+    assert abs(value(found, "tinyscheduler_cost_total", agent="dev-a", currency="USD") - cost) < 1e-9
+    for reason in ("no_slot", "blocked", "given_up"):
+        assert value(found, "tinyscheduler_tasks_waiting", queue="dev", reason=reason) == 1, reason
+    assert value(found, "tinyscheduler_slots", agent="dev-a") == 1
+    assert value(found, "tinyscheduler_slots_busy", agent="dev-a") == 0  # the run has ended
+    assert value(found, "tinyscheduler_passes_total", result="ok") == 1
+    assert value(found, "tinyscheduler_pass_duration_seconds_count") == 1
+    assert value(found, "tinyscheduler_last_pass_timestamp_seconds") == world.clock.now.timestamp()
+    assert value(found, "tinyscheduler_agent_available", agent="dev-a") == 1
+    assert value(found, "tinyscheduler_runs_taken_over_total", how="adopted") == 0
+
+    [run] = HistoryStore(world.base / "state" / "history.sqlite3", read_only=True).runs()
+    rt = scheduler.runtime
+    assert (run.task_id, run.agent, run.attempt, run.outcome, run.how) == (first, "dev-a", 1, "succeeded", "spawned")
+    assert (run.input_tokens, run.output_tokens, run.total_tokens, run.model) == (1000, 250, 1250, "standin-large")
+    assert run.cost == cost and run.exit_code == 0 and (run.host, run.instance) == (rt.host, rt.instance_id)
+    finished = [e for e in _events(world.base) if e["event"] == "finished"]
+    assert finished[0]["cost"] == cost and finished[0]["input_tokens"] == 1000
+    assert all(e["host"] == rt.host and e["instance"] == rt.instance_id for e in _events(world.base))
+
+
+async def test_tinytask_errors_are_counted_by_kind_and_a_failed_pass_shows(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.client.create_task("t", queue_name="dev")
+    world.client.fail_next(None)
+
+    scheduler = world.scheduler()
+    assert await scheduler.serve() == 1
+
+    found = samples(scheduler)
+    assert value(found, "tinyscheduler_tinytask_errors_total", kind="unavailable") >= 1
+    assert value(found, "tinyscheduler_passes_total", result="failed") == 1
+    assert value(found, "tinyscheduler_last_pass_success") == 0
+    assert value(found, "tinyscheduler_pass_consecutive_failures") == 1
+
+
+async def test_without_a_price_table_runs_have_tokens_but_no_cost(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    task = world.client.create_task("t", queue_name="dev")["id"]
+    scheduler = world.scheduler()
+    await scheduler.serve()
+    [run] = HistoryStore(world.base / "state" / "history.sqlite3", read_only=True).runs()
+    assert run.task_id == task and run.input_tokens == 1200 and run.cost is None
+    assert not any(name == "tinyscheduler_cost_total" for name, _ in samples(scheduler))
+
+
+def _events(base: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for path in (base / "state" / "logs").glob("events_*.jsonl") for line in path.open()]
+
+
+async def test_under_journald_a_tasks_entries_are_selected_by_its_id(world: World, tmp_path: Path) -> None:
+    """What `journalctl -u tinyscheduler TASK_ID=<id>` shows, against a socket speaking journald's protocol."""
+    journal = JournalListener(tmp_path / "journal.socket")
+    configure_logging("info", "journal", stream=io.StringIO(), journal_socket=str(journal.path))
+    try:
+        world.registry([("dev-a", "dev", 1)])
+        task = world.client.create_task("t", queue_name="dev")["id"]
+        scheduler = world.scheduler()
+        await scheduler.serve()
+        entries = journal.matching(TASK_ID=str(task))
+    finally:
+        configure_logging("info", "console", stream=io.StringIO())
+        journal.close()
+    events = [e["TINYSCHEDULER_EVENT"] for e in entries]
+    assert {"assigned", "run_started", "run_finished"} <= set(events)
+    [finished] = [e for e in entries if e["TINYSCHEDULER_EVENT"] == "run_finished"]
+    rt = scheduler.runtime
+    assert (finished["AGENT"], finished["ATTEMPT"], finished["OUTCOME"]) == ("dev-a", "1", "succeeded")
+    assert (finished["HOST"], finished["TINYSCHEDULER_INSTANCE"]) == (rt.host, rt.instance_id)
+    assert finished["PRIORITY"] == "6" and finished["MESSAGE"].startswith("event=run_finished ")
+
+
+async def test_the_metrics_go_to_a_textfile_for_node_exporter_after_each_pass(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.client.create_task("t", queue_name="dev")
+    world.settings["metrics_textfile"] = "textfile/tinyscheduler.prom"
+    (world.base / "textfile").mkdir()
+    await world.scheduler().serve()
+    path = world.base / "textfile" / "tinyscheduler.prom"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"  # node_exporter runs as another user
+    families = {f.name for f in text_string_to_metric_families(path.read_text())}
+    assert {"tinyscheduler_passes", "tinyscheduler_slots", "tinyscheduler_tasks_waiting"} <= families
+    assert list((world.base / "textfile").iterdir()) == [path]  # written atomically: no temporary left
