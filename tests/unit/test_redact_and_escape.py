@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -50,6 +51,19 @@ def test_secrets_inside_text_are_masked(text: str, shown: str) -> None:
 )
 def test_ordinary_text_is_left_alone(text: str) -> None:
     assert redacted("", text) == text
+
+
+@pytest.mark.parametrize(
+    "unit", ["a", "a.", "a-", "-", "a+", "x://", 'a="', "a='", " -a", "Bearer ", "--a "], ids=repr
+)
+def test_long_hostile_text_is_redacted_in_linear_time_and_in_full(unit: str) -> None:
+    # A task title or a goose reply is not ours to bound: 200 KB of one repeated shape took over a
+    # minute when a pattern could begin anywhere inside a run (a quadratic rescan, 20 KB: 2.5 s).
+    text = unit * (200_000 // len(unit)) + f" token={SECRET}"
+    started = time.process_time()
+    masked = redacted("", text)
+    assert time.process_time() - started < 2.0, "redaction is quadratic again"
+    assert SECRET not in masked and masked.endswith("token=***")
 
 
 def test_names_decide_for_settings_variables_and_fields() -> None:
