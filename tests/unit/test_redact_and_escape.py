@@ -53,9 +53,7 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
     assert redacted("", text) == text
 
 
-@pytest.mark.parametrize(
-    "unit", ["a", "a.", "a-", "-", "a+", "x://", 'a="', "a='", " -a", "Bearer ", "--a "], ids=repr
-)
+@pytest.mark.parametrize("unit", ["a", "a.", "a-", "-", "a+", "x://", 'a="', "a='", " -a", "Bearer ", "--a "], ids=repr)
 def test_long_hostile_text_is_redacted_in_linear_time_and_in_full(unit: str) -> None:
     # A task title or a goose reply is not ours to bound: 200 KB of one repeated shape took over a
     # minute when a pattern could begin anywhere inside a run (a quadratic rescan, 20 KB: 2.5 s).

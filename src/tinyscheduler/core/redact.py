@@ -27,9 +27,7 @@ _WORD_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 #: scheme://userinfo@ (userinfo ends the authority part, so it holds no / ? #).
 _USERINFO = re.compile(r"(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)([^/?#@\s]+)@", re.IGNORECASE)
 #: NAME=value, as in a query string, an environment listing or a `--flag=value` argument.
-_ASSIGNMENT = re.compile(
-    r"(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)"
-)
+_ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z0-9_.-]+)=(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)")
 #: --flag value, as in a command line (a quoted value is one value).
 _FLAG_VALUE = re.compile(
     r"(?P<flag>(?<!\S)--?[A-Za-z0-9][A-Za-z0-9_-]*)(?P<space>\s+)(?P<value>'[^']*'|\"[^\"]*\"|[^\s-]\S*)"
