@@ -48,9 +48,11 @@ class Deadline:
 
 
 def wait_for(
-    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+    predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05, what: str = "condition"
 ) -> Any:
-    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds. The default is
+    generous: a green test returns at once, and a daemon that starts in 3 s alone took 16 s with
+    the whole suite, coverage and other work sharing two CPUs."""
     deadline = Deadline(timeout, what)
     while not (value := predicate()):
         deadline.check()
@@ -181,6 +183,16 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False  # it ended between the scan and this look
+
+
+def alive(pids: Iterable[int]) -> list[int]:
+    """Those of `pids` still running (a zombie has ended)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            if _alive(psutil.Process(pid)):
+                found.append(pid)
+    return found
 
 
 def kill_everything(base: Path) -> None:

@@ -21,6 +21,7 @@ import psutil
 import yaml
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.containment import RunCgroups
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.procfs import current_boot_id
 from tinyscheduler.adapters.tinytask import TaskBatch, TinyTaskClient, TinyTaskUnavailable
@@ -121,7 +122,9 @@ class RunBench:
     def task(self, agent: str = "dev", **fields: Any) -> int:
         return int(self.fake.create_task(f"task for {agent}", assigned_to=agent, **fields)["id"])
 
-    def run(self, task_id: int, recipe: str, agent: str = "dev", **policy_changes: Any) -> Run:
+    def run(
+        self, task_id: int, recipe: str, agent: str = "dev", cgroups: RunCgroups | None = None, **policy_changes: Any
+    ) -> Run:
         return Run(
             RunRequest(task_id, agent, recipe),
             replace(self.policy, **policy_changes),
@@ -130,6 +133,7 @@ class RunBench:
             attempts=self.attempts,
             environ=self.environ,
             on_event=lambda name, fields: self.events.append((name, fields)),
+            cgroups=cgroups,
         )
 
     def records(self) -> list[dict[str, Any]]:

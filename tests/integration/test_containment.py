@@ -6,26 +6,89 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 import threading
+import uuid
+from collections.abc import Iterator
 
-import psutil
 import pytest
 
+from tinyscheduler.adapters.containment import CGROUP_PREFIX, RunCgroups
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.service.reporter import Reported
 
+from harness import alive
 from runbench import RunBench, eventually
 
 
-def alive(pids: list[int]) -> list[int]:
-    found = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
+@pytest.fixture
+def delegated() -> Iterator[RunCgroups]:
+    """A cgroup of our own to divide, as systemd delegates the daemon's unit one (Delegate=yes): a
+    fresh child of this process's cgroup v2, which root may make. Removed with all it holds."""
+    own = RunCgroups.detect({"INVOCATION_ID": "test"})
+    if own is None:
+        pytest.skip("no writable cgroup v2 here (needs root, or a delegated cgroup)")
+    root = own.root / f"tinyscheduler-test-{uuid.uuid4().hex[:8]}"
+    root.mkdir()
+    try:
+        yield RunCgroups(root)
+    finally:
+        for child in root.glob(f"{CGROUP_PREFIX}*"):
+            RunCgroups.kill(child)
+        RunCgroups.kill(root)
+
+
+def test_outside_a_systemd_unit_no_cgroup_is_taken() -> None:
+    # The cgroup of a login shell or of init.scope was not delegated: dividing it is not ours to do.
+    assert RunCgroups.detect({}) is None
+
+
+async def test_a_process_that_leaves_no_trace_in_proc_dies_with_its_runs_cgroup(
+    bench: RunBench, delegated: RunCgroups
+) -> None:
+    task_id = bench.task()
+    recipe = bench.recipe("dev.yaml", mode="untagged-child", linger=300)
+    result = await bench.run(task_id, recipe, cgroups=delegated).execute()
+
+    assert result.outcome is Outcome.SUCCEEDED and result.report is Reported.COMPLETED
+    [child] = [r["child"] for r in bench.records() if r["event"] == "child"]
+    assert alive([child]) == [], "the cgroup held it and was killed"
+    assert list(delegated.root.glob(f"{CGROUP_PREFIX}*")) == [], "the run's cgroup is removed"
+
+
+async def test_without_a_cgroup_the_same_process_escapes_the_sweep(bench: RunBench) -> None:
+    # What the cgroup is for: a setsid grandchild with an empty environment is not found in /proc.
+    task_id = bench.task()
+    result = await bench.run(task_id, bench.recipe("dev.yaml", mode="untagged-child", linger=300)).execute()
+    [child] = [r["child"] for r in bench.records() if r["event"] == "child"]
+    try:
+        assert result.outcome is Outcome.SUCCEEDED
+        assert alive([child]) == [child]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_cgroup_is_entered_before_exec_and_killed_whole(delegated: RunCgroups) -> None:
+    cgroup = delegated.create(7, 2)
+    assert cgroup.name == f"{CGROUP_PREFIX}7-2" and delegated.create(7, 2) == cgroup, "made once"
+    script = (
+        "import os, time\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid(); time.sleep(300)\n"
+        "print('ready', flush=True); time.sleep(300)"
+    )
+    argv = RunCgroups.entering(cgroup, ["python3", "-c", script])
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None and parent.stdout.readline() == "ready\n"
+        held = [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
+        assert parent.pid in held and len(held) == 4, "goose kept its pid; its three children are in too"
+        assert RunCgroups.kill(cgroup) == 4
+        assert parent.wait(5) == -signal.SIGKILL
+    assert alive(held) == [] and not cgroup.exists()
 
 
 @pytest.mark.parametrize("mode", ["setsid-child", "double-fork", "background-child", "escaped-writer"])

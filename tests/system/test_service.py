@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import pytest
 
 from tinyscheduler.testing.fake import FakeTinyTask
 
-from harness import WEDGED_DAEMON, Workspace, kill_everything, processes_of, wait_for
+from harness import WEDGED_DAEMON, Workspace, alive, kill_everything, processes_of, wait_for
 
 if TYPE_CHECKING:  # a runtime import of "conftest" could find tests/conftest.py instead
     from conftest import UserManager
@@ -306,17 +305,6 @@ def test_stop_drains_the_runs_and_exits_cleanly(service: Service, fake: FakeTiny
     }
     assert service.workspace.leases() == []
     assert processes_of(service.base) == []
-
-
-def alive(pids: list[int]) -> list[int]:
-    found = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def run_cgroup(pid: int) -> str:

@@ -68,6 +68,7 @@ TAG_ARGUMENT = {
     "double-fork": "linger",
     "background-child": "linger",
     "escaped-writer": "linger",
+    "untagged-child": "linger",
 }
 
 

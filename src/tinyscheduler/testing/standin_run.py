@@ -43,6 +43,7 @@ MODES = {
     "double-fork": "leave a grandchild re-parented away (fork, setsid, fork) that sleeps <linger> s, then succeed",
     "background-child": "leave a child in goose's own process group that sleeps <linger> s, then succeed",
     "escaped-writer": "leave a setsid child writing to goose's stdout (the run log) for <linger> s, then succeed",
+    "untagged-child": "like double-fork, but the grandchild execs `sleep <linger>` with an empty environment",
 }
 
 #: Seconds for each connect, send and read of a REST call to TinyTask.
@@ -50,7 +51,7 @@ REST_TIMEOUT = 5.0
 #: Modes whose output is stream-json whatever --output-format says.
 STREAM_MODES = ("stream-json", "stream-error", "no-complete")
 #: Modes that leave a process behind, then succeed.
-CHILD_MODES = ("setsid-child", "double-fork", "background-child", "escaped-writer")
+CHILD_MODES = ("setsid-child", "double-fork", "background-child", "escaped-writer", "untagged-child")
 
 
 class Failure(Exception):
@@ -364,9 +365,10 @@ _ACTIONS: dict[str, Callable[[Context], int]] = {
 
 def _leave_process(run: Context, mode: str) -> None:
     """Start the process `mode` leaves behind and record its pid. It inherits goose's environment
-    (TINYSCHEDULER_LEASE and all), which is how cleanup finds it."""
-    if mode == "double-fork":
-        pid = _double_fork(run)
+    (TINYSCHEDULER_LEASE and all), which is how cleanup finds it, except in untagged-child: that
+    one is only found through the run's cgroup."""
+    if mode in ("double-fork", "untagged-child"):
+        pid = _double_fork(run, untagged=mode == "untagged-child")
     else:
         pid = _fork(run, new_session=mode != "background-child", writer=mode == "escaped-writer")
     run.record("child", child=pid, kind=mode)
@@ -384,7 +386,7 @@ def _fork(run: Context, *, new_session: bool, writer: bool) -> int:
     return pid
 
 
-def _double_fork(run: Context) -> int:
+def _double_fork(run: Context, *, untagged: bool) -> int:
     """fork, setsid, fork: the grandchild is re-parented at once; its pid comes back on a pipe."""
     read_end, write_end = os.pipe()
     middle = os.fork()
@@ -395,6 +397,8 @@ def _double_fork(run: Context) -> int:
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(write_end)
+                if untagged:
+                    _exec_untagged(run)
                 _linger(run, writer=False)
             else:
                 os.write(write_end, str(grandchild).encode())
@@ -404,6 +408,14 @@ def _double_fork(run: Context) -> int:
     os.waitpid(middle, 0)
     with os.fdopen(read_end, "rb") as pipe:
         return int(pipe.read())
+
+
+def _exec_untagged(run: Context) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, 1024)
+    os.execvpe("sleep", ["sleep", str(run.behaviour.linger)], {"PATH": os.defpath})
 
 
 def _linger(run: Context, writer: bool) -> None:
