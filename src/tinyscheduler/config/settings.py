@@ -487,7 +487,15 @@ class _Monitoring(_Logging):
         parse_http_addr(value)
         return value.strip()
 
-    @field_validator("metrics_textfile", "prices", mode="before")
+    @field_validator(
+        "metrics_textfile",
+        "prices",
+        "etcd_ca_file",
+        "etcd_cert_file",
+        "etcd_key_file",
+        mode="before",
+        check_fields=False,
+    )
     @classmethod
     def _optional_path(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -496,14 +504,138 @@ class _Monitoring(_Logging):
             raise ValueError("contains a NUL byte")
         return value
 
-    @field_validator("metrics_textfile", "prices", mode="after")
+    @field_validator(
+        "metrics_textfile",
+        "prices",
+        "etcd_ca_file",
+        "etcd_cert_file",
+        "etcd_key_file",
+        mode="after",
+        check_fields=False,
+    )
     @classmethod
     def _optional_under_base(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         base = info.data.get("base_path")
         return value if value is None or base is None else base / expand_user(value)
 
 
-class Settings(_Monitoring):
+_URLS = "expected comma-separated http:// or https:// URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379"
+_NAME = "expected 1-64 letters, digits, '_', '.', '-'"
+
+
+def parse_endpoints(value: str) -> list[str]:
+    """TINYSCHEDULER_ETCD_ENDPOINTS as a list of base URLs (empty: no cluster)."""
+    urls = [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"{url!r} is not a base URL; {_URLS}")
+    return urls
+
+
+class _Cluster(_Monitoring):
+    """Several hosts serving one TinyTask: membership and claims in etcd (off without endpoints)."""
+
+    etcd_endpoints: str = _setting(
+        "",
+        flag="--etcd-endpoints",
+        metavar="URLS",
+        expect=_URLS,
+        description="etcd client URLs, comma-separated: turns the cluster mode on (claims and membership "
+        "in etcd); empty = this host alone, no etcd (read at start)",
+    )
+    host_id: str = _setting(
+        "",
+        flag="--host-id",
+        metavar="NAME",
+        expect=_NAME,
+        description="this host's name in the cluster; empty = the hostname (read at start)",
+    )
+    cluster: str = _setting(
+        "default",
+        flag="--cluster-name",
+        metavar="NAME",
+        expect=_NAME,
+        description="the cluster's name: its keys live under /tinyscheduler/<name>/, so several clusters "
+        "can share one etcd (read at start)",
+    )
+    cluster_heartbeat_sec: int = _setting(
+        5,
+        flag="--cluster-heartbeat",
+        metavar="SECONDS",
+        **_whole(1, 60, " of seconds"),
+        description="seconds between renewals of the host's etcd lease, whose TTL is 3 of them: a host "
+        "cut off from etcd stops its runs within 2.5 of them (read at start)",
+    )
+    etcd_ca_file: Path | None = _setting(
+        None,
+        flag="--etcd-ca-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="CA certificate that signs etcd's server certificates (https endpoints); empty = the system's CAs",
+    )
+    etcd_cert_file: Path | None = _setting(
+        None,
+        flag="--etcd-cert-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="this host's client certificate for etcd (with --etcd-key-file)",
+    )
+    etcd_key_file: Path | None = _setting(
+        None,
+        flag="--etcd-key-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="the private key of the client certificate",
+    )
+    etcd_user: str = _setting(
+        "", flag="--etcd-user", metavar="NAME", expect="expected a user name", description="etcd user (auth on)"
+    )
+    etcd_password: str = _setting(
+        "",
+        flag="--etcd-password",
+        metavar="TEXT",
+        expect="expected a password",
+        description="the etcd user's password (never shown, never passed to runs)",
+    )
+
+    @field_validator("etcd_endpoints", mode="after")
+    @classmethod
+    def _endpoints(cls, value: str) -> str:
+        return ",".join(parse_endpoints(value))
+
+    @field_validator("host_id", "cluster", mode="after")
+    @classmethod
+    def _name(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if (value or info.field_name == "cluster") and not NAME_PATTERN.fullmatch(value):
+            raise ValueError(_NAME)
+        return value
+
+    @field_validator("etcd_key_file", mode="after")
+    @classmethod
+    def _key_with_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if (value is None) != (info.data.get("etcd_cert_file") is None):
+            raise ValueError("the client certificate and its key go together: set both or neither")
+        return value
+
+    @field_validator("etcd_password", mode="after")
+    @classmethod
+    def _password(cls, value: str, info: ValidationInfo) -> str:
+        if value and not info.data.get("etcd_user"):
+            raise ValueError("a password needs TINYSCHEDULER_ETCD_USER")
+        return value
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        return parse_endpoints(self.etcd_endpoints)
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints)
+
+
+class Settings(_Cluster):
     """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
 
     The fields are declared in sections (the classes above, in this order), which is also their order

@@ -188,6 +188,10 @@ class PassRunner:
         if not rt.config.settings.enabled:
             log.warning("not_starting", reason="TINYSCHEDULER_ENABLED is false (reloaded); runs in flight continue")
             return
+        fenced = rt.claims.refusing_starts()
+        if fenced is not None:
+            log.warning("not_starting", reason=fenced)
+            return
         await self._act(result, report, client)
 
     async def _act(self, result: Plan, report: PassReport, client: TinyTaskClient) -> None:
@@ -210,6 +214,9 @@ class PassRunner:
             recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
             self.runner.start(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))
             report.started += 1
+        for assignment in result.assignments:  # claimed, not started: free for any host again
+            if assignment.task_id not in rt.busy:
+                await rt.claims.release(assignment.task_id)
 
     async def _assign(
         self, result: Plan, report: PassReport, client: TinyTaskClient
@@ -218,6 +225,14 @@ class PassRunner:
         lost: set[int] = set()
         read_back: dict[int, Task] = {}
         for assignment in result.assignments:
+            # In a cluster, only the host that claims the task assigns it (service.claims).
+            claimed = await self.runtime.claims.claim(assignment.task_id, assignment.agent, starting=True)
+            if not claimed.ok:
+                lost.add(assignment.task_id)
+                log.info(
+                    "assign_not_claimed", task_id=assignment.task_id, agent=assignment.agent, reason=claimed.reason
+                )
+                continue
             try:
                 await client.assign(assignment.task_id, assignment.agent)
                 # Assignment is last-writer-wins on the server: read back before starting.

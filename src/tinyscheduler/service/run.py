@@ -1,7 +1,8 @@
 """One goose run, supervised from a coroutine of the daemon's event loop (no wrapper process).
 
 `Run.execute()` goes: check the recipe -> read the task (or take the caller's fresh copy) and check
-that the agent may claim it (`core.policy`) -> write the lease (STARTING) -> set the task `working`
+that the agent may claim it (`core.policy`) -> claim it (service.claims: in a cluster, an etcd key
+only one host can create) -> write the lease (STARTING) -> set the task `working`
 -> spawn goose in its own session with its output appended to a log file -> rewrite the lease as
 RUNNING (pid, pgid, start ticks, boot id, owner) -> supervise (service.supervisor) -> classify the
 outcome (core.outcomes) -> report it if the task is still ours (service.reporter) -> remove the
@@ -54,6 +55,7 @@ from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict, read_evidence
 from tinyscheduler.core.policy import claim_refusal, history_reset
 from tinyscheduler.core.redact import redacted
+from tinyscheduler.service.claims import ClaimGate, NoClaims
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
 from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits
@@ -188,6 +190,7 @@ class Run:
         on_exit: Callable[[], None] | None = None,
         cgroups: RunCgroups | None = None,
         own_children: Callable[[], set[int]] | None = None,
+        claims: ClaimGate | None = None,
     ) -> None:
         """`fresh_task`: the task as the caller read it back a moment ago (after assigning it);
         the claim then uses it instead of reading it once more. `on_exit` is called the moment the
@@ -204,6 +207,7 @@ class Run:
             on_exit=on_exit,
             cgroups=cgroups,
             own_children=own_children,
+            claims=claims or NoClaims(),
         )
         self._fresh_task = fresh_task
         self._attempt = attempts.next_attempt(request.task_id)
@@ -316,6 +320,9 @@ class Run:
         refusal = claim_refusal(task, self.agent, record, blocking=self.policy.blocking, now=now)
         if refusal:
             return self._not_started(f"not claimable: {refusal}")
+        claimed = await self.deps.claims.claim(self.task_id, self.agent, starting=True)  # before any write
+        if not claimed.ok:
+            return self._not_started(f"not claimed: {claimed.reason}")
         if record.success_unreported:
             return await self._complete_held_success()
         self._attempt = attempts.next_attempt(self.task_id)

@@ -112,6 +112,7 @@ class Runner:
             on_exit=rt.tick.set,
             cgroups=self.cgroups,
             own_children=self.own_children,
+            claims=rt.claims,
         )
 
     def start(self, request: RunRequest, fresh_task: Task | None) -> None:
@@ -129,6 +130,7 @@ class Runner:
             on_exit=deps.on_exit,
             cgroups=deps.cgroups,
             own_children=deps.own_children,
+            claims=deps.claims,
         )
         self._launch(run)
 
@@ -136,6 +138,8 @@ class Runner:
         """Act on a lease no run of ours supervises (core.planner's verdict): adopt, settle, recover."""
         if lease.task_id in self.runtime.busy:
             return
+        if decision.verdict is not LeaseVerdict.ADOPT and self.runtime.claims.refusing_reports():
+            return  # fenced: nothing could be reported; a live run is still adopted, to be stopped
         if decision.verdict is LeaseVerdict.RECOVER:
             self.runtime.reclaiming.add(lease.task_id)
             self.group.start_soon(self.recover, lease)
@@ -196,8 +200,18 @@ class Runner:
             rt.attempts.record_failure(run.task_id, "crashed", rt.clock())
             note_start_failed(rt, run.agent, f"the scheduler failed supervising a run: {type(exc).__name__}: {exc}")
         finally:
+            await self._release(run.task_id)
             rt.runs.pop(run.task_id, None)
             rt.tick.set()
+
+    async def _release(self, task_id: int) -> None:
+        """The claim goes once the run is over and its lease with it (a lease left behind means the
+        outcome is still to be told: the claim stays for whoever tells it)."""
+        rt = self.runtime
+        if rt.store.path(task_id).exists():
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(rt.config.settings.cluster_heartbeat_sec):
+            await rt.claims.release(task_id)
 
     def _judge(self, agent: str, result: RunResult) -> None:
         """What the run's end says of its agent (and of goose): service.availability."""
