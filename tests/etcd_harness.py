@@ -106,6 +106,19 @@ class EtcdCluster:
         except (OSError, ValueError):
             return False
 
+    def leader(self) -> Member:
+        """The member that leads now (each member's status names the leader's id)."""
+        for member in self.members:
+            request = urllib.request.Request(f"{member.client_url}/v3/maintenance/status", data=b"{}", method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=2) as reply:
+                    status = json.loads(reply.read())
+            except OSError:
+                continue
+            if status.get("leader") == status.get("header", {}).get("member_id"):
+                return member
+        raise AssertionError("no etcd member says it leads")
+
     def stop_member(self, member: Member) -> None:
         if member.proc is not None and member.proc.poll() is None:
             member.proc.kill()
@@ -118,8 +131,9 @@ class EtcdCluster:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to `target`; `cut()` closes the listener and every connection at once
-    (a partition: the client gets connection refused from then on), `close()` at the end of a test."""
+    """Forwards 127.0.0.1:<port> to `target_port`. `cut()` is a partition: every connection is dropped
+    and new ones are accepted but never answered (the client's requests time out, as when packets are
+    lost); `restore()` heals it. `close()` at the end of a test."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -144,17 +158,17 @@ class TcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            with self._lock:
+                self._sockets.append(client)
+                if self._cut:
+                    continue  # held open, never answered
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:
                 client.close()
                 continue
             with self._lock:
-                if self._cut:
-                    client.close()
-                    upstream.close()
-                    return
-                self._sockets += [client, upstream]
+                self._sockets.append(upstream)
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
@@ -166,23 +180,29 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
 
-    def cut(self) -> float:
-        """Partition now; the monotonic time it happened."""
+    def _drop_all(self) -> None:
         with self._lock:
-            self._cut = True
             sockets, self._sockets = self._sockets, []
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def cut(self) -> float:
+        """Partition now; the monotonic time it happened."""
+        with self._lock:
+            self._cut = True
+        self._drop_all()
         return time.monotonic()
 
+    def restore(self) -> None:
+        self._drop_all()  # the unanswered ones
+        with self._lock:
+            self._cut = False
+
     def close(self) -> None:
-        if not self._cut:
-            self.cut()
+        self.listener.close()
+        self._drop_all()
         self._thread.join(5)
 
 

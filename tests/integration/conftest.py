@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from etcd_harness import ETCD, EtcdCluster, Hosts
 from tinyscheduler.testing.fake import FakeTinyTask
 
-from etcd_harness import ETCD, EtcdCluster, Hosts
 from harness import DaemonProcess, Workspace, kill_everything
 from runbench import RunBench, open_bench
 
