@@ -13,6 +13,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -247,6 +248,26 @@ class Hosts:
         daemon = DaemonProcess(workspace, "run", "--daemon", env=workspace.daemon_env(**env)).start()
         self.daemons[host] = daemon
         return daemon
+
+    def cli(self, host: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """`tinyscheduler ARGS` with `host`'s settings."""
+        workspace = self.workspaces[host]
+        return subprocess.run(
+            [sys.executable, "-m", "tinyscheduler", *args],
+            cwd=workspace.base,
+            env=workspace.daemon_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def last_pass(self, host: str) -> dict[str, Any]:
+        """`host`'s state/last_pass.json ({} before its first pass)."""
+        try:
+            data = json.loads((self.workspaces[host].base / "state" / "last_pass.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def records(self) -> list[dict[str, Any]]:
         try:

@@ -8,9 +8,10 @@ import time
 import anyio
 import pytest
 
-from etcd_harness import EtcdCluster
 from tinyscheduler.adapters import etcd
 from tinyscheduler.adapters.etcd import EtcdClient, EtcdUnavailable
+
+from etcd_harness import EtcdCluster
 
 
 async def test_a_lease_lives_while_renewed_and_takes_its_keys_when_revoked(etcd_cluster: EtcdCluster) -> None:

@@ -9,18 +9,18 @@ The gateway's JSON is protobuf's: keys and values are base64, 64-bit integers ar
 field at its default (0, false, empty) is left out. Every reply is parsed here into plain values.
 
 Endpoints fail over: a request goes to the endpoint that answered last, and on a connection error, a
-timeout, a 5xx or an etcd "unavailable" it moves on to the next, once round all of them, before it
-raises `EtcdUnavailable`. A write retried on another endpoint may have been applied by the first:
-callers write compare-and-set transactions whose result they judge from what the key holds, so a
-repeat changes nothing. With a user, the client authenticates and sends the token it was given;
-an expired token is renewed once per request.
+timeout, a 5xx, a reply that is not the gateway's JSON or an etcd "unavailable" it moves on to the
+next, once round all of them, before it raises `EtcdUnavailable`. A write retried on another
+endpoint may have been applied by the first: callers write compare-and-set transactions whose
+result they judge from what the key holds, so a repeat changes nothing. With a user, the client
+authenticates and sends the token it was given; an expired token is renewed once per request.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,15 @@ def _int(value: Any) -> int:
         raise EtcdBadReply(f"expected an integer, got {value!r}") from None
 
 
+def _list(value: Any) -> list[Any]:
+    """A repeated field: absent when empty; anything else than a list is not the gateway's."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EtcdBadReply(f"expected a list, got {type(value).__name__}")
+    return value
+
+
 def _kv(raw: Any) -> KeyValue:
     if not isinstance(raw, dict):
         raise EtcdBadReply(f"expected a key-value object, got {type(raw).__name__}")
@@ -175,7 +184,10 @@ class EtcdClient:
         timeout: float = 2.0,
         tls: Tls | None = None,
         credentials: Credentials | None = None,
+        count: Callable[[str], None] | None = None,
     ) -> None:
+        """`count("etcd_requests")` for each request sent, `count("etcd_failures")` for each one that
+        failed (the daemon's counters)."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [url.rstrip("/") for url in endpoints]
@@ -188,6 +200,9 @@ class EtcdClient:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=timeout), verify=verify, cert=cert)
         #: Requests sent (each endpoint tried counts), by path: what the cluster mode costs.
         self.requests: dict[str, int] = {}
+        #: Requests that failed: no answer, a 5xx, a refusal, a reply that is not the gateway's.
+        self.failures = 0
+        self._count = count or (lambda _name: None)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -205,7 +220,9 @@ class EtcdClient:
         """Renew `lease`: the TTL it has again, 0 when it no longer exists (expired or revoked)."""
         reply = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
         result = reply.get("result", reply)
-        return _int(result.get("TTL")) if isinstance(result, dict) else 0
+        if not isinstance(result, dict):
+            raise EtcdBadReply(f"lease keepalive: expected a result object, got {type(result).__name__}")
+        return _int(result.get("TTL"))
 
     async def revoke(self, lease: int) -> None:
         """End `lease` now: every key bound to it goes with it. An unknown lease is no error."""
@@ -239,17 +256,17 @@ class EtcdClient:
             "/v3/kv/txn", {"compare": list(compare), "success": list(success), "failure": list(failure)}
         )
         kvs: list[KeyValue] = []
-        for response in reply.get("responses") or []:
+        for response in _list(reply.get("responses")):
             ranged = response.get("response_range") if isinstance(response, dict) else None
             if isinstance(ranged, dict):
-                kvs.extend(_kv(raw) for raw in ranged.get("kvs") or [])
+                kvs.extend(_kv(raw) for raw in _list(ranged.get("kvs")))
         header = reply.get("header")
         revision = _int(header.get("revision")) if isinstance(header, dict) else 0
         return TxnResult(bool(reply.get("succeeded")), tuple(kvs), revision)
 
     async def _range(self, body: dict[str, Any]) -> list[KeyValue]:
         reply = await self.call("/v3/kv/range", body)
-        return [_kv(raw) for raw in reply.get("kvs") or []]
+        return [_kv(raw) for raw in _list(reply.get("kvs"))]
 
     # --- the wire --------------------------------------------------------------------------------
 
@@ -264,8 +281,10 @@ class EtcdClient:
             try:
                 return await self._post(url, path, body)
             except _TryNext as exc:
+                self._failed()
                 causes.append(f"{url}: {exc}")
             except EtcdRejected as exc:
+                self._failed()
                 if exc.code != UNAUTHENTICATED or renewed or self.credentials is None:
                     raise
                 renewed = True
@@ -275,6 +294,10 @@ class EtcdClient:
             tried += 1
         raise EtcdUnavailable(f"etcd unavailable at {path}: " + "; ".join(causes))
 
+    def _failed(self) -> None:
+        self.failures += 1
+        self._count("etcd_failures")
+
     async def _post(self, url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {}
         if self.credentials is not None and path != "/v3/auth/authenticate":
@@ -282,18 +305,18 @@ class EtcdClient:
                 self._token = await self._authenticate(url)
             headers["Authorization"] = self._token
         self.requests[path] = self.requests.get(path, 0) + 1
+        self._count("etcd_requests")
         try:
             response = await self.http.post(url + path, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise _TryNext(_describe(exc)) from exc
         try:
             reply = response.json()
-        except ValueError:
-            if response.status_code >= 500:
-                raise _TryNext(f"HTTP {response.status_code}") from None
-            raise EtcdBadReply(f"{url}{path}: reply is not JSON (HTTP {response.status_code})") from None
+        except (ValueError, RecursionError):
+            # Not the gateway talking (a proxy's error page, a half-written reply): maybe another is.
+            raise _TryNext(f"HTTP {response.status_code}, reply is not JSON") from None
         if not isinstance(reply, dict):
-            raise EtcdBadReply(f"{url}{path}: expected a JSON object")
+            raise _TryNext(f"HTTP {response.status_code}, reply is not a JSON object")
         if response.status_code >= 400 or ("code" in reply and "error" in reply):
             code = reply.get("code")
             message = str(reply.get("message") or reply.get("error") or f"HTTP {response.status_code}")

@@ -17,7 +17,7 @@ bound to the host's lease, so exactly one host goes on:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ class ClaimGate(Protocol):
     async def release(self, task_id: int) -> None:
         """The run is over and its lease file gone: the task is free for any host."""
 
+    def problems(self) -> list[str]:
+        """What keeps this host from working with the others, for `status` and STATUS= (one line each)."""
+
+    def summary(self) -> dict[str, Any] | None:
+        """This host in its cluster, for last_pass.json; None on one host."""
+
 
 class NoClaims:
     """One host alone: every claim is granted, nothing is stored anywhere."""
@@ -60,4 +66,10 @@ class NoClaims:
         return CLAIMED
 
     async def release(self, task_id: int) -> None:
+        return None
+
+    def problems(self) -> list[str]:
+        return []
+
+    def summary(self) -> dict[str, Any] | None:
         return None

@@ -21,19 +21,20 @@ Every loop here is a task of the scheduler's task group; nothing is fire-and-for
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
+import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import structlog
 
 from tinyscheduler.adapters import etcd
-from tinyscheduler.adapters.etcd import EtcdClient, EtcdError
-from tinyscheduler.adapters.procfs import verified_group
+from tinyscheduler.adapters.etcd import EtcdClient, EtcdError, EtcdUnavailable
+from tinyscheduler.config.settings import Settings
+from tinyscheduler.core.attempts import retry_delay
 from tinyscheduler.core.cluster import (
     AgentSlots,
     Claim,
@@ -57,6 +58,10 @@ log = structlog.get_logger("tinyscheduler.cluster")
 #: How often the fence looks at the clock at least, and how soon a failed renewal is tried again,
 #: in heartbeats.
 FENCE_POLL_BEATS = 0.25
+#: Registrations that failed in a row are retried after 1/4, 1/2, 1, 2, 2 ... heartbeats (times a
+#: jitter of 0.5-1, so hosts that lost etcd together do not come back in step): while etcd is down a
+#: host sends it no more than it does when all is well.
+REGISTER_BACKOFF_CAP_BEATS = 2.0
 
 
 class NotRegistered(Exception):
@@ -80,6 +85,10 @@ class Cluster:
         self.earlier: set[int] = set()
         self._published = ""
         self._said: str | None = None
+        #: Registrations failed in a row (the backoff), and what is wrong since when (for `status`).
+        self.register_failures = 0
+        self.trouble: str | None = None
+        self.trouble_since: float | None = None
         self.changed = anyio.Event()
         #: This host's claims (the runtime's gate in cluster mode).
         self.claims = EtcdClaims(self)
@@ -141,7 +150,7 @@ class Cluster:
             self.lease = 0
             raise
         self.fence = Fence(sent, ttl, self.heartbeat)
-        self.failing = False
+        self._recovered()
         self._published = ""
         self.changed.set()
         log.info(
@@ -205,14 +214,32 @@ class Cluster:
 
     # --- keep alive, fence -------------------------------------------------------------------------
 
+    async def try_register(self) -> bool:
+        """One registration; False when etcd did not answer (said once, counted for the backoff).
+        A refusal (NotRegistered) is the caller's to judge."""
+        try:
+            await self.register()
+        except EtcdError as exc:
+            self.register_failures += 1
+            self._say("cluster_not_registered", str(exc))
+            return False
+        return True
+
+    def retry_after(self) -> float:
+        """Seconds before the next registration (core.attempts' doubling, capped, with jitter)."""
+        base = FENCE_POLL_BEATS * self.heartbeat
+        delay = retry_delay(max(1, self.register_failures), base, REGISTER_BACKOFF_CAP_BEATS * self.heartbeat)
+        return delay * random.uniform(0.5, 1.0)
+
     async def keep_alive(self) -> None:
         while True:
             if self.phase() is Phase.LOST:
                 await self._rejoin()
+                wait = self.heartbeat if self.phase() is Phase.OK else self.retry_after()
             else:
                 await self._renew()
-            beats = FENCE_POLL_BEATS if self.failing or self.phase() is Phase.LOST else 1.0
-            await anyio.sleep(beats * self.heartbeat)
+                wait = (FENCE_POLL_BEATS if self.failing else 1.0) * self.heartbeat
+            await anyio.sleep(wait)
 
     async def _renew(self) -> None:
         sent = time.monotonic()
@@ -226,7 +253,7 @@ class Cluster:
             self.fence = Fence(sent, ttl, self.heartbeat)
             if self.failing:
                 log.info("cluster_renewed", lease=f"{self.lease:x}", reason="etcd answers again")
-            self.failing, self._said = False, None
+            self._recovered()
         elif ttl == 0:  # etcd says the lease is gone: whatever the clock says, it is lost now
             self.fence = Fence(sent - self.ttl, 0, self.heartbeat)
             self._say("cluster_lease_lost", f"etcd no longer knows lease {self.lease:x}")
@@ -241,46 +268,31 @@ class Cluster:
             self.claims.held.clear()
             self.lease = 0
         try:
-            await self.register()
-        except (EtcdError, NotRegistered) as exc:
+            await self.try_register()
+        except NotRegistered as exc:
+            self.register_failures += 1
             self._say("cluster_not_registered", str(exc))
 
+    def unreachable(self, exc: EtcdError) -> None:
+        """A request found no etcd member answering: hold starts now rather than at the next renewal."""
+        if isinstance(exc, EtcdUnavailable) and self.phase() is Phase.OK:
+            self.failing = True
+            self._say("cluster_renewal_failed", str(exc))
+            self.changed.set()
+
+    def _recovered(self) -> None:
+        self.failing, self._said = False, None
+        self.register_failures = 0
+        self.trouble = self.trouble_since = None
+
     def _say(self, event: str, reason: str) -> None:
-        """Once per change, not once per try."""
-        if self._said != reason:
-            self._said = reason
+        """Once per kind of trouble until it is over, not once per try."""
+        self.trouble = reason
+        if self.trouble_since is None:
+            self.trouble_since = time.monotonic()
+        if self._said != event:
+            self._said = event
             log.warning(event, host=self.host, lease=f"{self.lease:x}", reason=reason, phase=self.phase().name)
-
-    async def enforce(self) -> None:
-        """Stop the runs at STOP, kill them at KILL: gone before the lease can expire."""
-        stopped: set[int] = set()
-        while True:
-            phase = self.phase()
-            if phase >= Phase.STOP:
-                for run in list(self.runtime.runs.values()):
-                    if run.task_id not in stopped:
-                        stopped.add(run.task_id)
-                        run.request_stop("fenced: this host cannot renew its etcd lease")
-            else:
-                stopped.clear()
-            if phase >= Phase.KILL:
-                self._kill_runs()
-            now = time.monotonic()
-            wait = FENCE_POLL_BEATS * self.heartbeat
-            if self.fence is not None:
-                wait = min(wait, self.fence.next_change(now))
-            with anyio.move_on_after(max(wait, 0.01)):
-                await self.changed.wait()
-            self.changed = anyio.Event()
-
-    def _kill_runs(self) -> None:
-        for run in list(self.runtime.runs.values()):
-            lease = run.lease
-            group = verified_group(lease, self.runtime.boot_id) if lease is not None else None
-            if group is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(group, signal.SIGKILL)
-                    log.warning("fence_killed", task_id=run.task_id, agent=run.agent, pgid=group)
 
     # --- publishing ----------------------------------------------------------------------------------
 
@@ -318,6 +330,12 @@ class EtcdClaims:
     def refusing_reports(self) -> str | None:
         return self.holder.refusing_reports()
 
+    def problems(self) -> list[str]:
+        return problems(self.holder)
+
+    def summary(self) -> dict[str, Any] | None:
+        return summary(self.holder)
+
     @contextlib.asynccontextmanager
     async def _task(self, task_id: int) -> AsyncIterator[None]:
         """One claim operation per task at a time (a claim and a release of the same task never cross)."""
@@ -333,16 +351,17 @@ class EtcdClaims:
         refusal = self.refusing_starts() if starting else self.refusing_reports()
         if refusal is not None:
             return Claimed(False, reason=refusal)
+        holder = self.holder
+        if holder.lease and self.held.get(task_id) == holder.lease and purpose is Purpose.RUN:
+            # Created under the lease still proven alive (the refusal above): a key bound to a live
+            # lease stays ours until we delete it, so there is nothing to ask etcd.
+            return CLAIMED
         async with self._task(task_id):
             self.pending.pop(task_id, None)
             try:
                 return await self._claim(task_id, agent, purpose)
             except EtcdError as exc:
-                # Unreachable: a claim held under a lease proven alive is still ours (nobody else may
-                # touch a claim before its lease expires).
-                holder = self.holder
-                if not starting and self.held.get(task_id) == holder.lease and holder.phase() <= Phase.HOLD:
-                    return CLAIMED
+                holder.unreachable(exc)
                 return Claimed(False, reason=f"etcd: {exc}")
 
     async def _claim(self, task_id: int, agent: str, purpose: Purpose) -> Claimed:
@@ -395,15 +414,58 @@ class EtcdClaims:
                     self.pending.pop(task_id, None)
 
 
+# --- what `status` shows -------------------------------------------------------------------------
+
+
+def summary(cluster: Cluster) -> dict[str, Any]:
+    """This host in the cluster, for last_pass.json (`status`, the status page)."""
+    now = time.monotonic()
+    renewed = cluster.fence.renewed_at if cluster.fence is not None and cluster.lease else None
+    return {
+        "host": cluster.host,
+        "cluster": cluster.keys.cluster,
+        "lease": f"{cluster.lease:x}" if cluster.lease else None,
+        "phase": cluster.phase().name.lower(),
+        "heartbeat_sec": cluster.heartbeat,
+        "ttl_sec": cluster.ttl,
+        "renewed_sec_ago": round(now - renewed, 1) if renewed is not None else None,
+        "claims_held": len(cluster.claims.held),
+        "releases_pending": len(cluster.claims.pending),
+        "etcd_requests": sum(cluster.client.requests.values()),
+        "etcd_requests_by_path": dict(sorted(cluster.client.requests.items())),
+        "etcd_failures": cluster.client.failures,
+        "trouble": cluster.trouble,
+        "trouble_sec": round(now - cluster.trouble_since, 1) if cluster.trouble_since is not None else None,
+    }
+
+
+def problems(cluster: Cluster) -> list[str]:
+    """What keeps this host from working with the others, in one line (none when all is well)."""
+    refusal = cluster.refusing_starts()
+    if refusal is None:
+        return []
+    since = f" for {time.monotonic() - cluster.trouble_since:.0f}s" if cluster.trouble_since is not None else ""
+    cause = f": {cluster.trouble}" if cluster.trouble else ""
+    return [f"cluster: host {cluster.host} {refusal}{since}{cause}"]
+
+
+def etcd_client(s: Settings, count: Callable[[str], None] | None = None) -> EtcdClient:
+    """A client to the etcd the settings name (TLS, auth); `count` is told of each request and failure."""
+    credentials = etcd.Credentials(s.etcd_user, s.etcd_password) if s.etcd_user else None
+    tls = etcd.Tls(s.etcd_ca_file, s.etcd_cert_file, s.etcd_key_file)
+    # A request must be answered well within a heartbeat, or the renewal is late anyway.
+    timeout = max(0.5, min(2.0, s.cluster_heartbeat_sec / 2))
+    return EtcdClient(s.etcd_urls, timeout=timeout, tls=tls, credentials=credentials, count=count)
+
+
+def host_name(s: Settings) -> str:
+    return s.host_id or socket.gethostname()
+
+
 def connect(runtime: Runtime) -> Cluster | None:
     """The cluster mode the settings ask for; None without etcd endpoints (one host, no etcd)."""
     s = runtime.config.settings
     if not s.clustered:
         return None
-    credentials = etcd.Credentials(s.etcd_user, s.etcd_password) if s.etcd_user else None
-    tls = etcd.Tls(s.etcd_ca_file, s.etcd_cert_file, s.etcd_key_file)
-    # A request must be answered well within a heartbeat, or the renewal is late anyway.
-    timeout = max(0.5, min(2.0, s.cluster_heartbeat_sec / 2))
-    client = EtcdClient(s.etcd_urls, timeout=timeout, tls=tls, credentials=credentials)
-    host = s.host_id or socket.gethostname()
-    return Cluster(runtime, client, host=host, cluster=s.cluster, heartbeat_sec=s.cluster_heartbeat_sec)
+    client = etcd_client(s, runtime.counters.add)
+    return Cluster(runtime, client, host=host_name(s), cluster=s.cluster, heartbeat_sec=s.cluster_heartbeat_sec)

@@ -17,6 +17,9 @@ has a lease file for: their outcome is known here, and the lease watcher reports
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import time
 
 import anyio
 import anyio.abc
@@ -24,12 +27,17 @@ import structlog
 
 from tinyscheduler.adapters import etcd
 from tinyscheduler.adapters.etcd import EtcdError
+from tinyscheduler.adapters.procfs import verified_group
 from tinyscheduler.adapters.tinytask import TinyTaskClient, TinyTaskError
 from tinyscheduler.core.cluster import Member, Phase, Purpose, dead_lives, live_pools, requeue
 from tinyscheduler.service.cluster import FENCE_POLL_BEATS, Cluster, NotRegistered, connect
 from tinyscheduler.service.runtime import Runtime
 
 log = structlog.get_logger("tinyscheduler.cluster")
+
+#: How long a starting daemon tries to register before it goes on fenced (starting nothing) and
+#: keeps trying in the background.
+JOIN_PATIENCE_SEC = 30.0
 
 
 class ClusterMode:
@@ -46,24 +54,24 @@ class ClusterMode:
 
     async def join(self, group: anyio.abc.TaskGroup) -> str | None:
         """Register before the recovery (adopted runs keep their claims), then keep the lease alive,
-        fence and tend, in the scheduler's task group. Etcd unreachable for a TTL: go on fenced (start
-        nothing) and register once it answers. A refused registration (the host id or an agent held by
-        another live host) is returned as its one line: the daemon does not start."""
+        fence and tend, in the scheduler's task group. Etcd unreachable for a TTL (30 s at most): go
+        on fenced (start nothing) and register once it answers, backing off. A refused registration
+        (the host id or an agent held by another live host) is returned as its one line: the daemon
+        does not start."""
         cluster = self.cluster
-        with anyio.move_on_after(cluster.ttl):
+        # Within systemd's start timeout (90 s by default) whatever the heartbeat.
+        with anyio.move_on_after(min(cluster.ttl, JOIN_PATIENCE_SEC)):
             while True:
                 try:
-                    await cluster.register()
-                    break
+                    if await cluster.try_register():
+                        break
                 except NotRegistered as exc:
                     log.error("not_started", reason=str(exc))
                     return str(exc)
-                except EtcdError as exc:
-                    log.warning("cluster_not_registered", reason=str(exc), detail="trying again; starting nothing")
-                    await anyio.sleep(cluster.heartbeat * FENCE_POLL_BEATS)
+                await anyio.sleep(cluster.retry_after())
         cluster.runtime.claims = cluster.claims
         group.start_soon(cluster.keep_alive)
-        group.start_soon(cluster.enforce)
+        group.start_soon(fence_runs, cluster)
         group.start_soon(tend, cluster)
         return None
 
@@ -94,9 +102,43 @@ class ClusterMode:
         await self.cluster.client.aclose()
 
 
+async def fence_runs(cluster: Cluster) -> None:
+    """Stop the runs at STOP, kill them at KILL: gone before the lease can expire."""
+    stopped: set[int] = set()
+    while True:
+        phase = cluster.phase()
+        if phase >= Phase.STOP:
+            for run in list(cluster.runtime.runs.values()):
+                if run.task_id not in stopped:
+                    stopped.add(run.task_id)
+                    run.request_stop("fenced: this host cannot renew its etcd lease")
+        else:
+            stopped.clear()
+        if phase >= Phase.KILL:
+            _kill_runs(cluster)
+        now = time.monotonic()
+        wait = FENCE_POLL_BEATS * cluster.heartbeat
+        if cluster.fence is not None:
+            wait = min(wait, cluster.fence.next_change(now))
+        with anyio.move_on_after(max(wait, 0.01)):
+            await cluster.changed.wait()
+        cluster.changed = anyio.Event()
+
+
+def _kill_runs(cluster: Cluster) -> None:
+    for run in list(cluster.runtime.runs.values()):
+        lease = run.lease
+        group = verified_group(lease, cluster.runtime.boot_id) if lease is not None else None
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+                log.warning("fence_killed", task_id=run.task_id, agent=run.agent, pgid=group)
+
+
 async def tend(cluster: Cluster) -> None:
     """Every heartbeat while the lease is fine: publish slots, retry releases, retire earlier lives,
-    sweep dead ones. A failure is logged and tried again at the next beat."""
+    sweep dead ones. A failure is logged once until a beat goes well, and tried again at the next."""
+    said: str | None = None
     while True:
         await anyio.sleep(cluster.heartbeat)
         if cluster.phase() is not Phase.OK:
@@ -107,7 +149,13 @@ async def tend(cluster: Cluster) -> None:
             await cluster.retire_earlier()
             await sweep(cluster)
         except (EtcdError, TinyTaskError) as exc:
-            log.warning("cluster_tend_failed", reason=str(exc))
+            if isinstance(exc, EtcdError):
+                cluster.unreachable(exc)
+            if said != type(exc).__name__:
+                said = type(exc).__name__
+                log.warning("cluster_tend_failed", reason=str(exc))
+            continue
+        said = None
 
 
 async def sweep(cluster: Cluster) -> int:

@@ -188,10 +188,8 @@ class PassRunner:
         if not rt.config.settings.enabled:
             log.warning("not_starting", reason="TINYSCHEDULER_ENABLED is false (reloaded); runs in flight continue")
             return
-        fenced = rt.claims.refusing_starts()
-        if fenced is not None:
-            log.warning("not_starting", reason=fenced)
-            return
+        if rt.claims.refusing_starts() is not None:
+            return  # fenced off the cluster: said once by service.cluster, and in `status`
         await self._act(result, report, client)
 
     async def _act(self, result: Plan, report: PassReport, client: TinyTaskClient) -> None:

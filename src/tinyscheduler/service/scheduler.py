@@ -165,6 +165,7 @@ class Scheduler:
                     refused = await self.cluster.join(group) if self.cluster is not None else None
                     if refused is not None:
                         print(f"tinyscheduler: not started: {refused}", file=sys.stderr)
+                        group.cancel_scope.cancel()  # the signal handler would keep the group open
                         return EXIT_REFUSED
                     await self._live(group, goose)
                     if self.cluster is not None and not self._handing_off:  # a hand-off keeps the lease
