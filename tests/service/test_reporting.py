@@ -3,8 +3,7 @@ and what a lost reply or an outage does."""
 
 from __future__ import annotations
 
-import json
-
+from tinyscheduler.adapters.attempt_book import read_records
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.service.reporter import Reported
 
@@ -35,8 +34,9 @@ async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_posts_
 
     assert result.outcome is Outcome.FAILED and result.report is Reported.LEFT_ALONE
     assert world.client.task(task)["status"] == "idle"
-    attempts = json.loads((world.base / "state" / "attempts.json").read_text())
-    assert attempts["tasks"][str(task)]["failures"] == 1, "the failure still counts, with its backoff"
+    assert read_records(world.base / "state" / "attempts.jsonl")[task].failures == 1, (
+        "the failure still counts, with its backoff"
+    )
     assert len(world.comments(task)) <= 1
 
 

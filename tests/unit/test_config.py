@@ -51,7 +51,7 @@ def test_derived_locations(tmp_path: Path) -> None:
     s = load(tmp_path).settings
     assert s.state_dir == tmp_path / "state"
     assert s.quarantine_dir == tmp_path / "state/quarantine"
-    assert s.attempts_file == tmp_path / "state/attempts.json"
+    assert s.attempts_file == tmp_path / "state/attempts.jsonl"
     assert s.last_pass_file == tmp_path / "state/last_pass.json"
     assert s.task_log_dir == tmp_path / "state/logs/tasks"
 

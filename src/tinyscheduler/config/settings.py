@@ -468,7 +468,8 @@ class Settings(_Logging):
 
     @property
     def attempts_file(self) -> Path:
-        return self.state_dir / "attempts.json"
+        """The attempt book's journal (adapters.attempt_book; the old attempts.json is read too)."""
+        return self.state_dir / "attempts.jsonl"
 
     @property
     def last_pass_file(self) -> Path:
