@@ -34,7 +34,8 @@ DRAIN_SEC = 2.0
 
 
 class LeaseKeeper:
-    """The lease of one run as it last wrote it; rewrites are atomic and cheap (not fsynced).
+    """The lease of one run as it last wrote it; rewrites are atomic and cheap (not fsynced), and a
+    heartbeat only sets the file's mtime (adapters.leasestore).
 
     A full disk must not end the supervision of a live process: a failed rewrite is logged and the
     next heartbeat tries again.
@@ -56,6 +57,16 @@ class LeaseKeeper:
         except OSError as exc:
             self._log.error("lease_write_failed", reason=str(exc))
         return self.lease
+
+    def beat(self, moment: datetime) -> None:
+        """A heartbeat; a lease file removed meanwhile is written again."""
+        self.lease = self.lease.with_changes(heartbeat=moment)
+        try:
+            self.store.touch(self.lease.task_id, moment)
+        except FileNotFoundError:
+            self.update()
+        except OSError as exc:
+            self._log.error("lease_write_failed", reason=str(exc))
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,7 @@ class Supervision:
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self.limits.heartbeat_sec)
-            self.lease.update(heartbeat=self.clock())
+            self.lease.beat(self.clock())
 
     async def _wake_on_exit(self, watch: ExitWatch) -> None:
         if await watch.wait(math.inf):
