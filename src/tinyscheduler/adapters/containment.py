@@ -9,7 +9,10 @@ the daemon as child subreaper, and a sweep of the processes tagged with the run'
   the daemon instead of to init, so the daemon can find and reap them.
 - sweep: every process of a run carries TINYSCHEDULER_LEASE=<its lease path> in its environment, so
   anything left of it is found through /proc even without systemd. A process that both leaves the
-  session and clears its environment escapes the sweep: only the cgroup catches that.
+  session and clears its environment escapes the sweep: only the cgroup catches that. For a run this
+  daemon started while it is the subreaper, everything the run left is below the daemon in the
+  process tree (what goose's exit orphaned was re-parented to it), so only that part of /proc is
+  read (`left_behind`), not every process of the host.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import psutil
 import structlog
 
-from tinyscheduler.adapters.procfs import processes_tagged
+from tinyscheduler.adapters.procfs import children, descendants, is_zombie, processes_tagged
 
 log = structlog.get_logger("tinyscheduler.containment")
 
@@ -123,11 +126,11 @@ def _cgroup_pids(path: Path) -> list[int]:
         return []
 
 
-def kill_tagged(lease_path: Path, spare: Iterable[int] = ()) -> list[int]:
-    """SIGKILL the live processes tagged with `lease_path` (but `spare`); their pids."""
+def kill_tagged(lease_path: Path, spare: Iterable[int] = (), among: Iterable[int] | None = None) -> list[int]:
+    """SIGKILL the live processes tagged with `lease_path` (of `among`, or of all; but `spare`); their pids."""
     spared = set(spare)
     killed = []
-    for found in processes_tagged(lease_path):
+    for found in processes_tagged(lease_path, among):
         if found.pid in spared or found.pid == os.getpid():
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -136,20 +139,32 @@ def kill_tagged(lease_path: Path, spare: Iterable[int] = ()) -> list[int]:
     return killed
 
 
+def left_behind(others: Iterable[int]) -> set[int] | None:
+    """The daemon's descendants but `others` (its children that belong to other runs) and theirs:
+    where a run the daemon started, as the subreaper, has everything it left. None when the kernel
+    does not list children."""
+    mine = children(os.getpid())
+    if mine is None:
+        return None
+    skip = set(others)
+    return descendants(pid for pid in mine if pid not in skip)
+
+
 def reap_orphans(own_children: Iterable[int]) -> int:
     """Collect the exit status of orphans re-parented to the daemon (it is their subreaper); the
     daemon's own children (`own_children`) are left to whoever waits for them."""
     keep = set(own_children)
+    listed = children(os.getpid())
+    if listed is None:
+        try:
+            listed = [child.pid for child in psutil.Process().children()]
+        except psutil.Error:
+            return 0
     reaped = 0
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return 0
-    for child in children:
-        if child.pid in keep:
+    for pid in listed:
+        if pid in keep or not is_zombie(pid):
             continue
-        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
-            if child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
-                reaped += 1
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+            reaped += 1
     return reaped

@@ -161,13 +161,14 @@ class OutcomeReporter:
         self._emit("gave_up", attempt=self.attempt, failures=record.failures, reason=verdict.detail)
         return Reported.GAVE_UP
 
-    async def roll_back(self, comment: str | None = None) -> bool:
-        """A start that never happened: set the task idle again if we had set it working, and post
-        `comment` if given and the task was ours. False when TinyTask could not be told (the lease
-        then stays for the recovery)."""
+    async def roll_back(self, comment: str | None = None, fields: dict[str, Any] | None = None) -> bool:
+        """A start that never happened: set the task idle again (and `fields`) if we had set it
+        working, and post `comment` if given and the task was ours. False when TinyTask could not be
+        told (the lease then stays for the recovery)."""
         deadline = time.monotonic() + self.timeout_sec
+        update = fields or {"status": "idle"}
         try:
-            written, _ = await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
+            written, _ = await self._patch_if_ours(deadline, lambda _task: update)
         except Unreachable:
             return False
         if written and comment:

@@ -1,11 +1,15 @@
 """The runs of this host that this daemon supervises: started here, or adopted, each in its own task.
 
 Every run is owned by the daemon's task group and forgotten when it ends. The runner also answers
-what they hold: slots (until a run's process has ended) and the daemon's own child processes.
+what they hold: slots (until a run's process has ended) and the daemon's own child processes. When
+a run's process ends its slot is offered at once (`on_slot_freed`, service.refill), and when a run is
+done the pass loop may want to look again (`on_run_done`); both wake a pass unless told otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import anyio.abc
@@ -13,12 +17,13 @@ import structlog
 
 from tinyscheduler.adapters.containment import RunCgroups, kill_tagged
 from tinyscheduler.adapters.tinytask import Task
+from tinyscheduler.config.registry import RegistryError, agent_recipe_path
 from tinyscheduler.core.goose import output_format_of
 from tinyscheduler.core.leases import Lease
 from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
-from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict
+from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, Start
 from tinyscheduler.service.adopt import Host, adopt, find_unrecorded, never_started
-from tinyscheduler.service.availability import note_run_ended, note_start_failed
+from tinyscheduler.service.availability import note_run_ended, note_start_failed, unavailable
 from tinyscheduler.service.reclaim import Reclaimer
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult, StartFailure
 from tinyscheduler.service.runtime import Runtime
@@ -96,11 +101,16 @@ class Runner:
         self.group = group
         self.reclaimer = reclaimer
         self.cgroups = cgroups
+        #: A run's process ended: its agent has a free slot (by default: a pass now).
+        self.on_slot_freed: Callable[[str], None] = lambda _agent: runtime.tick.set()
+        #: A run is over, reported or not, with its result (None: its supervision crashed); by default
+        #: a pass now.
+        self.on_run_done: Callable[[int, RunResult | None], None] = lambda _task_id, _result: runtime.tick.set()
 
     def policy(self) -> RunPolicy:
         return run_policy(self.runtime)
 
-    def deps(self) -> RunDeps:
+    def deps(self, agent: str) -> RunDeps:
         rt = self.runtime
         return RunDeps(
             client=rt.connection.lazy,
@@ -109,13 +119,29 @@ class Runner:
             clock=rt.clock,
             environ=rt.environ,
             on_event=self._record_event,
-            on_exit=rt.tick.set,
+            on_exit=partial(self._slot_freed, agent),
             cgroups=self.cgroups,
             own_children=self.own_children,
+            subreaper=rt.subreaper,
         )
 
-    def start(self, request: RunRequest, fresh_task: Task | None) -> None:
-        deps = self.deps()
+    def launch(self, start: Start, task: Task) -> bool:
+        """Start a planned run (the pass's, or a refill's) on the task as listed; False when its agent
+        cannot start runs now (its breaker is open, its recipe cannot be used) or the task is busy."""
+        rt = self.runtime
+        if start.task_id in rt.busy or start.agent in unavailable(rt, {start.agent}):
+            return False
+        try:
+            recipe = agent_recipe_path(start.agent, rt.config.registry, rt.config.settings)
+        except RegistryError as exc:
+            note_start_failed(rt, start.agent, "; ".join(exc.problems))
+            return False
+        recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
+        self.start(RunRequest(start.task_id, start.agent, recipe_name, start.queue, start.reason), task)
+        return True
+
+    def start(self, request: RunRequest, listed: Task | None) -> None:
+        deps = self.deps(request.agent)
         run = Run(
             request,
             self.policy(),
@@ -125,10 +151,11 @@ class Runner:
             clock=deps.clock,
             environ=deps.environ,
             on_event=deps.on_event,
-            fresh_task=fresh_task,
+            listed=listed,
             on_exit=deps.on_exit,
             cgroups=deps.cgroups,
             own_children=deps.own_children,
+            subreaper=deps.subreaper,
         )
         self._launch(run)
 
@@ -145,7 +172,7 @@ class Runner:
     def adopt(self, lease: Lease, *, alive: bool) -> None:
         """Supervise a live run of a previous instance (`alive`), or settle one that ended unwatched."""
         host = Host(self.runtime.instance_id, self.runtime.boot_id)
-        self._launch(adopt(lease, self.policy(), self.deps(), host, alive=alive))
+        self._launch(adopt(lease, self.policy(), self.deps(lease.agent), host, alive=alive))
 
     async def recover(self, lease: Lease) -> None:
         """A lease written before its pid: adopt the run found by its tag, or settle it, or requeue it."""
@@ -183,6 +210,7 @@ class Runner:
 
     async def _supervise(self, run: Supervised) -> None:
         rt = self.runtime
+        result: RunResult | None = None
         try:
             result = await run.execute()
             rt.counters.add(f"runs_{result.outcome}")
@@ -196,7 +224,10 @@ class Runner:
             note_start_failed(rt, run.agent, f"the scheduler failed supervising a run: {type(exc).__name__}: {exc}")
         finally:
             rt.runs.pop(run.task_id, None)
-            rt.tick.set()
+            self.on_run_done(run.task_id, result)
+
+    def _slot_freed(self, agent: str) -> None:
+        self.on_slot_freed(agent)
 
     def _judge(self, agent: str, result: RunResult) -> None:
         """What the run's end says of its agent (and of goose): service.availability."""

@@ -169,6 +169,8 @@ class Runtime:
     #: The breakers of goose and of each agent (service.availability moves them).
     circuits: Circuits = field(default_factory=Circuits)
     stopping: bool = False
+    #: Whether the daemon is the child subreaper of its runs (set at start).
+    subreaper: bool = False
     connection: Connection = field(init=False)
 
     def __post_init__(self) -> None:

@@ -129,7 +129,7 @@ class Scheduler:
             rt.store.ensure()
             s.task_log_dir.mkdir(parents=True, exist_ok=True)
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
-            subreaper = become_subreaper()
+            subreaper = rt.subreaper = become_subreaper()
             self._say_started(subreaper=subreaper)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async with anyio.create_task_group() as group:
@@ -153,7 +153,7 @@ class Scheduler:
         rt = self.runtime
         runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
         watcher = LeaseWatcher(rt, runner)
-        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
+        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass, refill=not self.once)
         # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
         await check_goose_now(rt)
         # Recovery before READY: the live runs of a previous instance adopted, the ended ones being

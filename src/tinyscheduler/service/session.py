@@ -19,7 +19,7 @@ import anyio
 import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
-from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans
+from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, left_behind, reap_orphans
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.process import RunProcess
 from tinyscheduler.adapters.runlog import RunLog, drain
@@ -51,6 +51,8 @@ class RunDeps:
     #: The daemon's own child processes still in use (goose runs, keepers): when set, orphans re-parented
     #: to the daemon (its subreaper) are reaped at each run's end; the others are never touched.
     own_children: Callable[[], set[int]] | None = None
+    #: Whether the daemon is its runs' child subreaper (adapters.containment).
+    subreaper: bool = False
 
 
 class Reason(enum.StrEnum):
@@ -191,20 +193,28 @@ class RunSession:
         lease_path = self.deps.leases.path(self.task_id)
         output = self.output
         deps = self.deps
+        keeper = output.keeper
+        # A run this daemon started (its keeper is our child) while it is the subreaper left all it
+        # left below the daemon: only that part of /proc is read. The others' children are skipped.
+        others = None
+        if deps.subreaper and keeper is not None and deps.own_children is not None:
+            others = deps.own_children() - {keeper.pid}
 
         def sweep() -> int:
-            killed = len(kill_tagged(lease_path))
+            among = left_behind(others) if others is not None else None
+            killed = len(kill_tagged(lease_path, among=among))
             if output.cgroup is not None and deps.cgroups is not None:
                 killed += RunCgroups.kill(output.cgroup)
-            if output.keeper is not None:
+            if keeper is not None:
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    output.keeper.kill()
-                    output.keeper.wait(5)
-            if deps.own_children is not None:
-                reap_orphans(deps.own_children())
+                    keeper.kill()
+                    keeper.wait(5)
             return killed
 
         left = await anyio.to_thread.run_sync(sweep)
+        if deps.own_children is not None:
+            # On the loop, where no run is half spawned: never the exit status of a child of ours.
+            reap_orphans(deps.own_children())
         if left > 1:  # the keeper is always there; anything more escaped goose
             self._log.warning("run_leftovers_killed", processes=left - 1)
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from tinyscheduler.adapters.tinytask.client import TinyTaskClient
+from tinyscheduler.adapters.tinytask.client import PAGE_SIZE, TinyTaskClient
 from tinyscheduler.adapters.tinytask.errors import TinyTaskBadReply, TinyTaskRejected, TinyTaskUnavailable
 from tinyscheduler.adapters.tinytask.models import parse_task
 from tinyscheduler.core.tasks import Task
@@ -242,7 +242,7 @@ class HttpClient(TinyTaskClient):
         retries: int = 3,
         backoff_base: float = 0.2,
         sleep: Sleep = anyio.sleep,
-        page_size: int = 500,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
@@ -254,7 +254,7 @@ class HttpClient(TinyTaskClient):
             backoff_base=backoff_base,
             sleep=sleep,
         )
-        self._page_size = page_size
+        self.page_size = page_size
         self.base_url = self._api.base_url
 
     async def aclose(self) -> None:

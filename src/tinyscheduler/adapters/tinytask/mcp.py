@@ -228,7 +228,7 @@ class _McpClient(HttpClient):
         async def page(limit: int, offset: int) -> list[Any]:
             return await self._task_page(filters, limit, offset)
 
-        return parse_tasks(await collect_pages(page, self._page_size), "MCP list_tasks")
+        return parse_tasks(await collect_pages(page, self.page_size), "MCP list_tasks")
 
     async def _task_page(self, filters: dict[str, Any], limit: int, offset: int) -> list[Any]:
         # The tool's default limit is 100, so the limit is always sent.
