@@ -11,8 +11,9 @@ the daemon as child subreaper, and a sweep of the processes tagged with the run'
   anything left of it is found through /proc even without systemd. A process that both leaves the
   session and clears its environment escapes the sweep: only the cgroup catches that. For a run this
   daemon started while it is the subreaper, everything the run left is below the daemon in the
-  process tree (what goose's exit orphaned was re-parented to it), so only that part of /proc is
-  read (`left_behind`), not every process of the host.
+  process tree (what goose's exit orphaned was re-parented to it): only the daemon's stray children
+  and what is below them are read (`strays`), not every process of the host, and usually there are
+  none to read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import psutil
 import structlog
 
-from tinyscheduler.adapters.procfs import children, descendants, is_zombie, processes_tagged
+from tinyscheduler.adapters.procfs import Tagged, children, is_zombie, processes_tagged
 
 log = structlog.get_logger("tinyscheduler.containment")
 
@@ -126,8 +127,8 @@ def _cgroup_pids(path: Path) -> list[int]:
         return []
 
 
-def kill_tagged(lease_path: Path, spare: Iterable[int] = (), among: Iterable[int] | None = None) -> list[int]:
-    """SIGKILL the live processes tagged with `lease_path` (of `among`, or of all; but `spare`); their pids."""
+def kill_tagged(lease_path: Path, spare: Iterable[int] = (), among: Iterable[int] | None = None) -> list[Tagged]:
+    """SIGKILL the live processes tagged with `lease_path` (of `among`, or of all; but `spare`)."""
     spared = set(spare)
     killed = []
     for found in processes_tagged(lease_path, among):
@@ -135,26 +136,29 @@ def kill_tagged(lease_path: Path, spare: Iterable[int] = (), among: Iterable[int
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(found.pid, signal.SIGKILL)
-            killed.append(found.pid)
+            killed.append(found)
     return killed
 
 
-def left_behind(others: Iterable[int]) -> set[int] | None:
-    """The daemon's descendants but `others` (its children that belong to other runs) and theirs:
-    where a run the daemon started, as the subreaper, has everything it left. None when the kernel
-    does not list children."""
-    mine = children(os.getpid())
-    if mine is None:
-        return None
-    skip = set(others)
-    return descendants(pid for pid in mine if pid not in skip)
+def main_children() -> list[int] | None:
+    """The daemon's children that matter here, from its main thread alone: the runs are spawned from
+    the event loop, which runs there, and orphans go to a subreaper's first live thread, which it is.
+    (Worker threads start only short commands they wait for themselves.)"""
+    return children(os.getpid(), leader_only=True)
 
 
-def reap_orphans(own_children: Iterable[int]) -> int:
+def strays(known: Iterable[int]) -> set[int] | None:
+    """The daemon's children that are none of `known` (its runs' goose and keepers): as the runs'
+    subreaper, what their exits orphaned. None when the kernel does not list children."""
+    mine = main_children()
+    return None if mine is None else set(mine).difference(known)
+
+
+def reap_orphans(own: Iterable[int]) -> int:
     """Collect the exit status of orphans re-parented to the daemon (it is their subreaper); the
-    daemon's own children (`own_children`) are left to whoever waits for them."""
-    keep = set(own_children)
-    listed = children(os.getpid())
+    daemon's own children (`own`: its runs' goose and keepers) are left to whoever waits for them."""
+    keep = set(own)
+    listed = main_children()
     if listed is None:
         try:
             listed = [child.pid for child in psutil.Process().children()]

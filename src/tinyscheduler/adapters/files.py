@@ -22,8 +22,7 @@ def write_json_atomic(path: Path, data: Any, *, mode: int = 0o600, durable: bool
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             os.fchmod(fd, mode)
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(json.dumps(data, indent=2, sort_keys=True) + "\n")  # one write, not one per token
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

@@ -36,7 +36,7 @@ def is_zombie(pid: int) -> bool:
 def _stat_fields(pid: int) -> list[str] | None:
     """/proc/PID/stat from its third field (the state) on, or None when the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = _read(f"/proc/{pid}/stat").decode()
     except (OSError, ValueError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
@@ -79,8 +79,7 @@ def processes_tagged(lease_path: Path, among: Iterable[int] | None = None) -> li
     found = []
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read() + b"\0"
+            environ = _read(f"/proc/{pid}/environ") + b"\0"
         except OSError:
             continue  # gone, or not ours to read
         if environ.startswith(tag) or b"\0" + tag in environ:
@@ -91,18 +90,18 @@ def processes_tagged(lease_path: Path, among: Iterable[int] | None = None) -> li
     return found
 
 
-def children(pid: int | str) -> list[int] | None:
-    """The children of a process, from each of its threads (/proc/PID/task/TID/children); None when
-    the kernel does not publish them (CONFIG_PROC_CHILDREN) or the process is gone."""
+def children(pid: int, *, leader_only: bool = False) -> list[int] | None:
+    """The children of a process, from each of its threads (/proc/PID/task/TID/children), or from
+    its first thread alone (`leader_only`); None when the kernel does not publish them
+    (CONFIG_PROC_CHILDREN) or the process is gone."""
     try:
-        threads = os.listdir(f"/proc/{pid}/task")
+        threads = [str(pid)] if leader_only else os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
     found: list[int] = []
     for thread in threads:
         try:
-            with open(f"/proc/{pid}/task/{thread}/children", "rb") as handle:
-                found.extend(int(child) for child in handle.read().split())
+            found.extend(int(child) for child in _read(f"/proc/{pid}/task/{thread}/children").split())
         except FileNotFoundError:
             if not os.path.exists(f"/proc/{pid}/task/{thread}"):
                 continue  # the thread ended meanwhile
@@ -139,3 +138,15 @@ def verified_group(lease: Lease, boot_id: str | None) -> int | None:
         return None
     expected = lease.pgid if lease.pgid is not None else lease.pid
     return actual if actual == expected else None
+
+
+def _read(path: str) -> bytes:
+    """A /proc file whole, in plain system calls (these are read per run: no buffering layer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -113,8 +113,7 @@ class OutcomeReporter:
                 if not written:
                     return self._left_alone(found, succeeded=True)
                 self.attempts.record_success(self.task_id)
-                self._log.info("task_completed", attempt=self.attempt)
-                return Reported.COMPLETED
+                return Reported.COMPLETED  # said by the run's `run_finished` line (report=completed)
             if intent is Intent.REQUEUE:
                 written, found = await self._patch_if_ours(deadline, lambda task: intent_fields(intent, task, None))
                 if not written:

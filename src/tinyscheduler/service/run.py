@@ -46,7 +46,7 @@ import structlog
 from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.containment import RunCgroups
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import ChildProcess, spawn
+from tinyscheduler.adapters.process import ChildProcess, encoded, spawn
 from tinyscheduler.adapters.procfs import process_start_ticks
 from tinyscheduler.adapters.runlog import RunLog, header_prefix, output_pipe, spawn_keeper
 from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError, TinyTaskRejected
@@ -192,7 +192,7 @@ class Run:
         listed: Task | None = None,
         on_exit: Callable[[], None] | None = None,
         cgroups: RunCgroups | None = None,
-        own_children: Callable[[], set[int]] | None = None,
+        children: set[int] | None = None,
         subreaper: bool = False,
     ) -> None:
         """`listed`: the task as the pass's list showed it a moment ago; the claim checks it instead of
@@ -209,7 +209,7 @@ class Run:
             on_event=on_event,
             on_exit=on_exit,
             cgroups=cgroups,
-            own_children=own_children,
+            children=children,
             subreaper=subreaper,
         )
         self._listed = listed
@@ -266,14 +266,6 @@ class Run:
     def holds_slot(self) -> bool:
         """True until the process has ended (also while claiming, before it exists)."""
         return self._session is None or not self._session.process_ended
-
-    @property
-    def children(self) -> set[int]:
-        """The daemon's own child processes of this run (goose, its output keeper)."""
-        if self._session is None:
-            return set()
-        keeper = self._session.output.keeper
-        return {pid for pid in (self._pid, keeper.pid if keeper else None) if pid is not None}
 
     def request_stop(self, reason: str) -> None:
         """Stop the run now through the ladder (e.g. daemon shutdown); the task gets requeued."""
@@ -410,7 +402,11 @@ class Run:
             spec, self.deps, process, self._lease, output, stop_requested=self._stop_requested
         )
         session.emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
-        verdict, report, end = await session.run(how=Reason.SPAWNED, stop_reason=self._stop_reason)
+        try:
+            verdict, report, end = await session.run(how=Reason.SPAWNED, stop_reason=self._stop_reason)
+        finally:
+            if self.deps.children is not None:  # reaped (goose) and killed and waited for (the keeper)
+                self.deps.children.difference_update({process.pid, keeper.pid if keeper else process.pid})
         return finished(session, verdict, report, end)
 
     # --- not started -----------------------------------------------------------------------------
@@ -501,32 +497,40 @@ def launch(
     run_log.create(header)
     read_fd, write_fd = output_pipe()
     output = Output(run_log, read_fd, cgroup=cgroup)
-    env = child_environment(
-        deps.environ,
-        task_id=task_id,
-        agent=agent,
-        attempt=attempt,
-        lease_path=deps.leases.path(task_id),
-        endpoint=policy.tinytask_url,
+    env = encoded(
+        child_environment(
+            deps.environ,
+            task_id=task_id,
+            agent=agent,
+            attempt=attempt,
+            lease_path=deps.leases.path(task_id),
+            endpoint=policy.tinytask_url,
+        )
     )
     try:
         output.keeper = spawn_keeper(read_fd, env, policy.base_path, enter=enter)
+        if deps.children is not None:
+            deps.children.add(output.keeper.pid)
         popen = spawn(enter(command), output_fd=write_fd, cwd=policy.base_path, env=env)
+        if deps.children is not None:
+            deps.children.add(popen.pid)
     except OSError as exc:
         run_log.append(f"--- tinyscheduler: could not start goose: {exc}\n")
-        _discard(output)
+        _discard(output, deps.children)
         raise
     finally:
         os.close(write_fd)
     return ChildProcess(popen), output
 
 
-def _discard(output: Output) -> None:
+def _discard(output: Output, children: set[int] | None) -> None:
     """Undo a launch that failed half-way: the keeper, the pipe, the cgroup."""
     if output.keeper is not None:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             output.keeper.kill()
             output.keeper.wait(5)
+        if children is not None:
+            children.discard(output.keeper.pid)
     output.close()
     if output.cgroup is not None:
         RunCgroups.kill(output.cgroup)

@@ -17,7 +17,7 @@ import structlog
 
 from tinyscheduler.adapters.containment import RunCgroups, kill_tagged
 from tinyscheduler.adapters.tinytask import Task
-from tinyscheduler.config.registry import RegistryError, agent_recipe_path
+from tinyscheduler.config.registry import agent_recipe_name
 from tinyscheduler.core.goose import output_format_of
 from tinyscheduler.core.leases import Lease
 from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
@@ -49,9 +49,6 @@ class Supervised(Protocol):
 
     @property
     def holds_slot(self) -> bool: ...
-
-    @property
-    def children(self) -> set[int]: ...
 
     def request_stop(self, reason: str) -> None: ...
 
@@ -101,6 +98,8 @@ class Runner:
         self.group = group
         self.reclaimer = reclaimer
         self.cgroups = cgroups
+        #: The daemon's own child processes in use (goose runs, keepers): the runs keep it.
+        self.children: set[int] = set()
         #: A run's process ended: its agent has a free slot (by default: a pass now).
         self.on_slot_freed: Callable[[str], None] = lambda _agent: runtime.tick.set()
         #: A run is over, reported or not, with its result (None: its supervision crashed); by default
@@ -121,23 +120,19 @@ class Runner:
             on_event=self._record_event,
             on_exit=partial(self._slot_freed, agent),
             cgroups=self.cgroups,
-            own_children=self.own_children,
+            children=self.children,
             subreaper=rt.subreaper,
         )
 
     def launch(self, start: Start, task: Task) -> bool:
         """Start a planned run (the pass's, or a refill's) on the task as listed; False when its agent
-        cannot start runs now (its breaker is open, its recipe cannot be used) or the task is busy."""
+        cannot start runs now (its breaker is open) or the task is busy. A recipe that cannot be used
+        is the run's to find (it does not start, and the agent's breaker opens)."""
         rt = self.runtime
         if start.task_id in rt.busy or start.agent in unavailable(rt, {start.agent}):
             return False
-        try:
-            recipe = agent_recipe_path(start.agent, rt.config.registry, rt.config.settings)
-        except RegistryError as exc:
-            note_start_failed(rt, start.agent, "; ".join(exc.problems))
-            return False
-        recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
-        self.start(RunRequest(start.task_id, start.agent, recipe_name, start.queue, start.reason), task)
+        recipe = agent_recipe_name(start.agent, rt.config.registry)
+        self.start(RunRequest(start.task_id, start.agent, recipe, start.queue, start.reason), task)
         return True
 
     def start(self, request: RunRequest, listed: Task | None) -> None:
@@ -154,7 +149,7 @@ class Runner:
             listed=listed,
             on_exit=deps.on_exit,
             cgroups=deps.cgroups,
-            own_children=deps.own_children,
+            children=deps.children,
             subreaper=deps.subreaper,
         )
         self._launch(run)
@@ -200,9 +195,6 @@ class Runner:
     def in_flight(self) -> dict[int, str]:
         """Runs whose process has not ended (or not started yet), by task id -> agent: they hold slots."""
         return {task_id: run.agent for task_id, run in self.runtime.runs.items() if run.holds_slot}
-
-    def own_children(self) -> set[int]:
-        return {pid for run in self.runtime.runs.values() for pid in run.children}
 
     def stop_all(self, reason: str) -> None:
         for run in list(self.runtime.runs.values()):
