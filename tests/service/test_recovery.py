@@ -9,7 +9,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from tinyscheduler.adapters.attempt_book import read_records
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.procfs import current_boot_id, process_start_ticks
 
 from harness import STANDIN

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinyscheduler.adapters.attempt_book import read_records
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.service.reporter import Reported
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.adapters.attempt_book import COMPACT_MIN_LINES, AttemptBook, read_records
+from tinyscheduler.adapters.attempt_book import COMPACT_MIN_LINES, AttemptBook
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.core.attempts import AttemptRecord
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from tinyscheduler.adapters.attempt_journal import MAX_BOOK_BYTES, parse_document, replay
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
@@ -38,8 +39,6 @@ from tinyscheduler.core.attempts import (
     with_success_held,
 )
 
-#: Far above the history of any real host (a record is about 200 bytes).
-MAX_BOOK_BYTES = 64 * 1024 * 1024
 #: Compact once the journal holds this many lines and more than COMPACT_RATIO lines per live record.
 COMPACT_MIN_LINES = 1000
 COMPACT_RATIO = 4
@@ -162,7 +161,7 @@ class AttemptBook:
 
     def _load(self) -> dict[int, AttemptRecord]:
         records: dict[int, AttemptRecord] = {}
-        for path, parse in ((self.legacy_path, _parse_document), (self.path, _replay)):
+        for path, parse in ((self.legacy_path, parse_document), (self.path, replay)):
             try:
                 # A FIFO or a device in its place must not hang the daemon's start.
                 raw = read_bytes(path, MAX_BOOK_BYTES)
@@ -191,60 +190,3 @@ class AttemptBook:
         with contextlib.suppress(OSError):
             os.replace(path, aside)
         log.error("attempt_history_unreadable", action="set aside", path=str(path), moved_to=str(aside), reason=why)
-
-
-def read_records(journal: Path, legacy: Path | None = None) -> dict[int, AttemptRecord]:
-    """The book as the files say now, changing nothing (for `status`): the old document, then the
-    journal. Raises OSError or ValueError (with the file's name) when one cannot be read."""
-    records: dict[int, AttemptRecord] = {}
-    legacy = legacy if legacy is not None else journal.with_name("attempts.json")
-    for path, parse in ((legacy, _parse_document), (journal, _replay)):
-        try:
-            raw = read_bytes(path, MAX_BOOK_BYTES)
-        except FileNotFoundError:
-            continue
-        try:
-            parse(raw, records)
-        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    return records
-
-
-def _parse_document(raw: bytes, records: dict[int, AttemptRecord]) -> int:
-    """The old format: one JSON object with a 'tasks' object; its records go into `records`."""
-    data = json.loads(raw)
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
-        raise ValueError("expected an object with a 'tasks' object")
-    for key, value in data["tasks"].items():
-        records[int(key)] = _checked(AttemptRecord.from_json(int(key), value))
-    return 0
-
-
-def _replay(raw: bytes, records: dict[int, AttemptRecord]) -> int:
-    """Apply the journal's lines to `records`; the number of lines. A last line without its newline
-    is a write a crash cut short: skipped."""
-    lines = raw.split(b"\n")[:-1]  # whatever follows the last newline is incomplete
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            if not isinstance(entry, dict):
-                raise ValueError("expected a JSON object")
-            task_id = entry["task_id"]
-            if isinstance(task_id, bool) or not isinstance(task_id, int):
-                raise ValueError(f"task_id: expected an integer, got {task_id!r}")
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"line {number}: {exc}") from None
-        if entry.get("forget") is True:
-            records.pop(task_id, None)
-        else:
-            records[task_id] = _checked(AttemptRecord.from_json(task_id, entry))
-    return len(lines)
-
-
-def _checked(record: AttemptRecord) -> AttemptRecord:
-    for moment in (record.last_failure_at, record.not_before):
-        if moment is not None and moment.tzinfo is None:
-            raise ValueError(f"task {record.task_id}: timestamp without a time zone")
-    return record

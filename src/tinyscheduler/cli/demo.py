@@ -35,7 +35,7 @@ import anyio
 import psutil
 import yaml
 
-from tinyscheduler.adapters.attempt_book import read_records
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.cli.status import format_age, table

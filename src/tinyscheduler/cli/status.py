@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tinyscheduler.adapters.attempt_book import read_records
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.procfs import current_boot_id, probe

@@ -6,7 +6,7 @@ request per `page_size` idle tasks on the server), so it is the default. The per
 per-agent lists cost one request each, but bring only the tasks of this host's queues and agents:
 cheaper only when the server holds a large backlog this host does not serve, e.g. a few agents
 among thousands of other teams' tasks. The rule compares the two with a measured price of one
-request in task rows (`REQUEST_ROWS`, tests/bench/bench_dryrun.py --calibrate): the targeted lists
+request in task rows (`REQUEST_ROWS`, measured by tests/bench/bench_dryrun.py): the targeted lists
 win when `lists x REQUEST_ROWS + their rows < pages x REQUEST_ROWS + all rows`. In targeted mode a
 full list comes back every `RECHECK_PASSES` passes, to see whether that is still true.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from tinyscheduler.core.tasks import Task
 
 #: What one more request costs, in task rows read and decoded (the client's and the server's work):
-#: measured against the fake TinyTask over HTTP on 127.0.0.1 (docs/performance.md, "One pass").
-REQUEST_ROWS = 150
+#: measured against the fake TinyTask on 127.0.0.1, rows already validated: 89-94 (tests/bench/bench_dryrun.py).
+REQUEST_ROWS = 90
 #: How often a full list checks the choice again while the targeted lists are in use.
 RECHECK_PASSES = 10
 

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from tinyscheduler.config.registry import Registry, configured_registry, effective_limits
-from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.config.settings import SETTINGS, LoadedSettings, Settings
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
@@ -65,7 +65,7 @@ class Configuration:
 
 def changed_settings(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
     return {
-        name: (getattr(old, name), getattr(new, name))
-        for name in type(old).model_fields
-        if getattr(old, name) != getattr(new, name)
+        info.name: (getattr(old, info.name), getattr(new, info.name))
+        for info in SETTINGS
+        if getattr(old, info.name) != getattr(new, info.name)
     }

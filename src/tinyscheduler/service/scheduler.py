@@ -12,6 +12,7 @@ and the signal handlers (see docs/architecture.md).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -160,6 +161,9 @@ class Scheduler:
         # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
         await self._until(lambda: not rt.reclaiming, None)
+        # What start-up made (modules, settings, the client) lives as long as the daemon: no
+        # collection of the cyclic garbage collector needs to look at it again.
+        gc.freeze()
         rt.notifier.ready()
         group.start_soon(ping_watchdog, rt, self.gate)
         group.start_soon(watcher.loop)
