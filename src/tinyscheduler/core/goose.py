@@ -7,7 +7,14 @@ from pathlib import Path
 
 from tinyscheduler.core.standin import STANDIN_MARKER
 
-__all__ = ["STANDIN_MARKER", "child_environment", "goose_command", "output_format_of", "scrubbed_environ"]
+__all__ = [
+    "STANDIN_MARKER",
+    "base_environment",
+    "goose_command",
+    "output_format_of",
+    "run_variables",
+    "scrubbed_environ",
+]
 
 #: Variables systemd hands to the service itself; a child that inherits them could ping the
 #: watchdog or report readiness on our behalf (NotifyAccess=all) or claim our sockets.
@@ -39,22 +46,25 @@ def scrubbed_environ(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def child_environment(
-    base: Mapping[str, str], *, task_id: int, agent: str, attempt: int, lease_path: Path, endpoint: str
-) -> dict[str, str]:
+def base_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """What every run of a daemon gets from its environment (the same for all its runs)."""
     env = scrubbed_environ(base)
-    env.update(
-        TINYSCHEDULER_TASK_ID=str(task_id),
-        TINYSCHEDULER_AGENT=agent,
-        TINYSCHEDULER_ATTEMPT=str(attempt),
-        # Every process of the run carries it: a run whose pid never reached its lease, and anything
-        # it left behind, can still be found through /proc.
-        TINYSCHEDULER_LEASE=str(lease_path),
-        TINYTASK_ENDPOINT=endpoint,
-    )
     # Approval prompts fail headless runs; an operator's explicit choice still wins.
     env.setdefault("GOOSE_MODE", "auto")
     return env
+
+
+def run_variables(task_id: int, agent: str, attempt: int, lease_path: Path, endpoint: str) -> dict[str, str]:
+    """What each run gets of its own, on top of `base_environment`."""
+    return {
+        "TINYSCHEDULER_TASK_ID": str(task_id),
+        "TINYSCHEDULER_AGENT": agent,
+        "TINYSCHEDULER_ATTEMPT": str(attempt),
+        # Every process of the run carries it: a run whose pid never reached its lease, and anything
+        # it left behind, can still be found through /proc.
+        "TINYSCHEDULER_LEASE": str(lease_path),
+        "TINYTASK_ENDPOINT": endpoint,
+    }
 
 
 def output_format_of(extra: Sequence[str], configured: str) -> tuple[str, list[str]]:

@@ -51,7 +51,7 @@ from tinyscheduler.adapters.procfs import process_start_ticks
 from tinyscheduler.adapters.runlog import RunLog, header_prefix, output_pipe, spawn_keeper
 from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError, TinyTaskRejected
 from tinyscheduler.config.registry import recipe_problem
-from tinyscheduler.core.goose import child_environment, goose_command, output_format_of
+from tinyscheduler.core.goose import base_environment, goose_command, output_format_of, run_variables
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict
 from tinyscheduler.core.policy import claim_collision, claim_fields, claim_refusal, history_reset, yield_fields
@@ -497,16 +497,8 @@ def launch(
     run_log.create(header)
     read_fd, write_fd = output_pipe()
     output = Output(run_log, read_fd, cgroup=cgroup)
-    env = encoded(
-        child_environment(
-            deps.environ,
-            task_id=task_id,
-            agent=agent,
-            attempt=attempt,
-            lease_path=deps.leases.path(task_id),
-            endpoint=policy.tinytask_url,
-        )
-    )
+    own = run_variables(task_id, agent, attempt, deps.leases.path(task_id), policy.tinytask_url)
+    env = {**_encoded_base(deps.environ), **encoded(own)}
     try:
         output.keeper = spawn_keeper(read_fd, env, policy.base_path, enter=enter)
         if deps.children is not None:
@@ -521,6 +513,16 @@ def launch(
     finally:
         os.close(write_fd)
     return ChildProcess(popen), output
+
+
+_ENCODED: list[tuple[Mapping[str, str], dict[bytes, bytes]]] = []
+
+
+def _encoded_base(environ: Mapping[str, str]) -> dict[bytes, bytes]:
+    """`base_environment` encoded, once per environment (the daemon's stays the same)."""
+    if not _ENCODED or _ENCODED[0][0] is not environ:
+        _ENCODED[:] = [(environ, encoded(base_environment(environ)))]
+    return _ENCODED[0][1]
 
 
 def _discard(output: Output, children: set[int] | None) -> None:

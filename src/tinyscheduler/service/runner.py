@@ -24,6 +24,7 @@ from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, Start
 from tinyscheduler.service.adopt import Host, adopt, find_unrecorded, never_started
 from tinyscheduler.service.availability import note_run_ended, note_start_failed, unavailable
+from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.reclaim import Reclaimer
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult, StartFailure
 from tinyscheduler.service.runtime import Runtime
@@ -100,6 +101,7 @@ class Runner:
         self.cgroups = cgroups
         #: The daemon's own child processes in use (goose runs, keepers): the runs keep it.
         self.children: set[int] = set()
+        self._policy: tuple[Configuration, RunPolicy] | None = None
         #: A run's process ended: its agent has a free slot (by default: a pass now).
         self.on_slot_freed: Callable[[str], None] = lambda _agent: runtime.tick.set()
         #: A run is over, reported or not, with its result (None: its supervision crashed); by default
@@ -107,7 +109,11 @@ class Runner:
         self.on_run_done: Callable[[int, RunResult | None], None] = lambda _task_id, _result: runtime.tick.set()
 
     def policy(self) -> RunPolicy:
-        return run_policy(self.runtime)
+        """What runs need from the settings, made once per configuration (a reload swaps it)."""
+        config = self.runtime.config
+        if self._policy is None or self._policy[0] is not config:
+            self._policy = (config, run_policy(self.runtime))
+        return self._policy[1]
 
     def deps(self, agent: str) -> RunDeps:
         rt = self.runtime
