@@ -174,6 +174,9 @@ class ProfiledDaemon(DaemonProcess):
 class Session:
     """One daemon over one workspace and one fake; `close()` stops all of it, whatever happened."""
 
+    #: Run the daemon of the package in this folder instead (`--daemon-src`: today's version).
+    daemon_src: Path | None = None
+
     def __init__(self, root: Path, name: str, profile_dir: Path | None) -> None:
         self.fake = FakeTinyTask().start()
         self.workspace = Workspace(root / name, self.fake.url)
@@ -206,6 +209,8 @@ class Session:
 
     def start_daemon(self, **env: str) -> DaemonProcess:
         environment = self.workspace.daemon_env(TINYSCHEDULER_GOOSE_BIN=str(QUICK_GOOSE), **self.env(), **env)
+        if self.daemon_src is not None:
+            environment["PYTHONPATH"] = str(self.daemon_src)
         if self.profile_dir is not None:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
             profile = self.profile_dir / f"{self.name}.json"
@@ -541,11 +546,16 @@ def main() -> int:
     parser.add_argument(
         "--state-in", type=Path, metavar="DIR", help="where the workspaces go (default: the temp folder)"
     )
+    parser.add_argument("--daemon-src", type=Path, metavar="SRC", help="run the daemon of the package in SRC")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminate)
+    Session.daemon_src = args.daemon_src
 
     result = Result()
-    result.say(f"bench_runs: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} {where()}")
+    daemon = f"the daemon of {args.daemon_src}" if args.daemon_src else "this daemon"
+    result.say(
+        f"bench_runs, {daemon}: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} {where()}"
+    )
     runners: dict[str, Callable[[Path], None]] = {
         "idle": lambda root: _idle_part(root, args, result),
         "throughput": lambda root: throughput(root, args, result),
