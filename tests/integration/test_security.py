@@ -80,7 +80,7 @@ def test_state_and_logs_are_private_whatever_the_umask_and_runs_keep_theirs(
 
     found = modes(workspace.base / "state")
     folders = {"running", "logs", "logs/tasks", f"logs/tasks/{task['id']}"}
-    files = {"tinyscheduler.lock", "attempts.json", "last_pass.json", f"logs/tasks/{task['id']}/1.log"}
+    files = {"tinyscheduler.lock", "attempts.jsonl", "last_pass.json", f"logs/tasks/{task['id']}/1.log"}
     assert folders | files <= set(found)
     assert any(name.startswith("logs/scheduler_") for name in found)
     assert any(name.startswith("logs/events_") for name in found)

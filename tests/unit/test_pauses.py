@@ -35,7 +35,7 @@ from tinyscheduler.core.control import (
     summary,
 )
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, Outcome, ProcessEnd, RunVerdict, StopCause, classify
-from tinyscheduler.core.planner import PlanConfig, Snapshot, plan
+from tinyscheduler.core.planner import PlanConfig, Snapshot, plan, refill
 from tinyscheduler.core.policy import Intent, report_intent
 from tinyscheduler.core.tasks import Task
 
@@ -263,15 +263,26 @@ def test_a_paused_or_draining_host_starts_nothing_and_every_task_says_why() -> N
         assert skips == dict.fromkeys((1, 2, 3), host.text)
 
 
-def test_starts_carry_their_queue_so_a_pause_made_during_the_pass_can_be_checked() -> None:
+def test_paused_work_never_waits_for_a_freed_slot() -> None:
+    """A slot that frees between passes takes a waiting task (core.planner.refill): a paused queue's
+    tasks and a paused agent's own tasks must not be there, or a refill would start them."""
     snapshot = Snapshot(
         now=NOW,
         host="h",
         instance_id="i",
-        queue_tasks={"dev": [task(1)]},
-        agent_tasks={"qa-a": [task(2, agent="qa-a", queue="qa")]},
+        pauses=Pauses((pause(Scope.QUEUE, "qa"), pause(Scope.AGENT, "dev-b"))),
+        queue_tasks={"dev": [task(i) for i in range(1, 8)], "qa": [task(10, queue="qa")]},
+        agent_tasks={"dev-b": [task(20, agent="dev-b")], "dev-a": [task(30, agent="dev-a")]},
     )
-    assert {s.task_id: s.queue for s in plan(snapshot, CONFIG).starts} == {1: "dev", 2: "qa"}
+    result = plan(snapshot, CONFIG)
+    assert {s.task_id for s in result.starts} == {1, 2}  # dev-a's two slots; dev-b is paused
+    assert [t.id for t in result.waiting.queues["dev"]] == [3, 4, 5, 6, 7]
+    assert "qa" not in result.waiting.queues
+    assert "dev-b" not in result.waiting.agents
+    assert [t.id for t in result.waiting.agents["dev-a"]] == [30]
+    for agent in ("qa-a", "dev-b"):
+        found = refill(result.waiting, agent, taken=set(), not_before={}, now=NOW)
+        assert found is None or (found[1].queue_name != "qa" and found[1].assigned_to != "dev-b")
 
 
 # --- cancel --fail: a stop that counts --------------------------------------------------------------

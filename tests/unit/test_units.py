@@ -6,6 +6,7 @@ verify checks that ExecStart's program exists, so it runs on a copy whose instal
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -78,7 +79,7 @@ def test_daemon_unit() -> None:
 
 def test_daemon_unit_stop_timeout_covers_the_drain() -> None:
     # Default drain grace, then SIGINT -> SIGTERM -> SIGKILL with the stop grace between steps.
-    fields = Settings.model_fields
+    fields = {spec.name: spec for spec in dataclasses.fields(Settings)}
     drain = fields["shutdown_grace_sec"].default + 2 * fields["stop_grace_sec"].default
     [timeout] = directives(UNITS / "tinyscheduler.service")["Service"]["TimeoutStopSec"]
     assert int(timeout) > drain

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tinyscheduler.adapters.attempt_book import MAX_BOOK_BYTES
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.pausestore import PauseStore, PausesUnreadable
@@ -26,7 +26,6 @@ from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
-from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.leases import Lease, LeaseState, iso
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
@@ -325,16 +324,11 @@ def _agents(settings: Settings, status: Status, *, registry_required: bool) -> N
 
 
 def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
-    # Parsed here rather than through AttemptBook, which sets a broken file aside: status only reads.
-    path = settings.attempts_file
+    # Read, never set aside or compacted (AttemptBook would): status changes nothing.
     try:
-        data = json.loads(read_bytes(path, MAX_BOOK_BYTES))
-        tasks = data["tasks"]
-        records = [AttemptRecord.from_json(int(key), value) for key, value in tasks.items()]
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        status.problems.append(f"{path}: unreadable attempt history ({exc})")
+        records = list(read_records(settings.attempts_file).values())
+    except (OSError, ValueError) as exc:
+        status.problems.append(f"unreadable attempt history ({exc})")
         return
     for record in sorted(records, key=lambda r: r.task_id):
         entry = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -24,11 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
-
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tinyscheduler.adapters.reading import read_bytes, reason
 from tinyscheduler.core.redact import redacted
@@ -58,39 +54,73 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """How one setting is given and checked: what the CLI, `config --show` and the errors need."""
+
+    kind: Literal["path", "optional_path", "text", "address", "int", "float", "bool", "choice", "limits"]
+    flag: str
+    metavar: str
+    expect: str
+    description: str
+    low: float | None = None
+    high: float | None = None
+    #: The lower bound is exclusive (a number above `low`).
+    above: bool = False
+    choices: tuple[str, ...] = ()
+    #: How a choice is written before it is compared: "upper" or "lower" (spaces around go).
+    case: str = "lower"
+
+
 def _setting(
-    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, description: str, **kwargs: Any
+    default: Any = dataclasses.MISSING,
+    *,
+    kind: Any,
+    flag: str,
+    metavar: str,
+    expect: str,
+    description: str,
+    default_factory: Any = dataclasses.MISSING,
+    **checks: Any,
 ) -> Any:
     # One place per setting for everything the CLI, `config --show` and error messages need.
-    return Field(
-        default,
-        description=description,
-        json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect},
-        **kwargs,
-    )
+    spec = _Spec(kind, flag, metavar, expect, description, **checks)
+    return field(default=default, default_factory=default_factory, metadata={"spec": spec})
 
 
 def _whole(low: int, high: int, unit: str = "") -> dict[str, Any]:
     """A whole number within [low, high]: the bounds and the words that name them in errors."""
-    return {"ge": low, "le": high, "expect": f"expected a whole number{unit} from {low} to {high}"}
+    return {"kind": "int", "low": low, "high": high, "expect": f"expected a whole number{unit} from {low} to {high}"}
 
 
 _BOOL = "expected true or false"
 _PATH = "expected a path"
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+#: A whole number as the settings take it: digits (with `_` between them), perhaps a zero fraction.
+_WHOLE = re.compile(r"[+-]?[0-9](?:_?[0-9])*(?:\.0*)?", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)", re.ASCII)
 
 
-#: Settings given as free text (paths, the program, its arguments, the URL).
-_TEXT_SETTINGS = (
-    "base_path",
-    "running_dir",
-    "log_dir",
-    "recipes_dir",
-    "agent_control_file",
-    "lock_file",
-    "goose_bin",
-    "goose_args",
-    "mcp_endpoint",
-)
+#: A port of the listener: 0 asks the kernel for a free one (tests, a first try), said in the log.
+_HTTP_ADDR = "expected nothing (off), PORT, HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
+
+
+def parse_http_addr(value: str) -> tuple[str, int] | None:
+    """TINYSCHEDULER_HTTP_ADDR as (host, port); None when empty (off). A bare port binds 127.0.0.1."""
+    text = value.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(_HTTP_ADDR)
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        raise ValueError(_HTTP_ADDR)
+    return host, int(port)
 
 
 def expand_user(path: Path) -> Path:
@@ -101,14 +131,16 @@ def expand_user(path: Path) -> Path:
         raise ValueError(f"cannot expand {str(path).split('/')[0]!r}: no such user or home folder") from None
 
 
-class _Paths(BaseSettings):
-    """Where things are. Every relative path resolves against the base path."""
+@dataclass(frozen=True)
+class _Where:
+    """The settings that say where things are: paths, agents, goose, TinyTask (the first sections of
+    `Settings`, declared apart only to keep each class short)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
-
-    # base_path comes first: the path validators below read it from the already validated fields.
+    # --- paths: where things are; every relative path resolves against the base path, which comes
+    # first (the others are checked against it).
     base_path: Path = _setting(
         default_factory=Path.cwd,
+        kind="path",
         flag="--base-path",
         metavar="PATH",
         expect=_PATH,
@@ -116,6 +148,7 @@ class _Paths(BaseSettings):
     )
     running_dir: Path = _setting(
         Path("state/running"),
+        kind="path",
         flag="--running-dir",
         metavar="PATH",
         expect=_PATH,
@@ -123,6 +156,7 @@ class _Paths(BaseSettings):
     )
     log_dir: Path = _setting(
         Path("state/logs"),
+        kind="path",
         flag="--log-dir",
         metavar="PATH",
         expect=_PATH,
@@ -130,6 +164,7 @@ class _Paths(BaseSettings):
     )
     recipes_dir: Path = _setting(
         Path("recipes"),
+        kind="path",
         flag="--recipes-dir",
         metavar="PATH",
         expect=_PATH,
@@ -137,70 +172,17 @@ class _Paths(BaseSettings):
     )
     agent_control_file: Path = _setting(
         Path("agent-control.json"),
+        kind="path",
         flag="--agent-control-file",
         metavar="PATH",
         expect=_PATH,
         description="agent registry; legacy mode (agent limits only) when this is unset and the file absent; "
         "named explicitly, it must exist",
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings merges env and env file itself (see the module docstring).
-        return (init_settings,)
-
-    @field_validator(
-        "base_path",
-        "running_dir",
-        "log_dir",
-        "recipes_dir",
-        "agent_control_file",
-        "lock_file",
-        mode="before",
-        check_fields=False,
-    )
-    @classmethod
-    def _non_blank_path(cls, value: Any) -> Any:
-        # An empty value would silently mean "the base path itself".
-        if isinstance(value, str) and not value.strip():
-            raise ValueError(_PATH)
-        return value
-
-    @field_validator(*_TEXT_SETTINGS, mode="before", check_fields=False)
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        # No file name, argument or URL can hold one; refused here, it cannot fail a run later.
-        if isinstance(value, (str, Path)) and "\0" in str(value):
-            raise ValueError("contains a NUL byte")
-        return value
-
-    @field_validator("base_path", mode="after")
-    @classmethod
-    def _absolute_base(cls, value: Path) -> Path:
-        return Path.cwd() / expand_user(value)
-
-    @field_validator(
-        "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="after", check_fields=False
-    )
-    @classmethod
-    def _under_base(cls, value: Path, info: ValidationInfo) -> Path:
-        base = info.data.get("base_path")
-        # Without a valid base path its own error is reported; this value stays as given.
-        return value if base is None else base / expand_user(value)
-
-
-class _Agents(_Paths):
-    """Which agents run, and how many runs each may have at once."""
-
+    # --- agents: which agents run, and how many runs each may have at once.
     agent_limits: dict[str, int] = _setting(
         default_factory=dict,
+        kind="limits",
         flag="--agent-limit",
         metavar="NAME=N",
         expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
@@ -214,24 +196,10 @@ class _Agents(_Paths):
         **_whole(0, MAX_SLOTS),
         description="slots of a registry agent whose slots are set nowhere else",
     )
-
-    @field_validator("agent_limits", mode="before")
-    @classmethod
-    def _limits(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_agent_limits(value)
-        if isinstance(value, (list, tuple)):
-            return _merge_limit_items(value)
-        if isinstance(value, Mapping):
-            return {_agent_name(k): _slot_count(v, k) for k, v in value.items()}
-        return value
-
-
-class _Goose(_Agents):
-    """How a run is started and what proves that it succeeded."""
-
+    # --- goose: how a run is started and what proves that it succeeded.
     goose_bin: str = _setting(
         "goose",
+        kind="text",
         flag="--goose-bin",
         metavar="PATH",
         expect="expected a program name or path",
@@ -239,6 +207,7 @@ class _Goose(_Agents):
     )
     goose_args: str = _setting(
         "",
+        kind="text",
         flag="--goose-args",
         metavar="ARGS",
         expect="expected shell-style arguments",
@@ -246,6 +215,8 @@ class _Goose(_Agents):
     )
     goose_output_format: OutputFormatName = _setting(
         "stream-json",
+        kind="choice",
+        choices=("stream-json", "json", "text"),
         flag="--goose-output-format",
         metavar="FORMAT",
         expect="expected stream-json, json or text",
@@ -254,37 +225,17 @@ class _Goose(_Agents):
     )
     text_success: TextSuccess = _setting(
         "output",
+        kind="choice",
+        choices=("output", "exit"),
         flag="--text-success",
         metavar="RULE",
         expect="expected output or exit",
         description="with text output, what proves success: output (exit 0 and some output) or exit (exit 0 alone)",
     )
-
-    @field_validator("goose_bin", mode="after")
-    @classmethod
-    def _goose_bin(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
-            raise ValueError("expected a program name or path")
-        base = info.data.get("base_path")
-        if "/" in value and base is not None:
-            return str(base / expand_user(Path(value)))
-        return value
-
-    @field_validator("goose_args", mode="after")
-    @classmethod
-    def _goose_args(cls, value: str) -> str:
-        try:
-            shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"expected shell-style arguments ({exc})") from None
-        return value
-
-
-class _TinyTask(_Goose):
-    """Where the tasks are."""
-
+    # --- TinyTask: where the tasks are.
     mcp_endpoint: str = _setting(
         "http://127.0.0.1:3000",
+        kind="text",
         flag="--mcp-endpoint",
         metavar="URL",
         expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
@@ -292,25 +243,27 @@ class _TinyTask(_Goose):
     )
     tinytask_protocol: Protocol = _setting(
         "auto",
+        kind="choice",
+        choices=("rest", "mcp", "auto"),
         flag="--tinytask-protocol",
         metavar="PROTOCOL",
         expect="expected rest, mcp or auto",
         description="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
     )
 
-    @field_validator("mcp_endpoint", mode="after")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        url = value.strip().rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:3000")
-        return url
 
+@dataclass(frozen=True)
+class Settings(_Where):
+    """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
 
-class _Timing(_TinyTask):
-    """How often and for how long: passes, heartbeats, runs, retries, shutdown."""
+    Built from raw values (the strings of the environment, an env file or the command line, or
+    typed values) and checked as a whole when constructed: `SettingsInvalid` names every setting
+    that is wrong. The fields come in sections (paths, agents, goose, TinyTask, timing, logging,
+    switches), which is also their order in `config --show`, the README and the example env file.
+    Plain Python on purpose: `--help` and `status` start without a validation library.
+    """
 
+    # --- timing: how often and for how long: passes, heartbeats, runs, retries, shutdown.
     loop_interval_sec: int = _setting(
         60,
         flag="--loop-interval",
@@ -342,12 +295,13 @@ class _Timing(_TinyTask):
     )
     stop_grace_sec: float = _setting(
         10.0,
+        kind="float",
         flag="--stop-grace",
         metavar="SECONDS",
         expect="expected a number of seconds above 0, at most 3600",
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
+        low=0,
+        above=True,
+        high=3600,
         description="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
     )
     idle_timeout_sec: int = _setting(
@@ -385,13 +339,12 @@ class _Timing(_TinyTask):
         **_whole(0, DAY_SEC, " of seconds"),
         description="on SIGTERM, wait this long for runs before stopping them",
     )
-
-
-class _Logging(_Timing):
-    """What the daemon says, and where."""
-
+    # --- logging: what the daemon says, and where.
     log_level: LogLevel = _setting(
         "INFO",
+        kind="choice",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        case="upper",
         flag="--log-level",
         metavar="LEVEL",
         expect="expected DEBUG, INFO, WARNING or ERROR",
@@ -399,6 +352,8 @@ class _Logging(_Timing):
     )
     log_format: LogFormat = _setting(
         "auto",
+        kind="choice",
+        choices=("auto", "console", "json", "journal"),
         flag="--log-format",
         metavar="FORMAT",
         expect="expected auto, console, json or journal",
@@ -411,46 +366,10 @@ class _Logging(_Timing):
         **_whole(1, 3650, " of days"),
         description="days of scheduler log files to keep",
     )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator(
-        "log_format", "tinytask_protocol", "goose_output_format", "text_success", mode="before", check_fields=False
-    )
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-
-#: A port of the listener: 0 asks the kernel for a free one (tests, a first try), said in the log.
-_HTTP_ADDR = "expected nothing (off), PORT, HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
-
-
-def parse_http_addr(value: str) -> tuple[str, int] | None:
-    """TINYSCHEDULER_HTTP_ADDR as (host, port); None when empty (off). A bare port binds 127.0.0.1."""
-    text = value.strip()
-    if not text:
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
-        raise ValueError(_HTTP_ADDR)
-    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
-        raise ValueError(_HTTP_ADDR)
-    return host, int(port)
-
-
-class _Monitoring(_Logging):
-    """What the daemon shows to monitoring: metrics, the status page, run history, costs."""
-
+    # --- monitoring: what the daemon shows to monitoring: metrics, the status page, run history, costs.
     http_addr: str = _setting(
         "",
+        kind="address",
         flag="--http-addr",
         metavar="ADDR",
         expect=_HTTP_ADDR,
@@ -459,6 +378,7 @@ class _Monitoring(_Logging):
     )
     metrics_textfile: Path | None = _setting(
         None,
+        kind="optional_path",
         flag="--metrics-textfile",
         metavar="PATH",
         expect=_PATH,
@@ -467,6 +387,7 @@ class _Monitoring(_Logging):
     )
     prices: Path | None = _setting(
         None,
+        kind="optional_path",
         flag="--prices",
         metavar="PATH",
         expect=_PATH,
@@ -480,41 +401,18 @@ class _Monitoring(_Logging):
         **_whole(1, 3650, " of days"),
         description="days of run history to keep",
     )
-
-    @field_validator("http_addr", mode="after")
-    @classmethod
-    def _http_addr(cls, value: str) -> str:
-        parse_http_addr(value)
-        return value.strip()
-
-    @field_validator("metrics_textfile", "prices", mode="before")
-    @classmethod
-    def _optional_path(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, (str, Path)) and "\0" in str(value):
-            raise ValueError("contains a NUL byte")
-        return value
-
-    @field_validator("metrics_textfile", "prices", mode="after")
-    @classmethod
-    def _optional_under_base(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        base = info.data.get("base_path")
-        return value if value is None or base is None else base / expand_user(value)
-
-
-class Settings(_Monitoring):
-    """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
-
-    The fields are declared in sections (the classes above, in this order), which is also their order
-    in `config --show`, the README and the example env file.
-    """
-
+    # --- switches.
     dry_run: bool = _setting(
-        False, flag="--dry-run", metavar="", expect=_BOOL, description="print the plan, change nothing anywhere"
+        False,
+        kind="bool",
+        flag="--dry-run",
+        metavar="",
+        expect=_BOOL,
+        description="print the plan, change nothing anywhere",
     )
     enabled: bool = _setting(
         True,
+        kind="bool",
         flag="--enabled",
         metavar="",
         expect=_BOOL,
@@ -522,6 +420,7 @@ class Settings(_Monitoring):
     )
     disable_blocking: bool = _setting(
         False,
+        kind="bool",
         flag="--disable-blocking",
         metavar="",
         expect=_BOOL,
@@ -529,11 +428,26 @@ class Settings(_Monitoring):
     )
     lock_file: Path = _setting(
         Path("state/tinyscheduler.lock"),
+        kind="path",
         flag="--lock-file",
         metavar="PATH",
         expect=_PATH,
         description="single-instance lock",
     )
+
+    def __post_init__(self) -> None:
+        checked: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for spec_field in dataclasses.fields(self):
+            name = spec_field.name
+            try:
+                checked[name] = _check(name, spec_field.metadata["spec"], getattr(self, name), checked)
+            except ValueError as exc:
+                problems[name] = str(exc)
+        if problems:
+            raise SettingsInvalid(problems)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     # Derived locations: one definition, so no module builds these paths by hand.
     @property
@@ -546,7 +460,8 @@ class Settings(_Monitoring):
 
     @property
     def attempts_file(self) -> Path:
-        return self.state_dir / "attempts.json"
+        """The attempt book's journal (adapters.attempt_book; the old attempts.json is read too)."""
+        return self.state_dir / "attempts.jsonl"
 
     @property
     def last_pass_file(self) -> Path:
@@ -589,6 +504,134 @@ class Settings(_Monitoring):
         """
         found = shutil.which(self.goose_bin, path=search_path)
         return Path(found) if found else None
+
+
+class SettingsInvalid(ValueError):
+    """Values `Settings` refused: what is wrong with each, by setting name."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(f"{name}: {detail}" for name, detail in self.problems.items()))
+
+
+#: Settings given as free text (paths, the program, its arguments, the URL): no NUL byte in them.
+_TEXT_SETTINGS = frozenset(
+    {"base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", "metrics_textfile"}
+    | {"prices", "http_addr"}
+    | {"goose_bin", "goose_args", "mcp_endpoint"}
+)
+
+
+def _check(name: str, spec: _Spec, value: Any, checked: Mapping[str, Any]) -> Any:
+    """One setting's value as the daemon uses it; ValueError with the words that say what is wrong."""
+    if name in _TEXT_SETTINGS and isinstance(value, (str, Path)) and "\0" in str(value):
+        # No file name, argument or URL can hold one; refused here, it cannot fail a run later.
+        raise ValueError("contains a NUL byte")
+    kind = spec.kind
+    if kind == "path":
+        return _path(name, value, checked.get("base_path"))
+    if kind == "optional_path":  # empty means off
+        empty = value is None or (isinstance(value, str) and not value.strip())
+        return None if empty else _path(name, value, checked.get("base_path"))
+    if kind == "address":
+        if not isinstance(value, str):
+            raise ValueError(spec.expect)
+        parse_http_addr(value)
+        return value.strip()
+    if kind == "text":
+        return _text(name, spec, value, checked.get("base_path"))
+    if kind in ("int", "float"):
+        number = _whole_number(value, spec.expect) if kind == "int" else _real(value, spec.expect)
+        below = spec.low is not None and (number <= spec.low if spec.above else number < spec.low)
+        if below or (spec.high is not None and number > spec.high):
+            raise ValueError(spec.expect)
+        return number
+    if kind == "bool":
+        return _boolean(value)
+    if kind == "choice":
+        text = value.strip() if isinstance(value, str) else value
+        text = text.upper() if isinstance(text, str) and spec.case == "upper" else text
+        text = text.lower() if isinstance(text, str) and spec.case == "lower" else text
+        if text not in spec.choices:
+            raise ValueError(spec.expect)
+        return text
+    return _limits(value, spec.expect)
+
+
+def _path(name: str, value: Any, base: Any) -> Path:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(_PATH)  # an empty value would silently mean "the base path itself"
+    if not isinstance(value, (str, Path)):
+        raise ValueError(_PATH)
+    path = expand_user(Path(value))
+    if name == "base_path":
+        return Path.cwd() / path
+    # Without a valid base path its own error is reported; this value stays as given.
+    return base / path if isinstance(base, Path) else Path(value)
+
+
+def _text(name: str, spec: _Spec, value: Any, base: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(spec.expect)
+    if name == "goose_bin":
+        if not value.strip():
+            raise ValueError(spec.expect)
+        return str(base / expand_user(Path(value))) if "/" in value and isinstance(base, Path) else value
+    if name == "goose_args":
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"expected shell-style arguments ({exc})") from None
+        return value
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(spec.expect)
+    return url
+
+
+def _whole_number(value: Any, expect: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _WHOLE.fullmatch(text := value.strip()):
+        return int(text.partition(".")[0].replace("_", ""))
+    raise ValueError(expect)
+
+
+def _real(value: Any, expect: str) -> float:
+    if isinstance(value, (bool, int, float)):
+        number = float(value)
+    elif isinstance(value, str) and _NUMBER.fullmatch(text := value.strip().lower()):
+        number = float(text)
+    else:
+        raise ValueError(expect)
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(expect)
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(_BOOL)
+
+
+def _limits(value: Any, expect: str) -> dict[str, int]:
+    if isinstance(value, str):
+        return parse_agent_limits(value)
+    if isinstance(value, (list, tuple)):
+        return _merge_limit_items(value)
+    if isinstance(value, Mapping):
+        return {_agent_name(k): _slot_count(v, k) for k, v in value.items()}
+    raise ValueError(expect)
 
 
 def parse_agent_limits(text: str) -> dict[str, int]:
@@ -662,31 +705,28 @@ class SettingInfo:
     range: tuple[float, float] | None = None
 
 
-def _info(name: str, spec: FieldInfo) -> SettingInfo:
-    extra = spec.json_schema_extra
-    assert isinstance(extra, dict)
+def _info(spec_field: dataclasses.Field[Any]) -> SettingInfo:
+    spec: _Spec = spec_field.metadata["spec"]
+    has_default = spec_field.default is not dataclasses.MISSING
+    default_factory = spec_field.default_factory
+    default = spec_field.default if has_default else None
+    if default is None and default_factory is dict:
+        default = {}
+    bounds = (spec.low, spec.high) if spec.low is not None and spec.high is not None else None
     return SettingInfo(
-        name=name,
-        env_var=env_var(name),
-        flag=str(extra["flag"]),
-        metavar=str(extra["metavar"]),
-        expect=str(extra["expect"]),
-        help=spec.description or "",
-        default=None if spec.default is PydanticUndefined else spec.default,
-        is_bool=spec.annotation is bool,
-        range=_range(spec),
+        name=spec_field.name,
+        env_var=env_var(spec_field.name),
+        flag=spec.flag,
+        metavar=spec.metavar,
+        expect=spec.expect,
+        help=spec.description,
+        default=default,
+        is_bool=spec.kind == "bool",
+        range=bounds,
     )
 
 
-def _range(spec: FieldInfo) -> tuple[float, float] | None:
-    low = high = None
-    for item in spec.metadata:
-        low = getattr(item, "ge", getattr(item, "gt", low))
-        high = getattr(item, "le", high)
-    return None if low is None or high is None else (low, high)
-
-
-SETTINGS: tuple[SettingInfo, ...] = tuple(_info(n, f) for n, f in Settings.model_fields.items())
+SETTINGS: tuple[SettingInfo, ...] = tuple(_info(spec_field) for spec_field in dataclasses.fields(Settings))
 _BY_NAME = {info.name: info for info in SETTINGS}
 _BY_ENV = {info.env_var: info for info in SETTINGS}
 
@@ -746,7 +786,7 @@ class LoadedSettings:
 
         Their sources are left as they were: the caller takes the values from an earlier load.
         """
-        settings = Settings(**{**self.settings.model_dump(), **values})
+        settings = dataclasses.replace(self.settings, **values)
         return dataclasses.replace(self, settings=settings)
 
 
@@ -809,7 +849,7 @@ def load_settings(
     settings: Settings | None = None
     try:
         settings = Settings(**values)
-    except ValidationError as exc:
+    except SettingsInvalid as exc:
         problems.extend(_problems(exc, raw))
     if problems or settings is None:
         raise ConfigError(problems)
@@ -831,26 +871,16 @@ def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:
     return limits
 
 
-def _problems(exc: ValidationError, raw: Mapping[str, _Raw]) -> list[str]:
-    problems: dict[str, str] = {}
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else ""
-        if name in problems:
-            continue
-        info = _BY_NAME.get(name)
-        if info is None:  # not tied to one setting; pydantic's own words are the best we have
-            problems[name] = error["msg"]
-            continue
-        if error["type"] == "value_error":
-            detail = str(error["ctx"]["error"])
-        else:
-            detail = info.expect
+def _problems(exc: SettingsInvalid, raw: Mapping[str, _Raw]) -> list[str]:
+    problems = []
+    for name, detail in exc.problems.items():
+        info = _BY_NAME[name]
         item = raw.get(name)
         if item is None:
-            problems[name] = f"{info.env_var} (default): {detail}"
+            problems.append(f"{info.env_var} (default): {detail}")
         else:
-            problems[name] = f"{item.where}={_shown(name, item.value)}: {detail}"
-    return list(problems.values())
+            problems.append(f"{item.where}={_shown(name, item.value)}: {detail}")
+    return problems
 
 
 def _shown(name: str, value: Any) -> str:

@@ -56,7 +56,8 @@ class Lease:
     outcome_detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies every value, a third of a lease write's CPU.
+        data = {name: getattr(self, name) for name in _FIELDS}
         data["state"] = self.state.value
         data["started_at"] = iso(self.started_at)
         data["heartbeat"] = iso(self.heartbeat)
@@ -64,6 +65,9 @@ class Lease:
 
     def with_changes(self, **changes: Any) -> Lease:
         return dataclasses.replace(self, **changes)
+
+
+_FIELDS = tuple(spec.name for spec in dataclasses.fields(Lease))
 
 
 class LeaseFormatError(ValueError):

@@ -13,7 +13,7 @@ import structlog
 
 from tinyscheduler.config.prices import load_prices
 from tinyscheduler.config.registry import Registry, configured_registry, effective_limits
-from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.config.settings import SETTINGS, LoadedSettings, Settings
 from tinyscheduler.core.cost import PriceTable
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -70,7 +70,7 @@ class Configuration:
 
 def changed_settings(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
     return {
-        name: (getattr(old, name), getattr(new, name))
-        for name in type(old).model_fields
-        if getattr(old, name) != getattr(new, name)
+        info.name: (getattr(old, info.name), getattr(new, info.name))
+        for info in SETTINGS
+        if getattr(old, info.name) != getattr(new, info.name)
     }

@@ -187,6 +187,8 @@ class Runtime:
     #: What operators paused (core.control), as in state/pauses.json; changed by service.control.
     pauses: Pauses = field(default_factory=Pauses)
     stopping: bool = False
+    #: Whether the daemon is the child subreaper of its runs (set at start).
+    subreaper: bool = False
     connection: Connection = field(init=False)
     #: Metrics, run history and what the status page shows (service.observer).
     observer: Observer = field(init=False)

@@ -14,6 +14,7 @@ and the signal handlers (see docs/architecture.md).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -147,9 +148,10 @@ class Scheduler:
             make_private_folder(s.task_log_dir)
             self._load_pauses()
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
-            subreaper = become_subreaper()
-            self._say_started(subreaper=subreaper)
+            subreaper = rt.subreaper = become_subreaper()
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                # Said once the signals are ours: a SIGHUP that follows "started" reloads, never kills.
+                self._say_started(subreaper=subreaper)
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals)
                     await self._live(group, goose)
@@ -172,7 +174,7 @@ class Scheduler:
         rt = self.runtime
         runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
         watcher = LeaseWatcher(rt, runner)
-        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
+        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass, refill=not self.once)
         # Listening before the recovery: an operator can pause or drain while runs are adopted.
         await group.start(ControlServer(Controls(rt, self._control_changed), rt.config.settings.control_socket).serve)
         # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
@@ -182,6 +184,9 @@ class Scheduler:
         # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
         await self._until(lambda: not rt.reclaiming, None)
+        # What start-up made (modules, settings, the client) lives as long as the daemon: no
+        # collection of the cyclic garbage collector needs to look at it again.
+        gc.freeze()
         rt.notifier.ready()
         group.start_soon(ping_watchdog, rt, self.gate)
         group.start_soon(watcher.loop)

@@ -19,9 +19,10 @@ import anyio
 import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
-from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans
+from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans, strays
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import RunProcess
+from tinyscheduler.adapters.process import ExitWatch, RunProcess
+from tinyscheduler.adapters.procfs import descendants
 from tinyscheduler.adapters.runlog import RunLog, drain
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.core.leases import Lease, LeaseState
@@ -48,9 +49,15 @@ class RunDeps:
     on_exit: Callable[[], None] | None = None
     #: Per-run cgroups, when systemd delegated the daemon's (adapters.containment).
     cgroups: RunCgroups | None = None
-    #: The daemon's own child processes still in use (goose runs, keepers): when set, orphans re-parented
-    #: to the daemon (its subreaper) are reaped at each run's end; the others are never touched.
-    own_children: Callable[[], set[int]] | None = None
+    #: The daemon's own child processes in use (goose runs, keepers), kept by the runs that spawn
+    #: them: when set, orphans re-parented to the daemon (its subreaper) are reaped at each run's end;
+    #: these are never touched.
+    children: set[int] | None = None
+    #: Whether the daemon is its runs' child subreaper (adapters.containment).
+    subreaper: bool = False
+    #: What holds an agent's work now (an operator's pause: its text), asked again once the claim is
+    #: in: a pause made while TinyTask answered starts nothing.
+    held: Callable[[str, str | None], str | None] | None = None
 
 
 class Reason(enum.StrEnum):
@@ -142,13 +149,15 @@ class RunSession:
             self._stop_reason, self._stop_counted = stop_reason, stop_counted
         end = await self._supervise() if self.process is not None else await self._settle()
         self.process_ended = True
-        self.lease.update(state=LeaseState.FINISHING)
-        if self.deps.on_exit is not None:
-            self.deps.on_exit()
         verdict = self.spec.recorded or classify(end, self.spec.evidence)
         if self.spec.recorded is None:
             self.output.run_log.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
-            self.lease.update(outcome=verdict.outcome.value, outcome_detail=verdict.detail)
+            # One rewrite: the process has ended (its slot is free) and how it ended.
+            self.lease.update(state=LeaseState.FINISHING, outcome=verdict.outcome.value, outcome_detail=verdict.detail)
+        elif self.lease.lease.state is not LeaseState.FINISHING:
+            self.lease.update(state=LeaseState.FINISHING)
+        if self.deps.on_exit is not None:
+            self.deps.on_exit()
         self.output.close()
         report = await self._reporter().report(verdict, end)
         if report is not Reported.UNREPORTED:
@@ -195,26 +204,41 @@ class RunSession:
         return ProcessEnd(None, duration, tail=self.output.run_log.tail())
 
     async def contain(self) -> None:
-        """Kill whatever the run left behind (its keeper included), in a thread: it reads /proc."""
-        lease_path = self.deps.leases.path(self.task_id)
-        output = self.output
-        deps = self.deps
+        """Kill whatever the run left behind, and its keeper.
 
-        def sweep() -> int:
-            killed = len(kill_tagged(lease_path))
-            if output.cgroup is not None and deps.cgroups is not None:
-                killed += RunCgroups.kill(output.cgroup)
-            if output.keeper is not None:
-                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    output.keeper.kill()
-                    output.keeper.wait(5)
-            if deps.own_children is not None:
-                reap_orphans(deps.own_children())
-            return killed
+        A run this daemon started (its keeper is our child) while it is the subreaper left all it
+        left below the daemon: the daemon's children that are no run's, and theirs. With none (the
+        usual end) only the keeper is stopped, on the loop; otherwise the sweep (it reads /proc, and
+        kills a cgroup) runs in a thread."""
+        deps, output, keeper = self.deps, self.output, self.output.keeper
+        found = None
+        if deps.subreaper and keeper is not None and deps.children is not None:
+            found = strays(deps.children)
+        quiet = keeper is not None and found is not None and not found and output.cgroup is None
+        if quiet and keeper is not None and await _stop_keeper(keeper):
+            escaped = 0
+        else:
+            escaped = await anyio.to_thread.run_sync(self._sweep, found)
+        if deps.children is not None:
+            # On the loop, where no run is half spawned: never the exit status of a child of ours.
+            reap_orphans(deps.children)
+        if escaped:
+            self._log.warning("run_leftovers_killed", processes=escaped)
 
-        left = await anyio.to_thread.run_sync(sweep)
-        if left > 1:  # the keeper is always there; anything more escaped goose
-            self._log.warning("run_leftovers_killed", processes=left - 1)
+    def _sweep(self, below: set[int] | None) -> int:
+        """In a thread: kill the processes tagged with the run's lease (`below` these processes, or
+        anywhere), its cgroup and its keeper; how many of them had escaped goose."""
+        output, keeper = self.output, self.output.keeper
+        among = descendants(below) if below is not None else None
+        spare = (keeper.pid,) if keeper is not None else ()
+        escaped = sum(not found.keeper for found in kill_tagged(self.deps.leases.path(self.task_id), spare, among))
+        if keeper is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                keeper.kill()
+                keeper.wait(5)
+        if output.cgroup is not None and self.deps.cgroups is not None:
+            escaped += RunCgroups.kill(output.cgroup)
+        return escaped
 
     def _reporter(self) -> OutcomeReporter:
         return OutcomeReporter(
@@ -248,3 +272,18 @@ def recorded_verdict(lease: Lease) -> RunVerdict | None:
         return RunVerdict(Outcome(lease.outcome), lease.outcome_detail or lease.outcome)
     except ValueError:
         return None
+
+
+async def _stop_keeper(keeper: subprocess.Popen[bytes]) -> bool:
+    """SIGKILL the keeper and reap it on the loop, woken by its pidfd; False without pidfds."""
+    watch = ExitWatch(keeper.pid)
+    try:
+        if not watch.available:
+            return False
+        with contextlib.suppress(OSError):
+            keeper.kill()
+        await watch.wait(5)
+    finally:
+        watch.close()
+    keeper.poll()
+    return True
