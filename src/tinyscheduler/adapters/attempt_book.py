@@ -21,6 +21,7 @@ import structlog
 
 from tinyscheduler.adapters.files import make_private_folder, write_json_atomic
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
+from tinyscheduler.core.retention import stale_task_ids
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
     AttemptRecord,
@@ -91,6 +92,21 @@ class AttemptBook:
         """Drop the history, e.g. when a person removed the failed tag to grant a fresh budget."""
         if self._records.pop(task_id, None) is not None:
             self._save()
+
+    def forget_stale(self, now: datetime, keep_days: int, *, busy: frozenset[int] = frozenset()) -> list[int]:
+        """Drop the records of tasks not tried for `keep_days` (given up, or done elsewhere), in one
+        write; a held success and a task in `busy` stay. The tasks forgotten."""
+        stale = stale_task_ids(
+            [(r.task_id, r.last_failure_at, r.success_unreported) for r in self._records.values()],
+            now=now,
+            keep_days=keep_days,
+        )
+        stale = [task_id for task_id in stale if task_id not in busy]
+        for task_id in stale:
+            del self._records[task_id]
+        if stale:
+            self._save()
+        return stale
 
     # --- file ------------------------------------------------------------------------------------
 

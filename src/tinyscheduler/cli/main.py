@@ -23,7 +23,15 @@ from typing import Any, NoReturn, TypeAlias
 from tinyscheduler import __version__
 from tinyscheduler.adapters.files import restrict_umask
 from tinyscheduler.adapters.journal import prefix_stderr
-from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
+from tinyscheduler.config.settings import (
+    ENV_FILE_VAR,
+    SETTINGS,
+    SYSTEM_ENV_FILE,
+    ConfigError,
+    LoadedSettings,
+    SettingInfo,
+    load_settings,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -77,26 +85,44 @@ def _common_options() -> _Parser:
         metavar="PATH",
         type=Path,
         default=argparse.SUPPRESS,
-        help="read settings from this file; a missing file is an error "
-        "(default: .env in the current directory, if present)",
+        help="read settings from this file; a missing file is an error (default: "
+        f"${ENV_FILE_VAR} if set, else ./.env, else {SYSTEM_ENV_FILE}, the first that exists)",
     )
     for name in GLOBAL_SETTINGS:
         _add_setting(group, _INFO[name])
     return common
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting (except the global ones), each overriding its variable."""
+#: Where the state is: what every command that reads it needs.
+_STATE = ("running_dir", "log_dir", "lock_file")
+_AGENTS = ("agent_control_file", "recipes_dir", "agent_limits", "default_slots")
+#: The settings each operator command reads (beyond the global ones): its --help lists only these.
+#: `run` and `validate-config` read every setting.
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "status": (*_STATE, *_AGENTS, "loop_interval_sec", "heartbeat_sec", "max_runtime_sec"),
+    "logs": ("log_dir", "running_dir"),
+    "report": ("mcp_endpoint", "tinytask_protocol", "running_dir", "prices"),
+    "history": ("running_dir", "prices"),
+}
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per setting in `names` (default: every setting but the global ones), each
+    overriding its variable."""
     group = parser.add_argument_group("settings (flag > environment > env file > default)")
     for info in SETTINGS:
-        if info.name not in GLOBAL_SETTINGS:
+        if info.name not in GLOBAL_SETTINGS and (names is None or info.name in names):
             _add_setting(group, info)
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedSettings:
-    """Settings from the parsed arguments; raises ConfigError."""
+    """Settings from the parsed arguments; raises ConfigError. A command that found no configuration
+    at all says on stderr where it looked (it goes on with the defaults)."""
     cli = {info.name: getattr(args, info.name) for info in SETTINGS if hasattr(args, info.name)}
-    return load_settings(env_file=getattr(args, "env_file", None), cli=cli)
+    loaded = load_settings(env_file=getattr(args, "env_file", None), cli=cli)
+    if not loaded.configured:
+        print(f"tinyscheduler: note: {loaded.where_looked()}; using the defaults", file=sys.stderr)
+    return loaded
 
 
 # --- run ------------------------------------------------------------------------------------
@@ -196,11 +222,11 @@ def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
         allow_abbrev=False,
         help="show the resolved configuration",
         description="Print every setting, its value and where it came from "
-        "(default, env-file, env, cli). Secret values are redacted.",
+        "(default, env-file, env, cli), and which env file was read. Secret values are redacted. "
+        "A setting's flag belongs to the commands that read it (`run --help` lists them all).",
     )
     parser.add_argument("--show", action="store_true", help="show the settings (the default action)")
     parser.add_argument("--json", action="store_true", help="as JSON")
-    add_setting_flags(parser)
     parser.set_defaults(handler=_config)
 
 
@@ -210,13 +236,18 @@ def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
 def _validate_config(args: argparse.Namespace) -> int:
     from tinyscheduler.cli.status import printable
     from tinyscheduler.cli.validate import run_checks
+    from tinyscheduler.core.redact import redacted
 
     checks = run_checks(load_from_args(args), fix=args.fix)
+    errors = sum(1 for c in checks if not c.ok and c.level == "error")
+    warnings = sum(1 for c in checks if not c.ok and c.level == "warning")
+    if args.json:
+        document = {"ok": not errors, "errors": errors, "warnings": warnings, "checks": [c.to_json() for c in checks]}
+        print(json.dumps(redacted("", document), indent=2))
+        return EXIT_FAILED if errors else EXIT_OK
     marks = {(True, "error"): "PASS", (True, "warning"): "PASS", (False, "error"): "FAIL", (False, "warning"): "WARN"}
     # Details quote files and the server's replies: shown escaped, secrets masked.
     print(printable([f"{marks[check.ok, check.level]}  {check.name}: {check.detail}" for check in checks]), end="")
-    errors = sum(1 for c in checks if not c.ok and c.level == "error")
-    warnings = sum(1 for c in checks if not c.ok and c.level == "warning")
     print(f"{errors} error(s), {warnings} warning(s)")
     return EXIT_FAILED if errors else EXIT_OK
 
@@ -227,14 +258,17 @@ def _add_validate_config(sub: Subparsers, common: list[_Parser]) -> None:
         parents=common,
         allow_abbrev=False,
         help="check the configuration",
-        description="Check paths, the goose binary, the agent registry, recipes and TinyTask. "
-        "Exit 0 only when no error remains (warnings are fine).",
+        description="Check paths, the goose binary, the agent registry, recipes and TinyTask.",
+        epilog="Exit status: 0 no error (warnings are fine); 1 at least one check failed; "
+        "2 bad arguments or configuration.",
     )
     parser.add_argument(
         "--fix",
         action="store_true",
-        help="create the state folders and a placeholder agent-control file if missing; never overwrites anything",
+        help="create the state folders, the recipes folder and a placeholder agent-control file if missing; "
+        "never overwrites anything",
     )
+    parser.add_argument("--json", action="store_true", help="the checks as JSON")
     add_setting_flags(parser)
     parser.set_defaults(handler=_validate_config)
 
@@ -275,11 +309,13 @@ def _add_status(sub: Subparsers, common: list[_Parser]) -> None:
         parents=common,
         allow_abbrev=False,
         help="what the scheduler on this host is doing",
-        description="Daemon (lock holder), slots per agent, runs in flight, the last pass and anything "
-        "wrong, from the state folder alone: works with no daemon and changes nothing.",
+        description="Daemon (lock holder), slots per agent, runs in flight, the last pass, the disk the "
+        "state uses and anything wrong, from the state folder alone: works with no daemon and changes nothing.",
+        epilog="Exit status, as systemctl's: 0 a daemon runs and nothing is wrong; 1 problems are listed; "
+        "3 no daemon runs for this base path (and nothing else is wrong); 2 bad arguments or configuration.",
     )
     parser.add_argument("--json", action="store_true", help="as JSON")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["status"])
     parser.set_defaults(handler=_status)
 
 
@@ -300,7 +336,7 @@ def _add_logs(sub: Subparsers, common: list[_Parser]) -> None:
     parser.add_argument("task_id", type=int, metavar="TASK_ID", help="the TinyTask task id")
     parser.add_argument("--attempt", type=int, metavar="N", help="which attempt (default: the latest)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the run is in flight")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["logs"])
     parser.set_defaults(handler=_logs)
 
 
@@ -313,7 +349,7 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return report_command(
-        load_from_args(args), fmt=args.format, agent=args.agent, statuses=statuses, output=args.output
+        load_from_args(args), fmt="json" if args.json else args.format, agent=args.agent, statuses=statuses, output=args.output
     )
 
 
@@ -330,8 +366,9 @@ def _add_report(sub: Subparsers, common: list[_Parser]) -> None:
         "--format",
         choices=("table", "json", "markdown"),
         default="table",
-        help="table (default), json (every task, the original's key names) or markdown",
+        help="table (default), json (every task, the original's key names; the same as --json) or markdown",
     )
+    parser.add_argument("--json", action="store_true", help="as JSON (the same as --format json)")
     parser.add_argument("--agent", metavar="A", help="only tasks assigned to this agent")
     parser.add_argument(
         "--status",
@@ -340,7 +377,7 @@ def _add_report(sub: Subparsers, common: list[_Parser]) -> None:
         help="statuses to include: idle, working, complete (default: idle,working)",
     )
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["report"])
     parser.set_defaults(handler=_report)
 
 
@@ -456,7 +493,7 @@ def _add_history(sub: Subparsers, common: list[_Parser]) -> None:
         "--limit", type=int, default=100, metavar="N", help="list the latest N runs (default: 100; 0: all)"
     )
     parser.add_argument("--json", action="store_true", help="as JSON")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["history"])
     parser.set_defaults(handler=_history)
 
 
@@ -485,6 +522,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = _Parser(
@@ -502,12 +543,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def misplaced_flag(argv: Sequence[str], commands: Sequence[str]) -> str | None:
+    """The hint for a subcommand's flag given before the subcommand (argparse would only say
+    "invalid choice"), or None. Global options may stand on either side."""
+    first = next((i for i, arg in enumerate(argv) if arg in commands), None)
+    if first is None:
+        return None
+    command = argv[first]
+    for arg in argv[:first]:
+        flag = arg.split("=", 1)[0]
+        info = _FLAGS.get(flag.replace("--no-", "--", 1) if flag.startswith("--no-") else flag)
+        if info is not None and info.name not in GLOBAL_SETTINGS:
+            return (
+                f"tinyscheduler: error: {flag} is a flag of the subcommand, not a global option: put it after "
+                f"the subcommand name (tinyscheduler {command} {arg} ...); only --env-file, "
+                + ", ".join(_INFO[name].flag for name in GLOBAL_SETTINGS)
+                + " may come first"
+            )
+    return None
+
+
+_FLAGS = {info.flag: info for info in SETTINGS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Whatever a command creates (state, logs, a report) is its user's alone, whatever the caller's umask.
     restrict_umask()
     # Under journald every line gets a priority, the one-line errors printed before logging too.
     prefix_stderr()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    hint = misplaced_flag(argv, subcommand_names(parser))
+    if hint is not None:
+        print(hint, file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
     except ConfigError as exc:
