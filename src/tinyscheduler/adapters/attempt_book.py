@@ -21,7 +21,6 @@ import structlog
 
 from tinyscheduler.adapters.files import make_private_folder, write_json_atomic
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
-from tinyscheduler.core.retention import stale_task_ids
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
     AttemptRecord,
@@ -29,6 +28,7 @@ from tinyscheduler.core.attempts import (
     after_failure,
     with_success_held,
 )
+from tinyscheduler.core.retention import stale_task_ids
 
 FORMAT_VERSION = 1
 #: Far above the history of any real host (a record is about 200 bytes).

@@ -349,7 +349,11 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return report_command(
-        load_from_args(args), fmt="json" if args.json else args.format, agent=args.agent, statuses=statuses, output=args.output
+        load_from_args(args),
+        fmt="json" if args.json else args.format,
+        agent=args.agent,
+        statuses=statuses,
+        output=args.output,
     )
 
 
@@ -523,7 +527,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
-    return [name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+    return [
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,5 +103,7 @@ def stale_task_ids(
     `keep_days`. A held success is kept: it still has to be reported."""
     oldest_kept = now - timedelta(days=keep_days)
     return sorted(
-        task_id for task_id, failed_at, held in last_failures if not held and failed_at is not None and failed_at < oldest_kept
+        task_id
+        for task_id, failed_at, held in last_failures
+        if not held and failed_at is not None and failed_at < oldest_kept
     )
