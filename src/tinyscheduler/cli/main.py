@@ -186,6 +186,33 @@ def _add_run(sub: Subparsers, common: list[_Parser]) -> None:
     parser.set_defaults(handler=_run)
 
 
+# --- init -----------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.init import init_command
+
+    return init_command(args.path, user=args.user, force=args.force, json_output=args.json)
+
+
+def _add_init(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "init",
+        parents=common,
+        allow_abbrev=False,
+        help="set up a base path: settings, an example registry and recipes, state folders, systemd units",
+        description="Write PATH/.env (every setting, the base path set to PATH), goose.env, an example "
+        "agent-control.json with a recipe per agent (TinyTask MCP extension), the state folders, and "
+        "systemd units and a cron file written for PATH and this installation. Run again, it keeps "
+        "every file that exists.",
+    )
+    parser.add_argument("path", nargs="?", type=Path, metavar="PATH", help="the base path (default: here)")
+    parser.add_argument("--force", action="store_true", help="replace the files that exist")
+    parser.add_argument("--user", metavar="NAME", help="the user the units run as (default: you)")
+    parser.add_argument("--json", action="store_true", help="what was created, replaced and kept, as JSON")
+    parser.set_defaults(handler=_init)
+
+
 # --- config ---------------------------------------------------------------------------------
 
 
@@ -503,6 +530,7 @@ def _add_history(sub: Subparsers, common: list[_Parser]) -> None:
 
 #: Every subcommand, in the order `--help` lists them.
 SUBCOMMANDS: list[Registration] = [
+    _add_init,
     _add_run,
     _add_config,
     _add_validate_config,
