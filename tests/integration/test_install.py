@@ -92,7 +92,7 @@ def test_the_readme_install_steps_work_word_for_word_after_pip_install(fresh_ven
     where = run(["python", "-c", "import tinyscheduler; print(tinyscheduler.__file__)"])
     assert where.stdout.startswith(str(fresh_venv)), "tinyscheduler comes from the installed wheel"
     steps = install_block()
-    assert [argv[:2] for argv in steps][0] == ["tinyscheduler", "init"]
+    assert steps[0][:2] == ["tinyscheduler", "init"]
     for argv in steps:
         assert argv[0] == "tinyscheduler", argv
         if argv[1:] == ["run", "--daemon"]:
