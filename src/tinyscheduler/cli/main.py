@@ -528,6 +528,49 @@ def _add_history(sub: Subparsers, common: list[_Parser]) -> None:
     parser.set_defaults(handler=_history)
 
 
+# --- completion, man (made from this parser) --------------------------------------------------
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.completion import SHELLS
+
+    sys.stdout.write(SHELLS[args.shell](build_parser()))
+    return EXIT_OK
+
+
+def _add_completion(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "completion",
+        parents=common,
+        allow_abbrev=False,
+        help="print shell completion for bash, zsh or fish",
+        description="Print the completion script of a shell, made from this command line's own definition. "
+        "bash: `tinyscheduler completion bash > /etc/bash_completion.d/tinyscheduler`; zsh: into a folder of "
+        "$fpath as _tinyscheduler; fish: to ~/.config/fish/completions/tinyscheduler.fish.",
+    )
+    parser.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
+    parser.set_defaults(handler=_completion)
+
+
+def _man(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.completion import manual
+
+    sys.stdout.write(manual(build_parser()))
+    return EXIT_OK
+
+
+def _add_man(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "man",
+        parents=common,
+        allow_abbrev=False,
+        help="print the manual page (roff)",
+        description="Print the manual page, made from this command line's own definition: "
+        "`tinyscheduler man | man -l -`, or save it as man1/tinyscheduler.1 in a MANPATH folder.",
+    )
+    parser.set_defaults(handler=_man)
+
+
 #: Every subcommand, in the order `--help` lists them.
 SUBCOMMANDS: list[Registration] = [
     _add_init,
@@ -543,6 +586,8 @@ SUBCOMMANDS: list[Registration] = [
     _add_logs,
     _add_report,
     _add_history,
+    _add_completion,
+    _add_man,
 ]
 
 
