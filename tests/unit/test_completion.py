@@ -39,7 +39,10 @@ def test_each_script_covers_every_subcommand_and_flag_and_parses(shell: str, tmp
 def complete_bash(words: str, tmp_path: Path) -> list[str]:
     path = tmp_path / "completion.bash"
     path.write_text(SHELLS["bash"](PARSER))
-    line = f'source {path}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _tinyscheduler; echo "${{COMPREPLY[@]}}"'
+    line = (
+        f"source {path}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); "
+        '_tinyscheduler; echo "${COMPREPLY[@]}"'
+    )
     return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30, check=True).stdout.split()
 
 

@@ -98,6 +98,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
         for o in _all(top, commands)
         if o.choices
     ]
+    alternatives = "|".join(c.name for c in commands)
     takes = "|".join(sorted({f for o in _all(top, commands) if o.takes_value and not o.choices for f in o.flags}))
     return "\n".join(
         [
@@ -105,7 +106,7 @@ def bash(parser: argparse.ArgumentParser) -> str:
             "_tinyscheduler() {",
             '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" cmd="" i flags_ words_',
             "    for ((i = 1; i < COMP_CWORD; i++)); do",
-            f'        case "${{COMP_WORDS[i]}}" in {"|".join(c.name for c in commands)}) cmd="${{COMP_WORDS[i]}}"; break ;; esac',
+            f'        case "${{COMP_WORDS[i]}}" in {alternatives}) cmd="${{COMP_WORDS[i]}}"; break ;; esac',
             "    done",
             '    case "$prev" in',
             *values,
