@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.reading import read_bytes
+from tinyscheduler.core.text import iso
 
 #: Exit code of a second instance (EX_TEMPFAIL: try again later).
 EXIT_LOCKED = 75
@@ -71,7 +72,7 @@ class InstanceLock:
         except BlockingIOError:
             os.close(fd)
             raise LockHeld(self.path, read_holder(self.path)) from None
-        since = datetime.now(UTC).isoformat(timespec="seconds")
+        since = iso(datetime.now(UTC))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {since}{' ' + note if note else ''}\n".encode(), 0)
         self._fd = fd

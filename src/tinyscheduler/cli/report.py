@@ -30,7 +30,7 @@ from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import STATUSES, Task
-from tinyscheduler.core.text import format_age, markdown_cell
+from tinyscheduler.core.text import format_age, iso, markdown_cell
 
 Format = Literal["table", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "json", "markdown")
@@ -93,7 +93,7 @@ def build(
         queues[t.queue_name or "(none)"] = queues.get(t.queue_name or "(none)", 0) + 1
     ages = {t.id: max(0.0, (now - t.created_at).total_seconds()) for t in ordered}
     return {
-        "generated_at": now.isoformat(timespec="seconds"),
+        "generated_at": iso(now),
         "tinytask": tinytask,
         "filters": {"status": list(statuses), "agent": agent},
         "summary": {
@@ -204,8 +204,8 @@ def _task_row(t: Task, age_sec: float) -> dict[str, Any]:
         "queue_name": t.queue_name,
         "blocked_by_task_id": t.blocked_by_task_id,
         "is_currently_blocked": t.is_currently_blocked,
-        "created_at": t.created_at.isoformat(),
-        "updated_at": t.updated_at.isoformat() if t.updated_at else None,
+        "created_at": iso(t.created_at),
+        "updated_at": iso(t.updated_at) if t.updated_at else None,
         "age_hours": _hours(age_sec),
     }
 

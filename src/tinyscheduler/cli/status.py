@@ -28,11 +28,11 @@ from tinyscheduler.config.registry import RegistryError, effective_limits, load_
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.control import Pauses
-from tinyscheduler.core.leases import Lease, LeaseState, iso
+from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.core.text import escaped, format_age
+from tinyscheduler.core.text import escaped, format_age, iso
 
 # What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
 _HOLDER = re.compile(
@@ -371,7 +371,7 @@ def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
             "task_id": record.task_id,
             "failures": record.failures,
             "last_outcome": record.last_outcome,
-            "not_before": record.not_before.isoformat() if record.not_before else None,
+            "not_before": iso(record.not_before) if record.not_before else None,
         }
         if record.gave_up:
             status.gave_up.append(entry)

@@ -17,6 +17,7 @@ from tinyscheduler.adapters.tinytask import Task, TaskProblem, TinyTaskClient, T
 from tinyscheduler.config.registry import RegistryError, agent_recipe_path
 from tinyscheduler.core.pacing import PassPacer
 from tinyscheduler.core.planner import Plan, PlanConfig, plan
+from tinyscheduler.core.text import iso
 from tinyscheduler.core.waiting import waiting
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import note_start_failed, recheck_goose_if_due, unavailable
@@ -109,7 +110,7 @@ class PassRunner:
         rt = self.runtime
         started = time.monotonic()
         self.gate.pass_started(started)
-        report = PassReport(started_at=rt.clock().isoformat(timespec="seconds"))
+        report = PassReport(started_at=iso(rt.clock()))
         try:
             if self.before_pass is not None:
                 await self.before_pass()

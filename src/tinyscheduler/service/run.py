@@ -54,6 +54,7 @@ from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict, read_evidence
 from tinyscheduler.core.policy import claim_refusal, history_reset
 from tinyscheduler.core.redact import redacted
+from tinyscheduler.core.text import iso
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
 from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits
@@ -372,7 +373,7 @@ class Run:
         run_log = RunLog(self.log_path, self.policy.run_log_max_bytes)
         header = (
             f"{header_prefix(self.task_id, self.agent, self._attempt)}"
-            f"{self.deps.clock().isoformat(timespec='seconds')}: {shlex.join(redacted('', command))}\n"
+            f"{iso(self.deps.clock())}: {shlex.join(redacted('', command))}\n"
         )
         run_log.create(header)
         read_fd, write_fd = output_pipe()
