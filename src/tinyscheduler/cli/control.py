@@ -10,6 +10,7 @@ arguments or configuration, 3 no daemon running (cancel, or a daemon gone while 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -61,17 +62,42 @@ def request_from(args: argparse.Namespace) -> Request:
     return parse_request(request.to_json())
 
 
+#: With --json: what the command said, collected for the one JSON document it prints at the end.
+_said: list[str] | None = None
+_refused: list[str] = []
+
+
 def _say(line: str) -> None:
+    if _said is not None:
+        _said.append(line)
+        return
     print(line, flush=True)
 
 
 def _refuse(line: str, code: int = EXIT_REFUSED) -> int:
     """One line on stderr saying why; the exit code."""
+    _refused.append(line)
     print(f"tinyscheduler: {line}", file=sys.stderr)
     return code
 
 
 def control_command(loaded: LoadedSettings, args: argparse.Namespace) -> int:
+    """Entry point of pause, resume, cancel and drain; with --json, one JSON document on stdout:
+    action, ok, exit_code, the lines said and the refusal (or null)."""
+    global _said
+    if not getattr(args, "json", False):
+        return _control(loaded, args)
+    _said = []
+    try:
+        code = _control(loaded, args)
+    finally:
+        said, _said = _said, None
+    document = {"action": args.control, "ok": code == EXIT_OK, "exit_code": code, "said": said}
+    print(json.dumps({**document, "refused": _refused[-1] if _refused else None}))
+    return code
+
+
+def _control(loaded: LoadedSettings, args: argparse.Namespace) -> int:
     s = loaded.settings
     try:
         request = request_from(args)

@@ -181,7 +181,11 @@ def _add_run(sub: Subparsers, common: list[_Parser]) -> None:
     mode.add_argument(
         "--daemon", action="store_true", help="run until stopped by SIGTERM/SIGINT; SIGHUP reloads the configuration"
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output (the dry-run plan)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="as JSON: the dry run's plan; with --once, the pass and the runs it started, once they ended",
+    )
     add_setting_flags(parser)
     parser.set_defaults(handler=_run)
 
@@ -427,6 +431,12 @@ _CONTROL_EPILOG = (
 )
 
 
+def _add_json(parser: _Parser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON document on stdout: action, ok, exit_code, said, refused"
+    )
+
+
 def _add_scoped(sub: Subparsers, common: list[_Parser], name: str, help_text: str, description: str) -> _Parser:
     parser = sub.add_parser(
         name, parents=common, allow_abbrev=False, help=help_text, description=description, epilog=_CONTROL_EPILOG
@@ -435,6 +445,7 @@ def _add_scoped(sub: Subparsers, common: list[_Parser], name: str, help_text: st
     target.add_argument("--agent", metavar="A", help="one agent")
     target.add_argument("--queue", metavar="Q", help="one queue: its tasks are neither assigned nor started")
     target.add_argument("--host", action="store_true", help="the whole host (this scheduler)")
+    _add_json(parser)
     parser.set_defaults(handler=_control, control=name)
     return parser
 
@@ -473,6 +484,7 @@ def _add_cancel(sub: Subparsers, common: list[_Parser]) -> None:
     parser.add_argument("task_id", type=int, metavar="TASK", help="the TinyTask task id")
     parser.add_argument("--fail", action="store_true", help="count the run as a failed attempt (backoff, give-up)")
     parser.add_argument("--reason", metavar="TEXT", help="why, in the task's comment")
+    _add_json(parser)
     parser.set_defaults(handler=_control, control="cancel")
 
 
@@ -491,6 +503,7 @@ def _add_drain(sub: Subparsers, common: list[_Parser]) -> None:
         "--timeout", type=float, metavar="S", help="with --wait: give up waiting after S seconds (exit 1)"
     )
     parser.add_argument("--reason", metavar="TEXT", help="why, shown in status")
+    _add_json(parser)
     parser.set_defaults(handler=_control, control="drain")
 
 
