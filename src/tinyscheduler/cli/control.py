@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from tinyscheduler.adapters.controlsocket import Peer, ask, login_uid_of, user_name
 from tinyscheduler.adapters.lock import is_locked, read_holder
@@ -62,21 +62,24 @@ def request_from(args: argparse.Namespace) -> Request:
     return parse_request(request.to_json())
 
 
-#: With --json: what the command said, collected for the one JSON document it prints at the end.
-_said: list[str] | None = None
-_refused: list[str] = []
+class _Said:
+    """What the command said; with --json, collected for the one JSON document it prints at the end."""
+
+    collecting = False
+    lines: ClassVar[list[str]] = []
+    refused: ClassVar[list[str]] = []
 
 
 def _say(line: str) -> None:
-    if _said is not None:
-        _said.append(line)
+    if _Said.collecting:
+        _Said.lines.append(line)
         return
     print(line, flush=True)
 
 
 def _refuse(line: str, code: int = EXIT_REFUSED) -> int:
     """One line on stderr saying why; the exit code."""
-    _refused.append(line)
+    _Said.refused.append(line)
     print(f"tinyscheduler: {line}", file=sys.stderr)
     return code
 
@@ -84,16 +87,15 @@ def _refuse(line: str, code: int = EXIT_REFUSED) -> int:
 def control_command(loaded: LoadedSettings, args: argparse.Namespace) -> int:
     """Entry point of pause, resume, cancel and drain; with --json, one JSON document on stdout:
     action, ok, exit_code, the lines said and the refusal (or null)."""
-    global _said
     if not getattr(args, "json", False):
         return _control(loaded, args)
-    _said = []
+    _Said.collecting = True
     try:
         code = _control(loaded, args)
     finally:
-        said, _said = _said, None
-    document = {"action": args.control, "ok": code == EXIT_OK, "exit_code": code, "said": said}
-    print(json.dumps({**document, "refused": _refused[-1] if _refused else None}))
+        _Said.collecting = False
+    document = {"action": args.control, "ok": code == EXIT_OK, "exit_code": code, "said": _Said.lines}
+    print(json.dumps({**document, "refused": _Said.refused[-1] if _Said.refused else None}))
     return code
 
 
