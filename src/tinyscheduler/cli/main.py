@@ -6,8 +6,9 @@ and sets `handler=<function(args) -> int>`, then append it to SUBCOMMANDS. A han
 it needs inside its body, so `--help` and the quick paths stay fast and cannot break on an import.
 
 Exit codes: 0 success; 1 the command ran and failed (checks failed, TinyTask unreachable, a control
-request refused); 2 bad arguments or bad configuration (one line per problem on stderr, never a
-traceback); 3 no daemon running (a control request that needs one).
+request refused, `status` listing problems); 2 bad arguments or bad configuration (one line per
+problem on stderr, never a traceback); 3 no daemon running (`status`, as systemctl's; a control
+request that needs one).
 """
 
 from __future__ import annotations
