@@ -65,10 +65,11 @@ def _setting_help(info: SettingInfo) -> str:
     return text.replace("%", "%%")
 
 
-def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo) -> None:
+def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo, *, listed: bool = True) -> None:
     # SUPPRESS: an absent flag leaves no attribute, so it neither hides a lower source nor
     # overwrites the same option given before the subcommand.
-    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS, "help": _setting_help(info)}
+    shown = _setting_help(info) if listed else argparse.SUPPRESS
+    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS, "help": shown}
     if info.is_bool:
         parser.add_argument(info.flag, action=argparse.BooleanOptionalAction, **common)
     elif info.name == "agent_limits":
@@ -107,13 +108,15 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+def add_setting_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None, *, listed: bool = True
+) -> None:
     """One flag per setting in `names` (default: every setting but the global ones), each
-    overriding its variable."""
+    overriding its variable; not `listed` in --help (config takes them all, to show their effect)."""
     group = parser.add_argument_group("settings (flag > environment > env file > default)")
     for info in SETTINGS:
         if info.name not in GLOBAL_SETTINGS and (names is None or info.name in names):
-            _add_setting(group, info)
+            _add_setting(group, info, listed=listed)
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedSettings:
@@ -255,10 +258,11 @@ def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
         help="show the resolved configuration",
         description="Print every setting, its value and where it came from "
         "(default, env-file, env, cli), and which env file was read. Secret values are redacted. "
-        "A setting's flag belongs to the commands that read it (`run --help` lists them all).",
+        "Any setting's flag shows its effect here (`run --help` lists them all).",
     )
     parser.add_argument("--show", action="store_true", help="show the settings (the default action)")
     parser.add_argument("--json", action="store_true", help="as JSON")
+    add_setting_flags(parser, listed=False)
     parser.set_defaults(handler=_config)
 
 
