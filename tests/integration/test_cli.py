@@ -236,6 +236,8 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: list[str])
         result = subprocess.run(
             [sys.executable, "-m", "tinyscheduler", *args],
             cwd=tmp_path,
+            # Configured, so no "no configuration found" note on stderr.
+            env={**os.environ, "TINYSCHEDULER_BASE_PATH": str(tmp_path)},
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,

@@ -73,7 +73,7 @@ def test_write_then_read_round_trips(store: LeaseStore) -> None:
     assert store.read(7) == lease
     assert store.scan().leases == (lease,)
     data = json.loads(store.path(7).read_text())
-    assert data["started_at"] == "2026-11-26T06:00:00Z"
+    assert data["started_at"] == "2026-11-26T06:00:00.000Z"
     assert data["state"] == "running"
 
 

@@ -57,8 +57,8 @@ def apply(pauses: Pauses, data: dict[str, Any]) -> Change | Refusal:
 
 
 def test_a_pause_says_who_when_and_why() -> None:
-    assert pause(Scope.AGENT, "dev-a").text == "agent dev-a paused by alice since 2026-11-29T12:00:00Z: maintenance"
-    assert pause(Scope.HOST, kind=Kind.DRAIN, reason="").text == "host draining by alice since 2026-11-29T12:00:00Z"
+    assert pause(Scope.AGENT, "dev-a").text == "agent dev-a paused by alice since 2026-11-29T12:00:00.000Z: maintenance"
+    assert pause(Scope.HOST, kind=Kind.DRAIN, reason="").text == "host draining by alice since 2026-11-29T12:00:00.000Z"
 
 
 def test_pauses_round_trip_through_their_json() -> None:
@@ -139,7 +139,7 @@ def test_pause_then_resume_an_agent() -> None:
     assert isinstance(paused, Change)
     [made] = paused.pauses.items
     assert (made.user, made.since, made.reason) == ("bob", NOW + timedelta(hours=1), "flaky")
-    assert paused.message == "agent dev-a paused by bob since 2026-11-29T13:00:00Z: flaky"
+    assert paused.message == "agent dev-a paused by bob since 2026-11-29T13:00:00.000Z: flaky"
     resumed = apply(paused.pauses, {"action": "resume", "scope": "agent", "target": "dev-a"})
     assert isinstance(resumed, Change) and resumed.pauses == Pauses()
     assert resumed.message.startswith("resumed agent dev-a (agent dev-a paused by bob since ")
@@ -153,7 +153,7 @@ def test_pause_then_resume_an_agent() -> None:
         (
             Pauses((pause(Scope.AGENT, "dev-a"),)),
             {"action": "pause", "scope": "agent", "target": "dev-a"},
-            "already paused: agent dev-a paused by alice since 2026-11-29T12:00:00Z: maintenance",
+            "already paused: agent dev-a paused by alice since 2026-11-29T12:00:00.000Z: maintenance",
         ),
         (Pauses(), {"action": "resume", "scope": "queue", "target": "qa"}, "queue qa is not paused"),
         (Pauses(), {"action": "resume", "scope": "host"}, "host is not paused"),
@@ -179,7 +179,7 @@ def test_a_drain_replaces_a_host_pause_and_a_waiting_drain_joins_one_in_progress
     result = apply(Pauses((pause(Scope.HOST),)), {"action": "drain", "reason": "kernel update"})
     assert isinstance(result, Change)
     assert result.pauses.draining is not None and result.pauses.draining.user == "bob"
-    assert result.message.endswith("(was host paused by alice since 2026-11-29T12:00:00Z: maintenance)")
+    assert result.message.endswith("(was host paused by alice since 2026-11-29T12:00:00.000Z: maintenance)")
     joined = apply(result.pauses, {"action": "drain", "wait": True})
     assert isinstance(joined, Change) and not joined.changed and joined.pauses == result.pauses
     ended = apply(result.pauses, {"action": "resume", "scope": "host"})
@@ -248,7 +248,7 @@ def test_a_paused_queue_is_neither_assigned_nor_started_while_other_queues_run()
         agent_tasks={"dev-a": [task(3, agent="dev-a")], "qa-a": [task(4, agent="qa-a", queue="qa")]},
     )
     assert starts == {2: "qa-a", 4: "qa-a"}
-    assert skips == {1: "queue dev paused by alice since 2026-11-29T12:00:00Z", 3: paused.text}
+    assert skips == {1: "queue dev paused by alice since 2026-11-29T12:00:00.000Z", 3: paused.text}
 
 
 def test_a_paused_or_draining_host_starts_nothing_and_every_task_says_why() -> None:

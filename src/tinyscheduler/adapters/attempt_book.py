@@ -39,6 +39,7 @@ from tinyscheduler.core.attempts import (
     after_failure,
     with_success_held,
 )
+from tinyscheduler.core.retention import stale_task_ids
 
 #: Compact once the journal holds this many lines and more than COMPACT_RATIO lines per live record.
 COMPACT_MIN_LINES = 1000
@@ -109,6 +110,19 @@ class AttemptBook:
         """Drop the history, e.g. when a person removed the failed tag to grant a fresh budget."""
         if self._records.pop(task_id, None) is not None:
             self._append({"task_id": task_id, "forget": True})
+
+    def forget_stale(self, now: datetime, keep_days: int, *, busy: frozenset[int] = frozenset()) -> list[int]:
+        """Drop the records of tasks not tried for `keep_days` (given up, or done elsewhere), one
+        journal line each; a held success and a task in `busy` stay. The tasks forgotten."""
+        stale = stale_task_ids(
+            [(r.task_id, r.last_failure_at, r.success_unreported) for r in self._records.values()],
+            now=now,
+            keep_days=keep_days,
+        )
+        stale = [task_id for task_id in stale if task_id not in busy]
+        for task_id in stale:
+            self.forget(task_id)
+        return stale
 
     def close(self) -> None:
         if self._fd is not None:

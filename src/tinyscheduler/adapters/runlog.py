@@ -67,7 +67,12 @@ class RunLog:
         """Start the log with `header`, after whatever an earlier run of the same attempt left (a
         run stopped on request is not a counted attempt, so its successor shares the number)."""
         make_private_folder(self.path.parent)
-        self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        except FileNotFoundError:
+            # The retention pruned the task's empty folder a moment ago: made again, once.
+            make_private_folder(self.path.parent)
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self.size = os.fstat(self._fd).st_size
         self.write(header.encode())
         self.start = self.size

@@ -32,6 +32,10 @@ from tinyscheduler.core.tasks import NAME_PATTERN
 
 ENV_PREFIX = "TINYSCHEDULER_"
 DEFAULT_ENV_FILE = Path(".env")
+#: Names the env file when --env-file does not (a missing file is then an error, as with the flag).
+ENV_FILE_VAR = "TINYSCHEDULER_ENV_FILE"
+#: Where an installed host keeps its settings (docs/operations.md): the last place looked at.
+SYSTEM_ENV_FILE = Path("/etc/tinyscheduler/tinyscheduler.env")
 
 Source = Literal["default", "env-file", "env", "cli"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -365,6 +369,21 @@ class Settings(_Where):
         metavar="DAYS",
         **_whole(1, 3650, " of days"),
         description="days of scheduler log files to keep",
+    )
+    state_keep_days: int = _setting(
+        14,
+        flag="--state-keep-days",
+        metavar="DAYS",
+        **_whole(1, 3650, " of days"),
+        description="days to keep run logs, quarantined lease files and the attempt records of tasks no "
+        "longer tried; the daemon prunes hourly, never a run in flight",
+    )
+    state_max_bytes: int = _setting(
+        1024**3,
+        flag="--state-max-bytes",
+        metavar="BYTES",
+        **_whole(1024 * 1024, 2**50, " of bytes"),
+        description="most disk the run logs and quarantined files may use together; beyond it the oldest go first",
     )
     # --- monitoring: what the daemon shows to monitoring: metrics, the status page, run history, costs.
     http_addr: str = _setting(
@@ -759,12 +778,25 @@ class LoadedSettings:
     env_file: Path | None
     #: TINYSCHEDULER_* names in the env file that are no setting (likely typos), "file line N: NAME".
     unknown_keys: tuple[str, ...] = ()
-    #: The --env-file argument (absolute), None when none was given.
+    #: The env file a reload reads: the one this load found (absolute), None when there was none.
     env_file_arg: Path | None = None
     #: The CLI values given to load_settings.
     cli: Mapping[str, Any] = field(default_factory=dict)
     #: The working directory relative paths resolved against.
     cwd: Path | None = None
+    #: How the env file was found (--env-file, TINYSCHEDULER_ENV_FILE, ./.env, the system file); "" for none.
+    env_file_origin: str = ""
+    #: The places looked at for an env file, in order.
+    searched: tuple[str, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        """Anything beyond the defaults: an env file, a TINYSCHEDULER_* variable or a flag."""
+        return any(source != "default" for source in self.sources.values())
+
+    def where_looked(self) -> str:
+        """One line for a command that found no configuration at all."""
+        return f"no configuration found (looked at: {', '.join(self.searched)}; no TINYSCHEDULER_* variable set)"
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -778,7 +810,7 @@ class LoadedSettings:
         ]
 
     def reload(self, *, environ: Mapping[str, str] | None = None) -> LoadedSettings:
-        """Load again from the same env file argument, CLI values and working directory (SIGHUP)."""
+        """Load again from the same env file, CLI values and working directory (SIGHUP)."""
         return load_settings(env_file=self.env_file_arg, cli=self.cli, environ=environ, cwd=self.cwd)
 
     def with_overrides(self, values: Mapping[str, Any]) -> LoadedSettings:
@@ -790,14 +822,56 @@ class LoadedSettings:
         return dataclasses.replace(self, settings=settings)
 
 
+@dataclass(frozen=True)
+class EnvFileChoice:
+    """Which env file a command reads, found in the documented order (`find_env_file`)."""
+
+    #: The file to read, or None when none of the places holds one.
+    path: Path | None
+    #: How a person names where it came from: --env-file, TINYSCHEDULER_ENV_FILE, ./.env or the system file.
+    origin: str
+    #: Every place looked at, in order, for the message of a command that found nothing.
+    searched: tuple[str, ...]
+    #: Named by the flag or the variable: a missing file is an error rather than the next place.
+    explicit: bool
+
+
+def find_env_file(
+    env_file: Path | None, environ: Mapping[str, str], cwd: Path, system_file: Path = SYSTEM_ENV_FILE
+) -> EnvFileChoice:
+    """The env file, in this order: `--env-file`, then TINYSCHEDULER_ENV_FILE, then `./.env`, then
+    /etc/tinyscheduler/tinyscheduler.env. The first one named (flag, variable) or present wins."""
+    named = [("--env-file", env_file), (ENV_FILE_VAR, environ.get(ENV_FILE_VAR) or None)]
+    searched: list[str] = []
+    for origin, value in named:
+        if value is None:
+            searched.append(f"{origin} (not given)")
+            continue
+        try:
+            path = cwd / expand_user(Path(value))
+        except ValueError as exc:
+            raise ConfigError([f"{origin}={str(value)!r}: {exc}"]) from None
+        return EnvFileChoice(path, origin, (*searched, f"{origin}={path}"), explicit=True)
+    for origin, path in (("./.env", cwd / DEFAULT_ENV_FILE), (str(system_file), system_file)):
+        searched.append(str(path))
+        if path.is_file():
+            return EnvFileChoice(path, origin, tuple(searched), explicit=False)
+    return EnvFileChoice(None, "", tuple(searched), explicit=False)
+
+
 def load_settings(
-    *, env_file: Path | None, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    *,
+    env_file: Path | None,
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    system_env_file: Path = SYSTEM_ENV_FILE,
 ) -> LoadedSettings:
     """Merge default < env file < process environment < CLI and validate; raise ConfigError.
 
-    `env_file` None reads `.env` in `cwd` if present. `cli` maps setting names to values; None
-    means "not given". Relative paths (the env file, the base path) resolve against `cwd`
-    (default: the current directory). Nothing is created or changed.
+    The env file is found by `find_env_file` (`env_file` is the --env-file argument). `cli` maps
+    setting names to values; None means "not given". Relative paths (the env file, the base path)
+    resolve against `cwd` (default: the current directory). Nothing is created or changed.
     """
     environ = os.environ if environ is None else environ
     try:
@@ -808,21 +882,14 @@ def load_settings(
     if unknown_cli:
         raise TypeError(f"load_settings: not settings: {', '.join(unknown_cli)}")
 
-    explicit = env_file is not None
-    try:
-        env_path = cwd / expand_user(env_file) if env_file is not None else cwd / DEFAULT_ENV_FILE
-    except ValueError as exc:
-        raise ConfigError([f"--env-file={str(env_file)!r}: {exc}"]) from None
+    choice = find_env_file(env_file, environ, cwd, system_env_file)
     raw: dict[str, _Raw] = {}
     problems: list[str] = []
     unknown: list[str] = []
-    read_from: Path | None = None
-    if explicit or env_path.is_file():
-        lines = _read_env_file(env_path)
-        read_from = env_path
-        for number, key, value in _parse_env_lines(lines, env_path, problems):
+    if choice.path is not None:
+        for number, key, value in _parse_env_lines(_read_env_file(choice.path), choice.path, problems):
             info = _BY_ENV.get(key)
-            where = f"{env_path} line {number}: {key}"
+            where = f"{choice.path} line {number}: {key}"
             if info is not None:
                 raw[info.name] = _Raw(value, "env-file", where)
             elif key.startswith(ENV_PREFIX):
@@ -855,7 +922,19 @@ def load_settings(
         raise ConfigError(problems)
     sources: dict[str, Source] = {info.name: "default" for info in SETTINGS}
     sources.update({name: item.source for name, item in raw.items()})
-    return LoadedSettings(settings, sources, read_from, tuple(unknown), env_path if explicit else None, dict(cli), cwd)
+    # A reload reads the file this load read, wherever it was found (a ./.env made later must not
+    # replace the system file under a running daemon).
+    return LoadedSettings(
+        settings,
+        sources,
+        choice.path,
+        tuple(unknown),
+        choice.path,
+        dict(cli),
+        cwd,
+        choice.origin,
+        choice.searched,
+    )
 
 
 def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tinyscheduler.core.text import iso
+
 MAX_LEASE_BYTES = 1024 * 1024
 LEASE_NAME = re.compile(r"task_(\d+)\.json")
 
@@ -72,11 +74,6 @@ _FIELDS = tuple(spec.name for spec in dataclasses.fields(Lease))
 
 class LeaseFormatError(ValueError):
     """A lease file's content is not a lease; the message names the field."""
-
-
-def iso(moment: datetime) -> str:
-    """A time as lease files, pauses and `status` write it: UTC, to the second, with a Z."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _moment(value: Any, field: str) -> datetime:

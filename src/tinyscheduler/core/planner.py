@@ -51,6 +51,7 @@ from tinyscheduler.core.circuit import Unavailable
 from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 #: A heartbeat older than this many heartbeat intervals marks a lease stale.
 STALE_HEARTBEATS = 3
@@ -290,7 +291,7 @@ class _Planning:
             return f"blocked by task {task.blocked_by_task_id}"
         not_before = self.snapshot.not_before.get(task.id)
         if not_before is not None and not_before > self.snapshot.now:
-            return f"retry backs off until {not_before.isoformat(timespec='seconds')}"
+            return f"retry backs off until {iso(not_before)}"
         return None
 
     def candidates(self, tasks: Sequence[Task], agent: str | None) -> list[Task]:

@@ -14,6 +14,7 @@ from typing import Any
 from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.outcomes import Outcome, RunVerdict, StopCause
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 
 def task_refusal(task: Task, *, blocking: bool, not_before: datetime | None, now: datetime) -> str | None:
@@ -25,7 +26,7 @@ def task_refusal(task: Task, *, blocking: bool, not_before: datetime | None, now
     if blocking and task.is_currently_blocked:
         return f"blocked by task {task.blocked_by_task_id}"
     if not_before is not None and not_before > now:
-        return f"retry backs off until {not_before.isoformat(timespec='seconds')}"
+        return f"retry backs off until {iso(not_before)}"
     return None
 
 

@@ -24,7 +24,7 @@ from tinyscheduler import __version__
 from tinyscheduler.adapters.history import HistoryError, HistoryStore, RunRecord
 from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.redact import redacted
-from tinyscheduler.core.text import escaped, format_age
+from tinyscheduler.core.text import escaped, format_age, iso
 from tinyscheduler.service.availability import problems as availability_problems
 from tinyscheduler.service.runtime import Runtime
 from tinyscheduler.service.statusfile import PassReport, status_line
@@ -146,7 +146,7 @@ async def gather_page(runtime: Runtime) -> PageData:
 def _last_pass(report: PassReport | None, at: datetime | None) -> str:
     if report is None or at is None:
         return "no pass yet"
-    return f"{status_line(report)} (at {at.isoformat(timespec='seconds')})"
+    return f"{status_line(report)} (at {iso(at)})"
 
 
 # --- HTML ------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def render_page(data: PageData) -> str:
         ["ended", "task", "agent", "attempt", "outcome", "duration", "tokens", "cost", "reason"],
         [
             [
-                _text(r.ended_at.isoformat(timespec="seconds")),
+                _text(iso(r.ended_at)),
                 r.task_id,
                 _text(r.agent),
                 r.attempt,
@@ -227,7 +227,7 @@ def render_page(data: PageData) -> str:
 <body>
 <h1>TinyScheduler on {_text(data.host)}</h1>
 <p class="meta">version {_text(__version__)}, instance {_text(data.instance)},
-{_text(data.now.isoformat(timespec="seconds"))}; last pass: {_text(data.last_pass)}</p>
+{_text(iso(data.now))}; last pass: {_text(data.last_pass)}</p>
 <h2>Problems</h2>
 {f'<ul id="problems">{problems}</ul>' if problems else '<p class="none" id="problems">none</p>'}
 <h2>Agents</h2>

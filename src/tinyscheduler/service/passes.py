@@ -20,6 +20,7 @@ from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskClient, TinyTas
 from tinyscheduler.core.listing import Backlog, Listing, choose_listing, listed_tasks
 from tinyscheduler.core.pacing import PassPacer
 from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, plan
+from tinyscheduler.core.text import iso
 from tinyscheduler.core.waiting import waiting
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import recheck_goose_if_due, unavailable
@@ -118,7 +119,7 @@ class PassRunner:
         rt = self.runtime
         started = time.monotonic()
         self.gate.pass_started(started)
-        report = PassReport(started_at=rt.clock().isoformat(timespec="seconds"))
+        report = PassReport(started_at=iso(rt.clock()))
         try:
             if self.before_pass is not None:
                 await self.before_pass()

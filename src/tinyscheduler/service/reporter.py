@@ -24,6 +24,7 @@ from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.outcomes import ProcessEnd, RunVerdict, attempt_comment, gave_up_comment, requeue_comment
 from tinyscheduler.core.policy import Intent, LeftAlone, intent_fields, is_ours, left_alone, report_intent
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 T = TypeVar("T")
 
@@ -151,7 +152,7 @@ class OutcomeReporter:
                 reason="retry after backoff",
                 attempt=self.attempt,
                 outcome=verdict.outcome.value,
-                not_before=record.not_before.isoformat() if record.not_before else None,
+                not_before=iso(record.not_before) if record.not_before else None,
             )
             self._emit("requeued", attempt=self.attempt, reason=verdict.detail)
             return Reported.REQUEUED

@@ -55,6 +55,7 @@ from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict, read_evidence
 from tinyscheduler.core.policy import claim_collision, claim_fields, claim_refusal, history_reset, yield_fields
 from tinyscheduler.core.redact import redacted
+from tinyscheduler.core.text import iso
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
 from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits
@@ -476,10 +477,7 @@ def launch(
     cgroup = deps.cgroups.create(task_id, attempt) if deps.cgroups is not None else None
     enter = (lambda argv: RunCgroups.entering(cgroup, argv)) if cgroup is not None else (lambda argv: argv)
     run_log = RunLog(policy.log_path(task_id, attempt), policy.run_log_max_bytes)
-    header = (
-        f"{header_prefix(task_id, agent, attempt)}{deps.clock().isoformat(timespec='seconds')}: "
-        f"{shlex.join(redacted('', command))}\n"
-    )
+    header = f"{header_prefix(task_id, agent, attempt)}{iso(deps.clock())}: {shlex.join(redacted('', command))}\n"
     run_log.create(header)
     read_fd, write_fd = output_pipe()
     output = Output(run_log, read_fd, cgroup=cgroup)

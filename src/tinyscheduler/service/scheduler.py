@@ -3,7 +3,8 @@ and the signal handlers (see docs/architecture.md).
 
 - start: take the single-instance lock, recover (stop orphans, requeue dead runs) before READY=1;
 - run: the pass runner (service.passes), the lease watcher (service.leasewatch), the watchdog
-  (service.watchdog), one supervisor per run (service.runner); all owned by one task group;
+  (service.watchdog), one supervisor per run (service.runner), the pruning of old state
+  (service.retention); all owned by one task group;
 - signals: SIGTERM/SIGINT drain and stop (a second one skips the wait), SIGHUP reloads;
 - control: the operator's pauses (read from state/pauses.json at start) and the control socket
   (service.control), in the same task group;
@@ -52,6 +53,7 @@ from tinyscheduler.service.guard import EXIT_REFUSED, standin_problem, unsafe_st
 from tinyscheduler.service.leasewatch import LeaseWatcher
 from tinyscheduler.service.passes import Hook, PassRunner
 from tinyscheduler.service.reclaim import Reclaimer
+from tinyscheduler.service.retention import Pruner
 from tinyscheduler.service.runner import Runner
 from tinyscheduler.service.runtime import Clock, Runtime, utcnow
 from tinyscheduler.service.watchdog import ping_watchdog
@@ -109,6 +111,7 @@ class Scheduler:
         loop_timeout = None if once else 2 * s.loop_interval_sec + s.pass_timeout_sec
         self.gate = WatchdogGate(pass_timeout=s.pass_timeout_sec, loop_timeout=loop_timeout)
         self.passes: PassRunner | None = None
+        self.pruner = Pruner(self.runtime)
         self._hurry = anyio.Event()
         #: Set by a SIGTERM of a systemd restart: exit without stopping the runs.
         self._handing_off = False
@@ -191,6 +194,7 @@ class Scheduler:
         group.start_soon(ping_watchdog, rt, self.gate)
         group.start_soon(watcher.loop)
         group.start_soon(watcher.watch_folder)
+        group.start_soon(self.pruner.loop)
         if self.once:
             await self.passes.run_pass()
         else:
