@@ -389,7 +389,8 @@ def test_a_broken_pause_file_is_a_problem_in_status_and_resume_host_replaces_it(
     assert "  - host paused by tinyscheduler since " in status.stdout, "nothing starts meanwhile"
     assert resumed.returncode == 0 and resumed.stdout.startswith("no daemon running: resumed host (")
     assert json.loads(pauses_file.read_text()) == {"pauses": [], "version": 1}
-    assert cli(workspace, "status").returncode == 0
+    after = cli(workspace, "status")
+    assert (after.returncode, "No problems found." in after.stdout) == (3, True), "no daemon (3), no problem"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the state folder to another user")

@@ -4,7 +4,6 @@ flight keeps its log whatever its age; nothing that is not ours, nor anything be
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import UTC, datetime, timedelta

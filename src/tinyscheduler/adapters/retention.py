@@ -17,6 +17,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tinyscheduler.core.leases import LEASE_NAME
 from tinyscheduler.core.retention import Kind, StateFile, is_quarantined_name, is_temp_name, run_log_task
@@ -34,6 +35,28 @@ class Places:
     quarantine_dir: Path
     temp_dirs: tuple[Path, ...]
     running_dir: Path
+
+
+class StateLayout(Protocol):
+    """Where the settings put the state (config.settings.Settings is one)."""
+
+    @property
+    def task_log_dir(self) -> Path: ...
+    @property
+    def quarantine_dir(self) -> Path: ...
+    @property
+    def running_dir(self) -> Path: ...
+    @property
+    def state_dir(self) -> Path: ...
+
+
+def places_of(layout: StateLayout) -> Places:
+    return Places(
+        task_log_dir=layout.task_log_dir,
+        quarantine_dir=layout.quarantine_dir,
+        temp_dirs=(layout.running_dir, layout.state_dir),
+        running_dir=layout.running_dir,
+    )
 
 
 @dataclass

@@ -182,8 +182,7 @@ def collect(settings: Settings, *, now: datetime | None = None, registry_require
 
 
 def _measure(settings: Settings, status: Status) -> None:
-    from tinyscheduler.adapters.retention import usage
-    from tinyscheduler.service.retention import places_of
+    from tinyscheduler.adapters.retention import places_of, usage
 
     try:
         status.state_usage = usage(places_of(settings), (settings.state_dir, settings.log_dir)).to_json()

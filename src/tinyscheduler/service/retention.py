@@ -15,8 +15,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from tinyscheduler.adapters.retention import Places, Removed, leased_tasks, remove, scan
-from tinyscheduler.config.settings import Settings
+from tinyscheduler.adapters.retention import Places, Removed, leased_tasks, places_of, remove, scan
 from tinyscheduler.core.retention import Limits, choose
 from tinyscheduler.service.runtime import Runtime
 
@@ -24,15 +23,6 @@ log = structlog.get_logger("tinyscheduler.retention")
 
 FIRST_PRUNE_SEC = 60.0
 PRUNE_EVERY_SEC = 3600.0
-
-
-def places_of(s: Settings) -> Places:
-    return Places(
-        task_log_dir=s.task_log_dir,
-        quarantine_dir=s.quarantine_dir,
-        temp_dirs=(s.running_dir, s.state_dir),
-        running_dir=s.running_dir,
-    )
 
 
 def prune_files(places: Places, busy: frozenset[int], now: datetime, limits: Limits) -> Removed:
