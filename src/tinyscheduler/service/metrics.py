@@ -60,6 +60,8 @@ class Live:
     consecutive_failures: int = 0
     #: Whether the watchdog is being fed (None: no watchdog).
     watchdog_healthy: bool | None = None
+    #: The operator's pauses: (scope, target, kind, since as Unix time); the host's target is "".
+    pauses: tuple[tuple[str, str, str, float], ...] = ()
 
 
 class _LiveCollector(Collector):
@@ -73,6 +75,7 @@ class _LiveCollector(Collector):
         yield info
         yield from _slots(live)
         yield from _passes(live)
+        yield from _pauses(live)
         yield from _counters(live.counters)
 
 
@@ -111,6 +114,20 @@ def _passes(live: Live) -> Iterator[Metric]:
         watchdog = _gauge("tinyscheduler_watchdog_healthy", "1 while systemd's watchdog is fed")
         watchdog.add_metric([], 1 if live.watchdog_healthy else 0)
         yield watchdog
+
+
+def _pauses(live: Live) -> Iterator[Metric]:
+    # The reason is free text and stays out of the labels: status and the page say it.
+    since = _gauge(
+        "tinyscheduler_pause_since_timestamp_seconds",
+        "When an operator paused an agent, a queue or the host, or began a drain (Unix time); absent when none",
+        ["scope", "target", "kind"],
+    )
+    for scope, target, kind, at in live.pauses:
+        since.add_metric([scope, target, kind], at)
+    draining = _gauge("tinyscheduler_draining", "1 while the host drains (starts nothing, waits for its runs)")
+    draining.add_metric([], 1 if any(kind == "drain" for _, _, kind, _ in live.pauses) else 0)
+    yield from (since, draining)
 
 
 def _counters(counts: Mapping[str, int]) -> Iterator[Metric]:

@@ -1,4 +1,5 @@
-"""The status page: agents and slots, runs in flight with the end of their logs, recent runs, problems.
+"""The status page: problems, pauses, agents and slots, runs in flight with the end of their logs,
+recent runs.
 
 Server-rendered HTML that refreshes itself every few seconds; no script at all. What it shows is
 gathered without blocking the event loop: the end of each run's log is read with aiofiles (a
@@ -66,6 +67,8 @@ class PageData:
     runs: Sequence[RunRow]
     recent: Sequence[RunRecord] = ()
     currency: str = ""
+    #: The operator's pauses and the drain, each said whole (who, since when, why).
+    pauses: Sequence[str] = ()
 
 
 async def read_tail(path: Path, max_bytes: int = TAIL_BYTES, lines: int = TAIL_LINES) -> str:
@@ -140,6 +143,7 @@ async def gather_page(runtime: Runtime) -> PageData:
         runs=runs,
         recent=recent,
         currency=rt.config.prices.currency,
+        pauses=[pause.text for pause in rt.pauses.items],
     )
 
 
@@ -182,6 +186,7 @@ pre{margin:0;font-size:12px;max-width:70em;white-space:pre-wrap;word-break:break
 
 def render_page(data: PageData) -> str:
     problems = "".join(f'<li class="problem">{_text(p)}</li>' for p in data.problems)
+    pauses = "".join(f'<li class="pause">{_text(p)}</li>' for p in data.pauses)
     agents = _table(
         ["agent", "busy", "slots", "available"],
         [[_text(a.agent), a.busy, a.limit, _text(a.unavailable or "yes")] for a in data.agents],
@@ -230,6 +235,8 @@ def render_page(data: PageData) -> str:
 {_text(iso(data.now))}; last pass: {_text(data.last_pass)}</p>
 <h2>Problems</h2>
 {f'<ul id="problems">{problems}</ul>' if problems else '<p class="none" id="problems">none</p>'}
+<h2>Pauses</h2>
+{f'<ul id="pauses">{pauses}</ul>' if pauses else '<p class="none" id="pauses">none</p>'}
 <h2>Agents</h2>
 <div id="agents">{agents}</div>
 <h2>Runs in flight</h2>
