@@ -30,7 +30,7 @@ from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.text import iso
 from tinyscheduler.service.availability import from_published, goose_unavailable
 from tinyscheduler.service.configuration import Configuration
-from tinyscheduler.service.gather import gather, plan_config, planned_agents
+from tinyscheduler.service.gather import gather, planned_agents
 from tinyscheduler.service.runtime import utcnow
 from tinyscheduler.service.scheduler import Hooks, Scheduler
 
@@ -54,14 +54,7 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         breakers = _daemon_breakers(s.last_pass_file)
     try:
         async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
-            pc = plan_config(
-                config.limits,
-                config.registry,
-                client.features,
-                disable_blocking=s.disable_blocking,
-                heartbeat_sec=s.heartbeat_sec,
-                max_runtime_sec=s.max_runtime_sec,
-            )
+            pc = config.plan_config(client.features)
             now = utcnow()
             agents = planned_agents(pc)
             # What the daemon would skip: its open breakers, and goose if it cannot run now.

@@ -11,10 +11,13 @@ from typing import Any
 
 import structlog
 
+from tinyscheduler.adapters.tinytask import ServerFeatures
 from tinyscheduler.config.prices import load_prices
 from tinyscheduler.config.registry import Registry, configured_registry, effective_limits
 from tinyscheduler.config.settings import SETTINGS, LoadedSettings, Settings
 from tinyscheduler.core.cost import PriceTable
+from tinyscheduler.core.planner import PlanConfig
+from tinyscheduler.service.gather import plan_config
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
@@ -34,6 +37,18 @@ class Configuration:
     @property
     def settings(self) -> Settings:
         return self.loaded.settings
+
+    def plan_config(self, features: ServerFeatures) -> PlanConfig:
+        """What the planner is given, for a server with `features`."""
+        s = self.settings
+        return plan_config(
+            self.limits,
+            self.registry,
+            features,
+            disable_blocking=s.disable_blocking,
+            heartbeat_sec=s.heartbeat_sec,
+            max_runtime_sec=s.max_runtime_sec,
+        )
 
     @classmethod
     def load(cls, loaded: LoadedSettings) -> Configuration:

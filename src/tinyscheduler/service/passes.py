@@ -16,15 +16,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskClient, TinyTaskError
+from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskError
 from tinyscheduler.core.listing import Backlog, Listing, choose_listing, listed_tasks
 from tinyscheduler.core.pacing import PassPacer
-from tinyscheduler.core.planner import Plan, PlanConfig, Snapshot, plan
+from tinyscheduler.core.planner import Plan, Snapshot, plan
 from tinyscheduler.core.text import iso
 from tinyscheduler.core.waiting import waiting
 from tinyscheduler.core.watchdog import WatchdogGate
 from tinyscheduler.service.availability import recheck_goose_if_due, unavailable
-from tinyscheduler.service.gather import gather, plan_config, planned_agents, queued_and_blocked
+from tinyscheduler.service.gather import gather, planned_agents, queued_and_blocked
 from tinyscheduler.service.leasewatch import note_quarantined
 from tinyscheduler.service.refill import Refiller
 from tinyscheduler.service.runner import Runner
@@ -154,23 +154,11 @@ class PassRunner:
         self.runtime.counters.add("pass_errors")
         log.error("pass_failed", error=error, consecutive=self.report.consecutive_failures + 1)
 
-    def plan_config(self, client: TinyTaskClient) -> PlanConfig:
-        c = self.runtime.config
-        s = c.settings
-        return plan_config(
-            c.limits,
-            c.registry,
-            client.features,
-            disable_blocking=s.disable_blocking,
-            heartbeat_sec=s.heartbeat_sec,
-            max_runtime_sec=s.max_runtime_sec,
-        )
-
     async def _body(self, report: PassReport) -> None:
         rt = self.runtime
         await recheck_goose_if_due(rt)
         client = await rt.connection.client()
-        config = self.plan_config(client)
+        config = rt.config.plan_config(client.features)
         listing = choose_listing(self.backlog, self.passes_since_full, client.page_size)
         gathered = await gather(
             client,

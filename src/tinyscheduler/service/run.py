@@ -57,7 +57,7 @@ from tinyscheduler.core.policy import claim_collision, claim_fields, claim_refus
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.text import iso
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
-from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
+from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec, reporter_for
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits
 
 log = structlog.get_logger("tinyscheduler.runs")
@@ -411,19 +411,8 @@ class Run:
         return self._not_started(reason, start_failure=start_failure)
 
     def _reporter(self) -> OutcomeReporter:
-        return OutcomeReporter(
-            self.deps.client,
-            self.deps.attempts,
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self._attempt,
-            log_path=str(self.log_path),
-            timeout_sec=self.policy.report_timeout_sec,
-            stop_requested=self._stop_requested,
-            now=self.deps.clock,
-            log=self._log,
-            emit=lambda *_args, **_fields: None,
-        )
+        spec = self.policy.spec(self.task_id, self.agent, self._attempt)
+        return reporter_for(spec, self.deps, self._stop_requested, self._log, lambda *_args, **_fields: None)
 
     def _not_started(self, reason: str, *, start_failure: StartFailure | None = None) -> RunResult:
         self._log.info("run_not_started", reason=reason, attempt=self._attempt)

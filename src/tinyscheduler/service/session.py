@@ -241,19 +241,7 @@ class RunSession:
         return escaped
 
     def _reporter(self) -> OutcomeReporter:
-        return OutcomeReporter(
-            self.deps.client,
-            self.deps.attempts,
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self.spec.attempt,
-            log_path=str(self.spec.log_path),
-            timeout_sec=self.spec.report_timeout_sec,
-            stop_requested=self.stop_requested,
-            now=self.deps.clock,
-            log=self._log,
-            emit=self.emit,
-        )
+        return reporter_for(self.spec, self.deps, self.stop_requested, self._log, self.emit)
 
     def emit(self, name: str, **fields: Any) -> None:
         if self.deps.on_event is None:
@@ -287,3 +275,22 @@ async def _stop_keeper(keeper: subprocess.Popen[bytes]) -> bool:
         watch.close()
     keeper.poll()
     return True
+
+
+def reporter_for(
+    spec: SessionSpec, deps: RunDeps, stop_requested: anyio.Event, log: Any, emit: Callable[..., None]
+) -> OutcomeReporter:
+    """What tells TinyTask about one run (its outcome, or a start rolled back)."""
+    return OutcomeReporter(
+        deps.client,
+        deps.attempts,
+        task_id=spec.task_id,
+        agent=spec.agent,
+        attempt=spec.attempt,
+        log_path=str(spec.log_path),
+        timeout_sec=spec.report_timeout_sec,
+        stop_requested=stop_requested,
+        now=deps.clock,
+        log=log,
+        emit=emit,
+    )
