@@ -4,8 +4,6 @@ JSON document on stdout (lines for people go to stderr), and `run --once --json`
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 from tinyscheduler.cli.completion import model
@@ -26,14 +24,7 @@ def test_every_command_a_script_reads_has_the_one_json_flag() -> None:
 
 
 def cli(workspace: Workspace, *args: str) -> tuple[int, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "tinyscheduler", *args],
-        cwd=workspace.base,
-        env=workspace.daemon_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = workspace.cli(*args)
     try:
         return result.returncode, json.loads(result.stdout)
     except ValueError:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import pytest
 
@@ -52,7 +53,28 @@ class Reply:
     keep_open: bool = False
 
 
-class ScriptedServer:
+class _Served:
+    """A test server on 127.0.0.1 served from a thread while the `with` block runs."""
+
+    server: socketserver.TCPServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+class ScriptedServer(_Served):
     """A real HTTP server answering each request with the next scripted reply (the last repeats)."""
 
     def __init__(self, *replies: Reply) -> None:
@@ -96,20 +118,9 @@ class ScriptedServer:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> ScriptedServer:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc_info: object) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+        super().__exit__(*exc_info)
 
 
 @pytest.fixture
@@ -664,7 +675,7 @@ async def test_connect_rest_to_old_server_is_a_clear_refusal(old_fake: FakeTinyT
 # --- the HTTP/1.1 connections of the JSON requests (tinytask._http11) ---------------------------
 
 
-class RawServer:
+class RawServer(_Served):
     """A socket server answering each request with the next raw reply; `closes` says whether it then
     closes the connection (without telling the client: a keep-alive connection that timed out)."""
 
@@ -695,19 +706,6 @@ class RawServer:
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> RawServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def raw_json(body: str, *, chunked: bool = False) -> bytes:
