@@ -13,7 +13,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -251,15 +250,7 @@ class Hosts:
 
     def cli(self, host: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """`tinyscheduler ARGS` with `host`'s settings."""
-        workspace = self.workspaces[host]
-        return subprocess.run(
-            [sys.executable, "-m", "tinyscheduler", *args],
-            cwd=workspace.base,
-            env=workspace.daemon_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return self.workspaces[host].cli(*args, **env)
 
     def last_pass(self, host: str) -> dict[str, Any]:
         """`host`'s state/last_pass.json ({} before its first pass)."""

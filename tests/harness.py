@@ -99,6 +99,18 @@ class Workspace:
         path.write_text(json.dumps(entries, indent=2))
         return path
 
+    def cli(self, *args: str, umask: int = -1, **env: str) -> subprocess.CompletedProcess[str]:
+        """`tinyscheduler ARGS` run in this workspace with the daemon's environment (and `env`)."""
+        return subprocess.run(
+            [sys.executable, "-m", "tinyscheduler", *args],
+            cwd=self.base,
+            env=self.daemon_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            umask=umask,
+        )
+
     def daemon_env(self, **overrides: str) -> dict[str, str]:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("TINYSCHEDULER_", "NOTIFY_SOCKET", "WATCHDOG_"))

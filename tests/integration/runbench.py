@@ -28,6 +28,8 @@ from tinyscheduler.adapters.tinytask import TaskBatch, TinyTaskClient, TinyTaskU
 from tinyscheduler.adapters.tinytask.rest import RestClient
 from tinyscheduler.core.tasks import Task
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest
+from tinyscheduler.service.runtime import utcnow
+from tinyscheduler.service.session import RunDeps
 from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import STANDIN, Deadline
@@ -125,16 +127,16 @@ class RunBench:
     def run(
         self, task_id: int, recipe: str, agent: str = "dev", cgroups: RunCgroups | None = None, **policy_changes: Any
     ) -> Run:
-        return Run(
-            RunRequest(task_id, agent, recipe),
-            replace(self.policy, **policy_changes),
+        deps = RunDeps(
             client=self.client,
             leases=self.leases,
             attempts=self.attempts,
+            clock=utcnow,
             environ=self.environ,
             on_event=lambda name, fields: self.events.append((name, fields)),
             cgroups=cgroups,
         )
+        return Run(RunRequest(task_id, agent, recipe), replace(self.policy, **policy_changes), deps)
 
     def records(self) -> list[dict[str, Any]]:
         if not self.record.exists():

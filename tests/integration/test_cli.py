@@ -236,6 +236,8 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: list[str])
         result = subprocess.run(
             [sys.executable, "-m", "tinyscheduler", *args],
             cwd=tmp_path,
+            # Configured, so no "no configuration found" note on stderr.
+            env={**os.environ, "TINYSCHEDULER_BASE_PATH": str(tmp_path)},
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
@@ -244,3 +246,26 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path, args: list[str])
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+#: What `--help` and `status` need not load: validation, HTTP, logging and event-loop libraries.
+HEAVY = ("pydantic", "pydantic_core", "pydantic_settings", "httpx", "h11", "structlog", "anyio", "asyncio", "rich")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["status", "--json"]])
+def test_help_and_status_load_no_heavy_library(tmp_path: Path, args: list[str]) -> None:
+    """They start fast because they import only what they use (counted as modules, not timed)."""
+    code = (
+        "import sys\n"
+        "from tinyscheduler.cli.main import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('LOADED', sorted(name for name in {HEAVY!r} if name in sys.modules), file=sys.stderr)\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=base, capture_output=True, text=True, timeout=60
+    )
+    assert "LOADED []" in result.stderr, result.stderr[-2000:]

@@ -10,6 +10,7 @@ from collections import Counter
 
 import psutil
 
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.testing.fake import FakeTinyTask
 
 from etcd_harness import EtcdCluster, Hosts, TcpProxy
@@ -44,9 +45,11 @@ def test_three_hosts_sharing_one_queue_run_300_tasks_each_exactly_once(fake: Fak
         f"{len(fake.requests)} TinyTask requests; per host: {cost}",
     )
     # A claim and its release per task (the run's own claim and its report are answered from the
-    # claim held under the live lease), the claims lost to another host in a race (measured: about
-    # 0.9 per task with 3 hosts on one queue), and a few per host to register and hold its agents.
-    assert txns <= 3 * len(ids) + 3 * 10, cost
+    # claim held under the live lease); the claims lost to another host racing for the head of the
+    # queue, and those won just after another host ran the task and let go (the run reads the task
+    # again and gives the claim back): measured about 1.6 per task with 3 hosts on one queue and
+    # runs of 0.05 s (refills race most when runs are short); a few per host to register.
+    assert txns <= 4 * len(ids) + 3 * 10, cost
 
 
 TTL = 3.0  # TINYSCHEDULER_CLUSTER_HEARTBEAT_SEC=1 in these tests: a lease of 3 heartbeats
@@ -118,7 +121,7 @@ def test_a_host_cut_off_from_etcd_stops_its_runs_before_its_lease_expires_and_wh
 ) -> None:
     proxy = TcpProxy(etcd_cluster.members[0].client_port)
     try:
-        ids = three_busy_hosts(fake, hosts, 14, 3.0, TINYSCHEDULER_ETCD_ENDPOINTS=proxy.url)
+        ids = three_busy_hosts(fake, hosts, 10, 3.0, TINYSCHEDULER_ETCD_ENDPOINTS=proxy.url)
         cut = in_flight_on(hosts, {"dev-2"})
         cut_at, cut_wall = proxy.cut(), time.time()
         before = wait_for(lambda: hosts.last_pass("h2").get("cluster"), what="h2's pass")
@@ -148,6 +151,8 @@ def test_a_host_cut_off_from_etcd_stops_its_runs_before_its_lease_expires_and_wh
         for task_id in cut:
             comments = [c["content"] for c in fake.comments(task_id)]
             assert len(comments) == 1 and "presumed lost" in comments[0], comments
+        for n in range(3):  # short runs from here on
+            hosts.workspaces[f"h{n}"].write_recipe(f"dev-{n}", {"mode": "succeed", "seconds": 0.3})
         more = [fake.create_task(f"after {i}", queue_name="dev")["id"] for i in range(6)]
         wait_for(lambda: all(fake.task(i)["status"] == "complete" for i in more), timeout=60, what="new tasks done")
         assert hosts.overlaps() == []
@@ -159,7 +164,7 @@ def test_a_host_cut_off_from_etcd_stops_its_runs_before_its_lease_expires_and_wh
             assert fenced, f"tasks {sorted(again)} ran again, yet no other host was fenced"
         assert all(starts[task] >= 2 for task in cut), "the stopped runs ran again"
         assert any(r["agent"] == "dev-2" and r["task_id"] in more for r in hosts.records()), "h2 works again"
-        book = json.loads((hosts.workspaces["h2"].base / "state" / "attempts.json").read_text())["tasks"]
-        assert all(book.get(str(task_id), {}).get("failures", 0) == 0 for task_id in cut), "fenced is no failure"
+        book = read_records(hosts.workspaces["h2"].base / "state" / "attempts.jsonl")
+        assert all(book[t].failures == 0 for t in cut if t in book), "stopped by the fence: no failed attempt"
     finally:
         proxy.close()

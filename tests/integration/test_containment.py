@@ -18,8 +18,9 @@ import pytest
 from tinyscheduler.adapters.containment import CGROUP_PREFIX, RunCgroups
 from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.service.reporter import Reported
+from tinyscheduler.testing.fake import FakeTinyTask
 
-from harness import alive
+from harness import DaemonProcess, Workspace, alive
 from runbench import RunBench, eventually
 
 
@@ -148,3 +149,21 @@ async def test_exit_zero_with_no_output_is_not_a_success(bench: RunBench) -> Non
     assert "without a complete event" in result.reason
     assert bench.fake.task(task_id)["status"] == "idle", "not completed"
     assert any("attempt 1/3 failed" in c for c in bench.comments(task_id))
+
+
+@pytest.mark.parametrize("mode", ["setsid-child", "double-fork", "background-child", "escaped-writer"])
+def test_the_daemon_as_subreaper_kills_what_its_run_left_reading_only_its_own_descendants(
+    fake: FakeTinyTask, workspace: Workspace, mode: str
+) -> None:
+    """The real daemon (the subreaper of its runs) sweeps only its own part of /proc at a run's end."""
+    workspace.write_registry([("dev-a", "dev", 1)])
+    workspace.write_recipe("dev-a", {"mode": mode, "linger": 300})
+    task = fake.create_task("leaves something behind", queue_name="dev")
+    daemon = DaemonProcess(workspace, "run", "--once").start()
+    try:
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        daemon.kill()
+    left = [r["child"] for r in workspace.records() if r["event"] == "child"]
+    assert left, f"the stand-in's {mode} mode left nothing to catch"
+    assert alive(left) == [] and fake.task(task["id"])["status"] == "complete"

@@ -47,17 +47,6 @@ def start(workspace: Workspace, listener: NotifyListener, daemons: list[DaemonPr
     return start_daemon
 
 
-def cli(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyscheduler", *args],
-        cwd=workspace.base,
-        env=workspace.daemon_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def starts_of(workspace: Workspace, task_id: int) -> list[float]:
     return [r["t"] for r in workspace.records() if r["event"] == "start" and r["task_id"] == task_id]
 
@@ -82,7 +71,7 @@ def test_a_paused_agent_starts_nothing_while_another_works_and_resume_starts_it_
     for agent in ("dev-a", "qa-a"):
         workspace.write_recipe(agent, {"mode": "succeed", "seconds": 0.1})
     start()
-    paused = cli(workspace, "pause", "--agent", "dev-a", "--reason", "provider outage")
+    paused = workspace.cli("pause", "--agent", "dev-a", "--reason", "provider outage")
     assert (paused.returncode, paused.stderr) == (0, "")
     assert paused.stdout.startswith(f"agent dev-a paused by {ME} since ") and "provider outage" in paused.stdout
     dev = fake.create_task("dev work", queue_name="dev")["id"]
@@ -96,11 +85,11 @@ def test_a_paused_agent_starts_nothing_while_another_works_and_resume_starts_it_
     )
     assert starts_of(workspace, dev) == [] and fake.task(dev)["assigned_to"] is None
     assert listener.statuses()[-1].startswith("paused: agent dev-a; 0/2 slots busy, 1 queued")
-    dry = cli(workspace, "run", "--dry-run", "--json")
+    dry = workspace.cli("run", "--dry-run", "--json")
     [skip] = [s for s in json.loads(dry.stdout)["skips"] if s["task_id"] == dev]
     assert skip["reason"].startswith(f"no agent of pool dev available: agent dev-a paused by {ME} since ")
 
-    resumed = cli(workspace, "resume", "--agent", "dev-a")
+    resumed = workspace.cli("resume", "--agent", "dev-a")
     resumed_at = time.time()
     assert resumed.returncode == 0 and resumed.stdout.startswith("resumed agent dev-a (agent dev-a paused by ")
     [started] = wait_for(lambda: starts_of(workspace, dev), what="the resumed agent's start")
@@ -113,7 +102,7 @@ def test_a_pause_survives_a_daemon_restart_and_shows_in_status(fake, workspace, 
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.1})
     first = start()
-    assert cli(workspace, "pause", "--queue", "dev", "--reason", "migration").returncode == 0
+    assert workspace.cli("pause", "--queue", "dev", "--reason", "migration").returncode == 0
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     assert not (workspace.base / "state" / "control.sock").exists(), "the socket goes with the daemon"
@@ -123,13 +112,13 @@ def test_a_pause_survives_a_daemon_restart_and_shows_in_status(fake, workspace, 
     since = time.monotonic()
     wait_for(lambda: passes_since(listener, since) >= 2, what="two passes of the new daemon")
     assert starts_of(workspace, task) == []
-    status = cli(workspace, "status")
+    status = workspace.cli("status")
     assert f"  - queue dev paused by {ME} since " in status.stdout and "migration" in status.stdout
     assert status.returncode == 0, "a pause is not a problem"
-    [pause] = json.loads(cli(workspace, "status", "--json").stdout)["pauses"]
+    [pause] = json.loads(workspace.cli("status", "--json").stdout)["pauses"]
     assert (pause["scope"], pause["target"], pause["user"], pause["reason"]) == ("queue", "dev", ME, "migration")
 
-    assert cli(workspace, "resume", "--queue", "dev").returncode == 0
+    assert workspace.cli("resume", "--queue", "dev").returncode == 0
     wait_for(lambda: fake.task(task)["status"] == "complete", what="the task once resumed")
 
 
@@ -185,7 +174,7 @@ def test_a_drain_with_runs_in_flight_reports_idle_once_they_end_and_starts_nothi
     tasks = [fake.create_task(f"t{i}", queue_name="dev")["id"] for i in range(4)]
     wait_for(lambda: len(workspace.running_pids()) == 2, what="two runs in flight")
 
-    drain = cli(workspace, "drain", "--wait", "--timeout", "30", "--reason", "kernel update")
+    drain = workspace.cli("drain", "--wait", "--timeout", "30", "--reason", "kernel update")
 
     assert (drain.returncode, drain.stderr) == (0, "")
     lines = drain.stdout.splitlines()
@@ -199,7 +188,7 @@ def test_a_drain_with_runs_in_flight_reports_idle_once_they_end_and_starts_nothi
     wait_for(lambda: listener.statuses()[-1].startswith("draining: 0 runs left, idle; "), what="STATUS says idle")
     assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon stays up"
 
-    assert cli(workspace, "resume", "--host").returncode == 0
+    assert workspace.cli("resume", "--host").returncode == 0
     wait_for(lambda: all(fake.task(t)["status"] == "complete" for t in tasks), what="the rest once resumed")
 
 
@@ -207,14 +196,14 @@ def test_without_a_daemon_pause_resume_and_drain_change_the_state_and_cancel_exi
     workspace.write_registry([("dev-a", "dev", 1)])
     (workspace.base / "state").mkdir()
 
-    paused = cli(workspace, "pause", "--agent", "dev-a", "--reason", "upgrade")
-    unknown = cli(workspace, "pause", "--agent", "nobody")
-    again = cli(workspace, "pause", "--agent", "dev-a")
-    drained = cli(workspace, "drain")
-    cancelled = cli(workspace, "cancel", "7")
-    status = cli(workspace, "status")
-    resumed = cli(workspace, "resume", "--host")
-    not_paused = cli(workspace, "resume", "--queue", "dev")
+    paused = workspace.cli("pause", "--agent", "dev-a", "--reason", "upgrade")
+    unknown = workspace.cli("pause", "--agent", "nobody")
+    again = workspace.cli("pause", "--agent", "dev-a")
+    drained = workspace.cli("drain")
+    cancelled = workspace.cli("cancel", "7")
+    status = workspace.cli("status")
+    resumed = workspace.cli("resume", "--host")
+    not_paused = workspace.cli("resume", "--queue", "dev")
 
     pauses_file = workspace.base / "state" / "pauses.json"
     assert paused.returncode == 0
@@ -249,7 +238,7 @@ def test_bad_arguments_exit_2_with_one_line(workspace):
         (["cancel", "x"], "invalid int value"),
         (["--base-path", str(workspace.base / "nowhere"), "drain"], "state folder"),
     ]:
-        result = cli(workspace, *args)
+        result = workspace.cli(*args)
         assert result.returncode == 2, (args, result)
         assert message in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
 
@@ -326,7 +315,7 @@ def test_socket_abuse_never_blocks_the_daemon(fake, workspace, listener, start):
         for sock in silent:
             sock.close()
 
-    paused = cli(workspace, "pause", "--host")
+    paused = workspace.cli("pause", "--host")
     assert (paused.returncode, paused.stderr) == (0, ""), "still answering"
     assert daemon.proc is not None and daemon.proc.poll() is None
     assert "control_connection_failed" not in daemon.output() and "Traceback" not in daemon.output()
@@ -373,7 +362,7 @@ def test_another_user_is_refused_even_when_the_socket_lets_them_connect(workspac
     assert answer.startswith("{"), (answer, daemon.output()[-3000:])
     reply = json.loads(answer)
     assert reply == {"ok": False, "message": f"only the scheduler's user ({ME}) may control it"}
-    assert json.loads(cli(workspace, "status", "--json").stdout)["pauses"] == [], "nothing changed"
+    assert json.loads(workspace.cli("status", "--json").stdout)["pauses"] == [], "nothing changed"
 
 
 def test_a_broken_pause_file_is_a_problem_in_status_and_resume_host_replaces_it(workspace):
@@ -381,15 +370,16 @@ def test_a_broken_pause_file_is_a_problem_in_status_and_resume_host_replaces_it(
     pauses_file = workspace.base / "state" / "pauses.json"
     pauses_file.write_text("{oops")
 
-    status = cli(workspace, "status")
-    resumed = cli(workspace, "resume", "--host")
+    status = workspace.cli("status")
+    resumed = workspace.cli("resume", "--host")
 
     assert status.returncode == 1
     assert f"  - {pauses_file}: not valid JSON: " in status.stdout and "`resume --host` replaces it" in status.stdout
     assert "  - host paused by tinyscheduler since " in status.stdout, "nothing starts meanwhile"
     assert resumed.returncode == 0 and resumed.stdout.startswith("no daemon running: resumed host (")
     assert json.loads(pauses_file.read_text()) == {"pauses": [], "version": 1}
-    assert cli(workspace, "status").returncode == 0
+    after = workspace.cli("status")
+    assert (after.returncode, "No problems found." in after.stdout) == (3, True), "no daemon (3), no problem"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the state folder to another user")
@@ -398,7 +388,7 @@ def test_only_the_owner_of_the_state_folder_may_control_the_scheduler(workspace)
     state.mkdir()
     os.chown(state, 65534, 65534)
 
-    result = cli(workspace, "pause", "--host")
+    result = workspace.cli("pause", "--host")
 
     assert result.returncode == 1
     assert result.stderr == (

@@ -406,12 +406,11 @@ async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspa
     """A pass planned on a lease scan taken before a reclaim removed the lease must not start the task
     while that reclaim can still set it idle and delete the lease (the new run's lease)."""
     from tinyscheduler.config.settings import load_settings
-    from tinyscheduler.core.planner import Plan, Start
-    from tinyscheduler.service.passes import PassRunner
+    from tinyscheduler.core.planner import Start
+    from tinyscheduler.core.tasks import Task
     from tinyscheduler.service.reclaim import Reclaimer
     from tinyscheduler.service.runner import Runner
     from tinyscheduler.service.scheduler import Scheduler
-    from tinyscheduler.service.statusfile import PassReport
 
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
@@ -425,13 +424,11 @@ async def test_no_run_starts_for_a_task_whose_reclaim_is_in_flight(fake, workspa
             started.append(args)
 
     rt = scheduler.runtime
-    passes = PassRunner(rt, Runner(rt, Group(), Reclaimer(rt, Group())), scheduler.gate)  # type: ignore[arg-type]
+    runner = Runner(rt, Group(), Reclaimer(rt, Group()))  # type: ignore[arg-type]
     rt.reclaiming.add(task["id"])
-    try:
-        plan = Plan((), (), (Start(task["id"], "dev-a", "assigned to dev-a"),), (), ())
-        await passes._act(plan, PassReport(), await rt.connection.client())
-    finally:
-        await rt.connection.aclose()
+    listed = Task(id=task["id"], status="idle", assigned_to="dev-a", queue_name="dev")
+
+    assert runner.launch(Start(task["id"], "dev-a", "assigned to dev-a"), listed) is False
     assert started == [] and rt.runs == {}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -16,14 +15,7 @@ PRICES = {"currency": "EUR", "models": {"standin-*": {"input": 2.0, "output": 10
 
 
 def cli(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyscheduler", *args],
-        cwd=workspace.base,
-        env=workspace.daemon_env(TINYSCHEDULER_PRICES="prices.json", TINYSCHEDULER_MAX_ATTEMPTS="1"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return workspace.cli(*args, TINYSCHEDULER_PRICES="prices.json", TINYSCHEDULER_MAX_ATTEMPTS="1")
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import io
 import os
 import signal
 import stat
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,18 +30,6 @@ from tinyscheduler.testing.fake import FakeTinyTask
 from harness import STANDIN, DaemonProcess, Workspace, wait_for
 
 CONTROL = ("\x1b", "\x07", "\x9b", "\r")
-
-
-def tinyscheduler(workspace: Workspace, *args: str, umask: int = -1, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyscheduler", *args],
-        cwd=workspace.base,
-        env=workspace.daemon_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        umask=umask,
-    )
 
 
 def script_goose(folder: Path, body: str = "") -> Path:
@@ -74,13 +60,13 @@ def test_state_and_logs_are_private_whatever_the_umask_and_runs_keep_theirs(
 ) -> None:
     task = one_task_for(workspace, fake)
     goose = script_goose(workspace.base, body=f"umask > {workspace.base / 'run-umask'}")
-    result = tinyscheduler(workspace, "run", "--once", umask=umask, TINYSCHEDULER_GOOSE_BIN=str(goose))
+    result = workspace.cli("run", "--once", umask=umask, TINYSCHEDULER_GOOSE_BIN=str(goose))
     assert result.returncode == 0, result.stderr
     assert fake.task(task["id"])["status"] == "complete"
 
     found = modes(workspace.base / "state")
     folders = {"running", "logs", "logs/tasks", f"logs/tasks/{task['id']}"}
-    files = {"tinyscheduler.lock", "attempts.json", "last_pass.json", f"logs/tasks/{task['id']}/1.log"}
+    files = {"tinyscheduler.lock", "attempts.jsonl", "last_pass.json", f"logs/tasks/{task['id']}/1.log"}
     assert folders | files <= set(found)
     assert any(name.startswith("logs/scheduler_") for name in found)
     assert any(name.startswith("logs/events_") for name in found)
@@ -128,7 +114,7 @@ def test_the_daemon_writes_no_file_through_a_planted_symlink(workspace: Workspac
     state = workspace.base / "state"
     state.mkdir(mode=0o700)
     (state / "tinyscheduler.lock").symlink_to(precious)
-    result = tinyscheduler(workspace, "run", "--once")
+    result = workspace.cli("run", "--once")
     assert result.returncode == 1
     assert result.stderr.strip().endswith("tinyscheduler.lock: is a symbolic link (not followed)"), result.stderr
     (state / "tinyscheduler.lock").unlink()
@@ -140,7 +126,7 @@ def test_the_daemon_writes_no_file_through_a_planted_symlink(workspace: Workspac
     scheduler_log.unlink(missing_ok=True)  # written by the first attempt
     scheduler_log.symlink_to(precious)
     (state / "logs" / "tasks" / str(task["id"]) / "1.log").symlink_to(precious)
-    result = tinyscheduler(workspace, "run", "--once")
+    result = workspace.cli("run", "--once")
     assert result.returncode == 1, "a run that could not start fails `run --once` (docs/reliability.md)"
     assert "cannot write the log file" in result.stderr  # said once; the stream still gets every line
     assert precious.read_text() == "keep me\n"
@@ -160,13 +146,13 @@ def test_an_unsafe_state_folder_is_refused_in_one_line(workspace: Workspace, fak
             pytest.skip("giving a folder to another user needs root")
         os.chown(state, 65534, 65534)
         expected = f"{state} belongs to "
-    result = tinyscheduler(workspace, "run", "--once")
+    result = workspace.cli("run", "--once")
     assert result.returncode == 2, result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
         line for line in result.stderr.splitlines() if "not started: unsafe state folder: " + expected in line
     ]
     assert os.listdir(state) == [] and fake.task(task["id"])["status"] == "idle"
-    checked = tinyscheduler(workspace, "validate-config")
+    checked = workspace.cli("validate-config")
     assert checked.returncode == 1
     assert f"FAIL  paths: unsafe state folder: {expected}" in checked.stdout
 
@@ -193,8 +179,8 @@ def test_status_shows_lease_fields_escaped_in_one_row(workspace: Workspace) -> N
             log_path=f"/tmp/{HOSTILE}.log",
         )
     )
-    result = tinyscheduler(workspace, "status")
-    assert result.returncode == 0, result.stderr
+    result = workspace.cli("status")
+    assert result.returncode == 3, result.stderr  # no daemon runs (as systemctl: 3)
     assert not any(char in result.stdout for char in CONTROL)
     lines = result.stdout.splitlines()
     table = lines[lines.index("Running (1)") + 1 :]
@@ -207,7 +193,7 @@ def test_status_shows_lease_fields_escaped_in_one_row(workspace: Workspace) -> N
 def test_report_shows_task_titles_escaped_in_one_row(workspace: Workspace, fake: FakeTinyTask, fmt: str) -> None:
     fake.create_task(HOSTILE, assigned_to="dev")
     fake.create_task("plain", assigned_to="dev")
-    result = tinyscheduler(workspace, "report", "--format", fmt)
+    result = workspace.cli("report", "--format", fmt)
     assert result.returncode == 0, result.stderr
     assert not any(char in result.stdout for char in CONTROL)
     rows = [line for line in result.stdout.splitlines() if "evil" in line or "plain" in line]
@@ -244,19 +230,17 @@ def test_a_planted_secret_appears_in_no_output_and_no_file(workspace: Workspace,
         "TINYSCHEDULER_GOOSE_BIN": str(script_goose(workspace.base)),
     }
     outputs = [
-        tinyscheduler(workspace, "config", "--show", **secrets),
-        tinyscheduler(workspace, "config", "--json", **secrets),
-        tinyscheduler(workspace, "run", "--dry-run", **secrets),
-        tinyscheduler(workspace, "run", "--dry-run", "--json", **secrets),
-        tinyscheduler(workspace, "run", "--once", **secrets),
-        tinyscheduler(workspace, "run", "--once", TINYSCHEDULER_LOG_FORMAT="console", **secrets),
-        tinyscheduler(workspace, "status", "--json", **secrets),
-        tinyscheduler(workspace, "status", **secrets),
-        tinyscheduler(workspace, "validate-config", **secrets),
+        workspace.cli("config", "--show", **secrets),
+        workspace.cli("config", "--json", **secrets),
+        workspace.cli("run", "--dry-run", **secrets),
+        workspace.cli("run", "--dry-run", "--json", **secrets),
+        workspace.cli("run", "--once", **secrets),
+        workspace.cli("run", "--once", TINYSCHEDULER_LOG_FORMAT="console", **secrets),
+        workspace.cli("status", "--json", **secrets),
+        workspace.cli("status", **secrets),
+        workspace.cli("validate-config", **secrets),
         # An unreachable server: its error names the URL.
-        tinyscheduler(
-            workspace, "run", "--dry-run", **{**secrets, "TINYSCHEDULER_MCP_ENDPOINT": f"http://{token}@127.0.0.1:9"}
-        ),
+        workspace.cli("run", "--dry-run", **{**secrets, "TINYSCHEDULER_MCP_ENDPOINT": f"http://{token}@127.0.0.1:9"}),
     ]
     assert fake.task(task["id"])["status"] == "complete"
     files = {str(p): p.read_text(errors="replace") for p in (workspace.base / "state").rglob("*") if p.is_file()}
@@ -282,7 +266,7 @@ def test_the_stand_in_is_refused_against_a_real_tinytask(tmp_path: Path, product
     workspace = Workspace(tmp_path, production.url)
     task = one_task_for(workspace, production)
     production.reset_requests()
-    result = tinyscheduler(workspace, "run", "--once")
+    result = workspace.cli("run", "--once")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("tinyscheduler: not started: ")]
     assert len(lines) == 1 and "is the in-package stand-in goose" in lines[0], result.stderr
@@ -290,20 +274,20 @@ def test_the_stand_in_is_refused_against_a_real_tinytask(tmp_path: Path, product
     assert production.task(task["id"])["status"] == "idle"
     assert not (tmp_path / "state" / "running").exists()
 
-    checked = tinyscheduler(workspace, "validate-config")
+    checked = workspace.cli("validate-config")
     assert checked.returncode == 1
     assert "FAIL  goose: TINYSCHEDULER_GOOSE_BIN=" in checked.stdout and "stand-in" in checked.stdout
     # The test switch, and only it, lets the stand-in run against any server.
-    allowed = tinyscheduler(workspace, "validate-config", TINYSCHEDULER_ALLOW_STANDIN="1")
+    allowed = workspace.cli("validate-config", TINYSCHEDULER_ALLOW_STANDIN="1")
     assert "PASS  goose: " in allowed.stdout and "tinyscheduler stand-in goose (not goose)" in allowed.stdout
 
 
 def test_the_stand_in_runs_against_the_in_package_fake(workspace: Workspace, fake: FakeTinyTask) -> None:
     assert fake.health()["tinyschedulerFake"] == "in-package fake TinyTask (not TinyTask)"
     task = one_task_for(workspace, fake)
-    checked = tinyscheduler(workspace, "validate-config")
+    checked = workspace.cli("validate-config")
     assert "PASS  goose: " in checked.stdout, checked.stdout
-    assert tinyscheduler(workspace, "run", "--once").returncode == 0
+    assert workspace.cli("run", "--once").returncode == 0
     assert fake.task(task["id"])["status"] == "complete"
 
 

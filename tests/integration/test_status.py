@@ -38,7 +38,8 @@ def status(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]
 def status_json(workspace: Workspace) -> dict[str, Any]:
     result = status(workspace, "--json")
     data = json.loads(result.stdout)
-    assert result.returncode == (1 if data["problems"] else 0), result.stderr  # like systemctl: 1 = problems
+    # Like systemctl: 1 = problems, 3 = not running.
+    assert result.returncode == (1 if data["problems"] else 0 if data["daemon"]["running"] else 3), result.stderr
     return data
 
 
@@ -146,7 +147,7 @@ def test_status_without_a_daemon_reads_only_and_names_what_is_wrong(workspace):
 
 def test_status_of_an_empty_folder_is_calm(workspace):
     result = status(workspace)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr  # not running, nothing else wrong
     assert "not running" in result.stdout and "No problems found." in result.stdout
     assert sorted(p.name for p in workspace.base.iterdir()) == [], "status created files"
 
@@ -217,3 +218,38 @@ def test_runs_the_daemon_is_still_starting_or_reporting_are_not_called_stale(wor
     stale = [p for p in data["problems"] if p.startswith("unsupervised run")]
     assert [p.split(" (")[0] for p in stale] == ["unsupervised run: task 3", "unsupervised run: task 4"]
     assert {a["agent"]: a["busy"] for a in data["agents"]} == {"dev-a": 2}  # finishing holds no slot
+
+
+def test_status_from_another_folder_finds_the_running_daemon(fake, workspace, daemons, tmp_path_factory):
+    """Exit codes as systemctl's, and a status run from the wrong folder with no configuration no longer
+    says "not running, no problems" (exit 0) while a daemon runs: it names it (exit 1)."""
+    env_file = workspace.base / "tinyscheduler.env"
+    settings = {k: v for k, v in workspace.daemon_env().items() if k.startswith("TINYSCHEDULER_")}
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items() if k != "TINYSCHEDULER_STANDIN_RECORD"))
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
+    daemon = DaemonProcess(workspace, "--env-file", str(env_file), "run", "--daemon", env=plain).start()
+    daemons.append(daemon)
+    wait_showing(daemon, (workspace.base / "state" / "last_pass.json").exists, "a first pass")
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+
+    def status_in(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tinyscheduler", *args, "status"],
+            cwd=folder,
+            env={**plain, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert status_in(workspace.base, "--env-file", str(env_file)).returncode == 0
+    assert status_in(elsewhere, TINYSCHEDULER_ENV_FILE=str(env_file)).returncode == 0
+    lost = status_in(elsewhere)
+    assert lost.returncode == 1, lost.stdout
+    assert f"pid {daemon.pid} runs" in lost.stdout and str(workspace.base) in lost.stdout
+    assert (
+        "no configuration found (looked at: --env-file (not given), TINYSCHEDULER_ENV_FILE (not given), " in lost.stderr
+    )
+    daemon.signal(15)
+    assert daemon.wait() == 0
+    assert status_in(workspace.base, "--env-file", str(env_file)).returncode == 3

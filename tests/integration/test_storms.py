@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +30,6 @@ def start(daemons: list[DaemonProcess], workspace: Workspace, *args: str, progra
 
 def events(daemon: DaemonProcess, name: str) -> list[dict[str, Any]]:
     return [e for e in daemon.log_events() if e.get("event") == name]
-
-
-def cli(workspace: Workspace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyscheduler", *args],
-        cwd=workspace.base,
-        env=workspace.daemon_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def writes(fake: FakeTinyTask) -> list[tuple[str, str]]:
@@ -88,7 +75,7 @@ def test_goose_not_on_path_starts_nothing_says_so_everywhere_and_recovers_on_rel
     assert len(requests) <= 25, requests  # the passes' own reads only: before, 303 spawns in 13 s
     measured("goose missing", requests=len(requests), writes=0, checks=3, spawns=len(events(daemon, "spawn_failed")))
 
-    status = cli(workspace, "status", "--json", PATH=path)
+    status = workspace.cli("status", "--json", PATH=path)
     assert status.returncode == 1
     assert any(
         p.startswith("goose unavailable") and "not found on PATH" in p for p in json.loads(status.stdout)["problems"]
@@ -99,14 +86,14 @@ def test_goose_not_on_path_starts_nothing_says_so_everywhere_and_recovers_on_rel
     daemon.signal(signal.SIGHUP)  # a reload checks goose at once
     wait_for(lambda: all(fake.task(t["id"])["status"] == "complete" for t in tasks), what="the tasks done")
     assert len(events(daemon, "goose_available")) == 1
-    wait_for(lambda: cli(workspace, "status", PATH=path).returncode == 0, what="status healthy again")
+    wait_for(lambda: workspace.cli("status", PATH=path).returncode == 0, what="status healthy again")
 
 
 def test_run_once_with_goose_missing_exits_non_zero(fake, workspace):
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
     fake.create_task("t", queue_name="dev")
-    result = cli(workspace, "run", "--once", TINYSCHEDULER_GOOSE_BIN=str(workspace.base / "no-goose"))
+    result = workspace.cli("run", "--once", TINYSCHEDULER_GOOSE_BIN=str(workspace.base / "no-goose"))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "goose_unavailable" in result.stdout + result.stderr
     assert writes(fake) == []
@@ -135,7 +122,7 @@ def test_any_exception_while_starting_rolls_back_once_per_start_and_backs_off(fa
     assert len(events(daemon, "agent_unavailable")) >= 3
     wait_for(lambda: fake.task(task["id"])["status"] == "idle" and not workspace.leases(), what="rolled back")
     measured("exception at start", starts=failed, comments=len(comments), patches=len(patches))
-    status = cli(workspace, "status", "--json")
+    status = workspace.cli("status", "--json")
     assert status.returncode == 1
     assert any(p.startswith("agent dev-a unavailable until") for p in json.loads(status.stdout)["problems"])
 
@@ -160,7 +147,7 @@ def test_a_nul_byte_in_a_recipe_name_is_a_refused_reload_not_a_crash(fake, works
     assert "Traceback" not in daemon.output()
 
     for args, code in ((["validate-config"], 1), (["run", "--once"], 2)):
-        result = cli(workspace, *args)
+        result = workspace.cli(*args)
         assert result.returncode == code and "Traceback" not in result.stderr + result.stdout
         assert "contains a control character" in result.stdout + result.stderr
 
@@ -183,9 +170,9 @@ def test_a_fifo_in_place_of_the_registry_or_the_lock_never_hangs_anything(fake, 
     lock = workspace.base / "state" / "tinyscheduler.lock"
     lock.unlink()
     os.mkfifo(lock)
-    status = cli(workspace, "status")  # 60 s timeout: a hang fails the test
+    status = workspace.cli("status")  # 60 s timeout: a hang fails the test
     assert status.returncode == 1 and "agent-control.json: cannot read: is a FIFO" in status.stdout
-    dry = cli(workspace, "run", "--dry-run", TINYSCHEDULER_AGENT_LIMITS="dev-a:1")
+    dry = workspace.cli("run", "--dry-run", TINYSCHEDULER_AGENT_LIMITS="dev-a:1")
     assert "Traceback" not in dry.stderr
 
 
@@ -201,7 +188,8 @@ def renumber(fake: FakeTinyTask, task_id: int, new_id: int) -> None:
 
 
 def queue_lists(fake: FakeTinyTask) -> int:
-    return sum(1 for method, path in fake.requests if method == "GET" and "queue_name=dev" in path)
+    """Lists of tasks sent (a pass sends one: core.listing)."""
+    return sum(1 for method, path in fake.requests if method == "GET" and path.startswith("/api/v1/tasks?"))
 
 
 def test_a_negative_task_id_and_malformed_tasks_are_skipped_and_said_once(fake, workspace, daemons):
@@ -214,7 +202,7 @@ def test_a_negative_task_id_and_malformed_tasks_are_skipped_and_said_once(fake, 
     good = fake.create_task("good", queue_name="dev")
     daemon = start(daemons, workspace, "--daemon")
     wait_for(lambda: fake.task(good["id"])["status"] == "complete", what="the good task done")
-    # The window: five more passes (each lists the queue once).
+    # The window: five more passes (each lists the idle tasks once).
     lists = queue_lists(fake)
     wait_for(lambda: queue_lists(fake) >= lists + 5, what="five more passes")
     malformed = events(daemon, "task_malformed")
@@ -223,7 +211,7 @@ def test_a_negative_task_id_and_malformed_tasks_are_skipped_and_said_once(fake, 
     assert not quarantine.exists() or list(quarantine.iterdir()) == []
     assert workspace.leases() == []
     measured("malformed", tasks=20, warnings=len(malformed), quarantined=0)
-    status = json.loads(cli(workspace, "status", "--json").stdout)
+    status = json.loads(workspace.cli("status", "--json").stdout)
     assert any(p.startswith("20 task(s) from TinyTask could not be used") for p in status["problems"])
 
 
@@ -243,7 +231,7 @@ def test_a_negative_task_id_and_malformed_tasks_are_skipped_and_said_once(fake, 
     ],
 )
 def test_a_setting_out_of_range_or_a_missing_named_registry_stops_run_with_one_line(fake, workspace, env, line):
-    result = cli(workspace, "run", "--once", **env)
+    result = workspace.cli("run", "--once", **env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [error] = result.stderr.splitlines()
     assert line in error
@@ -254,7 +242,7 @@ def test_the_dry_run_says_which_agents_cannot_start_and_why(fake, workspace):
     workspace.write_registry([("dev-a", "dev", 1)])
     workspace.write_recipe("dev-a")
     task = fake.create_task("t", queue_name="dev")
-    result = cli(workspace, "run", "--dry-run", "--json", TINYSCHEDULER_GOOSE_BIN="goose", PATH="/usr/bin:/bin")
+    result = workspace.cli("run", "--dry-run", "--json", TINYSCHEDULER_GOOSE_BIN="goose", PATH="/usr/bin:/bin")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["starts"] == []

@@ -7,11 +7,13 @@ import asyncio
 import json
 import queue
 import socket
+import socketserver
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import pytest
 
@@ -51,7 +53,28 @@ class Reply:
     keep_open: bool = False
 
 
-class ScriptedServer:
+class _Served:
+    """A test server on 127.0.0.1 served from a thread while the `with` block runs."""
+
+    server: socketserver.TCPServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+class ScriptedServer(_Served):
     """A real HTTP server answering each request with the next scripted reply (the last repeats)."""
 
     def __init__(self, *replies: Reply) -> None:
@@ -95,20 +118,9 @@ class ScriptedServer:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> ScriptedServer:
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc_info: object) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+        super().__exit__(*exc_info)
 
 
 @pytest.fixture
@@ -658,3 +670,75 @@ async def test_connect_to_old_server_says_what_it_lacks(old_fake: FakeTinyTask) 
 async def test_connect_rest_to_old_server_is_a_clear_refusal(old_fake: FakeTinyTask) -> None:
     with pytest.raises(TinyTaskBadReply, match=f"no TinyTask REST API at {old_fake.url}: REST: Not found"):
         await connect(old_fake.url, "rest")
+
+
+# --- the HTTP/1.1 connections of the JSON requests (tinytask._http11) ---------------------------
+
+
+class RawServer(_Served):
+    """A socket server answering each request with the next raw reply; `closes` says whether it then
+    closes the connection (without telling the client: a keep-alive connection that timed out)."""
+
+    def __init__(self, *replies: bytes, closes: bool) -> None:
+        self.replies = list(replies)
+        self.connections = 0
+        self.requests = 0
+        script = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                script.connections += 1
+                while True:
+                    request_line = self.rfile.readline()
+                    if not request_line:
+                        return
+                    length = 0
+                    while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    self.rfile.read(length)
+                    script.requests += 1
+                    self.wfile.write(script.replies.pop(0) if len(script.replies) > 1 else script.replies[0])
+                    self.wfile.flush()
+                    if closes:
+                        return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+
+
+def raw_json(body: str, *, chunked: bool = False) -> bytes:
+    head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    if not chunked:
+        return f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode()
+    half = len(body) // 2
+    chunks = "".join(f"{len(part):x}\r\n{part}\r\n" for part in (body[:half], body[half:]))
+    return f"{head}Transfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n".encode()
+
+
+async def test_requests_share_one_kept_alive_connection() -> None:
+    with RawServer(raw_json('["dev"]'), closes=False) as server:
+        async with RestClient(server.url) as client:
+            for _ in range(5):
+                assert await client.list_queues() == ["dev"]
+    assert (server.requests, server.connections) == (5, 1)
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
+    with RawServer(raw_json('["dev"]'), closes=True) as server:
+        naps = Naps()
+        async with RestClient(server.url, sleep=naps) as client:
+            for _ in range(3):
+                assert await client.list_queues() == ["dev"]
+                await asyncio.sleep(0.05)  # the server's close reaches the client
+    assert (server.requests, server.connections) == (3, 3)
+    assert naps.delays == [], "no request failed on a dead connection and had to be retried"
+
+
+async def test_a_chunked_reply_is_read_whole() -> None:
+    with RawServer(raw_json('["dev", "qa", "ops"]', chunked=True), closes=False) as server:
+        async with RestClient(server.url) as client:
+            assert await client.list_queues() == ["dev", "qa", "ops"]
+            assert await client.list_queues() == ["dev", "qa", "ops"]
+    assert server.connections == 1

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tinyscheduler.adapters.history import HistoryStore
 from tinyscheduler.adapters.logsetup import configure_logging
+from tinyscheduler.adapters.pausestore import PauseStore
+from tinyscheduler.core.control import Kind, Pause, Pauses, Scope
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.service.page import gather_page, render_page
 from tinyscheduler.service.scheduler import Scheduler
 
 from harness import JournalListener
@@ -139,3 +143,45 @@ async def test_the_metrics_go_to_a_textfile_for_node_exporter_after_each_pass(wo
     families = {f.name for f in text_string_to_metric_families(path.read_text())}
     assert {"tinyscheduler_passes", "tinyscheduler_slots", "tinyscheduler_tasks_waiting"} <= families
     assert list((world.base / "textfile").iterdir()) == [path]  # written atomically: no temporary left
+
+
+async def test_pauses_and_the_drain_show_in_the_metrics_and_on_the_status_page(world: World) -> None:
+    world.registry([("dev-a", "dev", 1), ("qa-a", "qa", 1)])
+    world.client.create_task("t", queue_name="dev")
+    since = datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
+    pauses = (
+        Pause(Scope.AGENT, "dev-a", "alice", since, "flaky provider <b>"),
+        Pause(Scope.HOST, "", "bob", since, "kernel update", Kind.DRAIN),
+    )
+    (world.base / "state").mkdir()
+    PauseStore(world.base / "state" / "pauses.json").save(Pauses(pauses))
+
+    scheduler = world.scheduler()
+    assert await scheduler.serve() == 0
+
+    found = samples(scheduler)
+    paused_at = since.timestamp()
+    assert value(found, "tinyscheduler_pause_since_timestamp_seconds", scope="agent", target="dev-a", kind="pause") == (
+        paused_at
+    )
+    assert (
+        value(found, "tinyscheduler_pause_since_timestamp_seconds", scope="host", target="", kind="drain") == paused_at
+    )
+    assert value(found, "tinyscheduler_draining") == 1
+    assert not any(
+        name == "tinyscheduler_pause_since_timestamp_seconds" and ("target", "qa-a") in labels for name, labels in found
+    )
+
+    page = render_page(await gather_page(scheduler.runtime))
+    listed = page.split('<ul id="pauses">')[1].split("</ul>")[0]
+    assert listed.count('<li class="pause">') == 2
+    assert "agent dev-a paused by alice since 2026-11-29T09:30:00.000Z: flaky provider &lt;b&gt;" in listed
+    assert "host draining by bob since 2026-11-29T09:30:00.000Z: kernel update" in listed
+
+
+async def test_with_no_pause_the_page_says_none_and_nothing_drains(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    scheduler = world.scheduler()
+    assert await scheduler.serve() == 0
+    assert value(samples(scheduler), "tinyscheduler_draining") == 0
+    assert '<p class="none" id="pauses">none</p>' in render_page(await gather_page(scheduler.runtime))

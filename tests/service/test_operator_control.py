@@ -17,7 +17,6 @@ from tinyscheduler.adapters.controlsocket import user_name
 from tinyscheduler.adapters.pausestore import PauseStore
 from tinyscheduler.core.control import Pause, Pauses, Scope
 from tinyscheduler.service.scheduler import Hooks, Scheduler
-from tinyscheduler.service.statusfile import PassReport
 
 from world import World
 
@@ -188,26 +187,25 @@ async def test_status_counts_the_runs_left_while_draining(world: World) -> None:
         assert len(world.starts()) == 2 and world.client.task(tasks[2])["status"] == "idle", "nothing new started"
 
 
-async def test_a_pause_applied_while_a_pass_assigns_keeps_that_pass_from_starting_the_run(world: World) -> None:
+async def test_a_pause_applied_while_the_claim_is_in_flight_starts_nothing_and_gives_the_task_back(
+    world: World,
+) -> None:
     world.registry([("dev-a", "dev", 1)])
     task = world.client.create_task("t", queue_name="dev")["id"]
-    stall = world.client.stall("get_task")  # the read-back after the assignment
-    reports: list[PassReport] = []
+    stall = world.client.stall("update_task")  # the claim: assigned_to and working in one write
 
-    async def keep_last_report() -> None:  # at the start of a pass: the one before has ended
-        if scheduler.passes is not None:
-            reports.append(scheduler.passes.report)
-
-    async with daemon(world, Hooks(before_pass=keep_last_report)) as scheduler:
+    async with daemon(world) as scheduler:
         with anyio.fail_after(10):
             await stall.reached.wait()
         assert (await ask(world, action="pause", scope="agent", target="dev-a"))["ok"]
         stall.release.set()
-        await until(lambda: any(report.assigned for report in reports), "the end of the pass that assigned")
+        await until(lambda: task not in scheduler.runtime.runs, "the claimed run gave up")
 
-        [stalled] = [report for report in reports if report.assigned]
-        assert stalled.started == 0, "planned before the pause, not started after it"
-        assert world.client.task(task)["assigned_to"] == "dev-a" and world.starts() == []
+        assert world.starts() == [], "claimed before the pause, never spawned after it"
+        assert world.client.task(task)["status"] == "idle"
+        assert world.client.task(task)["assigned_to"] is None, "back in its queue for the pool"
+        assert scheduler.runtime.attempts.record(task).failures == 0, "not counted as a failed attempt"
+        assert not scheduler.runtime.store.path(task).exists()
 
 
 async def test_an_unreadable_pause_file_holds_the_host_until_resume_replaces_it(world: World) -> None:

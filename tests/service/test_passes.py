@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+
 from tinyscheduler.core.tasks import FAILED_TAG
 
 from world import World
@@ -56,3 +58,22 @@ async def test_a_task_tagged_failed_is_never_started(world: World) -> None:
     world.client.create_task("t", queue_name="dev", tags=[FAILED_TAG])
     await world.serve()
     assert world.starts() == []
+
+
+async def test_a_freed_slot_takes_the_next_waiting_task_without_a_pass(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    world.settings["loop_interval_sec"] = "60"  # no pass of the interval while the test runs
+    ids = [world.client.create_task(f"t{i}", queue_name="dev")["id"] for i in range(3)]
+    scheduler = world.scheduler(once=False)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        with anyio.fail_after(30):
+            while not all(world.client.task(i)["status"] == "complete" for i in ids):
+                await anyio.sleep(0.02)
+        scheduler.request_stop()
+
+    assert world.starts() == ids, "one slot, the tasks one after the other, in order"
+    lists = world.client.count("list_tasks")
+    assert lists <= 2, f"{lists} lists: the first pass, and one once nothing waited any more"
+    assert world.last_pass()["counters"]["refills"] == 2

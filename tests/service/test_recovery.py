@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.procfs import current_boot_id, process_start_ticks
 
 from harness import STANDIN
@@ -86,8 +87,7 @@ async def test_a_run_with_no_evidence_is_retried_as_a_counted_attempt_said_so(wo
     assert world.client.task(task)["status"] == "idle"
     [comment] = world.comments(task)
     assert "attempt 1/3 failed (outcome unknown" in comment
-    attempts = json.loads((world.base / "state" / "attempts.json").read_text())
-    assert attempts["tasks"][str(task)]["failures"] == 1
+    assert read_records(world.base / "state" / "attempts.jsonl")[task].failures == 1
 
 
 async def test_a_recorded_outcome_is_reported_as_the_previous_instance_classified_it(world: World) -> None:

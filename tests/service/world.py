@@ -13,10 +13,13 @@ from typing import Any
 
 import yaml
 
+from tinyscheduler.adapters.tinytask._transport import one_task
 from tinyscheduler.config.settings import LoadedSettings, load_settings
+from tinyscheduler.core.tasks import Task
 from tinyscheduler.service.run import Run, RunRequest
 from tinyscheduler.service.runner import run_policy
 from tinyscheduler.service.scheduler import Hooks, Scheduler
+from tinyscheduler.service.session import RunDeps
 from tinyscheduler.testing.memory import InMemoryTinyTask
 
 from harness import STANDIN
@@ -94,15 +97,15 @@ class World:
         }
         return Scheduler(self.loaded(), once=once, environ=environ, hooks=hooks, client=self.client, clock=self.clock)
 
-    def run(self, task_id: int, agent: str = "dev-a", **policy_changes: Any) -> Run:
-        """One run as the daemon would start it, outside a pass (its events go to `self.events`)."""
+    def run(self, task_id: int, agent: str = "dev-a", *, queue: str | None = None, **policy_changes: Any) -> Run:
+        """One run as a pass would start it, on the task as it is now (a list's view of it, read
+        without a call), outside a pass; `queue`: the pass assigns it from that queue. Its events go
+        to `self.events`."""
         scheduler = self.scheduler()
         rt = scheduler.runtime
         rt.store.ensure()
         policy = dataclasses.replace(run_policy(rt), **policy_changes)
-        return Run(
-            RunRequest(task_id, agent, f"{agent}.yaml"),
-            policy,
+        deps = RunDeps(
             client=self.client,
             leases=rt.store,
             attempts=rt.attempts,
@@ -110,6 +113,11 @@ class World:
             environ=rt.environ,
             on_event=lambda name, fields: self.events.append((name, fields)),
         )
+        return Run(RunRequest(task_id, agent, f"{agent}.yaml", queue=queue), policy, deps, listed=self.listed(task_id))
+
+    def listed(self, task_id: int) -> Task:
+        """The task as a list shows it now, without a call of the client."""
+        return one_task(self.client.store.get(task_id), "the test's list")
 
     async def serve(self, **kwargs: Any) -> int:
         return await self.scheduler(**kwargs).serve()

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # a runtime import of "conftest" could find tests/conftest.py
 pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "deploy" / "systemd" / "tinyscheduler.service"
+#: The daemon unit as `tinyscheduler init` ships it (a template it writes for a base path).
+SHIPPED = ROOT / "src" / "tinyscheduler" / "data" / "systemd" / "tinyscheduler.service"
 UNIT = "tinyscheduler.service"
 
 NOTIFY_SCRIPT = """\
@@ -69,17 +70,18 @@ ExecStart={sys.executable} {script}
 def unit_copy(
     base: Path, *, replace: dict[str, str], add: list[str], program: str | None = None, shipped: Path = SHIPPED
 ) -> str:
-    """A shipped unit (the daemon's by default) with /opt/tinyscheduler etc. moved under `base`, for
-    a user manager.
+    """A shipped unit (the daemon's by default) written for `base` (settings in base/etc, the home in
+    base/home), for a user manager.
 
     `replace` gives new values to directives the unit has; `add` appends lines to [Service].
     """
     text = shipped.read_text()
     for old, new in [
-        ("/opt/tinyscheduler/.venv/bin/tinyscheduler", program or f"{sys.executable} -m tinyscheduler"),
-        ("/opt/tinyscheduler", str(base)),
-        ("/etc/tinyscheduler", str(base / "etc")),
-        ("/var/lib/tinyscheduler", str(base / "home")),
+        ("@PROGRAM@", program or f"{sys.executable} -m tinyscheduler"),
+        ("@ENV_FILE@", str(base / "etc" / "tinyscheduler.env")),
+        ("@BASE@/goose.env", str(base / "etc" / "goose.env")),
+        ("@BASE@", str(base)),
+        ("@HOME@", str(base / "home")),
     ]:
         assert old in text, f"{shipped.name} no longer mentions {old}: update this copy"
         text = text.replace(old, new)

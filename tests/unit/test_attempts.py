@@ -1,4 +1,5 @@
-"""Attempt history: counting, backoff, give-up, held successes, persistence across restarts."""
+"""Attempt history: counting, backoff, give-up, held successes, persistence across restarts, the
+journal (appended, compacted, the old attempts.json migrated)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.attempt_book import COMPACT_MIN_LINES, AttemptBook
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.core.attempts import AttemptRecord
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
@@ -20,12 +22,12 @@ def book(path: Path, max_attempts: int = 3, base: float = 60) -> AttemptBook:
 
 
 def test_fresh_task_has_no_history(tmp_path: Path) -> None:
-    b = book(tmp_path / "attempts.json")
+    b = book(tmp_path / "attempts.jsonl")
     assert b.next_attempt(5) == 1
     assert b.not_before(5) is None
     assert not b.gave_up(5)
     assert b.record(5) == AttemptRecord(5)
-    assert not (tmp_path / "attempts.json").exists()  # nothing written until something happens
+    assert not (tmp_path / "attempts.jsonl").exists()  # nothing written until something happens
 
 
 @pytest.mark.parametrize(
@@ -35,7 +37,7 @@ def test_fresh_task_has_no_history(tmp_path: Path) -> None:
 def test_failures_back_off_then_give_up(
     tmp_path: Path, failures: int, next_attempt: int, wait: float | None, gave_up: bool
 ) -> None:
-    b = book(tmp_path / "a.json")
+    b = book(tmp_path / "a.jsonl")
     for i in range(failures):
         record = b.record_failure(9, "failed", NOW + timedelta(seconds=i))
     last = NOW + timedelta(seconds=failures - 1)
@@ -47,22 +49,22 @@ def test_failures_back_off_then_give_up(
 
 
 def test_backoff_is_capped_at_an_hour(tmp_path: Path) -> None:
-    b = book(tmp_path / "a.json", max_attempts=20, base=600)
+    b = book(tmp_path / "a.jsonl", max_attempts=20, base=600)
     for _ in range(5):
         b.record_failure(1, "timed_out", NOW)
     assert b.not_before(1) == NOW + timedelta(hours=1)
 
 
 def test_success_clears_history(tmp_path: Path) -> None:
-    b = book(tmp_path / "a.json")
+    b = book(tmp_path / "a.jsonl")
     b.record_failure(3, "failed", NOW)
     b.record_success(3)
     assert b.next_attempt(3) == 1
-    assert json.loads((tmp_path / "a.json").read_text())["tasks"] == {}
+    assert read_records(tmp_path / "a.jsonl") == {}
 
 
 def test_history_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "attempts.json"
+    path = tmp_path / "state" / "attempts.jsonl"
     first = book(path)
     first.record_failure(4, "failed", NOW)
     first.record_failure(4, "incomplete", NOW)
@@ -76,7 +78,7 @@ def test_history_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_held_success_is_cleared_by_a_later_failure_or_success(tmp_path: Path) -> None:
-    b = book(tmp_path / "a.json")
+    b = book(tmp_path / "a.jsonl")
     b.hold_success(2)
     b.record_failure(2, "failed", NOW)
     assert not b.success_unreported(2)
@@ -86,7 +88,7 @@ def test_held_success_is_cleared_by_a_later_failure_or_success(tmp_path: Path) -
 
 
 def test_forget_grants_a_fresh_budget(tmp_path: Path) -> None:
-    b = book(tmp_path / "a.json", max_attempts=1)
+    b = book(tmp_path / "a.jsonl", max_attempts=1)
     b.record_failure(6, "failed", NOW)
     assert b.gave_up(6)
     b.forget(6)
@@ -105,13 +107,84 @@ def test_forget_grants_a_fresh_budget(tmp_path: Path) -> None:
         '{"tasks": {"1": {"not_before": "2026-01-01T00:00:00"}}}',
     ],
 )
-def test_unreadable_history_is_set_aside_not_fatal(tmp_path: Path, content: str) -> None:
-    path = tmp_path / "a.json"
-    path.write_text(content)
-    b = book(path)
+def test_an_unreadable_old_history_is_set_aside_not_fatal(tmp_path: Path, content: str) -> None:
+    old = tmp_path / "attempts.json"
+    old.write_text(content)
+    b = book(tmp_path / "attempts.jsonl")
     assert b.next_attempt(1) == 1
-    assert not path.exists()
-    [aside] = tmp_path.glob("a.json.bad-*")
+    assert not old.exists()
+    [aside] = tmp_path.glob("attempts.json.bad-*")
     assert aside.read_text() == content
     b.record_failure(1, "failed", NOW)  # and it keeps working
-    assert book(path).next_attempt(1) == 2
+    assert book(tmp_path / "attempts.jsonl").next_attempt(1) == 2
+
+
+@pytest.mark.parametrize(
+    "line", ["not json", "[]", '{"failures": 1}', '{"task_id": "7"}', '{"task_id": 7, "failures": -1}']
+)
+def test_a_journal_with_a_bad_line_is_set_aside_not_fatal(tmp_path: Path, line: str) -> None:
+    journal = tmp_path / "attempts.jsonl"
+    journal.write_text('{"task_id": 3, "failures": 1}\n' + line + "\n")
+    b = book(journal)
+    assert b.next_attempt(3) == 1, "a journal that cannot be trusted is not half applied"
+    [aside] = tmp_path.glob("attempts.jsonl.bad-*")
+    assert line in aside.read_text()
+    b.record_failure(3, "failed", NOW)
+    assert book(journal).next_attempt(3) == 2
+
+
+def test_every_change_is_one_appended_line_never_a_rewrite(tmp_path: Path) -> None:
+    journal = tmp_path / "attempts.jsonl"
+    b = book(journal)
+    b.record_failure(1, "failed", NOW)
+    inode = journal.stat().st_ino
+    b.hold_success(2)
+    b.record_success(2)
+    b.record_failure(1, "timed_out", NOW)
+    assert journal.stat().st_ino == inode, "the journal was replaced, not appended to"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [(line["task_id"], line.get("forget", False)) for line in lines] == [
+        (1, False),
+        (2, False),
+        (2, True),
+        (1, False),
+    ]
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
+    journal = tmp_path / "attempts.jsonl"
+    first = book(journal)
+    first.record_failure(4, "failed", NOW)
+    with journal.open("a") as handle:
+        handle.write('{"task_id": 4, "failu')  # the daemon died in the middle of this write
+    assert read_records(journal)[4].failures == 1
+    assert book(journal).record(4).failures == 1
+
+
+def test_opening_compacts_the_journal_and_migrates_the_old_file(tmp_path: Path) -> None:
+    old = tmp_path / "attempts.json"
+    old.write_text(
+        json.dumps({"version": 1, "tasks": {"5": {"failures": 2, "last_outcome": "failed"}, "6": {"failures": 1}}})
+    )
+    journal = tmp_path / "attempts.jsonl"
+    journal.write_text('{"task_id": 6, "forget": true}\n{"task_id": 7, "failures": 1}\n{"task_id": 7, "failures": 2}\n')
+    assert set(read_records(journal)) == {5, 7}, "status reads the old file and the journal on top"
+    assert old.exists(), "reading changes nothing"
+
+    b = book(journal)
+
+    assert b.record(5).failures == 2 and b.record(7).failures == 2 and b.next_attempt(6) == 1
+    assert not old.exists() and (tmp_path / "attempts.json.migrated").exists()
+    assert [json.loads(line)["task_id"] for line in journal.read_text().splitlines()] == [5, 7]
+
+
+def test_a_long_journal_is_compacted_while_running(tmp_path: Path) -> None:
+    journal = tmp_path / "attempts.jsonl"
+    b = book(journal)
+    for task in range(COMPACT_MIN_LINES):
+        b.hold_success(task)
+        b.record_success(task)
+    b.record_failure(99_999, "failed", NOW)
+    assert len(journal.read_text().splitlines()) < COMPACT_MIN_LINES
+    assert read_records(journal) == {99_999: b.record(99_999)}

@@ -17,6 +17,7 @@ from tinyscheduler.core.circuit import (
 from tinyscheduler.core.pacing import PASS_BURST, PassPacer
 from tinyscheduler.core.planner import PlanConfig, Snapshot, plan
 from tinyscheduler.core.tasks import Task
+from tinyscheduler.core.text import iso
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = CircuitPolicy(base_sec=60, cap_sec=3600)
@@ -83,7 +84,7 @@ def test_an_unavailable_agent_starts_nothing_and_its_tasks_say_why_and_until_whe
     result = plan(snapshot, config)
     assert [(s.task_id, s.agent) for s in result.starts] == [(1, "dev-b")], "the pool's other agent serves it"
     reasons = {skip.task_id: skip.reason for skip in result.skips}
-    assert reasons[3] == f"agent dev-a unavailable until {until.isoformat()}: spawn failed: no such file"
+    assert reasons[3] == f"agent dev-a unavailable until {iso(until)}: spawn failed: no such file"
     assert reasons[2] == "no free slot in pool dev"
     assert reasons[4] == "no free slot (1 of 1 busy or starting)"
 

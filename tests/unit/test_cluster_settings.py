@@ -4,6 +4,8 @@ naming the variable, TLS and auth in pairs, and the etcd password never shown no
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,13 @@ def test_the_etcd_password_is_never_shown_and_no_run_inherits_it(tmp_path: Path)
 def test_cluster_settings_change_only_with_a_restart() -> None:
     cluster = {"etcd_endpoints", "host_id", "cluster", "cluster_heartbeat_sec", "etcd_user", "etcd_password"}
     assert cluster | {"etcd_ca_file", "etcd_cert_file", "etcd_key_file"} <= set(RESTART_ONLY)
+
+
+def test_a_daemon_on_one_host_loads_nothing_of_the_cluster_mode() -> None:
+    code = (
+        "import sys\n"
+        "import tinyscheduler.service.scheduler, tinyscheduler.cli.run, tinyscheduler.cli.status\n"
+        "print(sorted(m for m in sys.modules if m.endswith(('.etcd', '.cluster', '.membership', '.cluster_status'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

@@ -4,11 +4,13 @@
   `config.Settings`, with their real defaults;
 - every `tinyscheduler` command line in the README parses, and the ones that finish are run
   (against the fake TinyTask, in a folder set up from the examples);
-- the example registries and recipes pass `validate-config`'s checks.
+- the example registries and recipes pass `validate-config`'s checks;
+- docs/operations.md lists every event the program logs, at its level, and no other.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -21,10 +23,12 @@ from typing import Any
 
 import pytest
 
+from tinyscheduler.adapters.logsetup import LIFECYCLE_EVENTS
 from tinyscheduler.cli.main import build_parser
 from tinyscheduler.cli.validate import run_checks
 from tinyscheduler.config.registry import load_registry
 from tinyscheduler.config.settings import SETTINGS, SettingInfo, load_settings
+from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import STANDIN
@@ -157,6 +161,17 @@ def test_example_registries_and_recipes_pass_validate_config(registry, tmp_path)
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
 
 
+def test_what_init_ships_is_the_examples():
+    """`tinyscheduler init` writes the package's data; the repository's examples are that same text."""
+    data = ROOT / "src" / "tinyscheduler" / "data"
+    assert ENV_EXAMPLE.read_bytes() == (data / "tinyscheduler.env").read_bytes()
+    for shipped in (data / "recipes").iterdir():
+        assert (EXAMPLES / "recipes" / shipped.name).read_bytes() == shipped.read_bytes(), shipped.name
+    assert (EXAMPLES / "agent-control-examples" / "small.json").read_bytes() == (
+        data / "agent-control.json"
+    ).read_bytes()
+
+
 def test_every_example_recipe_is_used_and_valid():
     used = set()
     for path in (EXAMPLES / "agent-control-examples").glob("*.json"):
@@ -172,7 +187,6 @@ def test_every_example_recipe_is_used_and_valid():
 @pytest.fixture
 def readme_folder(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A base folder as the README's install steps leave it, with TinyTask and a finished run."""
-    shutil.copy(ENV_EXAMPLE, tmp_path / "tinyscheduler.env")
     shutil.copy(EXAMPLES / "agent-control-examples" / "medium.json", tmp_path / "agent-control.json")
     shutil.copytree(EXAMPLES / "recipes", tmp_path / "recipes")
     log = tmp_path / "state" / "logs" / "tasks" / "42"
@@ -202,9 +216,80 @@ def test_readme_command_lines_run(readme_folder):
             text=True,
             timeout=60,
         )
-        assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+        # `status` with no daemon running exits 3, as systemctl does; every other line succeeds.
+        expected = 3 if argv[1:2] == ["status"] else 0
+        assert result.returncode == expected, f"{line}\n{result.stdout}\n{result.stderr}"
         assert "Traceback" not in result.stderr, line
         ran.append(line)
     assert any("validate-config" in line for line in ran) and any("logs 42 -f" in line for line in ran)
     assert (base / "workload.md").read_text().startswith("# TinyTask workload report")
     assert readme_folder["fake"].task(2)["assigned_to"] is None, "the README's dry run changed nothing"
+
+
+# --- one event vocabulary ------------------------------------------------------------------------
+
+LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
+#: What a structlog logger is called where it logs: `log`, `self._log`, a `bound` logger.
+RECEIVER = re.compile(r"(^|\.)(_?log|bound|logger)$")
+
+
+def _names(node: ast.expr) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _names(node.body) + _names(node.orelse)
+    return []
+
+
+def logged_events() -> dict[str, set[str]]:
+    """Every event name the program logs (the first argument of a logger call, or of the helper that
+    names a breaker's opening), with its levels (`exception` counts as error)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "src" / "tinyscheduler").rglob("*.py")):
+        if "testing" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in LEVELS and RECEIVER.search(ast.unparse(func.value)):
+                level = "error" if func.attr == "exception" else func.attr
+            elif isinstance(func, ast.Name) and func.id == "_said_open":
+                level = "error"
+            else:
+                continue
+            for name in _names(node.args[0]):
+                found.setdefault(name, set()).add(level)
+    return found
+
+
+def documented_events() -> tuple[dict[str, set[str]], set[str]]:
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text[text.index("### Events") : text.index("## Stop")]
+    files, log = section.split("The log (journal, stderr")
+    logged = {
+        name: {level.strip() for level in levels.split(",")}
+        for name, levels in re.findall(r"^\| `(\w+)` \| ([a-z, ]+) \|", log, flags=re.M)
+    }
+    return logged, set(re.findall(r"^\| `(\w+)` \|", files, flags=re.M))
+
+
+def test_the_docs_list_every_event_the_program_logs_and_no_other():
+    logged, in_files = documented_events()
+    code = logged_events()
+    assert sorted(set(code) - set(logged)) == [], "logged but not in docs/operations.md (Events)"
+    assert sorted(set(logged) - set(code)) == [], "in docs/operations.md but never logged"
+    assert {name: levels for name, levels in logged.items() if levels != code[name]} == {}
+    assert in_files == LIFECYCLE_EVENTS
+
+
+def test_every_event_a_doc_shows_is_one_the_program_writes():
+    """A log line shown (`event=run_started`) names a logged event and a real outcome; a query of the
+    events file (`.event == "gave_up"`) names one of its events."""
+    logged = set(logged_events())
+    outcomes = {outcome.value for outcome in Outcome}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        assert sorted(set(re.findall(r"\bevent=(\w+)", text)) - logged) == [], doc.name
+        assert sorted(set(re.findall(r'\.event == "(\w+)"', text)) - LIFECYCLE_EVENTS) == [], doc.name
+        assert sorted(set(re.findall(r"\boutcome=(\w+)", text)) - outcomes) == [], doc.name

@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def test_write_then_read_round_trips(store: LeaseStore) -> None:
     assert store.read(7) == lease
     assert store.scan().leases == (lease,)
     data = json.loads(store.path(7).read_text())
-    assert data["started_at"] == "2026-11-26T06:00:00Z"
+    assert data["started_at"] == "2026-11-26T06:00:00.000Z"
     assert data["state"] == "running"
 
 
@@ -177,8 +177,35 @@ ORIGINAL = {
 }
 
 
+def test_a_heartbeat_touches_the_file_and_every_reader_sees_it(store: LeaseStore) -> None:
+    lease = make_lease()
+    store.write(lease)
+    inode, content = store.path(7).stat().st_ino, store.path(7).read_text()
+    later = lease.heartbeat + timedelta(seconds=42, microseconds=123456)
+
+    store.touch(7, later)
+
+    assert (store.path(7).stat().st_ino, store.path(7).read_text()) == (inode, content), "not rewritten"
+    assert store.read(7) == lease.with_changes(heartbeat=later)
+    assert store.scan().leases == (lease.with_changes(heartbeat=later),)
+    store.write(lease.with_changes(state=LeaseState.STOPPING))  # a rewrite says its own heartbeat
+    assert store.read(7).heartbeat == lease.heartbeat
+
+
+def test_a_scan_does_not_read_the_leases_the_caller_holds(store: LeaseStore) -> None:
+    mine, other = make_lease(task_id=7), make_lease(task_id=8)
+    store.write(mine)
+    store.write(other)
+    store.path(7).write_text("{ not read")
+
+    scan = store.scan(known={7: mine})
+
+    assert scan.leases == (mine, other) and scan.quarantined == ()
+
+
 def test_original_schema_lease_is_readable(store: LeaseStore) -> None:
     store.path(12).write_text(json.dumps(ORIGINAL))
+    os.utime(store.path(12), (0, 0))  # written long before its last heartbeat field says
     scan = store.scan()
     assert scan.quarantined == ()
     (lease,) = scan.leases

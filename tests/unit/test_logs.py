@@ -95,7 +95,7 @@ def test_json_lines_keep_fields_as_fields(clock: FakeClock) -> None:
         {
             "event": "finished",
             "level": "info",
-            "timestamp": "2026-03-14T23:59:58.000+02:00",
+            "timestamp": "2026-03-14T21:59:58.000Z",
             "task_id": 7,
             "agent": "dev",
             "outcome": "success",
@@ -120,8 +120,54 @@ def test_console_without_a_terminal_has_no_colours(clock: FakeClock) -> None:
     log.info("started", task_id=7, agent="dev")
     [line] = lines(out)
     assert "\x1b[" not in line
-    assert line.startswith("2026-03-14T23:59:58.000+02:00 [info")
+    assert line.startswith("2026-03-14T21:59:58.000Z [info")
     assert re.search(r"\bstarted\b.*\bagent=dev\b.*\btask_id=7\b", line)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("stream", "environ", "coloured"),
+    [
+        (Terminal, {}, True),
+        (Terminal, {"NO_COLOR": "1"}, False),
+        (io.StringIO, {"FORCE_COLOR": "1"}, True),
+        (Terminal, {"NO_COLOR": "1", "FORCE_COLOR": "1"}, False),
+    ],
+)
+def test_no_color_and_force_color_are_honoured(
+    stream: type[io.StringIO],
+    environ: dict[str, str],
+    coloured: bool,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("NO_COLOR", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    out = stream()
+    configure_logging("info", "console", None, stream=out, clock=clock)
+    log.info("started", task_id=7)
+    assert ("\x1b[" in out.getvalue()) is coloured
+
+
+@pytest.mark.parametrize("fmt", ["console", "journal", "json"])
+def test_structured_values_are_json_in_every_format(fmt: str, clock: FakeClock) -> None:
+    out = io.StringIO()
+    configure_logging("info", fmt, None, stream=out, clock=clock)
+    log.info("started", limits={"dev-a": 2, "qa-a": 1}, agents=["dev-a"])
+    text = out.getvalue()
+    assert "{'dev-a'" not in text and "['dev-a']" not in text, "no Python repr"
+    if fmt == "json":
+        assert json.loads(text)["limits"] == {"dev-a": 2, "qa-a": 1}
+    elif fmt == "console":
+        assert """limits='{"dev-a":2,"qa-a":1}'""" in text, text
+    else:  # logfmt quotes the JSON text as one value
+        assert 'limits="{\\"dev-a\\":2,\\"qa-a\\":1}"' in text, text
 
 
 def test_auto_is_journal_only_on_the_stream_journald_gave_us(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,7 +223,7 @@ def test_scheduler_file_is_json_and_switches_at_local_midnight(tmp_path: Path, c
         "event": "pass_finished",
         "level": "info",
         "busy": 1,
-        "timestamp": "2026-03-14T23:59:58.000+02:00",
+        "timestamp": "2026-03-14T21:59:58.000Z",
     }
     assert json.loads(after)["reason"] == "TinyTask down"
 
@@ -221,7 +267,7 @@ def test_event_log_writes_one_json_line_per_event_with_host_and_instance(tmp_pat
     day2 = [json.loads(x) for x in (tmp_path / "events_20260315.jsonl").read_text().splitlines()]
     assert day1 == [
         {
-            "timestamp": "2026-03-14T23:59:58.000+02:00",
+            "timestamp": "2026-03-14T21:59:58.000Z",
             "event": "assigned",
             "host": "host-1",
             "instance": "abc123",
@@ -230,7 +276,7 @@ def test_event_log_writes_one_json_line_per_event_with_host_and_instance(tmp_pat
             "queue": "dev",
         },
         {
-            "timestamp": "2026-03-14T23:59:58.000+02:00",
+            "timestamp": "2026-03-14T21:59:58.000Z",
             "event": "started",
             "host": "host-1",
             "instance": "abc123",
@@ -243,7 +289,7 @@ def test_event_log_writes_one_json_line_per_event_with_host_and_instance(tmp_pat
     ]
     assert day2 == [
         {
-            "timestamp": "2026-03-15T00:00:03.000+02:00",
+            "timestamp": "2026-03-14T22:00:03.000Z",
             "event": "finished",
             "host": "host-1",
             "instance": "abc123",

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tinyscheduler.adapters.tinytask.models import (
     TaskBatch,
+    TaskCache,
     TaskProblem,
     parse_task,
     parse_tasks,
@@ -175,6 +176,26 @@ def test_parse_tasks_of_a_non_list_is_one_problem(raw: Any) -> None:
     assert batch.tasks == ()
     (problem,) = batch.problems
     assert problem.field == "(list)" and "expected a JSON array" in problem.message
+
+
+def test_a_row_listed_again_unchanged_is_not_validated_again() -> None:
+    cache = TaskCache()
+    bad = {"id": "x", "status": "idle"}
+    first = parse_tasks([CURRENT, OLD, bad], "list", cache)
+    again = parse_tasks([dict(CURRENT), OLD | {"priority": 6}, bad], "list", cache)
+
+    assert again.tasks[0] is first.tasks[0], "the same row: the same task, no validation"
+    assert again.tasks[1] is not first.tasks[1] and again.tasks[1].priority == 6, "a changed row is parsed"
+    assert [p.task_id for p in again.problems] == ["x"], "a malformed row is said every time"
+    assert again == parse_tasks([CURRENT, OLD | {"priority": 6}, bad], "list"), "same result as without it"
+
+
+def test_rows_no_recent_list_showed_are_forgotten() -> None:
+    cache = TaskCache()
+    first = parse_tasks([CURRENT], "list", cache)
+    for _ in range(2 * TaskCache.KEEP_LISTS):
+        parse_tasks([OLD], "list", cache)
+    assert parse_tasks([CURRENT], "list", cache).tasks[0] is not first.tasks[0]
 
 
 def test_parse_tasks_of_an_empty_list() -> None:

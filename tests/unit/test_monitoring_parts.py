@@ -196,6 +196,7 @@ def exposed_names() -> set[str]:
         last_pass_ok=True,
         watchdog_healthy=True,
         cluster_fenced=False,
+        pauses=(("agent", "a", "pause", 1.0),),
     )
     metrics = Metrics(lambda: live)
     metrics.runs_finished.labels(agent="a", outcome="succeeded").inc()
@@ -221,6 +222,7 @@ def test_the_example_dashboard_and_alerts_use_only_metrics_the_daemon_exposes() 
         assert rule["expr"].count("(") == rule["expr"].count(")")
     named = {rule["alert"] for rule in rules}
     wanted = {"Down", "PassesFailing", "AgentUnavailable", "HighRunFailureRate", "WatchdogWithheld", "Restarted"}
+    wanted |= {"PausedForADay"}
     assert {f"TinyScheduler{name}" for name in wanted} <= named
 
 

@@ -35,7 +35,7 @@ from tinyscheduler.core.control import (
     summary,
 )
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, Outcome, ProcessEnd, RunVerdict, StopCause, classify
-from tinyscheduler.core.planner import PlanConfig, Snapshot, plan
+from tinyscheduler.core.planner import PlanConfig, Snapshot, plan, refill
 from tinyscheduler.core.policy import Intent, report_intent
 from tinyscheduler.core.tasks import Task
 
@@ -57,8 +57,8 @@ def apply(pauses: Pauses, data: dict[str, Any]) -> Change | Refusal:
 
 
 def test_a_pause_says_who_when_and_why() -> None:
-    assert pause(Scope.AGENT, "dev-a").text == "agent dev-a paused by alice since 2026-11-29T12:00:00Z: maintenance"
-    assert pause(Scope.HOST, kind=Kind.DRAIN, reason="").text == "host draining by alice since 2026-11-29T12:00:00Z"
+    assert pause(Scope.AGENT, "dev-a").text == "agent dev-a paused by alice since 2026-11-29T12:00:00.000Z: maintenance"
+    assert pause(Scope.HOST, kind=Kind.DRAIN, reason="").text == "host draining by alice since 2026-11-29T12:00:00.000Z"
 
 
 def test_pauses_round_trip_through_their_json() -> None:
@@ -139,7 +139,7 @@ def test_pause_then_resume_an_agent() -> None:
     assert isinstance(paused, Change)
     [made] = paused.pauses.items
     assert (made.user, made.since, made.reason) == ("bob", NOW + timedelta(hours=1), "flaky")
-    assert paused.message == "agent dev-a paused by bob since 2026-11-29T13:00:00Z: flaky"
+    assert paused.message == "agent dev-a paused by bob since 2026-11-29T13:00:00.000Z: flaky"
     resumed = apply(paused.pauses, {"action": "resume", "scope": "agent", "target": "dev-a"})
     assert isinstance(resumed, Change) and resumed.pauses == Pauses()
     assert resumed.message.startswith("resumed agent dev-a (agent dev-a paused by bob since ")
@@ -153,7 +153,7 @@ def test_pause_then_resume_an_agent() -> None:
         (
             Pauses((pause(Scope.AGENT, "dev-a"),)),
             {"action": "pause", "scope": "agent", "target": "dev-a"},
-            "already paused: agent dev-a paused by alice since 2026-11-29T12:00:00Z: maintenance",
+            "already paused: agent dev-a paused by alice since 2026-11-29T12:00:00.000Z: maintenance",
         ),
         (Pauses(), {"action": "resume", "scope": "queue", "target": "qa"}, "queue qa is not paused"),
         (Pauses(), {"action": "resume", "scope": "host"}, "host is not paused"),
@@ -179,7 +179,7 @@ def test_a_drain_replaces_a_host_pause_and_a_waiting_drain_joins_one_in_progress
     result = apply(Pauses((pause(Scope.HOST),)), {"action": "drain", "reason": "kernel update"})
     assert isinstance(result, Change)
     assert result.pauses.draining is not None and result.pauses.draining.user == "bob"
-    assert result.message.endswith("(was host paused by alice since 2026-11-29T12:00:00Z: maintenance)")
+    assert result.message.endswith("(was host paused by alice since 2026-11-29T12:00:00.000Z: maintenance)")
     joined = apply(result.pauses, {"action": "drain", "wait": True})
     assert isinstance(joined, Change) and not joined.changed and joined.pauses == result.pauses
     ended = apply(result.pauses, {"action": "resume", "scope": "host"})
@@ -248,7 +248,7 @@ def test_a_paused_queue_is_neither_assigned_nor_started_while_other_queues_run()
         agent_tasks={"dev-a": [task(3, agent="dev-a")], "qa-a": [task(4, agent="qa-a", queue="qa")]},
     )
     assert starts == {2: "qa-a", 4: "qa-a"}
-    assert skips == {1: "queue dev paused by alice since 2026-11-29T12:00:00Z", 3: paused.text}
+    assert skips == {1: "queue dev paused by alice since 2026-11-29T12:00:00.000Z", 3: paused.text}
 
 
 def test_a_paused_or_draining_host_starts_nothing_and_every_task_says_why() -> None:
@@ -263,15 +263,26 @@ def test_a_paused_or_draining_host_starts_nothing_and_every_task_says_why() -> N
         assert skips == dict.fromkeys((1, 2, 3), host.text)
 
 
-def test_starts_carry_their_queue_so_a_pause_made_during_the_pass_can_be_checked() -> None:
+def test_paused_work_never_waits_for_a_freed_slot() -> None:
+    """A slot that frees between passes takes a waiting task (core.planner.refill): a paused queue's
+    tasks and a paused agent's own tasks must not be there, or a refill would start them."""
     snapshot = Snapshot(
         now=NOW,
         host="h",
         instance_id="i",
-        queue_tasks={"dev": [task(1)]},
-        agent_tasks={"qa-a": [task(2, agent="qa-a", queue="qa")]},
+        pauses=Pauses((pause(Scope.QUEUE, "qa"), pause(Scope.AGENT, "dev-b"))),
+        queue_tasks={"dev": [task(i) for i in range(1, 8)], "qa": [task(10, queue="qa")]},
+        agent_tasks={"dev-b": [task(20, agent="dev-b")], "dev-a": [task(30, agent="dev-a")]},
     )
-    assert {s.task_id: s.queue for s in plan(snapshot, CONFIG).starts} == {1: "dev", 2: "qa"}
+    result = plan(snapshot, CONFIG)
+    assert {s.task_id for s in result.starts} == {1, 2}  # dev-a's two slots; dev-b is paused
+    assert [t.id for t in result.waiting.queues["dev"]] == [3, 4, 5, 6, 7]
+    assert "qa" not in result.waiting.queues
+    assert "dev-b" not in result.waiting.agents
+    assert [t.id for t in result.waiting.agents["dev-a"]] == [30]
+    for agent in ("qa-a", "dev-b"):
+        found = refill(result.waiting, agent, taken=set(), not_before={}, now=NOW)
+        assert found is None or (found[1].queue_name != "qa" and found[1].assigned_to != "dev-b")
 
 
 # --- cancel --fail: a stop that counts --------------------------------------------------------------

@@ -23,8 +23,10 @@ from tinyscheduler.core.planner import (
     count_blocked_by,
     judge_lease,
     plan,
+    refill,
 )
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 NOW = datetime(2026, 11, 26, 6, 0, 0, tzinfo=UTC)
 HOST = "host-a"
@@ -614,7 +616,7 @@ def test_backoff_not_before(offset: timedelta, starts: bool) -> None:
     result = plan(s, cfg({"a": 1}))
     assert (started_ids(result) == [1]) is starts
     if not starts:
-        assert skip_reasons(result) == {1: [f"retry backs off until {until.isoformat(timespec='seconds')}"]}
+        assert skip_reasons(result) == {1: [f"retry backs off until {iso(until)}"]}
 
 
 def test_backoff_of_one_task_does_not_hold_back_the_others() -> None:
@@ -717,7 +719,7 @@ def test_every_skip_has_a_reason_and_every_fetched_task_is_accounted_for() -> No
         2: ["blocked by task 1"],
         5: ["status is working"],
         6: [f"tagged {FAILED_TAG}; remove the tag to retry"],
-        8: ["retry backs off until 2026-11-26T06:01:00+00:00"],
+        8: ["retry backs off until 2026-11-26T06:01:00.000Z"],
     }
     assert [(x.agent, x.limit, x.busy, x.starting, x.free_after) for x in result.slots] == [
         ("a", 2, 1, 1, 0),
@@ -777,3 +779,36 @@ def test_a_lease_without_a_pid_holds_its_slot_until_recovered() -> None:
     result = plan(s, cfg({"a": 1}))
     assert result.leases[0].verdict is LeaseVerdict.RECOVER
     assert slot(result, "a").busy == 1 and started(result) == []
+
+
+# --- waiting and refill ----------------------------------------------------------------------------
+
+
+def test_what_found_no_slot_waits_in_the_order_the_next_pass_would_start_it() -> None:
+    queue = [task(i, queue="q", age=10 - i) for i in range(1, 5)]
+    own = [task(10, agent="a", age=3), task(11, agent="a", age=2, blocked=True, blocked_by=1), task(12, agent="a")]
+    result = plan(snap(queue_tasks={"q": queue}, agent_tasks={"a": own}), cfg({"a": 1, "b": 1}, {"q": ["a", "b"]}))
+
+    assert started_ids(result) == [1, 2]
+    assert [t.id for t in result.waiting.queues["q"]] == [3, 4]
+    assert [t.id for t in result.waiting.agents["a"]] == [10, 12], "the blocked task does not wait for a slot"
+    assert result.waiting.blockers == frozenset({1})
+
+    first = refill(result.waiting, "a", taken={1, 2}, not_before={}, now=NOW)
+    assert first is not None and (first[0].task_id, first[0].newly_assigned, first[0].queue) == (3, True, "q")
+    backing_off = {3: NOW + timedelta(seconds=1), 4: NOW - timedelta(seconds=1)}
+    found = refill(result.waiting, "a", taken={1, 2}, not_before=backing_off, now=NOW)
+    assert found is not None and found[0].task_id == 4, "a task backing off is passed over"
+    found = refill(result.waiting, "a", taken={1, 2, 3, 4}, not_before={}, now=NOW)
+    assert found is not None and (found[0].task_id, found[0].newly_assigned) == (10, False)
+    assert refill(result.waiting, "b", taken={1, 2, 3, 4}, not_before={}, now=NOW) is None, "b takes no task of a"
+    assert refill(result.waiting, "a", taken={1, 2, 3, 4, 10, 12}, not_before={}, now=NOW) is None
+
+
+def test_the_plan_says_which_leases_hold_slots() -> None:
+    leases = [lease(1, "a"), lease(2, "a", owner="old"), lease(3, "a", pid=None), lease(4, "a")]
+    result = plan(
+        snap(leases=leases, liveness={4: Liveness.DEAD}, supervised={1}),
+        cfg({"a": 4}),
+    )
+    assert dict(result.holding) == {1: "a", 2: "a", 3: "a"}, "the ended run's lease holds none"

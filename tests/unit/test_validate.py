@@ -89,7 +89,8 @@ def test_a_ready_host_passes(tmp_path: Path, tinytask: FakeTinyTask) -> None:
 def test_missing_folders_and_goose_are_errors(tmp_path: Path, closed_port_url: str) -> None:
     checks = run_checks(loaded(tmp_path, closed_port_url, goose_bin="no-such-goose-binary"), fix=False)
     found = failures(checks)
-    assert ("error", "paths", f"recipes dir {tmp_path / 'recipes'} does not exist") in found
+    fixable = "(validate-config --fix creates it)"
+    assert ("error", "paths", f"recipes dir {tmp_path / 'recipes'} does not exist {fixable}") in found
     assert (
         "error",
         "paths",
@@ -197,6 +198,7 @@ def test_fix_creates_state_folders_and_a_placeholder_registry(tmp_path: Path, cl
     checks = run_checks(loaded(tmp_path, closed_port_url), fix=True)
     created = [c.detail for c in checks if c.name == "fix"]
     assert created == [
+        f"created recipes dir {tmp_path / 'recipes'}",
         f"created running dir {tmp_path / 'state/running'}",
         f"created log dir {tmp_path / 'state/logs'}",
         f"created quarantine dir {tmp_path / 'state/quarantine'}",
@@ -207,12 +209,11 @@ def test_fix_creates_state_folders_and_a_placeholder_registry(tmp_path: Path, cl
     # The placeholder validates and keeps everything as in legacy mode: its agent never runs.
     found = failures(checks)
     assert ("warning", "slots", "agent 'example-agent' has 0 slots: it never runs") in found
-    # What remains is what --fix must not invent: the recipes folder and the goose binary.
+    # What remains is what --fix must not invent: the goose binary (the recipes folder it makes, empty).
     assert [(name, detail) for level, name, detail in found if level == "error"] == [
-        ("paths", f"recipes dir {tmp_path / 'recipes'} does not exist"),
         ("goose", f"TINYSCHEDULER_GOOSE_BIN={str(tmp_path / 'bin/goose')!r}: not found or not executable"),
     ]
-    assert not (tmp_path / "recipes").exists()
+    assert list((tmp_path / "recipes").iterdir()) == []
 
 
 def test_fix_never_overwrites(tmp_path: Path, closed_port_url: str) -> None:

@@ -1,12 +1,22 @@
 """Attempt history per task: failures, backoff, give-up, and successes not yet reported.
 
-One small JSON file (e.g. `state/attempts.json`), rewritten atomically after every change, so the
-history survives restarts of the daemon and a crash mid-write leaves the old file or the new one.
-The daemon runs in one event loop thread; the book is only touched from there.
+Kept in a journal, `state/attempts.jsonl`: one JSON line per change (a task's record as it now is,
+or `{"task_id": N, "forget": true}`), appended with one write and never rewritten in place, so a
+run's path costs an append of ~150 bytes, not a rewrite of the whole history. Replaying the lines
+in order gives the book. When the daemon opens it, and whenever the journal has grown to several
+times the records it holds, it is compacted: the live records are written to a new file that
+replaces the journal atomically. A crash mid-append leaves a last line without its newline, which
+readers skip.
+
+The previous format, one JSON document `state/attempts.json` (`{"version": 1, "tasks": {...}}`),
+is still read: its records come first, the journal's lines apply on top, and the first compaction
+moves them into the journal and renames the old file `attempts.json.migrated`. `status` and the
+dry run read both without changing either (`read_records`).
 
 A success whose report to TinyTask failed is held here too (`hold_success`): the task then stays
 `working` on the server until the lease watcher requeues it, and the next claim of that task
-completes it instead of running the agent again (see `runs`).
+completes it instead of running the agent again (see service.run). The daemon runs in one event
+loop thread; the book is only touched from there.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from pathlib import Path
 
 import structlog
 
-from tinyscheduler.adapters.files import make_private_folder, write_json_atomic
+from tinyscheduler.adapters.attempt_journal import MAX_BOOK_BYTES, parse_document, replay
+from tinyscheduler.adapters.files import make_private_folder
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
@@ -28,10 +39,11 @@ from tinyscheduler.core.attempts import (
     after_failure,
     with_success_held,
 )
+from tinyscheduler.core.retention import stale_task_ids
 
-FORMAT_VERSION = 1
-#: Far above the history of any real host (a record is about 200 bytes).
-MAX_BOOK_BYTES = 64 * 1024 * 1024
+#: Compact once the journal holds this many lines and more than COMPACT_RATIO lines per live record.
+COMPACT_MIN_LINES = 1000
+COMPACT_RATIO = 4
 log = structlog.get_logger("tinyscheduler.attempts")
 
 
@@ -44,13 +56,20 @@ class AttemptBook:
         retry_base_sec: float,
         max_delay_sec: float = MAX_RETRY_DELAY_SEC,
         read_only: bool = False,
+        legacy_path: Path | None = None,
     ) -> None:
+        """`path`: the journal; `legacy_path`: the old `attempts.json` (default: next to it)."""
         self.path = path
-        #: A read-only book (dry run, status) never writes nor moves the file.
+        self.legacy_path = legacy_path if legacy_path is not None else path.with_name("attempts.json")
+        #: A read-only book (dry run, status) never writes nor moves a file.
         self.read_only = read_only
         #: Replaced on reload; records already written keep the backoff they were given.
         self.policy = RetryPolicy(max_attempts, retry_base_sec, max_delay_sec)
+        self._fd: int | None = None
+        self._lines = 0
         self._records: dict[int, AttemptRecord] = self._load()
+        if not read_only and (self._lines or self.legacy_path.exists()):
+            self._compact()
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -73,7 +92,7 @@ class AttemptBook:
     def success_unreported(self, task_id: int) -> bool:
         return self.record(task_id).success_unreported
 
-    # --- changes (each one written to disk before it returns) ------------------------------------
+    # --- changes (each one in the journal before it returns) -------------------------------------
 
     def record_failure(self, task_id: int, outcome: str, now: datetime) -> AttemptRecord:
         record = after_failure(self.record(task_id), outcome, now, self.policy)
@@ -90,57 +109,99 @@ class AttemptBook:
     def forget(self, task_id: int) -> None:
         """Drop the history, e.g. when a person removed the failed tag to grant a fresh budget."""
         if self._records.pop(task_id, None) is not None:
-            self._save()
+            self._append({"task_id": task_id, "forget": True})
 
-    # --- file ------------------------------------------------------------------------------------
+    def forget_stale(self, now: datetime, keep_days: int, *, busy: frozenset[int] = frozenset()) -> list[int]:
+        """Drop the records of tasks not tried for `keep_days` (given up, or done elsewhere), one
+        journal line each; a held success and a task in `busy` stay. The tasks forgotten."""
+        stale = stale_task_ids(
+            [(r.task_id, r.last_failure_at, r.success_unreported) for r in self._records.values()],
+            now=now,
+            keep_days=keep_days,
+        )
+        stale = [task_id for task_id in stale if task_id not in busy]
+        for task_id in stale:
+            self.forget(task_id)
+        return stale
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # --- files -----------------------------------------------------------------------------------
 
     def _put(self, record: AttemptRecord) -> None:
         self._records[record.task_id] = record
-        self._save()
+        self._append({"task_id": record.task_id, **record.to_json()})
 
-    def _save(self) -> None:
+    def _append(self, entry: dict[str, object]) -> None:
         if self.read_only:
             return
+        if self._lines >= COMPACT_MIN_LINES and self._lines > COMPACT_RATIO * len(self._records):
+            self._compact()
+            return  # the compacted journal already holds the change
+        # Not fsynced: it is on every run's path, and a line lost to a power cut costs at most one
+        # extra attempt of a task. One write() of one line: readers never see half of it but at the end.
+        os.write(self._journal(), (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        self._lines += 1
+
+    def _journal(self) -> int:
+        if self._fd is None:
+            make_private_folder(self.path.parent)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._fd = os.open(self.path, flags, 0o600)
+        return self._fd
+
+    def _compact(self) -> None:
+        """The live records into a fresh journal that replaces the old one (and the old format)."""
+        self.close()
         make_private_folder(self.path.parent)
-        tasks = {str(tid): rec.to_json() for tid, rec in sorted(self._records.items())}
-        # Atomic but not fsynced: it is on every run's path, and a record lost to a power cut costs
-        # at most one extra attempt of a task.
-        write_json_atomic(self.path, {"version": FORMAT_VERSION, "tasks": tasks}, durable=False)
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        lines = [
+            json.dumps({"task_id": tid, **rec.to_json()}, separators=(",", ":")) + "\n"
+            for tid, rec in sorted(self._records.items())
+        ]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(temp, flags, 0o600)
+        try:
+            os.write(fd, "".join(lines).encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+        self._lines = len(lines)
+        if self.legacy_path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(self.legacy_path, self.legacy_path.with_name(f"{self.legacy_path.name}.migrated"))
 
     def _load(self) -> dict[int, AttemptRecord]:
-        try:
-            # A FIFO or a device in its place must not hang the daemon's start.
-            raw = read_bytes(self.path, MAX_BOOK_BYTES)
-        except FileNotFoundError:
-            return {}
-        except (NotRegularFile, FileTooLarge, IsADirectoryError) as exc:  # other errors: the folder's
-            return self._unreadable(reason(exc))
-        try:
-            return _parse(raw)
-        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-            return self._unreadable(str(exc))
+        records: dict[int, AttemptRecord] = {}
+        for path, parse in ((self.legacy_path, parse_document), (self.path, replay)):
+            try:
+                # A FIFO or a device in its place must not hang the daemon's start.
+                raw = read_bytes(path, MAX_BOOK_BYTES)
+            except FileNotFoundError:
+                continue
+            except (NotRegularFile, FileTooLarge, IsADirectoryError) as exc:  # other errors: the folder's
+                self._unreadable(path, reason(exc))
+                continue
+            applied = dict(records)  # a file that cannot be trusted is not half applied
+            try:
+                lines = parse(raw, applied)
+            except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+                self._unreadable(path, str(exc))
+                continue
+            records = applied
+            if path == self.path:
+                self._lines = lines
+        return records
 
-    def _unreadable(self, why: str) -> dict[int, AttemptRecord]:
-        # A broken history must not stop the daemon; keep the file for a person, start afresh.
+    def _unreadable(self, path: Path, why: str) -> None:
+        # A broken history must not stop the daemon; keep the file for a person, go on without it.
         if self.read_only:
-            log.error("attempt_history_unreadable", action="ignored (read-only)", path=str(self.path), reason=why)
-            return {}
-        aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+            log.error("attempt_history_unreadable", action="ignored (read-only)", path=str(path), reason=why)
+            return
+        aside = path.with_name(f"{path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
         with contextlib.suppress(OSError):
-            os.replace(self.path, aside)
-        log.error(
-            "attempt_history_unreadable", action="starting empty", path=str(self.path), moved_to=str(aside), reason=why
-        )
-        return {}
-
-
-def _parse(raw: bytes) -> dict[int, AttemptRecord]:
-    data = json.loads(raw)
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
-        raise ValueError("expected an object with a 'tasks' object")
-    records = {int(key): AttemptRecord.from_json(int(key), value) for key, value in data["tasks"].items()}
-    for record in records.values():
-        for moment in (record.last_failure_at, record.not_before):
-            if moment is not None and moment.tzinfo is None:
-                raise ValueError(f"task {record.task_id}: timestamp without a time zone")
-    return records
+            os.replace(path, aside)
+        log.error("attempt_history_unreadable", action="set aside", path=str(path), moved_to=str(aside), reason=why)

@@ -9,7 +9,11 @@ the daemon as child subreaper, and a sweep of the processes tagged with the run'
   the daemon instead of to init, so the daemon can find and reap them.
 - sweep: every process of a run carries TINYSCHEDULER_LEASE=<its lease path> in its environment, so
   anything left of it is found through /proc even without systemd. A process that both leaves the
-  session and clears its environment escapes the sweep: only the cgroup catches that.
+  session and clears its environment escapes the sweep: only the cgroup catches that. For a run this
+  daemon started while it is the subreaper, everything the run left is below the daemon in the
+  process tree (what goose's exit orphaned was re-parented to it): only the daemon's stray children
+  and what is below them are read (`strays`), not every process of the host, and usually there are
+  none to read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 import psutil
 import structlog
 
-from tinyscheduler.adapters.procfs import processes_tagged
+from tinyscheduler.adapters.procfs import Tagged, children, is_zombie, processes_tagged
 
 log = structlog.get_logger("tinyscheduler.containment")
 
@@ -123,33 +127,48 @@ def _cgroup_pids(path: Path) -> list[int]:
         return []
 
 
-def kill_tagged(lease_path: Path, spare: Iterable[int] = ()) -> list[int]:
-    """SIGKILL the live processes tagged with `lease_path` (but `spare`); their pids."""
+def kill_tagged(lease_path: Path, spare: Iterable[int] = (), among: Iterable[int] | None = None) -> list[Tagged]:
+    """SIGKILL the live processes tagged with `lease_path` (of `among`, or of all; but `spare`)."""
     spared = set(spare)
     killed = []
-    for found in processes_tagged(lease_path):
+    for found in processes_tagged(lease_path, among):
         if found.pid in spared or found.pid == os.getpid():
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(found.pid, signal.SIGKILL)
-            killed.append(found.pid)
+            killed.append(found)
     return killed
 
 
-def reap_orphans(own_children: Iterable[int]) -> int:
+def main_children() -> list[int] | None:
+    """The daemon's children that matter here, from its main thread alone: the runs are spawned from
+    the event loop, which runs there, and orphans go to a subreaper's first live thread, which it is.
+    (Worker threads start only short commands they wait for themselves.)"""
+    return children(os.getpid(), leader_only=True)
+
+
+def strays(known: Iterable[int]) -> set[int] | None:
+    """The daemon's children that are none of `known` (its runs' goose and keepers): as the runs'
+    subreaper, what their exits orphaned. None when the kernel does not list children."""
+    mine = main_children()
+    return None if mine is None else set(mine).difference(known)
+
+
+def reap_orphans(own: Iterable[int]) -> int:
     """Collect the exit status of orphans re-parented to the daemon (it is their subreaper); the
-    daemon's own children (`own_children`) are left to whoever waits for them."""
-    keep = set(own_children)
+    daemon's own children (`own`: its runs' goose and keepers) are left to whoever waits for them."""
+    keep = set(own)
+    listed = main_children()
+    if listed is None:
+        try:
+            listed = [child.pid for child in psutil.Process().children()]
+        except psutil.Error:
+            return 0
     reaped = 0
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return 0
-    for child in children:
-        if child.pid in keep:
+    for pid in listed:
+        if pid in keep or not is_zombie(pid):
             continue
-        with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
-            if child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
-                reaped += 1
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+            reaped += 1
     return reaped

@@ -1,8 +1,10 @@
 """The lease folder: `<running_dir>/task_<id>.json`, one file per run in flight on this host.
 
 Written atomically (temp file in the same folder, os.replace; the first write of a lease is also
-fsynced) with mode 0600 in a 0700 folder. A file that cannot be read as a lease is moved to the
-quarantine folder, never deleted and never allowed to crash a pass.
+fsynced) with mode 0600 in a 0700 folder, whenever the run's state changes. A heartbeat only sets
+the file's modification time (`touch`, no rewrite), so a lease's heartbeat, as every reader here
+sees it, is the later of its `heartbeat` field and its file's mtime. A file that cannot be read as
+a lease is moved to the quarantine folder, never deleted and never allowed to crash a pass.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tinyscheduler.adapters.files import make_private_folder, write_json_atomic, write_private
-from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes
+from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_file
 from tinyscheduler.core.leases import LEASE_NAME, MAX_LEASE_BYTES, Lease, LeaseFormatError, lease_from_json
 
 
@@ -57,6 +60,14 @@ class LeaseStore:
         """Atomically; `durable` for a lease's first write, which must outlive a power loss (else a
         task set `working` could be left with nothing to reconcile it). Rewrites need not be."""
         write_json_atomic(self.path(lease.task_id), lease.to_json(), durable=durable)
+        self.touch(lease.task_id, lease.heartbeat)  # the field holds whole seconds, the mtime the rest
+
+    def touch(self, task_id: int, moment: datetime) -> None:
+        """A heartbeat: the lease file's mtime set to `moment`, its content unchanged (microseconds,
+        where a rewrite costs a temp file, a JSON dump and a rename). Raises FileNotFoundError when
+        the file is gone (the caller writes it again)."""
+        stamp = _ns(moment)
+        os.utime(self.path(task_id), ns=(stamp, stamp), follow_symlinks=False)
 
     def remove(self, task_id: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -73,8 +84,11 @@ class LeaseStore:
             self._quarantine(path, str(exc))
             return None
 
-    def scan(self) -> LeaseScan:
-        """Every lease in the folder; anything unreadable is moved to quarantine and listed."""
+    def scan(self, known: Mapping[int, Lease] | None = None) -> LeaseScan:
+        """Every lease in the folder; anything unreadable is moved to quarantine and listed.
+
+        `known`: leases whose content the caller holds (the runs it supervises wrote them): their
+        files are listed, not read."""
         leases: list[Lease] = []
         quarantined: list[Quarantined] = []
         try:
@@ -86,6 +100,10 @@ class LeaseStore:
                 continue  # temp files of a write in progress
             path = self.running_dir / name
             match = LEASE_NAME.fullmatch(name)
+            held = known.get(int(match.group(1))) if known and match else None
+            if held is not None:
+                leases.append(held)
+                continue
             try:
                 if not match:
                     raise LeaseFormatError("file name is not task_<id>.json")
@@ -110,7 +128,7 @@ class LeaseStore:
     def _parse(self, path: Path) -> Lease:
         # Non-blocking and regular files only: a FIFO with a lease's name must not hang the pass.
         try:
-            raw = read_bytes(path, MAX_LEASE_BYTES)
+            raw, info = read_file(path, MAX_LEASE_BYTES)
         except (NotRegularFile, IsADirectoryError):
             raise LeaseFormatError("not a regular file") from None
         except FileTooLarge:
@@ -121,7 +139,9 @@ class LeaseStore:
             raise LeaseFormatError(f"not JSON: {exc}") from None
         except RecursionError:
             raise LeaseFormatError("not JSON: nested too deeply") from None
-        return lease_from_json(data, self.host)
+        lease = lease_from_json(data, self.host)
+        touched = _moment(info.st_mtime_ns)
+        return lease.with_changes(heartbeat=touched) if touched > lease.heartbeat else lease
 
     def _quarantine(self, path: Path, reason: str) -> Quarantined | None:
         if self.read_only:
@@ -148,3 +168,15 @@ class LeaseStore:
         with contextlib.suppress(OSError):
             write_private(target.parent / f"{target.name}.reason", f"{path}: {reason}\n", exclusive=True)
         return Quarantined(path, target, reason)
+
+
+def _ns(moment: datetime) -> int:
+    """A moment as nanoseconds since the epoch, exactly (a float loses the microseconds)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _moment(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

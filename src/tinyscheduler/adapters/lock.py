@@ -11,11 +11,13 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.reading import read_bytes
+from tinyscheduler.core.text import iso
 
 #: Exit code of a second instance (EX_TEMPFAIL: try again later).
 EXIT_LOCKED = 75
@@ -70,7 +72,7 @@ class InstanceLock:
         except BlockingIOError:
             os.close(fd)
             raise LockHeld(self.path, read_holder(self.path)) from None
-        since = datetime.now(UTC).isoformat(timespec="seconds")
+        since = iso(datetime.now(UTC))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {since}{' ' + note if note else ''}\n".encode(), 0)
         self._fd = fd
@@ -79,3 +81,42 @@ class InstanceLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """A `tinyscheduler run` process of this host, as /proc shows it."""
+
+    pid: int
+    argv: tuple[str, ...]
+    #: Its working folder (a relative base path resolves against it); None when not ours to read.
+    cwd: str | None
+
+
+def running_schedulers(proc: Path = Path("/proc")) -> list[Scheduler]:
+    """Every `tinyscheduler run --daemon` or `run --once` process of this host but this one, whatever
+    configuration it reads: `status` names them when the lock of its own base path is free."""
+    found = []
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = tuple(a.decode("utf-8", "replace") for a in read_bytes(entry / "cmdline", 65536).split(b"\0") if a)
+        except OSError:
+            continue  # gone meanwhile, or hidden
+        if not _is_scheduler(argv):
+            continue
+        try:
+            cwd: str | None = os.readlink(entry / "cwd")
+        except OSError:
+            cwd = None
+        found.append(Scheduler(int(entry.name), argv, cwd))
+    return sorted(found, key=lambda s: s.pid)
+
+
+def _is_scheduler(argv: tuple[str, ...]) -> bool:
+    program = [i for i, a in enumerate(argv[:3]) if a.endswith("/tinyscheduler") or a == "tinyscheduler"]
+    if not program:
+        return False
+    rest = argv[program[0] + 1 :]
+    return "run" in rest and ("--daemon" in rest or "--once" in rest)

@@ -36,7 +36,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.journal import JournalSender, is_journal_stream
 from tinyscheduler.core.redact import redacted
-from tinyscheduler.core.text import escaped
+from tinyscheduler.core.text import escaped, iso, wants_color
 
 log = structlog.get_logger("tinyscheduler.logs")
 
@@ -72,17 +72,13 @@ def identity() -> dict[str, str]:
 
 
 def local_now() -> datetime:
-    """Aware local time: file names follow the local date, timestamps carry the offset."""
+    """Aware local time: file names follow the local date; timestamps are written in UTC (core.text.iso)."""
     return datetime.now().astimezone()
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds")
-
-
 def _json_default(value: object) -> str:
-    # Fields are often datetimes and paths; ISO text and plain paths are what a scraper expects.
-    return _iso(value) if isinstance(value, datetime) else str(value)
+    # Fields are often datetimes and paths; RFC 3339 text and plain paths are what a scraper expects.
+    return iso(value) if isinstance(value, datetime) else str(value)
 
 
 class DailyFile:
@@ -189,7 +185,7 @@ class EventLog:
             )
         now = self._clock()
         fields = {key: redacted(key, value) for key, value in {**identity(), **fields}.items()}
-        line = json.dumps({"timestamp": _iso(now), "event": event, **fields}, default=_json_default)
+        line = json.dumps({"timestamp": iso(now), "event": event, **fields}, default=_json_default)
         try:
             self._file.write(now, line)
         except OSError as exc:
@@ -204,7 +200,7 @@ class EventLog:
 
 def _timestamper(clock: Clock) -> Processor:
     def add_timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        event_dict.setdefault("timestamp", _iso(clock()))
+        event_dict.setdefault("timestamp", iso(clock()))
         return event_dict
 
     return add_timestamp
@@ -272,6 +268,16 @@ def _redact_fields(logger: WrappedLogger, name: str, event_dict: EventDict) -> E
     return {key: value if key in _NOT_REDACTED else redacted(key, value) for key, value in event_dict.items()}
 
 
+def _structured_as_json(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    # A mapping or a list is one JSON value in every format (`limits={"dev-a": 2}`), never a Python repr.
+    return {
+        key: json.dumps(value, default=_json_default, separators=(",", ":"))
+        if isinstance(value, (dict, list, tuple)) and key not in _NOT_REDACTED
+        else value
+        for key, value in event_dict.items()
+    }
+
+
 def _escape_controls(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
     # A terminal or the journal would obey an ESC or a newline in a server's error text (a cleared
     # screen, a forged line with its own priority); JSON escapes them itself.
@@ -291,9 +297,10 @@ def _resolved(fmt: str, stream: TextIO) -> str:
 
 def _stream_renderer(fmt: str, stream: TextIO) -> list[Processor]:
     if fmt == "console":
-        return [_escape_controls, structlog.dev.ConsoleRenderer(colors=_isatty(stream))]
+        colors = wants_color(_isatty(stream), os.environ)
+        return [_structured_as_json, _escape_controls, structlog.dev.ConsoleRenderer(colors=colors)]
     if fmt == "journal":
-        return [structlog.processors.format_exc_info, _escape_controls, _render_journal]
+        return [structlog.processors.format_exc_info, _structured_as_json, _escape_controls, _render_journal]
     return [structlog.processors.format_exc_info, _json]
 
 
@@ -341,7 +348,9 @@ def configure_logging(
     fmt = _resolved(fmt, stream)
     handlers: list[logging.Handler] = [_stream_handler(fmt, stream, journal_socket)]
     if isinstance(handlers[0], _JournalHandler):
-        handlers[0].setFormatter(formatter([structlog.processors.format_exc_info, _escape_controls, journal_entry]))
+        handlers[0].setFormatter(
+            formatter([structlog.processors.format_exc_info, _structured_as_json, _escape_controls, journal_entry])
+        )
     else:
         handlers[0].setFormatter(formatter(_stream_renderer(fmt, stream)))
     if log_dir is not None:

@@ -23,7 +23,13 @@ from tinyscheduler.adapters.procfs import probe, verified_group
 from tinyscheduler.core.leases import Lease, Liveness
 
 
-def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+def encoded(env: Mapping[str, str]) -> dict[bytes, bytes]:
+    """An environment as the system call takes it: encoded once for the processes of a run, not
+    once per process (subprocess encodes every name and value of a text one at each spawn)."""
+    return {os.fsencode(name): os.fsencode(value) for name, value in env.items()}
+
+
+def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[bytes, bytes]) -> subprocess.Popen[bytes]:
     """Start `command` with stdout and stderr on `output_fd`, in its own session and process group,
     so that it outlives the daemon and the stop ladder reaches the whole group. It gets the umask the
     daemon was started with, not the daemon's own 077 (adapters.files.run_umask)."""
@@ -33,7 +39,7 @@ def spawn(command: Sequence[str], *, output_fd: int, cwd: Path, env: Mapping[str
         stdout=output_fd,
         stderr=subprocess.STDOUT,
         cwd=cwd,
-        env=dict(env),
+        env=env,
         start_new_session=True,
         umask=run_umask(),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +22,25 @@ def current_boot_id() -> str | None:
 
 def process_start_ticks(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
+        return None  # gone; or a zombie, which has finished: only its parent's wait() is missing
+    return int(fields[19])
+
+
+def is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] == "Z"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat from its third field (the state) on, or None when the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = _read(f"/proc/{pid}/stat").decode()
     except (OSError, ValueError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None  # a zombie has finished; only its parent's wait() is missing
-    return int(fields[19])
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def probe(lease: Lease, boot_id: str | None) -> Liveness:
@@ -55,8 +66,8 @@ class Tagged:
     keeper: bool
 
 
-def processes_tagged(lease_path: Path) -> list[Tagged]:
-    """Live processes whose environment names this lease file.
+def processes_tagged(lease_path: Path, among: Iterable[int] | None = None) -> list[Tagged]:
+    """Live processes whose environment names this lease file (of `among`, or of all).
 
     Every run is started with TINYSCHEDULER_LEASE=<its lease path>, so a run whose pid never made
     it into the lease (the scheduler died between spawn and the lease update), and whatever a run
@@ -64,21 +75,53 @@ def processes_tagged(lease_path: Path) -> list[Tagged]:
     """
     tag = f"TINYSCHEDULER_LEASE={lease_path}".encode() + b"\0"
     keeper = f"{KEEPER_ENV}=1".encode() + b"\0"
+    pids = among if among is not None else (int(entry.name) for entry in os.scandir("/proc") if entry.name.isdigit())
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for pid in pids:
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as handle:
-                environ = handle.read() + b"\0"
+            environ = _read(f"/proc/{pid}/environ") + b"\0"
         except OSError:
             continue  # gone, or not ours to read
         if environ.startswith(tag) or b"\0" + tag in environ:
-            ticks = process_start_ticks(int(entry.name))
+            ticks = process_start_ticks(pid)
             if ticks is not None:
                 is_keeper = environ.startswith(keeper) or b"\0" + keeper in environ
-                found.append(Tagged(int(entry.name), ticks, is_keeper))
+                found.append(Tagged(pid, ticks, is_keeper))
     return found
+
+
+def children(pid: int, *, leader_only: bool = False) -> list[int] | None:
+    """The children of a process, from each of its threads (/proc/PID/task/TID/children), or from
+    its first thread alone (`leader_only`); None when the kernel does not publish them
+    (CONFIG_PROC_CHILDREN) or the process is gone."""
+    try:
+        threads = [str(pid)] if leader_only else os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    found: list[int] = []
+    for thread in threads:
+        try:
+            found.extend(int(child) for child in _read(f"/proc/{pid}/task/{thread}/children").split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{thread}"):
+                continue  # the thread ended meanwhile
+            return None
+        except OSError:
+            continue
+    return found
+
+
+def descendants(roots: Iterable[int]) -> set[int]:
+    """`roots` and everything below them, as far as /proc shows it now."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo.extend(children(pid) or ())
+    return seen
 
 
 def verified_group(lease: Lease, boot_id: str | None) -> int | None:
@@ -95,3 +138,15 @@ def verified_group(lease: Lease, boot_id: str | None) -> int | None:
         return None
     expected = lease.pgid if lease.pgid is not None else lease.pid
     return actual if actual == expected else None
+
+
+def _read(path: str) -> bytes:
+    """A /proc file whole, in plain system calls (these are read per run: no buffering layer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -58,9 +58,15 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMIT) -> bytes:
     Raises FileNotFoundError, IsADirectoryError, NotRegularFile, FileTooLarge, or any other
     OSError of open/read (a symlink loop: ELOOP; no permission: EACCES). Never blocks on a FIFO.
     """
+    return read_file(path, limit)[0]
+
+
+def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_result]:
+    """`read_bytes`, with the file's status as it was opened (its mtime, for a lease's heartbeat)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
-        mode = os.fstat(fd).st_mode
+        info = os.fstat(fd)
+        mode = info.st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file", str(path))
         if not stat.S_ISREG(mode):
@@ -77,7 +83,7 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMIT) -> bytes:
         os.close(fd)
     if size > limit:
         raise FileTooLarge(path, limit)
-    return b"".join(chunks)
+    return b"".join(chunks), info
 
 
 def read_text(path: Path, limit: int = DEFAULT_LIMIT) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import shutil
 import subprocess
@@ -66,7 +67,12 @@ class RunLog:
         """Start the log with `header`, after whatever an earlier run of the same attempt left (a
         run stopped on request is not a counted attempt, so its successor shares the number)."""
         make_private_folder(self.path.parent)
-        self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        try:
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        except FileNotFoundError:
+            # The retention pruned the task's empty folder a moment ago: made again, once.
+            make_private_folder(self.path.parent)
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self.size = os.fstat(self._fd).st_size
         self.write(header.encode())
         self.start = self.size
@@ -151,6 +157,10 @@ class RunLog:
     def tail(self) -> str:
         """The end of the log (at most TAIL_BYTES), decoded leniently."""
         try:
+            if self._fd is not None:  # what this run wrote, through its own descriptor
+                size = os.fstat(self._fd).st_size
+                begin = max(self.start, size - TAIL_BYTES)
+                return os.pread(self._fd, size - begin, begin).decode("utf-8", errors="replace")
             with open(self.path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 handle.seek(max(self.start, size - TAIL_BYTES))
@@ -179,26 +189,28 @@ def output_pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
-def keeper_command() -> list[str]:
+@functools.cache
+def keeper_command() -> tuple[str, ...]:
+    """Looked up once: the PATH search is not worth repeating for every run."""
     sleep = shutil.which("sleep")
     if sleep:
-        return [sleep, "infinity"]
+        return (sleep, "infinity")
     # No coreutils: a Python that waits for a signal does the same, at a few MB more.
-    return [sys.executable, "-S", "-c", "import signal; signal.pause()"]
+    return (sys.executable, "-S", "-c", "import signal; signal.pause()")
 
 
 def spawn_keeper(
-    read_fd: int, env: Mapping[str, str], cwd: Path, *, enter: Callable[[list[str]], list[str]] = list
+    read_fd: int, env: Mapping[bytes, bytes], cwd: Path, *, enter: Callable[[list[str]], list[str]] = list
 ) -> subprocess.Popen[bytes]:
     """The process that holds the pipe open for the run's lifetime (see the module docstring);
     `enter` wraps its command (to join the run's cgroup)."""
     return subprocess.Popen(
-        enter(keeper_command()),
+        enter(list(keeper_command())),
         stdin=read_fd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=cwd,
-        env={**env, KEEPER_ENV: "1"},
+        env={**env, KEEPER_ENV.encode(): b"1"},
         start_new_session=True,
     )
 

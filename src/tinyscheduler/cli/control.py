@@ -10,10 +10,11 @@ arguments or configuration, 3 no daemon running (cancel, or a daemon gone while 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from tinyscheduler.adapters.controlsocket import Peer, ask, login_uid_of, user_name
 from tinyscheduler.adapters.lock import is_locked, read_holder
@@ -61,17 +62,44 @@ def request_from(args: argparse.Namespace) -> Request:
     return parse_request(request.to_json())
 
 
+class _Said:
+    """What the command said; with --json, collected for the one JSON document it prints at the end."""
+
+    collecting = False
+    lines: ClassVar[list[str]] = []
+    refused: ClassVar[list[str]] = []
+
+
 def _say(line: str) -> None:
+    if _Said.collecting:
+        _Said.lines.append(line)
+        return
     print(line, flush=True)
 
 
 def _refuse(line: str, code: int = EXIT_REFUSED) -> int:
     """One line on stderr saying why; the exit code."""
+    _Said.refused.append(line)
     print(f"tinyscheduler: {line}", file=sys.stderr)
     return code
 
 
 def control_command(loaded: LoadedSettings, args: argparse.Namespace) -> int:
+    """Entry point of pause, resume, cancel and drain; with --json, one JSON document on stdout:
+    action, ok, exit_code, the lines said and the refusal (or null)."""
+    if not getattr(args, "json", False):
+        return _control(loaded, args)
+    _Said.collecting = True
+    try:
+        code = _control(loaded, args)
+    finally:
+        _Said.collecting = False
+    document = {"action": args.control, "ok": code == EXIT_OK, "exit_code": code, "said": _Said.lines}
+    print(json.dumps({**document, "refused": _Said.refused[-1] if _Said.refused else None}))
+    return code
+
+
+def _control(loaded: LoadedSettings, args: argparse.Namespace) -> int:
     s = loaded.settings
     try:
         request = request_from(args)

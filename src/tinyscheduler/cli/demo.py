@@ -35,6 +35,7 @@ import anyio
 import psutil
 import yaml
 
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.cli.status import table
@@ -317,10 +318,9 @@ class Demo:
     def _attempts(self) -> list[AttemptRecord]:
         assert self.loaded is not None
         try:
-            data = json.loads(self.loaded.settings.attempts_file.read_text(encoding="utf-8"))
-            return [AttemptRecord.from_json(int(k), v) for k, v in data["tasks"].items()]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return []  # not written yet, or caught mid-replace on a slow disk: next refresh
+            return list(read_records(self.loaded.settings.attempts_file).values())
+        except (OSError, ValueError):
+            return []  # unreadable for a moment: next refresh
 
     # --- display --------------------------------------------------------------------------------
 

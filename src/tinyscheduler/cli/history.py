@@ -21,7 +21,7 @@ from tinyscheduler.cli.status import printable, table
 from tinyscheduler.config.prices import currency_of
 from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.cost import format_cost
-from tinyscheduler.core.text import format_age
+from tinyscheduler.core.text import format_age, iso
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: Rows of the per-task totals in the table; --json has them all.
@@ -44,10 +44,6 @@ def parse_since(text: str, now: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
-
-
 def _tokens(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -55,8 +51,8 @@ def _tokens(value: int | None) -> str:
 def run_rows(runs: list[RunRecord], currency: str) -> list[list[Any]]:
     return [
         [
-            _iso(r.started_at),
-            _iso(r.ended_at),
+            iso(r.started_at),
+            iso(r.ended_at),
             r.agent,
             r.task_id,
             r.attempt,
@@ -124,7 +120,7 @@ def render_table(found: Found, currency: str) -> str:
 def render_json(found: Found, currency: str) -> str:
     def run(record: RunRecord) -> dict[str, Any]:
         data = asdict(record)
-        data["started_at"], data["ended_at"] = _iso(record.started_at), _iso(record.ended_at)
+        data["started_at"], data["ended_at"] = iso(record.started_at), iso(record.ended_at)
         return data
 
     def sums(totals: Totals, name: str, key: object) -> dict[str, Any]:

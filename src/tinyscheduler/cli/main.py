@@ -6,8 +6,9 @@ and sets `handler=<function(args) -> int>`, then append it to SUBCOMMANDS. A han
 it needs inside its body, so `--help` and the quick paths stay fast and cannot break on an import.
 
 Exit codes: 0 success; 1 the command ran and failed (checks failed, TinyTask unreachable, a control
-request refused); 2 bad arguments or bad configuration (one line per problem on stderr, never a
-traceback); 3 no daemon running (a control request that needs one).
+request refused, `status` listing problems); 2 bad arguments or bad configuration (one line per
+problem on stderr, never a traceback); 3 no daemon running (`status`, as systemctl's; a control
+request that needs one).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from typing import Any, NoReturn, TypeAlias
 from tinyscheduler import __version__
 from tinyscheduler.adapters.files import restrict_umask
 from tinyscheduler.adapters.journal import prefix_stderr
-from tinyscheduler.config.settings import SETTINGS, ConfigError, LoadedSettings, SettingInfo, load_settings
+from tinyscheduler.config.settings import (
+    ENV_FILE_VAR,
+    SETTINGS,
+    SYSTEM_ENV_FILE,
+    ConfigError,
+    LoadedSettings,
+    SettingInfo,
+    load_settings,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -56,10 +65,11 @@ def _setting_help(info: SettingInfo) -> str:
     return text.replace("%", "%%")
 
 
-def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo) -> None:
+def _add_setting(parser: argparse._ActionsContainer, info: SettingInfo, *, listed: bool = True) -> None:
     # SUPPRESS: an absent flag leaves no attribute, so it neither hides a lower source nor
     # overwrites the same option given before the subcommand.
-    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS, "help": _setting_help(info)}
+    shown = _setting_help(info) if listed else argparse.SUPPRESS
+    common: dict[str, Any] = {"dest": info.name, "default": argparse.SUPPRESS, "help": shown}
     if info.is_bool:
         parser.add_argument(info.flag, action=argparse.BooleanOptionalAction, **common)
     elif info.name == "agent_limits":
@@ -77,26 +87,46 @@ def _common_options() -> _Parser:
         metavar="PATH",
         type=Path,
         default=argparse.SUPPRESS,
-        help="read settings from this file; a missing file is an error "
-        "(default: .env in the current directory, if present)",
+        help="read settings from this file; a missing file is an error (default: "
+        f"${ENV_FILE_VAR} if set, else ./.env, else {SYSTEM_ENV_FILE}, the first that exists)",
     )
     for name in GLOBAL_SETTINGS:
         _add_setting(group, _INFO[name])
     return common
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting (except the global ones), each overriding its variable."""
+#: Where the state is: what every command that reads it needs.
+_STATE = ("running_dir", "log_dir", "lock_file")
+_AGENTS = ("agent_control_file", "recipes_dir", "agent_limits", "default_slots")
+#: The settings each operator command reads (beyond the global ones): its --help lists only these.
+#: `run` and `validate-config` read every setting.
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "status": (*_STATE, *_AGENTS, "loop_interval_sec", "heartbeat_sec", "max_runtime_sec"),
+    "logs": ("log_dir", "running_dir"),
+    "report": ("mcp_endpoint", "tinytask_protocol", "running_dir", "prices"),
+    "history": ("running_dir", "prices"),
+}
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser, names: Sequence[str] | None = None, *, listed: bool = True
+) -> None:
+    """One flag per setting in `names` (default: every setting but the global ones), each
+    overriding its variable; not `listed` in --help (config takes them all, to show their effect)."""
     group = parser.add_argument_group("settings (flag > environment > env file > default)")
     for info in SETTINGS:
-        if info.name not in GLOBAL_SETTINGS:
-            _add_setting(group, info)
+        if info.name not in GLOBAL_SETTINGS and (names is None or info.name in names):
+            _add_setting(group, info, listed=listed)
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedSettings:
-    """Settings from the parsed arguments; raises ConfigError."""
+    """Settings from the parsed arguments; raises ConfigError. A command that found no configuration
+    at all says on stderr where it looked (it goes on with the defaults)."""
     cli = {info.name: getattr(args, info.name) for info in SETTINGS if hasattr(args, info.name)}
-    return load_settings(env_file=getattr(args, "env_file", None), cli=cli)
+    loaded = load_settings(env_file=getattr(args, "env_file", None), cli=cli)
+    if not loaded.configured:
+        print(f"tinyscheduler: note: {loaded.where_looked()}; using the defaults", file=sys.stderr)
+    return loaded
 
 
 # --- run ------------------------------------------------------------------------------------
@@ -155,9 +185,40 @@ def _add_run(sub: Subparsers, common: list[_Parser]) -> None:
     mode.add_argument(
         "--daemon", action="store_true", help="run until stopped by SIGTERM/SIGINT; SIGHUP reloads the configuration"
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output (the dry-run plan)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="as JSON: the dry run's plan; with --once, the pass and the runs it started, once they ended",
+    )
     add_setting_flags(parser)
     parser.set_defaults(handler=_run)
+
+
+# --- init -----------------------------------------------------------------------------------
+
+
+def _init(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.init import init_command
+
+    return init_command(args.path, user=args.user, force=args.force, json_output=args.json)
+
+
+def _add_init(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "init",
+        parents=common,
+        allow_abbrev=False,
+        help="set up a base path: settings, an example registry and recipes, state folders, systemd units",
+        description="Write PATH/.env (every setting, the base path set to PATH), goose.env, an example "
+        "agent-control.json with a recipe per agent (TinyTask MCP extension), the state folders, and "
+        "systemd units and a cron file written for PATH and this installation. Run again, it keeps "
+        "every file that exists.",
+    )
+    parser.add_argument("path", nargs="?", type=Path, metavar="PATH", help="the base path (default: here)")
+    parser.add_argument("--force", action="store_true", help="replace the files that exist")
+    parser.add_argument("--user", metavar="NAME", help="the user the units run as (default: you)")
+    parser.add_argument("--json", action="store_true", help="what was created, replaced and kept, as JSON")
+    parser.set_defaults(handler=_init)
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -196,11 +257,12 @@ def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
         allow_abbrev=False,
         help="show the resolved configuration",
         description="Print every setting, its value and where it came from "
-        "(default, env-file, env, cli). Secret values are redacted.",
+        "(default, env-file, env, cli), and which env file was read. Secret values are redacted. "
+        "Any setting's flag shows its effect here (`run --help` lists them all).",
     )
     parser.add_argument("--show", action="store_true", help="show the settings (the default action)")
     parser.add_argument("--json", action="store_true", help="as JSON")
-    add_setting_flags(parser)
+    add_setting_flags(parser, listed=False)
     parser.set_defaults(handler=_config)
 
 
@@ -210,13 +272,18 @@ def _add_config(sub: Subparsers, common: list[_Parser]) -> None:
 def _validate_config(args: argparse.Namespace) -> int:
     from tinyscheduler.cli.status import printable
     from tinyscheduler.cli.validate import run_checks
+    from tinyscheduler.core.redact import redacted
 
     checks = run_checks(load_from_args(args), fix=args.fix)
+    errors = sum(1 for c in checks if not c.ok and c.level == "error")
+    warnings = sum(1 for c in checks if not c.ok and c.level == "warning")
+    if args.json:
+        document = {"ok": not errors, "errors": errors, "warnings": warnings, "checks": [c.to_json() for c in checks]}
+        print(json.dumps(redacted("", document), indent=2))
+        return EXIT_FAILED if errors else EXIT_OK
     marks = {(True, "error"): "PASS", (True, "warning"): "PASS", (False, "error"): "FAIL", (False, "warning"): "WARN"}
     # Details quote files and the server's replies: shown escaped, secrets masked.
     print(printable([f"{marks[check.ok, check.level]}  {check.name}: {check.detail}" for check in checks]), end="")
-    errors = sum(1 for c in checks if not c.ok and c.level == "error")
-    warnings = sum(1 for c in checks if not c.ok and c.level == "warning")
     print(f"{errors} error(s), {warnings} warning(s)")
     return EXIT_FAILED if errors else EXIT_OK
 
@@ -227,14 +294,17 @@ def _add_validate_config(sub: Subparsers, common: list[_Parser]) -> None:
         parents=common,
         allow_abbrev=False,
         help="check the configuration",
-        description="Check paths, the goose binary, the agent registry, recipes and TinyTask. "
-        "Exit 0 only when no error remains (warnings are fine).",
+        description="Check paths, the goose binary, the agent registry, recipes and TinyTask.",
+        epilog="Exit status: 0 no error (warnings are fine); 1 at least one check failed; "
+        "2 bad arguments or configuration.",
     )
     parser.add_argument(
         "--fix",
         action="store_true",
-        help="create the state folders and a placeholder agent-control file if missing; never overwrites anything",
+        help="create the state folders, the recipes folder and a placeholder agent-control file if missing; "
+        "never overwrites anything",
     )
+    parser.add_argument("--json", action="store_true", help="the checks as JSON")
     add_setting_flags(parser)
     parser.set_defaults(handler=_validate_config)
 
@@ -279,8 +349,10 @@ def _add_status(sub: Subparsers, common: list[_Parser]) -> None:
         parents=common,
         allow_abbrev=False,
         help="what the scheduler on this host is doing",
-        description="Daemon (lock holder), slots per agent, runs in flight, the last pass and anything "
-        "wrong, from the state folder alone: works with no daemon and changes nothing.",
+        description="Daemon (lock holder), slots per agent, runs in flight, the last pass, the disk the "
+        "state uses and anything wrong, from the state folder alone: works with no daemon and changes nothing.",
+        epilog="Exit status, as systemctl's: 0 a daemon runs and nothing is wrong; 1 problems are listed; "
+        "3 no daemon runs for this base path (and nothing else is wrong); 2 bad arguments or configuration.",
     )
     parser.add_argument("--json", action="store_true", help="as JSON")
     parser.add_argument(
@@ -289,7 +361,7 @@ def _add_status(sub: Subparsers, common: list[_Parser]) -> None:
         dest="show_cluster",  # `cluster` is the setting (--cluster-name)
         help="the hosts of this host's cluster instead, from etcd: agents, free slots, heartbeats, claims",
     )
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["status"])
     parser.set_defaults(handler=_status)
 
 
@@ -310,7 +382,7 @@ def _add_logs(sub: Subparsers, common: list[_Parser]) -> None:
     parser.add_argument("task_id", type=int, metavar="TASK_ID", help="the TinyTask task id")
     parser.add_argument("--attempt", type=int, metavar="N", help="which attempt (default: the latest)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing while the run is in flight")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["logs"])
     parser.set_defaults(handler=_logs)
 
 
@@ -323,7 +395,11 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return report_command(
-        load_from_args(args), fmt=args.format, agent=args.agent, statuses=statuses, output=args.output
+        load_from_args(args),
+        fmt="json" if args.json else args.format,
+        agent=args.agent,
+        statuses=statuses,
+        output=args.output,
     )
 
 
@@ -340,8 +416,9 @@ def _add_report(sub: Subparsers, common: list[_Parser]) -> None:
         "--format",
         choices=("table", "json", "markdown"),
         default="table",
-        help="table (default), json (every task, the original's key names) or markdown",
+        help="table (default), json (every task, the original's key names; the same as --json) or markdown",
     )
+    parser.add_argument("--json", action="store_true", help="as JSON (the same as --format json)")
     parser.add_argument("--agent", metavar="A", help="only tasks assigned to this agent")
     parser.add_argument(
         "--status",
@@ -350,7 +427,7 @@ def _add_report(sub: Subparsers, common: list[_Parser]) -> None:
         help="statuses to include: idle, working, complete (default: idle,working)",
     )
     parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["report"])
     parser.set_defaults(handler=_report)
 
 
@@ -369,6 +446,12 @@ _CONTROL_EPILOG = (
 )
 
 
+def _add_json(parser: _Parser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON document on stdout: action, ok, exit_code, said, refused"
+    )
+
+
 def _add_scoped(sub: Subparsers, common: list[_Parser], name: str, help_text: str, description: str) -> _Parser:
     parser = sub.add_parser(
         name, parents=common, allow_abbrev=False, help=help_text, description=description, epilog=_CONTROL_EPILOG
@@ -377,6 +460,7 @@ def _add_scoped(sub: Subparsers, common: list[_Parser], name: str, help_text: st
     target.add_argument("--agent", metavar="A", help="one agent")
     target.add_argument("--queue", metavar="Q", help="one queue: its tasks are neither assigned nor started")
     target.add_argument("--host", action="store_true", help="the whole host (this scheduler)")
+    _add_json(parser)
     parser.set_defaults(handler=_control, control=name)
     return parser
 
@@ -415,6 +499,7 @@ def _add_cancel(sub: Subparsers, common: list[_Parser]) -> None:
     parser.add_argument("task_id", type=int, metavar="TASK", help="the TinyTask task id")
     parser.add_argument("--fail", action="store_true", help="count the run as a failed attempt (backoff, give-up)")
     parser.add_argument("--reason", metavar="TEXT", help="why, in the task's comment")
+    _add_json(parser)
     parser.set_defaults(handler=_control, control="cancel")
 
 
@@ -433,6 +518,7 @@ def _add_drain(sub: Subparsers, common: list[_Parser]) -> None:
         "--timeout", type=float, metavar="S", help="with --wait: give up waiting after S seconds (exit 1)"
     )
     parser.add_argument("--reason", metavar="TEXT", help="why, shown in status")
+    _add_json(parser)
     parser.set_defaults(handler=_control, control="drain")
 
 
@@ -466,12 +552,56 @@ def _add_history(sub: Subparsers, common: list[_Parser]) -> None:
         "--limit", type=int, default=100, metavar="N", help="list the latest N runs (default: 100; 0: all)"
     )
     parser.add_argument("--json", action="store_true", help="as JSON")
-    add_setting_flags(parser)
+    add_setting_flags(parser, COMMAND_SETTINGS["history"])
     parser.set_defaults(handler=_history)
+
+
+# --- completion, man (made from this parser) --------------------------------------------------
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.completion import SHELLS
+
+    sys.stdout.write(SHELLS[args.shell](build_parser()))
+    return EXIT_OK
+
+
+def _add_completion(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "completion",
+        parents=common,
+        allow_abbrev=False,
+        help="print shell completion for bash, zsh or fish",
+        description="Print the completion script of a shell, made from this command line's own definition. "
+        "bash: `tinyscheduler completion bash > /etc/bash_completion.d/tinyscheduler`; zsh: into a folder of "
+        "$fpath as _tinyscheduler; fish: to ~/.config/fish/completions/tinyscheduler.fish.",
+    )
+    parser.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell")
+    parser.set_defaults(handler=_completion)
+
+
+def _man(args: argparse.Namespace) -> int:
+    from tinyscheduler.cli.completion import manual
+
+    sys.stdout.write(manual(build_parser()))
+    return EXIT_OK
+
+
+def _add_man(sub: Subparsers, common: list[_Parser]) -> None:
+    parser = sub.add_parser(
+        "man",
+        parents=common,
+        allow_abbrev=False,
+        help="print the manual page (roff)",
+        description="Print the manual page, made from this command line's own definition: "
+        "`tinyscheduler man | man -l -`, or save it as man1/tinyscheduler.1 in a MANPATH folder.",
+    )
+    parser.set_defaults(handler=_man)
 
 
 #: Every subcommand, in the order `--help` lists them.
 SUBCOMMANDS: list[Registration] = [
+    _add_init,
     _add_run,
     _add_config,
     _add_validate_config,
@@ -484,6 +614,8 @@ SUBCOMMANDS: list[Registration] = [
     _add_logs,
     _add_report,
     _add_history,
+    _add_completion,
+    _add_man,
 ]
 
 
@@ -493,6 +625,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
+    return [
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,12 +650,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def misplaced_flag(argv: Sequence[str], commands: Sequence[str]) -> str | None:
+    """The hint for a subcommand's flag given before the subcommand (argparse would only say
+    "invalid choice"), or None. Global options may stand on either side."""
+    first = next((i for i, arg in enumerate(argv) if arg in commands), None)
+    if first is None:
+        return None
+    command = argv[first]
+    for arg in argv[:first]:
+        flag = arg.split("=", 1)[0]
+        info = _FLAGS.get(flag.replace("--no-", "--", 1) if flag.startswith("--no-") else flag)
+        if info is not None and info.name not in GLOBAL_SETTINGS:
+            return (
+                f"tinyscheduler: error: {flag} is a flag of the subcommand, not a global option: put it after "
+                f"the subcommand name (tinyscheduler {command} {arg} ...); only --env-file, "
+                + ", ".join(_INFO[name].flag for name in GLOBAL_SETTINGS)
+                + " may come first"
+            )
+    return None
+
+
+_FLAGS = {info.flag: info for info in SETTINGS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Whatever a command creates (state, logs, a report) is its user's alone, whatever the caller's umask.
     restrict_umask()
     # Under journald every line gets a priority, the one-line errors printed before logging too.
     prefix_stderr()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    hint = misplaced_flag(argv, subcommand_names(parser))
+    if hint is not None:
+        print(hint, file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
     except ConfigError as exc:

@@ -30,7 +30,7 @@ from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import STATUSES, Task
-from tinyscheduler.core.text import format_age, markdown_cell
+from tinyscheduler.core.text import format_age, iso, markdown_cell
 
 Format = Literal["table", "json", "markdown"]
 FORMATS: tuple[str, ...] = ("table", "json", "markdown")
@@ -93,7 +93,7 @@ def build(
         queues[t.queue_name or "(none)"] = queues.get(t.queue_name or "(none)", 0) + 1
     ages = {t.id: max(0.0, (now - t.created_at).total_seconds()) for t in ordered}
     return {
-        "generated_at": now.isoformat(timespec="seconds"),
+        "generated_at": iso(now),
         "tinytask": tinytask,
         "filters": {"status": list(statuses), "agent": agent},
         "summary": {
@@ -204,8 +204,8 @@ def _task_row(t: Task, age_sec: float) -> dict[str, Any]:
         "queue_name": t.queue_name,
         "blocked_by_task_id": t.blocked_by_task_id,
         "is_currently_blocked": t.is_currently_blocked,
-        "created_at": t.created_at.isoformat(),
-        "updated_at": t.updated_at.isoformat() if t.updated_at else None,
+        "created_at": iso(t.created_at),
+        "updated_at": iso(t.updated_at) if t.updated_at else None,
         "age_hours": _hours(age_sec),
     }
 
@@ -368,6 +368,17 @@ async def _collect(loaded: LoadedSettings, statuses: Sequence[str], agent: str |
     )
 
 
+def endpoint_origin(loaded: LoadedSettings) -> str:
+    """Where the TinyTask URL came from, as a person names it."""
+    source = loaded.sources["mcp_endpoint"]
+    if source == "default":
+        where = f"env file {loaded.env_file}" if loaded.env_file else "no env file was found"
+        return f"the default: TINYSCHEDULER_MCP_ENDPOINT is set nowhere ({where})"
+    if source == "env-file":
+        return f"TINYSCHEDULER_MCP_ENDPOINT in {loaded.env_file}"
+    return "--mcp-endpoint" if source == "cli" else "TINYSCHEDULER_MCP_ENDPOINT in the environment"
+
+
 def report_command(
     loaded: LoadedSettings,
     *,
@@ -378,11 +389,16 @@ def report_command(
     out: TextIO | None = None,
 ) -> int:
     """Entry point of `tinyscheduler report`: 0, or 1 when TinyTask cannot be read."""
+    url = loaded.settings.tinytask_url
+    origin = endpoint_origin(loaded)
+    if loaded.sources["mcp_endpoint"] == "default":
+        # Never silently: a report of the wrong server (or none) must say which one it asked.
+        print(f"tinyscheduler: note: asking TinyTask at {url}, {origin}", file=sys.stderr)
     try:
         report = anyio.run(_collect, loaded, tuple(statuses), agent)
     except TinyTaskError as exc:
-        url = loaded.settings.tinytask_url
-        print(printable([f"tinyscheduler: TinyTask at {url} is unreachable or failed: {exc}"]), end="", file=sys.stderr)
+        line = f"tinyscheduler: TinyTask at {url} ({origin}) is unreachable or failed: {exc}"
+        print(printable([line]), end="", file=sys.stderr)
         return 1
     text = render(report, fmt)
     if output is None:

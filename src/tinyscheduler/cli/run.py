@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ from pathlib import Path
 import anyio
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
+from tinyscheduler.adapters.history import HistoryStore
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.logsetup import configure_logging
@@ -25,9 +27,10 @@ from tinyscheduler.config.registry import RegistryError
 from tinyscheduler.config.settings import LoadedSettings
 from tinyscheduler.core.planner import plan
 from tinyscheduler.core.redact import redacted
+from tinyscheduler.core.text import iso
 from tinyscheduler.service.availability import from_published, goose_unavailable
 from tinyscheduler.service.configuration import Configuration
-from tinyscheduler.service.gather import gather, plan_config, planned_agents
+from tinyscheduler.service.gather import gather, planned_agents
 from tinyscheduler.service.runtime import utcnow
 from tinyscheduler.service.scheduler import Hooks, Scheduler
 
@@ -51,14 +54,7 @@ async def dry_run(loaded: LoadedSettings, *, json_output: bool) -> int:
         breakers = _daemon_breakers(s.last_pass_file)
     try:
         async with await connect(s.tinytask_url, s.tinytask_protocol) as client:
-            pc = plan_config(
-                config.limits,
-                config.registry,
-                client.features,
-                disable_blocking=s.disable_blocking,
-                heartbeat_sec=s.heartbeat_sec,
-                max_runtime_sec=s.max_runtime_sec,
-            )
+            pc = config.plan_config(client.features)
             now = utcnow()
             agents = planned_agents(pc)
             # What the daemon would skip: its open breakers, and goose if it cannot run now.
@@ -126,13 +122,45 @@ def run_command(
     if s.dry_run:
         return anyio.run(lambda: dry_run(loaded, json_output=json_output))
 
+    built: list[Scheduler] = []
+
     async def serve() -> int:
         # Built inside the event loop: its events belong to that loop.
-        return await Scheduler(loaded, once=once or not daemon, hooks=hooks or Hooks()).serve()
+        built.append(Scheduler(loaded, once=once or not daemon, hooks=hooks or Hooks()))
+        return await built[0].serve()
 
     try:
-        return anyio.run(serve)
+        code = anyio.run(serve)
     except RegistryError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
+    if json_output and built:
+        print(json.dumps(redacted("", once_summary(built[0], code)), indent=2, default=str))
+    return code
+
+
+def once_summary(scheduler: Scheduler, code: int) -> dict[str, object]:
+    """What `run --once --json` prints: the pass, and the runs this invocation started, as they ended."""
+    s = scheduler.config.settings
+    runs = HistoryStore(s.history_file, read_only=True).runs() if s.history_file.exists() else []
+    ours = [r for r in runs if r.instance == scheduler.instance_id and r.how == "spawned"]
+    report = scheduler.passes.report if scheduler.passes is not None else None
+    return {
+        "exit_code": code,
+        "instance": scheduler.instance_id,
+        "pass": dataclasses.asdict(report) if report is not None else None,
+        "started": [
+            {
+                "task_id": r.task_id,
+                "agent": r.agent,
+                "attempt": r.attempt,
+                "started_at": iso(r.started_at),
+                "ended_at": iso(r.ended_at),
+                "outcome": r.outcome,
+                "exit_code": r.exit_code,
+                "log_path": r.log_path,
+            }
+            for r in sorted(ours, key=lambda r: (r.started_at, r.task_id))
+        ],
+    }

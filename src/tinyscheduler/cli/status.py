@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from tinyscheduler.adapters.attempt_book import MAX_BOOK_BYTES
+from tinyscheduler.adapters.attempt_journal import read_records
 from tinyscheduler.adapters.leasestore import LeaseScan, LeaseStore
 from tinyscheduler.adapters.lock import is_locked, read_holder
 from tinyscheduler.adapters.pausestore import PauseStore, PausesUnreadable
@@ -26,13 +26,12 @@ from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.adapters.reading import read_bytes
 from tinyscheduler.config.registry import RegistryError, effective_limits, load_registry
 from tinyscheduler.config.settings import LoadedSettings, Settings
-from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.control import Pauses
-from tinyscheduler.core.leases import Lease, LeaseState, iso
+from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, PlanConfig, Snapshot, judge_lease
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import FAILED_TAG
-from tinyscheduler.core.text import escaped, format_age
+from tinyscheduler.core.text import escaped, format_age, iso
 
 # What InstanceLock.acquire writes: `pid N since ISO[ instance ID][ config PATH]`.
 _HOLDER = re.compile(
@@ -122,6 +121,11 @@ class Status:
     draining: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)
+    #: How much disk the state uses (adapters.retention.Usage), None when it cannot be read.
+    state_usage: dict[str, int] | None = None
+    #: Other `tinyscheduler run` processes of this host, looked for when this command found no
+    #: configuration and no daemon: pid, argv, folder.
+    elsewhere: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,7 +177,31 @@ def collect(settings: Settings, *, now: datetime | None = None, registry_require
     _agents(settings, status, registry_required=registry_required)
     _read_attempts(settings, status, now)
     _read_pauses(settings, status, now)
+    _measure(settings, status)
     return status
+
+
+def _measure(settings: Settings, status: Status) -> None:
+    from tinyscheduler.adapters.retention import places_of, usage
+
+    try:
+        status.state_usage = usage(places_of(settings), (settings.state_dir, settings.log_dir)).to_json()
+    except OSError:
+        status.state_usage = None  # unreadable folders are already a problem above
+
+
+def look_elsewhere(status: Status) -> None:
+    """No configuration found and no daemon for this base path: name the schedulers that do run on
+    this host, as a problem (`status` from the wrong folder must not look like an idle host)."""
+    from tinyscheduler.adapters.lock import running_schedulers
+
+    for found in running_schedulers():
+        folder = f" in {found.cwd}" if found.cwd else ""
+        status.elsewhere.append({"pid": found.pid, "argv": list(found.argv), "cwd": found.cwd})
+        status.problems.append(
+            f"no daemon for base path {status.paths.get('base_path')}, but pid {found.pid} runs "
+            f"`{' '.join(found.argv)}`{folder}: run status with its --env-file, or from its folder"
+        )
 
 
 def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
@@ -325,23 +353,18 @@ def _agents(settings: Settings, status: Status, *, registry_required: bool) -> N
 
 
 def _read_attempts(settings: Settings, status: Status, now: datetime) -> None:
-    # Parsed here rather than through AttemptBook, which sets a broken file aside: status only reads.
-    path = settings.attempts_file
+    # Read, never set aside or compacted (AttemptBook would): status changes nothing.
     try:
-        data = json.loads(read_bytes(path, MAX_BOOK_BYTES))
-        tasks = data["tasks"]
-        records = [AttemptRecord.from_json(int(key), value) for key, value in tasks.items()]
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        status.problems.append(f"{path}: unreadable attempt history ({exc})")
+        records = list(read_records(settings.attempts_file).values())
+    except (OSError, ValueError) as exc:
+        status.problems.append(f"unreadable attempt history ({exc})")
         return
     for record in sorted(records, key=lambda r: r.task_id):
         entry = {
             "task_id": record.task_id,
             "failures": record.failures,
             "last_outcome": record.last_outcome,
-            "not_before": record.not_before.isoformat() if record.not_before else None,
+            "not_before": iso(record.not_before) if record.not_before else None,
         }
         if record.gave_up:
             status.gave_up.append(entry)
@@ -389,6 +412,8 @@ def render(status: Status) -> str:
     cluster = (status.last_pass or {}).get("cluster")
     if isinstance(cluster, dict):
         lines.append(f"Cluster:   {_describe_cluster(cluster)}")
+    if status.state_usage is not None:
+        lines.append(f"Disk:      {_describe_usage(status.state_usage)}")
     if status.draining is not None:
         left = status.draining["runs_left"]
         lines.append(f"Draining:  {left} run{'' if left == 1 else 's'} left ({status.draining['text']})")
@@ -439,6 +464,25 @@ def printable(lines: list[str]) -> str:
     return "".join(escaped(redacted("", line)) + "\n" for line in lines)
 
 
+def _describe_usage(u: dict[str, int]) -> str:
+    temp = f", {u['temp_files']} leftover temporary file(s)" if u["temp_files"] else ""
+    return (
+        f"{format_bytes(u['total_bytes'])} in the state and log folders; run logs "
+        f"{format_bytes(u['run_log_bytes'])} in {u['run_logs']} file(s) of {u['task_folders']} task(s), "
+        f"{u['quarantined']} quarantined{temp}"
+    )
+
+
+def format_bytes(count: int) -> str:
+    """1536 -> 1.5 KiB."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def _describe_pass(status: Status) -> str:
     p = status.last_pass
     if p is None:
@@ -465,13 +509,28 @@ def _describe_cluster(c: dict[str, Any]) -> str:
     )
 
 
+#: Exit codes of `status`, as systemctl's: healthy, problems listed, no daemon running.
+EXIT_HEALTHY = 0
+EXIT_PROBLEMS = 1
+EXIT_NOT_RUNNING = 3
+
+
 def status_command(loaded: LoadedSettings, *, json_output: bool, out: TextIO | None = None) -> int:
-    """Entry point of `tinyscheduler status`: exit 0 when nothing is wrong, 1 when a problem is listed."""
+    """Entry point of `tinyscheduler status`: 0 a daemon runs and nothing is wrong, 1 a problem is
+    listed, 3 no daemon runs for this base path (and no problem is listed)."""
     out = out or sys.stdout
     required = loaded.sources.get("agent_control_file", "default") != "default"
     status = collect(loaded.settings, registry_required=required)
+    if not status.daemon.running and not loaded.configured:
+        look_elsewhere(status)
     if json_output:
         out.write(json.dumps(redacted("", status.to_json()), indent=2, default=str) + "\n")
     else:
         out.write(render(status))
-    return 1 if status.problems else 0
+    return exit_code(status)
+
+
+def exit_code(status: Status) -> int:
+    if status.problems:
+        return EXIT_PROBLEMS
+    return EXIT_HEALTHY if status.daemon.running else EXIT_NOT_RUNNING

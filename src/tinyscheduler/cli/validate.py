@@ -63,6 +63,9 @@ class Check:
     level: Literal["error", "warning"] = "error"
     detail: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "level": self.level, "detail": self.detail}
+
 
 def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
     s = loaded.settings
@@ -86,8 +89,9 @@ def run_checks(loaded: LoadedSettings, *, fix: bool) -> list[Check]:
     return checks
 
 
-def _state_folders(s: Settings) -> list[tuple[str, Path]]:
+def _fixable_folders(s: Settings) -> list[tuple[str, Path]]:
     return [
+        ("recipes dir", s.recipes_dir),
         ("running dir", s.running_dir),
         ("log dir", s.log_dir),
         ("quarantine dir", s.quarantine_dir),
@@ -99,7 +103,7 @@ def _fix(s: Settings) -> list[Check]:
     if not s.base_path.is_dir():
         return [Check("fix", False, detail=f"base path {s.base_path} is not a folder; nothing created")]
     checks = []
-    for label, folder in _state_folders(s):
+    for label, folder in _fixable_folders(s):
         if folder.exists():
             continue
         try:
@@ -134,8 +138,10 @@ def _folder(label: str, path: Path, *, writable: bool, hint: str = "") -> Check:
 
 def _folders(s: Settings) -> list[Check]:
     fixable = " (validate-config --fix creates it)"
-    checks = [_folder("base path", s.base_path, writable=False), _folder("recipes dir", s.recipes_dir, writable=False)]
-    checks += [_folder(label, folder, writable=True, hint=fixable) for label, folder in _state_folders(s)]
+    checks = [_folder("base path", s.base_path, writable=False)]
+    checks += [
+        _folder(label, folder, writable=label != "recipes dir", hint=fixable) for label, folder in _fixable_folders(s)
+    ]
     unsafe = unsafe_state(s)
     if unsafe:
         checks.append(Check("paths", False, detail=f"{unsafe} (the daemon refuses to start)"))

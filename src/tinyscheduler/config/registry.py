@@ -152,10 +152,16 @@ def effective_limits(registry: Registry | None, settings: Settings) -> dict[str,
     return limits
 
 
-def agent_recipe_path(agent: str, registry: Registry | None, settings: Settings) -> Path:
-    """The recipe file of `agent`: its registry `recipe`, else `<agent>.yaml`, under recipes_dir."""
+def agent_recipe_name(agent: str, registry: Registry | None) -> str:
+    """The recipe of `agent` relative to the recipes folder: its registry `recipe`, else `<agent>.yaml`.
+    Not checked: the run checks it (service.run `resolve_recipe`), once."""
     entry = registry.entry(agent) if registry is not None else None
-    name = entry.recipe if entry is not None and entry.recipe else f"{agent}.yaml"
+    return entry.recipe if entry is not None and entry.recipe else f"{agent}.yaml"
+
+
+def agent_recipe_path(agent: str, registry: Registry | None, settings: Settings) -> Path:
+    """The recipe file of `agent` (`agent_recipe_name`) under recipes_dir, checked."""
+    name = agent_recipe_name(agent, registry)
     problem = recipe_problem(name, settings.recipes_dir)
     if problem:
         raise RegistryError([f"agent {agent!r}: recipe {name!r} {problem}"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -25,17 +26,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
 from tinyscheduler.adapters.reading import read_bytes, reason
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.core.tasks import NAME_PATTERN
 
 ENV_PREFIX = "TINYSCHEDULER_"
 DEFAULT_ENV_FILE = Path(".env")
+#: Names the env file when --env-file does not (a missing file is then an error, as with the flag).
+ENV_FILE_VAR = "TINYSCHEDULER_ENV_FILE"
+#: Where an installed host keeps its settings (docs/operations.md): the last place looked at.
+SYSTEM_ENV_FILE = Path("/etc/tinyscheduler/tinyscheduler.env")
 
 Source = Literal["default", "env-file", "env", "cli"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -58,39 +58,75 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """How one setting is given and checked: what the CLI, `config --show` and the errors need."""
+
+    kind: Literal[
+        "path", "optional_path", "text", "address", "int", "float", "bool", "choice", "limits", "urls", "name", "plain"
+    ]
+    flag: str
+    metavar: str
+    expect: str
+    description: str
+    low: float | None = None
+    high: float | None = None
+    #: The lower bound is exclusive (a number above `low`).
+    above: bool = False
+    choices: tuple[str, ...] = ()
+    #: How a choice is written before it is compared: "upper" or "lower" (spaces around go).
+    case: str = "lower"
+
+
 def _setting(
-    default: Any = PydanticUndefined, *, flag: str, metavar: str, expect: str, description: str, **kwargs: Any
+    default: Any = dataclasses.MISSING,
+    *,
+    kind: Any,
+    flag: str,
+    metavar: str,
+    expect: str,
+    description: str,
+    default_factory: Any = dataclasses.MISSING,
+    **checks: Any,
 ) -> Any:
     # One place per setting for everything the CLI, `config --show` and error messages need.
-    return Field(
-        default,
-        description=description,
-        json_schema_extra={"flag": flag, "metavar": metavar, "expect": expect},
-        **kwargs,
-    )
+    spec = _Spec(kind, flag, metavar, expect, description, **checks)
+    return field(default=default, default_factory=default_factory, metadata={"spec": spec})
 
 
 def _whole(low: int, high: int, unit: str = "") -> dict[str, Any]:
     """A whole number within [low, high]: the bounds and the words that name them in errors."""
-    return {"ge": low, "le": high, "expect": f"expected a whole number{unit} from {low} to {high}"}
+    return {"kind": "int", "low": low, "high": high, "expect": f"expected a whole number{unit} from {low} to {high}"}
 
 
 _BOOL = "expected true or false"
 _PATH = "expected a path"
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+#: A whole number as the settings take it: digits (with `_` between them), perhaps a zero fraction.
+_WHOLE = re.compile(r"[+-]?[0-9](?:_?[0-9])*(?:\.0*)?", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)", re.ASCII)
 
 
-#: Settings given as free text (paths, the program, its arguments, the URL).
-_TEXT_SETTINGS = (
-    "base_path",
-    "running_dir",
-    "log_dir",
-    "recipes_dir",
-    "agent_control_file",
-    "lock_file",
-    "goose_bin",
-    "goose_args",
-    "mcp_endpoint",
-)
+#: A port of the listener: 0 asks the kernel for a free one (tests, a first try), said in the log.
+_HTTP_ADDR = "expected nothing (off), PORT, HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
+
+
+def parse_http_addr(value: str) -> tuple[str, int] | None:
+    """TINYSCHEDULER_HTTP_ADDR as (host, port); None when empty (off). A bare port binds 127.0.0.1."""
+    text = value.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise ValueError(_HTTP_ADDR)
+    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        raise ValueError(_HTTP_ADDR)
+    return host, int(port)
 
 
 def expand_user(path: Path) -> Path:
@@ -101,14 +137,16 @@ def expand_user(path: Path) -> Path:
         raise ValueError(f"cannot expand {str(path).split('/')[0]!r}: no such user or home folder") from None
 
 
-class _Paths(BaseSettings):
-    """Where things are. Every relative path resolves against the base path."""
+@dataclass(frozen=True)
+class _Where:
+    """The settings that say where things are: paths, agents, goose, TinyTask (the first sections of
+    `Settings`, declared apart only to keep each class short)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
-
-    # base_path comes first: the path validators below read it from the already validated fields.
+    # --- paths: where things are; every relative path resolves against the base path, which comes
+    # first (the others are checked against it).
     base_path: Path = _setting(
         default_factory=Path.cwd,
+        kind="path",
         flag="--base-path",
         metavar="PATH",
         expect=_PATH,
@@ -116,6 +154,7 @@ class _Paths(BaseSettings):
     )
     running_dir: Path = _setting(
         Path("state/running"),
+        kind="path",
         flag="--running-dir",
         metavar="PATH",
         expect=_PATH,
@@ -123,6 +162,7 @@ class _Paths(BaseSettings):
     )
     log_dir: Path = _setting(
         Path("state/logs"),
+        kind="path",
         flag="--log-dir",
         metavar="PATH",
         expect=_PATH,
@@ -130,6 +170,7 @@ class _Paths(BaseSettings):
     )
     recipes_dir: Path = _setting(
         Path("recipes"),
+        kind="path",
         flag="--recipes-dir",
         metavar="PATH",
         expect=_PATH,
@@ -137,70 +178,17 @@ class _Paths(BaseSettings):
     )
     agent_control_file: Path = _setting(
         Path("agent-control.json"),
+        kind="path",
         flag="--agent-control-file",
         metavar="PATH",
         expect=_PATH,
         description="agent registry; legacy mode (agent limits only) when this is unset and the file absent; "
         "named explicitly, it must exist",
     )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings merges env and env file itself (see the module docstring).
-        return (init_settings,)
-
-    @field_validator(
-        "base_path",
-        "running_dir",
-        "log_dir",
-        "recipes_dir",
-        "agent_control_file",
-        "lock_file",
-        mode="before",
-        check_fields=False,
-    )
-    @classmethod
-    def _non_blank_path(cls, value: Any) -> Any:
-        # An empty value would silently mean "the base path itself".
-        if isinstance(value, str) and not value.strip():
-            raise ValueError(_PATH)
-        return value
-
-    @field_validator(*_TEXT_SETTINGS, mode="before", check_fields=False)
-    @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        # No file name, argument or URL can hold one; refused here, it cannot fail a run later.
-        if isinstance(value, (str, Path)) and "\0" in str(value):
-            raise ValueError("contains a NUL byte")
-        return value
-
-    @field_validator("base_path", mode="after")
-    @classmethod
-    def _absolute_base(cls, value: Path) -> Path:
-        return Path.cwd() / expand_user(value)
-
-    @field_validator(
-        "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", mode="after", check_fields=False
-    )
-    @classmethod
-    def _under_base(cls, value: Path, info: ValidationInfo) -> Path:
-        base = info.data.get("base_path")
-        # Without a valid base path its own error is reported; this value stays as given.
-        return value if base is None else base / expand_user(value)
-
-
-class _Agents(_Paths):
-    """Which agents run, and how many runs each may have at once."""
-
+    # --- agents: which agents run, and how many runs each may have at once.
     agent_limits: dict[str, int] = _setting(
         default_factory=dict,
+        kind="limits",
         flag="--agent-limit",
         metavar="NAME=N",
         expect="expected a JSON object of agent name to slots, or NAME:N pairs such as a:1,b:2",
@@ -214,24 +202,10 @@ class _Agents(_Paths):
         **_whole(0, MAX_SLOTS),
         description="slots of a registry agent whose slots are set nowhere else",
     )
-
-    @field_validator("agent_limits", mode="before")
-    @classmethod
-    def _limits(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_agent_limits(value)
-        if isinstance(value, (list, tuple)):
-            return _merge_limit_items(value)
-        if isinstance(value, Mapping):
-            return {_agent_name(k): _slot_count(v, k) for k, v in value.items()}
-        return value
-
-
-class _Goose(_Agents):
-    """How a run is started and what proves that it succeeded."""
-
+    # --- goose: how a run is started and what proves that it succeeded.
     goose_bin: str = _setting(
         "goose",
+        kind="text",
         flag="--goose-bin",
         metavar="PATH",
         expect="expected a program name or path",
@@ -239,6 +213,7 @@ class _Goose(_Agents):
     )
     goose_args: str = _setting(
         "",
+        kind="text",
         flag="--goose-args",
         metavar="ARGS",
         expect="expected shell-style arguments",
@@ -246,6 +221,8 @@ class _Goose(_Agents):
     )
     goose_output_format: OutputFormatName = _setting(
         "stream-json",
+        kind="choice",
+        choices=("stream-json", "json", "text"),
         flag="--goose-output-format",
         metavar="FORMAT",
         expect="expected stream-json, json or text",
@@ -254,37 +231,17 @@ class _Goose(_Agents):
     )
     text_success: TextSuccess = _setting(
         "output",
+        kind="choice",
+        choices=("output", "exit"),
         flag="--text-success",
         metavar="RULE",
         expect="expected output or exit",
         description="with text output, what proves success: output (exit 0 and some output) or exit (exit 0 alone)",
     )
-
-    @field_validator("goose_bin", mode="after")
-    @classmethod
-    def _goose_bin(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip():
-            raise ValueError("expected a program name or path")
-        base = info.data.get("base_path")
-        if "/" in value and base is not None:
-            return str(base / expand_user(Path(value)))
-        return value
-
-    @field_validator("goose_args", mode="after")
-    @classmethod
-    def _goose_args(cls, value: str) -> str:
-        try:
-            shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"expected shell-style arguments ({exc})") from None
-        return value
-
-
-class _TinyTask(_Goose):
-    """Where the tasks are."""
-
+    # --- TinyTask: where the tasks are.
     mcp_endpoint: str = _setting(
         "http://127.0.0.1:3000",
+        kind="text",
         flag="--mcp-endpoint",
         metavar="URL",
         expect="expected an http:// or https:// URL such as http://127.0.0.1:3000",
@@ -292,25 +249,146 @@ class _TinyTask(_Goose):
     )
     tinytask_protocol: Protocol = _setting(
         "auto",
+        kind="choice",
+        choices=("rest", "mcp", "auto"),
         flag="--tinytask-protocol",
         metavar="PROTOCOL",
         expect="expected rest, mcp or auto",
         description="how to talk to TinyTask: rest, mcp, or auto (REST if the server has it)",
     )
 
-    @field_validator("mcp_endpoint", mode="after")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        url = value.strip().rstrip("/")
+
+_URLS = "expected comma-separated http:// or https:// URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379"
+_NAME = "expected 1-64 letters, digits, '_', '.', '-'"
+
+
+def parse_endpoints(value: str) -> list[str]:
+    """TINYSCHEDULER_ETCD_ENDPOINTS as a list of base URLs (empty: no cluster)."""
+    urls = [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+    for url in urls:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http:// or https:// URL such as http://127.0.0.1:3000")
-        return url
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"{url!r} is not a base URL; {_URLS}")
+    return urls
 
 
-class _Timing(_TinyTask):
-    """How often and for how long: passes, heartbeats, runs, retries, shutdown."""
+@dataclass(frozen=True)
+class _Cluster(_Where):
+    """Several hosts serving one TinyTask: where etcd is and who this host is in it (docs/cluster.md;
+    all off without endpoints, all read at start)."""
 
+    etcd_endpoints: str = _setting(
+        "",
+        kind="urls",
+        flag="--etcd-endpoints",
+        metavar="URLS",
+        expect=_URLS,
+        description="etcd client URLs, comma-separated: turns the cluster mode on (claims and membership "
+        "in etcd); empty = this host alone, no etcd (read at start)",
+    )
+    host_id: str = _setting(
+        "",
+        kind="name",
+        flag="--host-id",
+        metavar="NAME",
+        expect=_NAME,
+        description="this host's name in the cluster; empty = the hostname (read at start)",
+    )
+    cluster: str = _setting(
+        "default",
+        kind="name",
+        flag="--cluster-name",
+        metavar="NAME",
+        expect=_NAME,
+        description="the cluster's name: its keys live under /tinyscheduler/<name>/, so several clusters "
+        "can share one etcd (read at start)",
+    )
+    cluster_heartbeat_sec: int = _setting(
+        5,
+        flag="--cluster-heartbeat",
+        metavar="SECONDS",
+        **_whole(1, 60, " of seconds"),
+        description="seconds between renewals of the host's etcd lease, whose TTL is 3 of them: a host "
+        "cut off from etcd stops its runs within 2.5 of them (read at start)",
+    )
+    etcd_ca_file: Path | None = _setting(
+        None,
+        kind="optional_path",
+        flag="--etcd-ca-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="CA certificate that signs etcd's server certificates (https endpoints); empty = the system's CAs",
+    )
+    etcd_cert_file: Path | None = _setting(
+        None,
+        kind="optional_path",
+        flag="--etcd-cert-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="this host's client certificate for etcd (with --etcd-key-file)",
+    )
+    etcd_key_file: Path | None = _setting(
+        None,
+        kind="optional_path",
+        flag="--etcd-key-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="the private key of the client certificate",
+    )
+    etcd_user: str = _setting(
+        "",
+        kind="plain",
+        flag="--etcd-user",
+        metavar="NAME",
+        expect="expected a user name",
+        description="etcd user (auth on)",
+    )
+    etcd_password: str = _setting(
+        "",
+        kind="plain",
+        flag="--etcd-password",
+        metavar="TEXT",
+        expect="expected a password",
+        description="the etcd user's password (never shown, never passed to runs)",
+    )
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        return parse_endpoints(self.etcd_endpoints)
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints)
+
+
+def _cluster_check(name: str, spec: _Spec, value: Any, checked: Mapping[str, Any]) -> Any:
+    """The cluster's settings (kinds urls, name, plain) and the pairs they go in."""
+    if not isinstance(value, str):
+        raise ValueError(spec.expect)
+    if spec.kind == "urls":
+        return ",".join(parse_endpoints(value))
+    if spec.kind == "name":
+        value = value.strip()
+        if (value or name == "cluster") and not NAME_PATTERN.fullmatch(value):
+            raise ValueError(_NAME)
+        return value
+    if name == "etcd_password" and value and not checked.get("etcd_user"):
+        raise ValueError("a password needs TINYSCHEDULER_ETCD_USER")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings(_Cluster):
+    """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
+
+    Built from raw values (the strings of the environment, an env file or the command line, or
+    typed values) and checked as a whole when constructed: `SettingsInvalid` names every setting
+    that is wrong. The fields come in sections (paths, agents, goose, TinyTask, timing, logging,
+    switches), which is also their order in `config --show`, the README and the example env file.
+    Plain Python on purpose: `--help` and `status` start without a validation library.
+    """
+
+    # --- timing: how often and for how long: passes, heartbeats, runs, retries, shutdown.
     loop_interval_sec: int = _setting(
         60,
         flag="--loop-interval",
@@ -342,12 +420,13 @@ class _Timing(_TinyTask):
     )
     stop_grace_sec: float = _setting(
         10.0,
+        kind="float",
         flag="--stop-grace",
         metavar="SECONDS",
         expect="expected a number of seconds above 0, at most 3600",
-        gt=0,
-        le=3600,
-        allow_inf_nan=False,
+        low=0,
+        above=True,
+        high=3600,
         description="wait between SIGINT, SIGTERM and SIGKILL when stopping a run",
     )
     idle_timeout_sec: int = _setting(
@@ -385,13 +464,12 @@ class _Timing(_TinyTask):
         **_whole(0, DAY_SEC, " of seconds"),
         description="on SIGTERM, wait this long for runs before stopping them",
     )
-
-
-class _Logging(_Timing):
-    """What the daemon says, and where."""
-
+    # --- logging: what the daemon says, and where.
     log_level: LogLevel = _setting(
         "INFO",
+        kind="choice",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        case="upper",
         flag="--log-level",
         metavar="LEVEL",
         expect="expected DEBUG, INFO, WARNING or ERROR",
@@ -399,6 +477,8 @@ class _Logging(_Timing):
     )
     log_format: LogFormat = _setting(
         "auto",
+        kind="choice",
+        choices=("auto", "console", "json", "journal"),
         flag="--log-format",
         metavar="FORMAT",
         expect="expected auto, console, json or journal",
@@ -411,46 +491,25 @@ class _Logging(_Timing):
         **_whole(1, 3650, " of days"),
         description="days of scheduler log files to keep",
     )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator(
-        "log_format", "tinytask_protocol", "goose_output_format", "text_success", mode="before", check_fields=False
+    state_keep_days: int = _setting(
+        14,
+        flag="--state-keep-days",
+        metavar="DAYS",
+        **_whole(1, 3650, " of days"),
+        description="days to keep run logs, quarantined lease files and the attempt records of tasks no "
+        "longer tried; the daemon prunes hourly, never a run in flight",
     )
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
-
-
-#: A port of the listener: 0 asks the kernel for a free one (tests, a first try), said in the log.
-_HTTP_ADDR = "expected nothing (off), PORT, HOST:PORT or [IPv6]:PORT with a port from 0 to 65535"
-
-
-def parse_http_addr(value: str) -> tuple[str, int] | None:
-    """TINYSCHEDULER_HTTP_ADDR as (host, port); None when empty (off). A bare port binds 127.0.0.1."""
-    text = value.strip()
-    if not text:
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
-        raise ValueError(_HTTP_ADDR)
-    if not host or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
-        raise ValueError(_HTTP_ADDR)
-    return host, int(port)
-
-
-class _Monitoring(_Logging):
-    """What the daemon shows to monitoring: metrics, the status page, run history, costs."""
-
+    state_max_bytes: int = _setting(
+        1024**3,
+        flag="--state-max-bytes",
+        metavar="BYTES",
+        **_whole(1024 * 1024, 2**50, " of bytes"),
+        description="most disk the run logs and quarantined files may use together; beyond it the oldest go first",
+    )
+    # --- monitoring: what the daemon shows to monitoring: metrics, the status page, run history, costs.
     http_addr: str = _setting(
         "",
+        kind="address",
         flag="--http-addr",
         metavar="ADDR",
         expect=_HTTP_ADDR,
@@ -459,6 +518,7 @@ class _Monitoring(_Logging):
     )
     metrics_textfile: Path | None = _setting(
         None,
+        kind="optional_path",
         flag="--metrics-textfile",
         metavar="PATH",
         expect=_PATH,
@@ -467,6 +527,7 @@ class _Monitoring(_Logging):
     )
     prices: Path | None = _setting(
         None,
+        kind="optional_path",
         flag="--prices",
         metavar="PATH",
         expect=_PATH,
@@ -480,173 +541,18 @@ class _Monitoring(_Logging):
         **_whole(1, 3650, " of days"),
         description="days of run history to keep",
     )
-
-    @field_validator("http_addr", mode="after")
-    @classmethod
-    def _http_addr(cls, value: str) -> str:
-        parse_http_addr(value)
-        return value.strip()
-
-    @field_validator(
-        "metrics_textfile",
-        "prices",
-        "etcd_ca_file",
-        "etcd_cert_file",
-        "etcd_key_file",
-        mode="before",
-        check_fields=False,
-    )
-    @classmethod
-    def _optional_path(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            return None
-        if isinstance(value, (str, Path)) and "\0" in str(value):
-            raise ValueError("contains a NUL byte")
-        return value
-
-    @field_validator(
-        "metrics_textfile",
-        "prices",
-        "etcd_ca_file",
-        "etcd_cert_file",
-        "etcd_key_file",
-        mode="after",
-        check_fields=False,
-    )
-    @classmethod
-    def _optional_under_base(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        base = info.data.get("base_path")
-        return value if value is None or base is None else base / expand_user(value)
-
-
-_URLS = "expected comma-separated http:// or https:// URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379"
-_NAME = "expected 1-64 letters, digits, '_', '.', '-'"
-
-
-def parse_endpoints(value: str) -> list[str]:
-    """TINYSCHEDULER_ETCD_ENDPOINTS as a list of base URLs (empty: no cluster)."""
-    urls = [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise ValueError(f"{url!r} is not a base URL; {_URLS}")
-    return urls
-
-
-class _Cluster(_Monitoring):
-    """Several hosts serving one TinyTask: membership and claims in etcd (off without endpoints)."""
-
-    etcd_endpoints: str = _setting(
-        "",
-        flag="--etcd-endpoints",
-        metavar="URLS",
-        expect=_URLS,
-        description="etcd client URLs, comma-separated: turns the cluster mode on (claims and membership "
-        "in etcd); empty = this host alone, no etcd (read at start)",
-    )
-    host_id: str = _setting(
-        "",
-        flag="--host-id",
-        metavar="NAME",
-        expect=_NAME,
-        description="this host's name in the cluster; empty = the hostname (read at start)",
-    )
-    cluster: str = _setting(
-        "default",
-        flag="--cluster-name",
-        metavar="NAME",
-        expect=_NAME,
-        description="the cluster's name: its keys live under /tinyscheduler/<name>/, so several clusters "
-        "can share one etcd (read at start)",
-    )
-    cluster_heartbeat_sec: int = _setting(
-        5,
-        flag="--cluster-heartbeat",
-        metavar="SECONDS",
-        **_whole(1, 60, " of seconds"),
-        description="seconds between renewals of the host's etcd lease, whose TTL is 3 of them: a host "
-        "cut off from etcd stops its runs within 2.5 of them (read at start)",
-    )
-    etcd_ca_file: Path | None = _setting(
-        None,
-        flag="--etcd-ca-file",
-        metavar="PATH",
-        expect=_PATH,
-        description="CA certificate that signs etcd's server certificates (https endpoints); empty = the system's CAs",
-    )
-    etcd_cert_file: Path | None = _setting(
-        None,
-        flag="--etcd-cert-file",
-        metavar="PATH",
-        expect=_PATH,
-        description="this host's client certificate for etcd (with --etcd-key-file)",
-    )
-    etcd_key_file: Path | None = _setting(
-        None,
-        flag="--etcd-key-file",
-        metavar="PATH",
-        expect=_PATH,
-        description="the private key of the client certificate",
-    )
-    etcd_user: str = _setting(
-        "", flag="--etcd-user", metavar="NAME", expect="expected a user name", description="etcd user (auth on)"
-    )
-    etcd_password: str = _setting(
-        "",
-        flag="--etcd-password",
-        metavar="TEXT",
-        expect="expected a password",
-        description="the etcd user's password (never shown, never passed to runs)",
-    )
-
-    @field_validator("etcd_endpoints", mode="after")
-    @classmethod
-    def _endpoints(cls, value: str) -> str:
-        return ",".join(parse_endpoints(value))
-
-    @field_validator("host_id", "cluster", mode="after")
-    @classmethod
-    def _name(cls, value: str, info: ValidationInfo) -> str:
-        value = value.strip()
-        if (value or info.field_name == "cluster") and not NAME_PATTERN.fullmatch(value):
-            raise ValueError(_NAME)
-        return value
-
-    @field_validator("etcd_key_file", mode="after")
-    @classmethod
-    def _key_with_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if (value is None) != (info.data.get("etcd_cert_file") is None):
-            raise ValueError("the client certificate and its key go together: set both or neither")
-        return value
-
-    @field_validator("etcd_password", mode="after")
-    @classmethod
-    def _password(cls, value: str, info: ValidationInfo) -> str:
-        if value and not info.data.get("etcd_user"):
-            raise ValueError("a password needs TINYSCHEDULER_ETCD_USER")
-        return value
-
-    @property
-    def etcd_urls(self) -> list[str]:
-        return parse_endpoints(self.etcd_endpoints)
-
-    @property
-    def clustered(self) -> bool:
-        return bool(self.etcd_endpoints)
-
-
-class Settings(_Cluster):
-    """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
-
-    The fields are declared in sections (the classes above, in this order), which is also their order
-    in `config --show`, the README and the example env file.
-    """
-
+    # --- switches.
     dry_run: bool = _setting(
-        False, flag="--dry-run", metavar="", expect=_BOOL, description="print the plan, change nothing anywhere"
+        False,
+        kind="bool",
+        flag="--dry-run",
+        metavar="",
+        expect=_BOOL,
+        description="print the plan, change nothing anywhere",
     )
     enabled: bool = _setting(
         True,
+        kind="bool",
         flag="--enabled",
         metavar="",
         expect=_BOOL,
@@ -654,6 +560,7 @@ class Settings(_Cluster):
     )
     disable_blocking: bool = _setting(
         False,
+        kind="bool",
         flag="--disable-blocking",
         metavar="",
         expect=_BOOL,
@@ -661,11 +568,26 @@ class Settings(_Cluster):
     )
     lock_file: Path = _setting(
         Path("state/tinyscheduler.lock"),
+        kind="path",
         flag="--lock-file",
         metavar="PATH",
         expect=_PATH,
         description="single-instance lock",
     )
+
+    def __post_init__(self) -> None:
+        checked: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for spec_field in dataclasses.fields(self):
+            name = spec_field.name
+            try:
+                checked[name] = _check(name, spec_field.metadata["spec"], getattr(self, name), checked)
+            except ValueError as exc:
+                problems[name] = str(exc)
+        if problems:
+            raise SettingsInvalid(problems)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     # Derived locations: one definition, so no module builds these paths by hand.
     @property
@@ -678,7 +600,8 @@ class Settings(_Cluster):
 
     @property
     def attempts_file(self) -> Path:
-        return self.state_dir / "attempts.json"
+        """The attempt book's journal (adapters.attempt_book; the old attempts.json is read too)."""
+        return self.state_dir / "attempts.jsonl"
 
     @property
     def last_pass_file(self) -> Path:
@@ -721,6 +644,139 @@ class Settings(_Cluster):
         """
         found = shutil.which(self.goose_bin, path=search_path)
         return Path(found) if found else None
+
+
+class SettingsInvalid(ValueError):
+    """Values `Settings` refused: what is wrong with each, by setting name."""
+
+    def __init__(self, problems: Mapping[str, str]) -> None:
+        self.problems = dict(problems)
+        super().__init__("; ".join(f"{name}: {detail}" for name, detail in self.problems.items()))
+
+
+#: Settings given as free text (paths, the program, its arguments, the URL): no NUL byte in them.
+_TEXT_SETTINGS = frozenset(
+    {"base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", "metrics_textfile"}
+    | {"prices", "http_addr", "etcd_endpoints", "etcd_ca_file", "etcd_cert_file", "etcd_key_file"}
+    | {"host_id", "cluster", "etcd_user", "etcd_password"}
+    | {"goose_bin", "goose_args", "mcp_endpoint"}
+)
+
+
+def _check(name: str, spec: _Spec, value: Any, checked: Mapping[str, Any]) -> Any:
+    """One setting's value as the daemon uses it; ValueError with the words that say what is wrong."""
+    if name in _TEXT_SETTINGS and isinstance(value, (str, Path)) and "\0" in str(value):
+        # No file name, argument or URL can hold one; refused here, it cannot fail a run later.
+        raise ValueError("contains a NUL byte")
+    kind = spec.kind
+    if kind == "path":
+        return _path(name, value, checked.get("base_path"))
+    if kind == "optional_path":  # empty means off
+        empty = value is None or (isinstance(value, str) and not value.strip())
+        if name == "etcd_key_file" and empty != (checked.get("etcd_cert_file") is None):
+            raise ValueError("the client certificate and its key go together: set both or neither")
+        return None if empty else _path(name, value, checked.get("base_path"))
+    if kind in ("urls", "name", "plain"):
+        return _cluster_check(name, spec, value, checked)
+    if kind == "address":
+        if not isinstance(value, str):
+            raise ValueError(spec.expect)
+        parse_http_addr(value)
+        return value.strip()
+    if kind == "text":
+        return _text(name, spec, value, checked.get("base_path"))
+    if kind in ("int", "float"):
+        number = _whole_number(value, spec.expect) if kind == "int" else _real(value, spec.expect)
+        below = spec.low is not None and (number <= spec.low if spec.above else number < spec.low)
+        if below or (spec.high is not None and number > spec.high):
+            raise ValueError(spec.expect)
+        return number
+    if kind == "bool":
+        return _boolean(value)
+    if kind == "choice":
+        text = value.strip() if isinstance(value, str) else value
+        text = text.upper() if isinstance(text, str) and spec.case == "upper" else text
+        text = text.lower() if isinstance(text, str) and spec.case == "lower" else text
+        if text not in spec.choices:
+            raise ValueError(spec.expect)
+        return text
+    return _limits(value, spec.expect)
+
+
+def _path(name: str, value: Any, base: Any) -> Path:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(_PATH)  # an empty value would silently mean "the base path itself"
+    if not isinstance(value, (str, Path)):
+        raise ValueError(_PATH)
+    path = expand_user(Path(value))
+    if name == "base_path":
+        return Path.cwd() / path
+    # Without a valid base path its own error is reported; this value stays as given.
+    return base / path if isinstance(base, Path) else Path(value)
+
+
+def _text(name: str, spec: _Spec, value: Any, base: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(spec.expect)
+    if name == "goose_bin":
+        if not value.strip():
+            raise ValueError(spec.expect)
+        return str(base / expand_user(Path(value))) if "/" in value and isinstance(base, Path) else value
+    if name == "goose_args":
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"expected shell-style arguments ({exc})") from None
+        return value
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(spec.expect)
+    return url
+
+
+def _whole_number(value: Any, expect: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _WHOLE.fullmatch(text := value.strip()):
+        return int(text.partition(".")[0].replace("_", ""))
+    raise ValueError(expect)
+
+
+def _real(value: Any, expect: str) -> float:
+    if isinstance(value, (bool, int, float)):
+        number = float(value)
+    elif isinstance(value, str) and _NUMBER.fullmatch(text := value.strip().lower()):
+        number = float(text)
+    else:
+        raise ValueError(expect)
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(expect)
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(_BOOL)
+
+
+def _limits(value: Any, expect: str) -> dict[str, int]:
+    if isinstance(value, str):
+        return parse_agent_limits(value)
+    if isinstance(value, (list, tuple)):
+        return _merge_limit_items(value)
+    if isinstance(value, Mapping):
+        return {_agent_name(k): _slot_count(v, k) for k, v in value.items()}
+    raise ValueError(expect)
 
 
 def parse_agent_limits(text: str) -> dict[str, int]:
@@ -794,31 +850,28 @@ class SettingInfo:
     range: tuple[float, float] | None = None
 
 
-def _info(name: str, spec: FieldInfo) -> SettingInfo:
-    extra = spec.json_schema_extra
-    assert isinstance(extra, dict)
+def _info(spec_field: dataclasses.Field[Any]) -> SettingInfo:
+    spec: _Spec = spec_field.metadata["spec"]
+    has_default = spec_field.default is not dataclasses.MISSING
+    default_factory = spec_field.default_factory
+    default = spec_field.default if has_default else None
+    if default is None and default_factory is dict:
+        default = {}
+    bounds = (spec.low, spec.high) if spec.low is not None and spec.high is not None else None
     return SettingInfo(
-        name=name,
-        env_var=env_var(name),
-        flag=str(extra["flag"]),
-        metavar=str(extra["metavar"]),
-        expect=str(extra["expect"]),
-        help=spec.description or "",
-        default=None if spec.default is PydanticUndefined else spec.default,
-        is_bool=spec.annotation is bool,
-        range=_range(spec),
+        name=spec_field.name,
+        env_var=env_var(spec_field.name),
+        flag=spec.flag,
+        metavar=spec.metavar,
+        expect=spec.expect,
+        help=spec.description,
+        default=default,
+        is_bool=spec.kind == "bool",
+        range=bounds,
     )
 
 
-def _range(spec: FieldInfo) -> tuple[float, float] | None:
-    low = high = None
-    for item in spec.metadata:
-        low = getattr(item, "ge", getattr(item, "gt", low))
-        high = getattr(item, "le", high)
-    return None if low is None or high is None else (low, high)
-
-
-SETTINGS: tuple[SettingInfo, ...] = tuple(_info(n, f) for n, f in Settings.model_fields.items())
+SETTINGS: tuple[SettingInfo, ...] = tuple(_info(spec_field) for spec_field in dataclasses.fields(Settings))
 _BY_NAME = {info.name: info for info in SETTINGS}
 _BY_ENV = {info.env_var: info for info in SETTINGS}
 
@@ -851,12 +904,25 @@ class LoadedSettings:
     env_file: Path | None
     #: TINYSCHEDULER_* names in the env file that are no setting (likely typos), "file line N: NAME".
     unknown_keys: tuple[str, ...] = ()
-    #: The --env-file argument (absolute), None when none was given.
+    #: The env file a reload reads: the one this load found (absolute), None when there was none.
     env_file_arg: Path | None = None
     #: The CLI values given to load_settings.
     cli: Mapping[str, Any] = field(default_factory=dict)
     #: The working directory relative paths resolved against.
     cwd: Path | None = None
+    #: How the env file was found (--env-file, TINYSCHEDULER_ENV_FILE, ./.env, the system file); "" for none.
+    env_file_origin: str = ""
+    #: The places looked at for an env file, in order.
+    searched: tuple[str, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        """Anything beyond the defaults: an env file, a TINYSCHEDULER_* variable or a flag."""
+        return any(source != "default" for source in self.sources.values())
+
+    def where_looked(self) -> str:
+        """One line for a command that found no configuration at all."""
+        return f"no configuration found (looked at: {', '.join(self.searched)}; no TINYSCHEDULER_* variable set)"
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -870,7 +936,7 @@ class LoadedSettings:
         ]
 
     def reload(self, *, environ: Mapping[str, str] | None = None) -> LoadedSettings:
-        """Load again from the same env file argument, CLI values and working directory (SIGHUP)."""
+        """Load again from the same env file, CLI values and working directory (SIGHUP)."""
         return load_settings(env_file=self.env_file_arg, cli=self.cli, environ=environ, cwd=self.cwd)
 
     def with_overrides(self, values: Mapping[str, Any]) -> LoadedSettings:
@@ -878,18 +944,60 @@ class LoadedSettings:
 
         Their sources are left as they were: the caller takes the values from an earlier load.
         """
-        settings = Settings(**{**self.settings.model_dump(), **values})
+        settings = dataclasses.replace(self.settings, **values)
         return dataclasses.replace(self, settings=settings)
 
 
+@dataclass(frozen=True)
+class EnvFileChoice:
+    """Which env file a command reads, found in the documented order (`find_env_file`)."""
+
+    #: The file to read, or None when none of the places holds one.
+    path: Path | None
+    #: How a person names where it came from: --env-file, TINYSCHEDULER_ENV_FILE, ./.env or the system file.
+    origin: str
+    #: Every place looked at, in order, for the message of a command that found nothing.
+    searched: tuple[str, ...]
+    #: Named by the flag or the variable: a missing file is an error rather than the next place.
+    explicit: bool
+
+
+def find_env_file(
+    env_file: Path | None, environ: Mapping[str, str], cwd: Path, system_file: Path = SYSTEM_ENV_FILE
+) -> EnvFileChoice:
+    """The env file, in this order: `--env-file`, then TINYSCHEDULER_ENV_FILE, then `./.env`, then
+    /etc/tinyscheduler/tinyscheduler.env. The first one named (flag, variable) or present wins."""
+    named = [("--env-file", env_file), (ENV_FILE_VAR, environ.get(ENV_FILE_VAR) or None)]
+    searched: list[str] = []
+    for origin, value in named:
+        if value is None:
+            searched.append(f"{origin} (not given)")
+            continue
+        try:
+            path = cwd / expand_user(Path(value))
+        except ValueError as exc:
+            raise ConfigError([f"{origin}={str(value)!r}: {exc}"]) from None
+        return EnvFileChoice(path, origin, (*searched, f"{origin}={path}"), explicit=True)
+    for origin, path in (("./.env", cwd / DEFAULT_ENV_FILE), (str(system_file), system_file)):
+        searched.append(str(path))
+        if path.is_file():
+            return EnvFileChoice(path, origin, tuple(searched), explicit=False)
+    return EnvFileChoice(None, "", tuple(searched), explicit=False)
+
+
 def load_settings(
-    *, env_file: Path | None, cli: Mapping[str, Any], environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    *,
+    env_file: Path | None,
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    system_env_file: Path = SYSTEM_ENV_FILE,
 ) -> LoadedSettings:
     """Merge default < env file < process environment < CLI and validate; raise ConfigError.
 
-    `env_file` None reads `.env` in `cwd` if present. `cli` maps setting names to values; None
-    means "not given". Relative paths (the env file, the base path) resolve against `cwd`
-    (default: the current directory). Nothing is created or changed.
+    The env file is found by `find_env_file` (`env_file` is the --env-file argument). `cli` maps
+    setting names to values; None means "not given". Relative paths (the env file, the base path)
+    resolve against `cwd` (default: the current directory). Nothing is created or changed.
     """
     environ = os.environ if environ is None else environ
     try:
@@ -900,21 +1008,14 @@ def load_settings(
     if unknown_cli:
         raise TypeError(f"load_settings: not settings: {', '.join(unknown_cli)}")
 
-    explicit = env_file is not None
-    try:
-        env_path = cwd / expand_user(env_file) if env_file is not None else cwd / DEFAULT_ENV_FILE
-    except ValueError as exc:
-        raise ConfigError([f"--env-file={str(env_file)!r}: {exc}"]) from None
+    choice = find_env_file(env_file, environ, cwd, system_env_file)
     raw: dict[str, _Raw] = {}
     problems: list[str] = []
     unknown: list[str] = []
-    read_from: Path | None = None
-    if explicit or env_path.is_file():
-        lines = _read_env_file(env_path)
-        read_from = env_path
-        for number, key, value in _parse_env_lines(lines, env_path, problems):
+    if choice.path is not None:
+        for number, key, value in _parse_env_lines(_read_env_file(choice.path), choice.path, problems):
             info = _BY_ENV.get(key)
-            where = f"{env_path} line {number}: {key}"
+            where = f"{choice.path} line {number}: {key}"
             if info is not None:
                 raw[info.name] = _Raw(value, "env-file", where)
             elif key.startswith(ENV_PREFIX):
@@ -941,13 +1042,25 @@ def load_settings(
     settings: Settings | None = None
     try:
         settings = Settings(**values)
-    except ValidationError as exc:
+    except SettingsInvalid as exc:
         problems.extend(_problems(exc, raw))
     if problems or settings is None:
         raise ConfigError(problems)
     sources: dict[str, Source] = {info.name: "default" for info in SETTINGS}
     sources.update({name: item.source for name, item in raw.items()})
-    return LoadedSettings(settings, sources, read_from, tuple(unknown), env_path if explicit else None, dict(cli), cwd)
+    # A reload reads the file this load read, wherever it was found (a ./.env made later must not
+    # replace the system file under a running daemon).
+    return LoadedSettings(
+        settings,
+        sources,
+        choice.path,
+        tuple(unknown),
+        choice.path,
+        dict(cli),
+        cwd,
+        choice.origin,
+        choice.searched,
+    )
 
 
 def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:
@@ -963,26 +1076,16 @@ def _cli_limits(item: _Raw, problems: list[str]) -> dict[str, int]:
     return limits
 
 
-def _problems(exc: ValidationError, raw: Mapping[str, _Raw]) -> list[str]:
-    problems: dict[str, str] = {}
-    for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else ""
-        if name in problems:
-            continue
-        info = _BY_NAME.get(name)
-        if info is None:  # not tied to one setting; pydantic's own words are the best we have
-            problems[name] = error["msg"]
-            continue
-        if error["type"] == "value_error":
-            detail = str(error["ctx"]["error"])
-        else:
-            detail = info.expect
+def _problems(exc: SettingsInvalid, raw: Mapping[str, _Raw]) -> list[str]:
+    problems = []
+    for name, detail in exc.problems.items():
+        info = _BY_NAME[name]
         item = raw.get(name)
         if item is None:
-            problems[name] = f"{info.env_var} (default): {detail}"
+            problems.append(f"{info.env_var} (default): {detail}")
         else:
-            problems[name] = f"{item.where}={_shown(name, item.value)}: {detail}"
-    return list(problems.values())
+            problems.append(f"{item.where}={_shown(name, item.value)}: {detail}")
+    return problems
 
 
 def _shown(name: str, value: Any) -> str:

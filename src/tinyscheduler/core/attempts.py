@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from tinyscheduler.core.text import iso
+
 #: Upper bound of the wait between attempts, whatever the base and the count.
 MAX_RETRY_DELAY_SEC = 3600.0
 
@@ -31,7 +33,7 @@ class AttemptRecord:
         data = asdict(self)
         del data["task_id"]  # the key of the entry
         for key in ("last_failure_at", "not_before"):
-            data[key] = data[key].isoformat() if data[key] else None
+            data[key] = iso(data[key]) if data[key] else None
         return data
 
     @classmethod

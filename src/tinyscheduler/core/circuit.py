@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from tinyscheduler.core.attempts import MAX_RETRY_DELAY_SEC, retry_delay
+from tinyscheduler.core.text import iso
 
 #: Failed runs of one agent in a row (each of a task backing off on its own) that open its breaker.
 RUN_FAILURES_TO_OPEN = 3
@@ -54,7 +55,7 @@ class Unavailable:
     reason: str
 
     def __str__(self) -> str:
-        return f"agent {self.agent} unavailable until {self.until.isoformat(timespec='seconds')}: {self.reason}"
+        return f"agent {self.agent} unavailable until {iso(self.until)}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tinyscheduler.core.leases import iso
 from tinyscheduler.core.tasks import NAME_PATTERN
+from tinyscheduler.core.text import iso
 
 FORMAT_VERSION = 1
 #: A reason is one line a person reads in `status`, comments and skip reasons.

@@ -10,10 +10,11 @@ from tinyscheduler.core.standin import ALLOW_STANDIN_ENV, FAKE_SERVER_FIELD, FAK
 
 __all__ = [
     "STANDIN_MARKER",
-    "child_environment",
+    "base_environment",
     "goose_command",
     "is_fake_server",
     "output_format_of",
+    "run_variables",
     "scrubbed_environ",
     "standin_allowed",
     "standin_refusal",
@@ -50,22 +51,25 @@ def scrubbed_environ(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def child_environment(
-    base: Mapping[str, str], *, task_id: int, agent: str, attempt: int, lease_path: Path, endpoint: str
-) -> dict[str, str]:
+def base_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """What every run of a daemon gets from its environment (the same for all its runs)."""
     env = scrubbed_environ(base)
-    env.update(
-        TINYSCHEDULER_TASK_ID=str(task_id),
-        TINYSCHEDULER_AGENT=agent,
-        TINYSCHEDULER_ATTEMPT=str(attempt),
-        # Every process of the run carries it: a run whose pid never reached its lease, and anything
-        # it left behind, can still be found through /proc.
-        TINYSCHEDULER_LEASE=str(lease_path),
-        TINYTASK_ENDPOINT=endpoint,
-    )
     # Approval prompts fail headless runs; an operator's explicit choice still wins.
     env.setdefault("GOOSE_MODE", "auto")
     return env
+
+
+def run_variables(task_id: int, agent: str, attempt: int, lease_path: Path, endpoint: str) -> dict[str, str]:
+    """What each run gets of its own, on top of `base_environment`."""
+    return {
+        "TINYSCHEDULER_TASK_ID": str(task_id),
+        "TINYSCHEDULER_AGENT": agent,
+        "TINYSCHEDULER_ATTEMPT": str(attempt),
+        # Every process of the run carries it: a run whose pid never reached its lease, and anything
+        # it left behind, can still be found through /proc.
+        "TINYSCHEDULER_LEASE": str(lease_path),
+        "TINYTASK_ENDPOINT": endpoint,
+    }
 
 
 def output_format_of(extra: Sequence[str], configured: str) -> tuple[str, list[str]]:

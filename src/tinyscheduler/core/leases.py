@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from tinyscheduler.core.text import iso
+
 MAX_LEASE_BYTES = 1024 * 1024
 LEASE_NAME = re.compile(r"task_(\d+)\.json")
 
@@ -56,7 +58,8 @@ class Lease:
     outcome_detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Field by field: dataclasses.asdict deep-copies every value, a third of a lease write's CPU.
+        data = {name: getattr(self, name) for name in _FIELDS}
         data["state"] = self.state.value
         data["started_at"] = iso(self.started_at)
         data["heartbeat"] = iso(self.heartbeat)
@@ -66,13 +69,11 @@ class Lease:
         return dataclasses.replace(self, **changes)
 
 
+_FIELDS = tuple(spec.name for spec in dataclasses.fields(Lease))
+
+
 class LeaseFormatError(ValueError):
     """A lease file's content is not a lease; the message names the field."""
-
-
-def iso(moment: datetime) -> str:
-    """A time as lease files, pauses and `status` write it: UTC, to the second, with a Z."""
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _moment(value: Any, field: str) -> datetime:

@@ -33,12 +33,16 @@ Rules, in the order they apply:
    started, and a paused (or draining) host starts nothing at all. Each such task is skipped with
    the pause as its reason ("agent dev-a paused by alice since ...: ..."); the widest pause is
    named (host, then queue, then agent). Leases are judged as always: runs in flight go on.
+8. Waiting. The candidates that found no free slot stay in the plan, in the order they would have
+   started (`Plan.waiting`): a slot that frees before the next pass takes the first of them that
+   is still free to start (`refill`), by the same rules: its pools' unassigned tasks, then its own.
+   Paused work and the tasks of a held agent never wait there.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -47,6 +51,7 @@ from tinyscheduler.core.circuit import Unavailable
 from tinyscheduler.core.control import Pauses
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 #: A heartbeat older than this many heartbeat intervals marks a lease stale.
 STALE_HEARTBEATS = 3
@@ -127,7 +132,7 @@ class Start:
     reason: str
     #: True when this plan also assigns the task (it was unassigned in its queue).
     newly_assigned: bool = False
-    #: The task's queue, if it has one (a pause made while the pass ran is checked again).
+    #: The queue it is assigned from, when newly assigned.
     queue: str | None = None
 
 
@@ -151,12 +156,29 @@ class AgentSlots:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Startable tasks a plan found no free slot for, in the order they would have started."""
+
+    #: Unassigned candidates of each pool's queue.
+    queues: Mapping[str, tuple[Task, ...]] = field(default_factory=dict)
+    #: Each agent's assigned candidates.
+    agents: Mapping[str, tuple[Task, ...]] = field(default_factory=dict)
+    #: queue -> the agents of its pool.
+    pools: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: Tasks that block a listed task: once one ends, the next pass may find more to start.
+    blockers: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
 class Plan:
     leases: tuple[LeaseDecision, ...]
     assignments: tuple[Assignment, ...]
     starts: tuple[Start, ...]
     skips: tuple[Skip, ...]
     slots: tuple[AgentSlots, ...]
+    waiting: Waiting = field(default_factory=Waiting)
+    #: Leases that hold a slot (task id -> agent), supervised ones included.
+    holding: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def recoveries(self) -> tuple[LeaseDecision, ...]:
@@ -269,7 +291,7 @@ class _Planning:
             return f"blocked by task {task.blocked_by_task_id}"
         not_before = self.snapshot.not_before.get(task.id)
         if not_before is not None and not_before > self.snapshot.now:
-            return f"retry backs off until {not_before.isoformat(timespec='seconds')}"
+            return f"retry backs off until {iso(not_before)}"
         return None
 
     def candidates(self, tasks: Sequence[Task], agent: str | None) -> list[Task]:
@@ -331,12 +353,14 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
 
     assignments: list[Assignment] = []
     starts: list[Start] = []
+    waiting_queues: dict[str, list[Task]] = {}
+    waiting_agents: dict[str, list[Task]] = {}
 
-    def take(task: Task, agent: str, reason: str, *, newly_assigned: bool, queue: str | None) -> None:
+    def take(task: Task, agent: str, reason: str, queue: str | None) -> None:
         state.chosen.add(task.id)
         free[agent] -= 1
         starting[agent] += 1
-        starts.append(Start(task.id, agent, reason, newly_assigned, queue))
+        starts.append(Start(task.id, agent, reason, queue is not None, queue))
 
     for queue in sorted(config.pools):
         pool = sorted(set(config.pools[queue]))
@@ -357,10 +381,12 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
                 open_pool = free[agent] > 0
             if not open_pool:
                 state.skips.append(Skip(task.id, None, exhausted))
+                if queue_paused is None:
+                    waiting_queues.setdefault(queue, []).append(task)
                 continue
             reason = f"unassigned in queue {queue}; {agent} has the most free slots ({free[agent]})"
             assignments.append(Assignment(task.id, agent, queue, reason))
-            take(task, agent, reason, newly_assigned=True, queue=queue)
+            take(task, agent, reason, queue)
 
     for agent in agents:
         full = held.get(agent, f"no free slot ({limits[agent]} of {limits[agent]} busy or starting)")
@@ -371,17 +397,19 @@ def plan(snapshot: Snapshot, config: PlanConfig) -> Plan:
                 continue
             if free[agent] <= 0:
                 state.skips.append(Skip(task.id, agent, full))
+                if agent not in held:
+                    waiting_agents.setdefault(agent, []).append(task)
                 continue
-            take(
-                task,
-                agent,
-                f"assigned to {agent}, priority {task.priority}",
-                newly_assigned=False,
-                queue=task.queue_name,
-            )
+            take(task, agent, f"assigned to {agent}, priority {task.priority}", None)
 
     slots = tuple(AgentSlots(a, limits[a], busy.get(a, 0), starting[a]) for a in agents)
-    return Plan(decisions, tuple(assignments), tuple(starts), tuple(state.skips), slots)
+    waiting = Waiting(
+        {q: tuple(tasks) for q, tasks in waiting_queues.items()},
+        {a: tuple(tasks) for a, tasks in waiting_agents.items()},
+        {q: tuple(sorted(set(pool))) for q, pool in config.pools.items()},
+        frozenset(state.blocks),
+    )
+    return Plan(decisions, tuple(assignments), tuple(starts), tuple(state.skips), slots, waiting, holding)
 
 
 def _held_agents(agents: Iterable[str], pauses: Pauses, unavailable: Mapping[str, Unavailable]) -> dict[str, str]:
@@ -394,3 +422,25 @@ def _held_agents(agents: Iterable[str], pauses: Pauses, unavailable: Mapping[str
         elif agent in unavailable:
             held[agent] = str(unavailable[agent])
     return held
+
+
+def refill(
+    waiting: Waiting, agent: str, *, taken: Container[int], not_before: Mapping[int, datetime], now: datetime
+) -> tuple[Start, Task] | None:
+    """What a slot of `agent` that freed since the plan takes: the first waiting task that is not
+    `taken` (started or planned since) nor backing off; its pools' queues first (by name), then
+    its own tasks, the order in which the next pass would hand it out. None when nothing waits."""
+
+    def ready(task: Task) -> bool:
+        backoff = not_before.get(task.id)
+        return task.id not in taken and (backoff is None or backoff <= now)
+
+    for queue in sorted(q for q, pool in waiting.pools.items() if agent in pool):
+        for task in waiting.queues.get(queue, ()):
+            if ready(task):
+                reason = f"a slot of {agent} freed; next unassigned in queue {queue}"
+                return Start(task.id, agent, reason, True, queue), task
+    for task in waiting.agents.get(agent, ()):
+        if ready(task):
+            return Start(task.id, agent, f"a slot of {agent} freed; next assigned to it", False), task
+    return None

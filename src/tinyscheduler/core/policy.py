@@ -14,6 +14,7 @@ from typing import Any
 from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.outcomes import Outcome, RunVerdict, StopCause
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 
 def task_refusal(task: Task, *, blocking: bool, not_before: datetime | None, now: datetime) -> str | None:
@@ -25,15 +26,48 @@ def task_refusal(task: Task, *, blocking: bool, not_before: datetime | None, now
     if blocking and task.is_currently_blocked:
         return f"blocked by task {task.blocked_by_task_id}"
     if not_before is not None and not_before > now:
-        return f"retry backs off until {not_before.isoformat(timespec='seconds')}"
+        return f"retry backs off until {iso(not_before)}"
     return None
 
 
-def claim_refusal(task: Task, agent: str, record: AttemptRecord, *, blocking: bool, now: datetime) -> str | None:
-    """Why `agent` may not claim `task` now (the task as last read), or None."""
-    if task.assigned_to != agent:
-        return f"assigned to {task.assigned_to or 'no one'}, not {agent}"
+def claim_refusal(
+    task: Task, agent: str, record: AttemptRecord, *, blocking: bool, now: datetime, assigning: bool = False
+) -> str | None:
+    """Why `agent` may not claim `task` now (the task as last listed or read), or None.
+
+    `assigning`: the plan gives the agent an unassigned queue task, which must still be unassigned."""
+    owner = None if assigning else agent
+    if task.assigned_to != owner:
+        wanted = "no one" if assigning else agent
+        return f"assigned to {task.assigned_to or 'no one'}, not {wanted}"
     return task_refusal(task, blocking=blocking, not_before=record.not_before, now=now)
+
+
+def claim_fields(agent: str) -> dict[str, Any]:
+    """The one update that claims a task: assigned to the agent (again, for a task it already has,
+    so that a reassignment in between shows in the reply) and working."""
+    return {"assigned_to": agent, "status": "working"}
+
+
+def claim_collision(listed: Task, claimed: Task, agent: str) -> str | None:
+    """Whether another writer assigned the task between our list and our claim (or None).
+
+    TinyTask has no atomic claim, but it keeps `previous_assigned_to`: the assignee a change of
+    assignee replaced. So the reply to our claim shows who held the task the instant before it:
+    the assignee we listed when the claim changes it, or the listed `previous_assigned_to` when
+    the task was already the agent's and the claim changes nothing of it. Anything else means our
+    write replaced someone else's, who wins: the first writer keeps the task.
+    """
+    expected = listed.assigned_to if listed.assigned_to != agent else listed.previous_assigned_to
+    if claimed.previous_assigned_to == expected:
+        return None
+    return f"assigned to {claimed.previous_assigned_to or 'no one'} by another writer after it was listed"
+
+
+def yield_fields(claimed: Task) -> dict[str, Any]:
+    """What gives a collided claim back: the assignee our write replaced, and idle (its owner's
+    scheduler then reports a success it holds at its next claim, or requeues a failure)."""
+    return {"assigned_to": claimed.previous_assigned_to, "status": "idle"}
 
 
 def history_reset(task: Task, record: AttemptRecord) -> bool:

@@ -9,6 +9,8 @@ printed is exactly one line of inert text.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
 
 #: C0 controls, DEL and C1 controls (0x9b is a one-byte CSI on some terminals).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -31,6 +33,21 @@ def escaped(text: str, *, keep_lines: bool = False) -> str:
 def markdown_cell(text: str) -> str:
     """`text` as one Markdown table cell: escaped, and a `|` cannot end the cell."""
     return escaped(text).replace("|", "\\|")
+
+
+def iso(moment: datetime) -> str:
+    """The one timestamp format a person or a script reads (logs, events, status, JSON, comments,
+    lease files): RFC 3339, UTC, milliseconds, `2026-11-29T12:00:00.123Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wants_color(isatty: bool, environ: Mapping[str, str]) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (no-color.org); FORCE_COLOR asks for it anywhere."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    return isatty
 
 
 def format_age(seconds: float) -> str:

@@ -67,10 +67,6 @@ class AdoptedRun:
     def holds_slot(self) -> bool:
         return not self.session.process_ended
 
-    @property
-    def children(self) -> set[int]:
-        return set()  # its processes are not the daemon's children
-
     def request_stop(self, reason: str, *, counted: bool = False) -> None:
         self.session.request_stop(reason, counted=counted)
 

@@ -27,6 +27,7 @@ from tinyscheduler.core.circuit import (
     succeeded,
 )
 from tinyscheduler.core.outcomes import Outcome
+from tinyscheduler.core.text import iso
 from tinyscheduler.service.runtime import Runtime
 
 log = structlog.get_logger("tinyscheduler.daemon")
@@ -130,7 +131,7 @@ def published(runtime: Runtime) -> dict[str, dict[str, str]]:
     """The agents unavailable now, as last_pass.json keeps them for a dry run to read."""
     agents = set(runtime.config.limits) | set(runtime.circuits.agents)
     return {
-        agent: {"until": entry.until.isoformat(), "reason": entry.reason}
+        agent: {"until": iso(entry.until), "reason": entry.reason}
         for agent, entry in unavailable(runtime, agents).items()
     }
 
@@ -164,7 +165,7 @@ async def goose_unavailable(
 def _until(breaker: Breaker, now: datetime) -> str:
     if breaker.open_until is None or not breaker.is_open(now):
         return " (checking again now)"
-    return f" until {breaker.open_until.isoformat(timespec='seconds')}"
+    return f" until {iso(breaker.open_until)}"
 
 
 def _said_open(event: str, breaker: Breaker, **fields: str) -> None:
@@ -172,4 +173,4 @@ def _said_open(event: str, breaker: Breaker, **fields: str) -> None:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="seconds") if moment else None
+    return iso(moment) if moment else None

@@ -5,8 +5,10 @@ On one host the answer is always yes (`NoClaims`: no I/O, and nothing of etcd is
 cluster mode (service.cluster's `EtcdClaims`) a claim is an etcd key created only if absent and
 bound to the host's lease, so exactly one host goes on:
 
-- before a task is assigned or set `working` (service.run, and the pass's assignment), with
-  `starting=True`: refused as soon as the host cannot renew its lease;
+- before a run writes anything for its task (service.run: its lease, then the one update that
+  assigns the task and sets it `working`; for the pass's starts and the refills alike), with
+  `starting=True`: refused as soon as the host cannot renew its lease. Once won, the run reads the
+  task again (`shared`): the list it was planned from may predate another host's run of it;
 - when a run of a previous daemon is adopted or settled, and right before an outcome is written,
   with `starting=False`: the claim is kept, or taken back from an earlier life of this host, and
   refused when another host holds it (taken over: hands off) or when this host cannot prove its
@@ -35,6 +37,10 @@ CLAIMED = Claimed(True)
 
 
 class ClaimGate(Protocol):
+    #: Whether other hosts work on the same tasks: a task as listed before the claim may have changed
+    #: since (run and completed elsewhere), so a run reads it again once its claim is won.
+    shared: bool
+
     def refusing_starts(self) -> str | None:
         """Why this host may start nothing now (it cannot renew its lease), or None."""
 
@@ -55,6 +61,8 @@ class ClaimGate(Protocol):
 
 class NoClaims:
     """One host alone: every claim is granted, nothing is stored anywhere."""
+
+    shared = False
 
     def refusing_starts(self) -> str | None:
         return None

@@ -49,7 +49,7 @@ from tinyscheduler.core.cluster import (
     judge_claim,
     ttl_of,
 )
-from tinyscheduler.core.leases import iso
+from tinyscheduler.core.text import iso
 from tinyscheduler.service.claims import CLAIMED, Claimed
 from tinyscheduler.service.runtime import Runtime
 
@@ -221,7 +221,8 @@ class Cluster:
             await self.register()
         except EtcdError as exc:
             self.register_failures += 1
-            self._say("cluster_not_registered", str(exc))
+            if (said := self._trouble("cluster_not_registered", str(exc))) is not None:
+                log.warning("cluster_not_registered", **said)
             return False
         return True
 
@@ -248,7 +249,8 @@ class Cluster:
             try:
                 ttl = await self.client.keepalive(self.lease)
             except EtcdError as exc:
-                self._say("cluster_renewal_failed", str(exc))
+                if (said := self._trouble("cluster_renewal_failed", str(exc))) is not None:
+                    log.warning("cluster_renewal_failed", **said)
         if ttl > 0:
             self.fence = Fence(sent, ttl, self.heartbeat)
             if self.failing:
@@ -256,10 +258,12 @@ class Cluster:
             self._recovered()
         elif ttl == 0:  # etcd says the lease is gone: whatever the clock says, it is lost now
             self.fence = Fence(sent - self.ttl, 0, self.heartbeat)
-            self._say("cluster_lease_lost", f"etcd no longer knows lease {self.lease:x}")
+            if (said := self._trouble("cluster_lease_lost", f"etcd no longer knows lease {self.lease:x}")) is not None:
+                log.warning("cluster_lease_lost", **said)
         else:
             self.failing = True
-            self._say("cluster_renewal_failed", "no answer from etcd in time")
+            if (said := self._trouble("cluster_renewal_failed", "no answer from etcd in time")) is not None:
+                log.warning("cluster_renewal_failed", **said)
         self.changed.set()
 
     async def _rejoin(self) -> None:
@@ -271,13 +275,15 @@ class Cluster:
             await self.try_register()
         except NotRegistered as exc:
             self.register_failures += 1
-            self._say("cluster_not_registered", str(exc))
+            if (said := self._trouble("cluster_not_registered", str(exc))) is not None:
+                log.warning("cluster_not_registered", **said)
 
     def unreachable(self, exc: EtcdError) -> None:
         """A request found no etcd member answering: hold starts now rather than at the next renewal."""
         if isinstance(exc, EtcdUnavailable) and self.phase() is Phase.OK:
             self.failing = True
-            self._say("cluster_renewal_failed", str(exc))
+            if (said := self._trouble("cluster_renewal_failed", str(exc))) is not None:
+                log.warning("cluster_renewal_failed", **said)
             self.changed.set()
 
     def _recovered(self) -> None:
@@ -285,14 +291,16 @@ class Cluster:
         self.register_failures = 0
         self.trouble = self.trouble_since = None
 
-    def _say(self, event: str, reason: str) -> None:
-        """Once per kind of trouble until it is over, not once per try."""
+    def _trouble(self, event: str, reason: str) -> dict[str, Any] | None:
+        """Note what is wrong (for `status`); the fields of its log line the first time, None after:
+        once per kind of trouble until it is over, not once per try."""
         self.trouble = reason
         if self.trouble_since is None:
             self.trouble_since = time.monotonic()
-        if self._said != event:
-            self._said = event
-            log.warning(event, host=self.host, lease=f"{self.lease:x}", reason=reason, phase=self.phase().name)
+        if self._said == event:
+            return None
+        self._said = event
+        return {"host": self.host, "lease": f"{self.lease:x}", "reason": reason, "phase": self.phase().name}
 
     # --- publishing ----------------------------------------------------------------------------------
 
@@ -316,12 +324,18 @@ class Cluster:
 class EtcdClaims:
     """Claims as etcd keys bound to the host's lease (cluster mode)."""
 
+    shared = True
+
     def __init__(self, holder: Cluster) -> None:
         self.holder = holder
         #: Tasks claimed by this daemon, with the lease each claim is bound to.
         self.held: dict[int, int] = {}
         #: Releases etcd has not confirmed (unreachable, cut short): retried by `retry_releases`.
         self.pending: dict[int, int] = {}
+        #: Tasks another host held when this one tried to start them: (until when, why), a heartbeat
+        #: long. Every host plans the head of a shared queue; asking again at each refill and pass
+        #: while the winner starts the run would cost etcd a transaction each time.
+        self._taken: dict[int, tuple[float, str]] = {}
         self._locks: dict[int, anyio.Lock] = {}
 
     def refusing_starts(self) -> str | None:
@@ -356,6 +370,9 @@ class EtcdClaims:
             # Created under the lease still proven alive (the refusal above): a key bound to a live
             # lease stays ours until we delete it, so there is nothing to ask etcd.
             return CLAIMED
+        seen = self._taken.get(task_id) if starting else None
+        if seen is not None and seen[0] > time.monotonic():
+            return Claimed(False, taken=True, reason=seen[1])
         async with self._task(task_id):
             self.pending.pop(task_id, None)
             try:
@@ -381,6 +398,7 @@ class EtcdClaims:
                 return CLAIMED
             if verdict is ClaimVerdict.TAKEN:
                 who = f"host {claim.host} ({claim.purpose.value})" if claim else "something else"
+                self._note_taken(task_id, f"claimed by {who}")
                 return Claimed(False, taken=True, reason=f"claimed by {who}")
             if verdict is ClaimVerdict.OUR_HOST and found is not None:
                 guard = [etcd.mod_revision_is(key, found.mod_revision)]
@@ -388,6 +406,13 @@ class EtcdClaims:
                     self.held[task_id] = lease
                     return CLAIMED
         return Claimed(False, reason="the claim kept changing while it was read")
+
+    def _note_taken(self, task_id: int, reason: str) -> None:
+        now = time.monotonic()
+        for task, (until, _) in list(self._taken.items()):
+            if until <= now:
+                del self._taken[task]
+        self._taken[task_id] = (now + self.holder.heartbeat, reason)
 
     async def release(self, task_id: int) -> None:
         async with self._task(task_id):

@@ -11,11 +11,14 @@ from typing import Any
 
 import structlog
 
+from tinyscheduler.adapters.tinytask import ServerFeatures
 from tinyscheduler.config.prices import load_prices
 from tinyscheduler.config.registry import Registry, configured_registry, effective_limits
-from tinyscheduler.config.settings import LoadedSettings, Settings
+from tinyscheduler.config.settings import SETTINGS, LoadedSettings, Settings
 from tinyscheduler.core.cost import PriceTable
+from tinyscheduler.core.planner import PlanConfig
 from tinyscheduler.core.redact import redacted
+from tinyscheduler.service.gather import plan_config
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
@@ -52,6 +55,18 @@ class Configuration:
     def settings(self) -> Settings:
         return self.loaded.settings
 
+    def plan_config(self, features: ServerFeatures) -> PlanConfig:
+        """What the planner is given, for a server with `features`."""
+        s = self.settings
+        return plan_config(
+            self.limits,
+            self.registry,
+            features,
+            disable_blocking=s.disable_blocking,
+            heartbeat_sec=s.heartbeat_sec,
+            max_runtime_sec=s.max_runtime_sec,
+        )
+
     @classmethod
     def load(cls, loaded: LoadedSettings) -> Configuration:
         """Raises ConfigError (RegistryError) naming every problem."""
@@ -87,7 +102,7 @@ class Configuration:
 
 def changed_settings(old: Settings, new: Settings) -> dict[str, tuple[Any, Any]]:
     return {
-        name: (getattr(old, name), getattr(new, name))
-        for name in type(old).model_fields
-        if getattr(old, name) != getattr(new, name)
+        info.name: (getattr(old, info.name), getattr(new, info.name))
+        for info in SETTINGS
+        if getattr(old, info.name) != getattr(new, info.name)
     }

@@ -24,11 +24,12 @@ from tinyscheduler.adapters.tinytask import (
 from tinyscheduler.config.registry import Registry
 from tinyscheduler.core.circuit import Unavailable
 from tinyscheduler.core.control import Pauses
-from tinyscheduler.core.leases import Liveness
+from tinyscheduler.core.leases import Lease, Liveness
+from tinyscheduler.core.listing import Backlog, Listing, pick
 from tinyscheduler.core.planner import PlanConfig, Snapshot
 from tinyscheduler.core.tasks import Task
 
-#: Concurrent list requests per pass: enough to hide latency, few enough to be polite.
+#: Concurrent list requests of the targeted lists: enough to hide latency, few enough to be polite.
 FETCH_CONCURRENCY = 8
 
 
@@ -61,37 +62,55 @@ class Gathered:
     #: Tasks the server sent that could not be used (one log line each).
     problems: tuple[TaskProblem, ...] = ()
     quarantined: tuple[Quarantined, ...] = ()
+    #: What a full list of the idle tasks showed (None after targeted lists).
+    backlog: Backlog | None = None
 
 
 @dataclass
-class _Fetches:
+class Fetched:
+    """The idle tasks a plan needs, as the targeted lists would have returned them."""
+
     queue_tasks: dict[str, tuple[Task, ...]] = field(default_factory=dict)
     agent_tasks: dict[str, tuple[Task, ...]] = field(default_factory=dict)
     problems: list[TaskProblem] = field(default_factory=list)
+    #: What the full list showed (None after targeted lists): core.listing's next choice.
+    backlog: Backlog | None = None
 
 
-async def fetch_tasks(client: TinyTaskClient, config: PlanConfig) -> _Fetches:
-    """Idle unassigned tasks of every pool's queue and idle tasks of every agent, concurrently.
+async def fetch_tasks(client: TinyTaskClient, config: PlanConfig, listing: Listing = Listing.ALL) -> Fetched:
+    """Idle unassigned tasks of every pool's queue and idle tasks of every agent (core.listing):
+    from one paged list of every idle task, or from one list per queue and per agent.
 
     Raises the client's errors: a pass with a partial view of TinyTask must not act.
     """
-    fetches = _Fetches()
-    limiter = anyio.CapacityLimiter(FETCH_CONCURRENCY)
+    queues = sorted(config.pools)
     agents = sorted(planned_agents(config))
+    if not queues and not agents:
+        return Fetched()
+    if listing is Listing.ALL:
+        batch = await client.list_tasks(status=["idle"])
+        picked = pick(batch.tasks, queues, agents)
+        return Fetched(picked.queue_tasks, picked.agent_tasks, list(batch.problems), picked.backlog)
+    return await _fetch_targeted(client, queues, agents)
+
+
+async def _fetch_targeted(client: TinyTaskClient, queues: list[str], agents: list[str]) -> Fetched:
+    fetched = Fetched()
+    limiter = anyio.CapacityLimiter(FETCH_CONCURRENCY)
 
     async def one(kind: str, name: str) -> None:
         async with limiter:
             if kind == "queue":
                 batch: TaskBatch = await client.idle_unassigned(name)
-                fetches.queue_tasks[name] = batch.tasks
+                fetched.queue_tasks[name] = batch.tasks
             else:
                 batch = await client.idle_assigned(name)
-                fetches.agent_tasks[name] = batch.tasks
-        fetches.problems.extend(batch.problems)
+                fetched.agent_tasks[name] = batch.tasks
+        fetched.problems.extend(batch.problems)
 
     try:
         async with anyio.create_task_group() as group:
-            for queue in sorted(config.pools):
+            for queue in queues:
                 group.start_soon(one, "queue", queue)
             for agent in agents:
                 group.start_soon(one, "agent", agent)
@@ -102,7 +121,7 @@ async def fetch_tasks(client: TinyTaskClient, config: PlanConfig) -> _Fetches:
         if errors is None or others is not None:
             raise
         raise _first_leaf(errors) from failed
-    return fetches
+    return fetched
 
 
 def planned_agents(config: PlanConfig) -> set[str]:
@@ -129,8 +148,12 @@ async def gather(
     not_before: Mapping[int, datetime] | None = None,
     unavailable: Mapping[str, Unavailable] | None = None,
     pauses: Pauses | None = None,
+    known: Mapping[int, Lease] | None = None,
+    listing: Listing = Listing.ALL,
 ) -> Gathered:
-    scan = await anyio.to_thread.run_sync(store.scan)
+    """`known`: the leases of the runs this daemon supervises, as they last wrote them; their files
+    are not read again."""
+    scan = await anyio.to_thread.run_sync(store.scan, known)
     # The planner reads the liveness of this host's leases that no run of ours supervises, and no
     # other: probing the rest (one /proc read per run in flight) would be wasted work every pass.
     liveness: dict[int, Liveness] = {
@@ -138,7 +161,7 @@ async def gather(
         for lease in scan.leases
         if lease.host == host and lease.task_id not in supervised
     }
-    fetches = await fetch_tasks(client, config)
+    fetched = await fetch_tasks(client, config, listing)
     snapshot = Snapshot(
         now=now,
         host=host,
@@ -147,13 +170,13 @@ async def gather(
         liveness=liveness,
         supervised=supervised,
         in_flight=dict(in_flight or {}),
-        queue_tasks=fetches.queue_tasks,
-        agent_tasks=fetches.agent_tasks,
+        queue_tasks=fetched.queue_tasks,
+        agent_tasks=fetched.agent_tasks,
         not_before=dict(not_before or {}),
         unavailable=dict(unavailable or {}),
         pauses=pauses or Pauses(),
     )
-    return Gathered(snapshot, tuple(fetches.problems), scan.quarantined)
+    return Gathered(snapshot, tuple(fetched.problems), scan.quarantined, fetched.backlog)
 
 
 # --- what a person reads ---------------------------------------------------------------------------

@@ -96,13 +96,15 @@ class LeaseWatcher:
         present = {lease.task_id: lease for lease in scan.leases}
         await self._restore_removed(present)
         self.known = present
+        supervised = rt.busy
         snapshot = Snapshot(
             now=rt.clock(),
             host=rt.host,
             instance_id=rt.instance_id,
             leases=tuple(present.values()),
-            liveness={t: probe(lease, rt.boot_id) for t, lease in present.items()},
-            supervised=rt.busy,
+            # The leases of our own runs are judged "supervised" without a look at their process.
+            liveness={t: probe(lease, rt.boot_id) for t, lease in present.items() if t not in supervised},
+            supervised=supervised,
         )
         s = rt.config.settings
         config = PlanConfig(limits=rt.config.limits, heartbeat_sec=s.heartbeat_sec, max_runtime_sec=s.max_runtime_sec)

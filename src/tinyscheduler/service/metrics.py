@@ -65,6 +65,8 @@ class Live:
     watchdog_healthy: bool | None = None
     #: Whether this host is fenced off its cluster, starting nothing (None: one host, no etcd).
     cluster_fenced: bool | None = None
+    #: The operator's pauses: (scope, target, kind, since as Unix time); the host's target is "".
+    pauses: tuple[tuple[str, str, str, float], ...] = ()
 
 
 class _LiveCollector(Collector):
@@ -78,6 +80,7 @@ class _LiveCollector(Collector):
         yield info
         yield from _slots(live)
         yield from _passes(live)
+        yield from _pauses(live)
         yield from _counters(live.counters)
 
 
@@ -122,6 +125,20 @@ def _passes(live: Live) -> Iterator[Metric]:
         )
         fenced.add_metric([], 1 if live.cluster_fenced else 0)
         yield fenced
+
+
+def _pauses(live: Live) -> Iterator[Metric]:
+    # The reason is free text and stays out of the labels: status and the page say it.
+    since = _gauge(
+        "tinyscheduler_pause_since_timestamp_seconds",
+        "When an operator paused an agent, a queue or the host, or began a drain (Unix time); absent when none",
+        ["scope", "target", "kind"],
+    )
+    for scope, target, kind, at in live.pauses:
+        since.add_metric([scope, target, kind], at)
+    draining = _gauge("tinyscheduler_draining", "1 while the host drains (starts nothing, waits for its runs)")
+    draining.add_metric([], 1 if any(kind == "drain" for _, _, kind, _ in live.pauses) else 0)
+    yield from (since, draining)
 
 
 def _counters(counts: Mapping[str, int]) -> Iterator[Metric]:

@@ -1,4 +1,5 @@
-"""The status page: agents and slots, runs in flight with the end of their logs, recent runs, problems.
+"""The status page: problems, pauses, agents and slots, runs in flight with the end of their logs,
+recent runs.
 
 Server-rendered HTML that refreshes itself every few seconds; no script at all. What it shows is
 gathered without blocking the event loop: the end of each run's log is read with aiofiles (a
@@ -24,7 +25,7 @@ from tinyscheduler import __version__
 from tinyscheduler.adapters.history import HistoryError, HistoryStore, RunRecord
 from tinyscheduler.core.cost import format_cost
 from tinyscheduler.core.redact import redacted
-from tinyscheduler.core.text import escaped, format_age
+from tinyscheduler.core.text import escaped, format_age, iso
 from tinyscheduler.service.availability import problems as availability_problems
 from tinyscheduler.service.runtime import Runtime
 from tinyscheduler.service.statusfile import PassReport, status_line
@@ -66,6 +67,8 @@ class PageData:
     runs: Sequence[RunRow]
     recent: Sequence[RunRecord] = ()
     currency: str = ""
+    #: The operator's pauses and the drain, each said whole (who, since when, why).
+    pauses: Sequence[str] = ()
 
 
 async def read_tail(path: Path, max_bytes: int = TAIL_BYTES, lines: int = TAIL_LINES) -> str:
@@ -140,13 +143,14 @@ async def gather_page(runtime: Runtime) -> PageData:
         runs=runs,
         recent=recent,
         currency=rt.config.prices.currency,
+        pauses=[pause.text for pause in rt.pauses.items],
     )
 
 
 def _last_pass(report: PassReport | None, at: datetime | None) -> str:
     if report is None or at is None:
         return "no pass yet"
-    return f"{status_line(report)} (at {at.isoformat(timespec='seconds')})"
+    return f"{status_line(report)} (at {iso(at)})"
 
 
 # --- HTML ------------------------------------------------------------------------------------------
@@ -182,6 +186,7 @@ pre{margin:0;font-size:12px;max-width:70em;white-space:pre-wrap;word-break:break
 
 def render_page(data: PageData) -> str:
     problems = "".join(f'<li class="problem">{_text(p)}</li>' for p in data.problems)
+    pauses = "".join(f'<li class="pause">{_text(p)}</li>' for p in data.pauses)
     agents = _table(
         ["agent", "busy", "slots", "available"],
         [[_text(a.agent), a.busy, a.limit, _text(a.unavailable or "yes")] for a in data.agents],
@@ -206,7 +211,7 @@ def render_page(data: PageData) -> str:
         ["ended", "task", "agent", "attempt", "outcome", "duration", "tokens", "cost", "reason"],
         [
             [
-                _text(r.ended_at.isoformat(timespec="seconds")),
+                _text(iso(r.ended_at)),
                 r.task_id,
                 _text(r.agent),
                 r.attempt,
@@ -227,9 +232,11 @@ def render_page(data: PageData) -> str:
 <body>
 <h1>TinyScheduler on {_text(data.host)}</h1>
 <p class="meta">version {_text(__version__)}, instance {_text(data.instance)},
-{_text(data.now.isoformat(timespec="seconds"))}; last pass: {_text(data.last_pass)}</p>
+{_text(iso(data.now))}; last pass: {_text(data.last_pass)}</p>
 <h2>Problems</h2>
 {f'<ul id="problems">{problems}</ul>' if problems else '<p class="none" id="problems">none</p>'}
+<h2>Pauses</h2>
+{f'<ul id="pauses">{pauses}</ul>' if pauses else '<p class="none" id="pauses">none</p>'}
 <h2>Agents</h2>
 <div id="agents">{agents}</div>
 <h2>Runs in flight</h2>

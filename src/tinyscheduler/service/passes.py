@@ -1,28 +1,32 @@
 """The tick loop and one pass: gather -> plan (pure) -> act.
 
-A pass runs every loop interval, and at once when a run ends, a lease is reclaimed or the
-configuration is reloaded, within a pass budget (core.pacing: a burst of 5, then 5 per interval).
-A pass that fails (TinyTask down, a full disk, a bug) is logged, counted and published, and the
-next one comes sooner (2 s, doubling up to the loop interval); it never ends the daemon and never
-acts on a partial view of TinyTask."""
+A pass runs every loop interval, and at once when a run ends with nothing waiting for its slot
+(service.refill), a lease is reclaimed or the configuration is reloaded, within a pass budget
+(core.pacing: a burst of 5, then 5 per interval). It reads TinyTask with one paged list of the
+idle tasks, or with one list per queue and per agent when that is cheaper (core.listing), and its
+starts claim their tasks as listed (service.run). A pass that fails (TinyTask down, a full disk, a
+bug) is logged, counted and published, and the next one comes sooner (2 s, doubling up to the loop
+interval); it never ends the daemon and never acts on a partial view of TinyTask."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from tinyscheduler.adapters.tinytask import Task, TaskProblem, TinyTaskClient, TinyTaskError
-from tinyscheduler.config.registry import RegistryError, agent_recipe_path
+from tinyscheduler.adapters.tinytask import TaskProblem, TinyTaskError
+from tinyscheduler.core.listing import Backlog, Listing, choose_listing, listed_tasks
 from tinyscheduler.core.pacing import PassPacer
-from tinyscheduler.core.planner import Plan, PlanConfig, plan
+from tinyscheduler.core.planner import Plan, Snapshot, plan
+from tinyscheduler.core.text import iso
 from tinyscheduler.core.waiting import waiting
 from tinyscheduler.core.watchdog import WatchdogGate
-from tinyscheduler.service.availability import note_start_failed, recheck_goose_if_due, unavailable
-from tinyscheduler.service.gather import gather, plan_config, planned_agents, queued_and_blocked
+from tinyscheduler.service.availability import recheck_goose_if_due, unavailable
+from tinyscheduler.service.gather import gather, planned_agents, queued_and_blocked
 from tinyscheduler.service.leasewatch import note_quarantined
-from tinyscheduler.service.run import RunRequest
+from tinyscheduler.service.refill import Refiller
 from tinyscheduler.service.runner import Runner
 from tinyscheduler.service.runtime import Runtime
 from tinyscheduler.service.statusfile import PassReport, publish
@@ -68,7 +72,9 @@ class PassRunner:
         gate: WatchdogGate,
         *,
         before_pass: Hook | None = None,
+        refill: bool = True,
     ) -> None:
+        """`refill`: fill slots freed between passes without a pass (the daemon, not `run --once`)."""
         self.runtime = runtime
         self.runner = runner
         self.gate = gate
@@ -79,6 +85,10 @@ class PassRunner:
         self.reload_error: str | None = None
         self.malformed = MalformedTasks()
         self.pacer = PassPacer(float(runtime.config.settings.loop_interval_sec))
+        self.refiller = Refiller(runtime, runner) if refill else None
+        #: What the last full list of idle tasks showed, and passes since (core.listing).
+        self.backlog: Backlog | None = None
+        self.passes_since_full = 0
 
     async def loop(self) -> None:
         rt = self.runtime
@@ -109,7 +119,7 @@ class PassRunner:
         rt = self.runtime
         started = time.monotonic()
         self.gate.pass_started(started)
-        report = PassReport(started_at=rt.clock().isoformat(timespec="seconds"))
+        report = PassReport(started_at=iso(rt.clock()))
         try:
             if self.before_pass is not None:
                 await self.before_pass()
@@ -122,6 +132,8 @@ class PassRunner:
             log.exception("pass_crashed")
             self._fail(report, f"{type(exc).__name__}: {exc}")
         finally:
+            if not report.ok and self.refiller is not None:
+                self.refiller.forget()
             finished = time.monotonic()
             self.gate.pass_finished(finished)
             report.duration_sec = round(finished - started, 3)
@@ -142,23 +154,12 @@ class PassRunner:
         self.runtime.counters.add("pass_errors")
         log.error("pass_failed", error=error, consecutive=self.report.consecutive_failures + 1)
 
-    def plan_config(self, client: TinyTaskClient) -> PlanConfig:
-        c = self.runtime.config
-        s = c.settings
-        return plan_config(
-            c.limits,
-            c.registry,
-            client.features,
-            disable_blocking=s.disable_blocking,
-            heartbeat_sec=s.heartbeat_sec,
-            max_runtime_sec=s.max_runtime_sec,
-        )
-
     async def _body(self, report: PassReport) -> None:
         rt = self.runtime
         await recheck_goose_if_due(rt)
         client = await rt.connection.client()
-        config = self.plan_config(client)
+        config = rt.config.plan_config(client.features)
+        listing = choose_listing(self.backlog, self.passes_since_full, client.page_size)
         gathered = await gather(
             client,
             config,
@@ -168,18 +169,24 @@ class PassRunner:
             instance_id=rt.instance_id,
             boot_id=rt.boot_id,
             supervised=rt.busy,
-            in_flight=self.runner.in_flight(),
             not_before=rt.attempts.not_before_all(),
             unavailable=unavailable(rt, planned_agents(config)),
             pauses=rt.pauses,
+            known={task_id: run.lease for task_id, run in rt.runs.items() if run.lease is not None},
+            listing=listing,
         )
+        listed_at = time.monotonic()
+        self._note_listing(listing, gathered.backlog)
         self.malformed.note(gathered.problems)
         note_quarantined(rt, gathered.quarantined)
-        result = plan(gathered.snapshot, config)
-        report.queued, report.blocked = queued_and_blocked(gathered.snapshot)
-        report.waiting = waiting(gathered.snapshot, result, blocking=not config.disable_blocking)
+        # Runs started or ended while TinyTask answered (refills) count as they are now: from here to
+        # the last start nothing awaits, so the plan and the slots it fills cannot drift apart.
+        snapshot = dataclasses.replace(gathered.snapshot, supervised=rt.busy, in_flight=self.runner.in_flight())
+        result = plan(snapshot, config)
+        report.queued, report.blocked = queued_and_blocked(snapshot)
+        report.waiting = waiting(snapshot, result, blocking=not config.disable_blocking)
         report.malformed = len(gathered.problems)
-        leases = {lease.task_id: lease for lease in gathered.snapshot.leases}
+        leases = {lease.task_id: lease for lease in snapshot.leases}
         for decision in result.recoveries:
             report.reclaimed += 1
             self.runner.take_over(decision, leases[decision.task_id])
@@ -190,68 +197,23 @@ class PassRunner:
             return
         if rt.claims.refusing_starts() is not None:
             return  # fenced off the cluster: said once by service.cluster, and in `status`
-        await self._act(result, report, client)
+        self._act(result, report, snapshot)
+        if self.refiller is not None:
+            self.refiller.update(result, snapshot.supervised, listed_at)
 
-    async def _act(self, result: Plan, report: PassReport, client: TinyTaskClient) -> None:
-        lost, read_back = await self._assign(result, report, client)
-        rt = self.runtime
+    def _note_listing(self, listing: Listing, backlog: Backlog | None) -> None:
+        if backlog is not None:
+            self.backlog = backlog
+            self.passes_since_full = 0
+        elif listing is Listing.TARGETED:
+            self.passes_since_full += 1
+
+    def _act(self, result: Plan, report: PassReport, snapshot: Snapshot) -> None:
+        """Start the plan's runs, each claiming its task as the list showed it (service.run)."""
+        listed = listed_tasks(snapshot.queue_tasks, snapshot.agent_tasks)
         for start in result.starts:
             # A reclaim in flight may still requeue the task and remove its lease: a run started now
             # would have its task set idle and its lease deleted under it. The reclaim wakes a pass.
-            if start.task_id in lost or start.task_id in rt.busy:
-                continue
-            if start.agent in unavailable(rt, {start.agent}):
-                continue  # its breaker opened during this pass (another start of it failed)
-            if rt.pauses.holding(start.agent, start.queue) is not None:
-                continue  # paused by an operator while this pass ran
-            try:
-                recipe = agent_recipe_path(start.agent, rt.config.registry, rt.config.settings)
-            except RegistryError as exc:
-                note_start_failed(rt, start.agent, "; ".join(exc.problems))
-                continue
-            recipe_name = str(recipe.relative_to(rt.config.settings.recipes_dir))
-            self.runner.start(RunRequest(start.task_id, start.agent, recipe_name), read_back.get(start.task_id))
-            report.started += 1
-        for assignment in result.assignments:  # claimed, not started: free for any host again
-            if assignment.task_id not in rt.busy:
-                await rt.claims.release(assignment.task_id)
-
-    async def _assign(
-        self, result: Plan, report: PassReport, client: TinyTaskClient
-    ) -> tuple[set[int], dict[int, Task]]:
-        """Assign the plan's unassigned queue tasks: (ids lost to another writer, tasks as read back)."""
-        lost: set[int] = set()
-        read_back: dict[int, Task] = {}
-        for assignment in result.assignments:
-            # In a cluster, only the host that claims the task assigns it (service.claims).
-            claimed = await self.runtime.claims.claim(assignment.task_id, assignment.agent, starting=True)
-            if not claimed.ok:
-                lost.add(assignment.task_id)
-                log.info(
-                    "assign_not_claimed", task_id=assignment.task_id, agent=assignment.agent, reason=claimed.reason
-                )
-                continue
-            try:
-                await client.assign(assignment.task_id, assignment.agent)
-                # Assignment is last-writer-wins on the server: read back before starting.
-                task = await client.get_task(assignment.task_id)
-            except TinyTaskError as exc:
-                lost.add(assignment.task_id)
-                log.warning("assign_failed", task_id=assignment.task_id, agent=assignment.agent, reason=str(exc))
-                continue
-            if task.assigned_to != assignment.agent:
-                lost.add(assignment.task_id)
-                log.warning(
-                    "assign_lost",
-                    task_id=task.id,
-                    agent=assignment.agent,
-                    winner=task.assigned_to,
-                    reason="another writer assigned the task at the same time",
-                )
-                continue
-            read_back[task.id] = task
-            report.assigned += 1
-            fields = {"agent": assignment.agent, "queue": assignment.queue, "reason": assignment.reason}
-            self.runtime.events.record("assigned", task_id=task.id, **fields)
-            log.info("assigned", task_id=task.id, **fields)
-        return lost, read_back
+            if self.runner.launch(start, listed[start.task_id]):
+                report.started += 1
+                report.assigned += start.newly_assigned

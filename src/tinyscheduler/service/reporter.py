@@ -24,6 +24,7 @@ from tinyscheduler.core.attempts import AttemptRecord
 from tinyscheduler.core.outcomes import ProcessEnd, RunVerdict, attempt_comment, gave_up_comment, requeue_comment
 from tinyscheduler.core.policy import Intent, LeftAlone, intent_fields, is_ours, left_alone, report_intent
 from tinyscheduler.core.tasks import FAILED_TAG, Task
+from tinyscheduler.core.text import iso
 
 T = TypeVar("T")
 
@@ -116,8 +117,7 @@ class OutcomeReporter:
                 if not written:
                     return self._left_alone(found, succeeded=True)
                 self.attempts.record_success(self.task_id)
-                self._log.info("task_completed", attempt=self.attempt)
-                return Reported.COMPLETED
+                return Reported.COMPLETED  # said by the run's `run_finished` line (report=completed)
             if intent is Intent.REQUEUE:
                 written, found = await self._patch_if_ours(deadline, lambda task: intent_fields(intent, task, None))
                 if not written:
@@ -155,7 +155,7 @@ class OutcomeReporter:
                 reason="retry after backoff",
                 attempt=self.attempt,
                 outcome=verdict.outcome.value,
-                not_before=record.not_before.isoformat() if record.not_before else None,
+                not_before=iso(record.not_before) if record.not_before else None,
             )
             self._emit("requeued", attempt=self.attempt, reason=verdict.detail)
             return Reported.REQUEUED
@@ -164,13 +164,14 @@ class OutcomeReporter:
         self._emit("gave_up", attempt=self.attempt, failures=record.failures, reason=verdict.detail)
         return Reported.GAVE_UP
 
-    async def roll_back(self, comment: str | None = None) -> bool:
-        """A start that never happened: set the task idle again if we had set it working, and post
-        `comment` if given and the task was ours. False when TinyTask could not be told (the lease
-        then stays for the recovery)."""
+    async def roll_back(self, comment: str | None = None, fields: dict[str, Any] | None = None) -> bool:
+        """A start that never happened: set the task idle again (and `fields`) if we had set it
+        working, and post `comment` if given and the task was ours. False when TinyTask could not be
+        told (the lease then stays for the recovery)."""
         deadline = time.monotonic() + self.timeout_sec
+        update = fields or {"status": "idle"}
         try:
-            written, _ = await self._patch_if_ours(deadline, lambda _task: {"status": "idle"})
+            written, _ = await self._patch_if_ours(deadline, lambda _task: update)
         except Unreachable:
             return False
         if written and comment:

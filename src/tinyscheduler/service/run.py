@@ -1,12 +1,14 @@
 """One goose run, supervised from a coroutine of the daemon's event loop (no wrapper process).
 
-`Run.execute()` goes: check the recipe -> read the task (or take the caller's fresh copy) and check
-that the agent may claim it (`core.policy`) -> claim it (service.claims: in a cluster, an etcd key
-only one host can create) -> write the lease (STARTING) -> set the task `working`
--> spawn goose in its own session with its output appended to a log file -> rewrite the lease as
-RUNNING (pid, pgid, start ticks, boot id, owner) -> supervise (service.supervisor) -> classify the
-outcome (core.outcomes) -> report it if the task is still ours (service.reporter) -> remove the
-lease, last.
+`Run.execute()` goes: check the recipe -> take the task as the pass listed it (or read it) and check
+that the agent may claim it (`core.policy`) -> in a cluster, claim it in etcd (service.claims: a
+key only one host can create) and read it again -> write the lease (STARTING) -> claim it in
+TinyTask with one update (assigned to the agent, `working`; the reply shows whether another writer
+assigned it since the list) -> spawn goose in its own session with its output appended to a log file -> rewrite the
+lease as RUNNING (pid, pgid, start ticks, boot id, owner) -> supervise (service.supervisor) ->
+classify the outcome (core.outcomes) -> report it if the task is still ours (service.reporter) ->
+remove the lease, last. A run that succeeds costs three requests: the claim, and the report's read
+and update (four in a cluster, with the read after the etcd claim).
 
 Why this order: at every instant a crash of the daemon leaves something the lease watcher can
 reconcile. The lease exists before the task is `working` and before the process exists, and it
@@ -34,37 +36,32 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
 
-from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.containment import RunCgroups
-from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import ChildProcess, spawn
+from tinyscheduler.adapters.process import ChildProcess, encoded, spawn
 from tinyscheduler.adapters.procfs import process_start_ticks
 from tinyscheduler.adapters.runlog import RunLog, header_prefix, output_pipe, spawn_keeper
-from tinyscheduler.adapters.tinytask import Task, TinyTaskClient, TinyTaskError, TinyTaskRejected
+from tinyscheduler.adapters.tinytask import Task, TinyTaskError, TinyTaskRejected
 from tinyscheduler.config.registry import recipe_problem
-from tinyscheduler.core.goose import child_environment, goose_command, output_format_of
+from tinyscheduler.core.goose import base_environment, goose_command, output_format_of, run_variables
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import DEFAULT_EVIDENCE, EvidenceRule, Outcome, ProcessEnd, RunVerdict, read_evidence
-from tinyscheduler.core.policy import claim_refusal, history_reset
+from tinyscheduler.core.policy import claim_collision, claim_fields, claim_refusal, history_reset, yield_fields
 from tinyscheduler.core.redact import redacted
-from tinyscheduler.service.claims import ClaimGate, NoClaims
+from tinyscheduler.core.text import iso
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
-from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec
+from tinyscheduler.service.session import EventSink, Output, Reason, RunDeps, RunSession, SessionSpec, reporter_for
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits
 
 log = structlog.get_logger("tinyscheduler.runs")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -121,6 +118,10 @@ class RunRequest:
     agent: str
     #: Recipe file name relative to `RunPolicy.recipes_dir`.
     recipe: str
+    #: The queue whose unassigned task the claim assigns to the agent (None: it is already the agent's).
+    queue: str | None = None
+    #: Why the plan chose it (said with the assignment).
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,42 +176,14 @@ def resolve_recipe(recipes_dir: Path, recipe: str) -> Path:
 class Run:
     """A new run: claim the task, start goose, then hand over to a `RunSession`."""
 
-    def __init__(
-        self,
-        request: RunRequest,
-        policy: RunPolicy,
-        *,
-        client: TinyTaskClient,
-        leases: LeaseStore,
-        attempts: AttemptBook,
-        clock: Callable[[], datetime] = utcnow,
-        environ: Mapping[str, str] | None = None,
-        on_event: EventSink | None = None,
-        fresh_task: Task | None = None,
-        on_exit: Callable[[], None] | None = None,
-        cgroups: RunCgroups | None = None,
-        own_children: Callable[[], set[int]] | None = None,
-        claims: ClaimGate | None = None,
-    ) -> None:
-        """`fresh_task`: the task as the caller read it back a moment ago (after assigning it);
-        the claim then uses it instead of reading it once more. `on_exit` is called the moment the
-        process has ended, before the outcome is reported: its slot is free from then on."""
+    def __init__(self, request: RunRequest, policy: RunPolicy, deps: RunDeps, *, listed: Task | None = None) -> None:
+        """`listed`: the task as the pass's list showed it a moment ago; the claim checks it instead of
+        reading it once more (without it, the task is read first)."""
         self.request = request
         self.policy = policy
-        self.deps = RunDeps(
-            client=client,
-            leases=leases,
-            attempts=attempts,
-            clock=clock,
-            environ=os.environ if environ is None else environ,
-            on_event=on_event,
-            on_exit=on_exit,
-            cgroups=cgroups,
-            own_children=own_children,
-            claims=claims or NoClaims(),
-        )
-        self._fresh_task = fresh_task
-        self._attempt = attempts.next_attempt(request.task_id)
+        self.deps = deps
+        self._listed = listed
+        self._attempt = deps.attempts.next_attempt(request.task_id)
         self._pid: int | None = None
         self._started_at: datetime | None = None
         self._lease: LeaseKeeper | None = None
@@ -265,14 +238,6 @@ class Run:
         """True until the process has ended (also while claiming, before it exists)."""
         return self._session is None or not self._session.process_ended
 
-    @property
-    def children(self) -> set[int]:
-        """The daemon's own child processes of this run (goose, its output keeper)."""
-        if self._session is None:
-            return set()
-        keeper = self._session.output.keeper
-        return {pid for pid in (self._pid, keeper.pid if keeper else None) if pid is not None}
-
     def request_stop(self, reason: str, *, counted: bool = False) -> None:
         """Stop the run now through the ladder (a shutdown, an operator); the task gets requeued, or
         with `counted` the run is a failed attempt. A run not started yet is rolled back, uncounted."""
@@ -297,7 +262,7 @@ class Run:
         command = [self.policy.goose_bin]
         try:
             command = goose_command(self.policy.goose_bin, recipe, self.task_id, self.agent, extra)
-            process, output = self._launch(command)
+            process, output = launch(command, self.policy, self.deps, self.request, self._attempt)
         except Exception as exc:  # any failure to start (not only OSError): rolled back once, counted
             failure = StartFailure.GOOSE if getattr(exc, "filename", None) == command[0] else StartFailure.AGENT
             self._log.error("spawn_failed", reason=f"{type(exc).__name__}: {exc}", command=shlex.join(command))
@@ -305,9 +270,10 @@ class Run:
         return await self._supervise(process, output)
 
     async def _claim(self) -> RunResult | None:
-        """Read and check the task, write the lease, set the task working; a RunResult if not started."""
+        """Check the task, write the lease, claim the task; a RunResult if not started."""
+        assigning = self.request.queue is not None
         try:
-            task = self._fresh_task or await self.deps.client.get_task(self.task_id)
+            task = self._listed or await self.deps.client.get_task(self.task_id)
         except TinyTaskError as exc:
             return self._not_started(f"cannot read the task: {exc}")
         attempts = self.deps.attempts
@@ -317,12 +283,24 @@ class Run:
             attempts.forget(self.task_id)
             record = attempts.record(self.task_id)
         now = self.deps.clock()
-        refusal = claim_refusal(task, self.agent, record, blocking=self.policy.blocking, now=now)
+        refusal = claim_refusal(task, self.agent, record, blocking=self.policy.blocking, now=now, assigning=assigning)
         if refusal:
             return self._not_started(f"not claimable: {refusal}")
-        claimed = await self.deps.claims.claim(self.task_id, self.agent, starting=True)  # before any write
-        if not claimed.ok:
-            return self._not_started(f"not claimed: {claimed.reason}")
+        gate = await self.deps.claims.claim(self.task_id, self.agent, starting=True)  # before any write
+        if not gate.ok:
+            return self._not_started(f"not claimed: {gate.reason}")
+        if self.deps.claims.shared:
+            # Another host may have run the task since the list; whoever did reported it before its
+            # claim went, so what TinyTask says now that the claim is ours is the truth.
+            try:
+                task = await self.deps.client.get_task(self.task_id)
+            except TinyTaskError as exc:
+                return self._not_started(f"cannot read the task: {exc}")
+            refusal = claim_refusal(
+                task, self.agent, record, blocking=self.policy.blocking, now=now, assigning=assigning
+            )
+            if refusal:
+                return self._not_started(f"not claimable: {refusal}")
         if record.success_unreported:
             return await self._complete_held_success()
         self._attempt = attempts.next_attempt(self.task_id)
@@ -332,15 +310,39 @@ class Run:
         except OSError as exc:
             return self._not_started(f"cannot write the lease: {exc}")
         try:
-            await self.deps.client.set_status(self.task_id, "working")
+            claimed = await self.deps.client.update_task(self.task_id, **claim_fields(self.agent))
         except TinyTaskRejected as exc:  # refused: nothing changed on the server
             self.deps.leases.remove(self.task_id)
             return self._not_started(f"TinyTask refused to set the task working: {exc}")
         except TinyTaskError as exc:  # the change may have been applied even though no reply came
             return await self._roll_back(f"cannot set the task working: {exc}")
+        collision = claim_collision(task, claimed, self.agent)
+        if collision is not None:
+            return await self._give_back(claimed, collision)
+        if assigning:
+            self._assigned()
         if self._stop_reason is not None:
             return await self._roll_back(f"stop requested before start ({self._stop_reason})")
+        held = self.deps.held(self.agent, task.queue_name) if self.deps.held is not None else None
+        if held is not None:  # paused while TinyTask answered: given back as it was, not counted
+            return await self._roll_back(f"{held}; not started", fields=yield_fields(claimed))
         return None
+
+    def _assigned(self) -> None:
+        fields = {"agent": self.agent, "queue": self.request.queue, "reason": self.request.reason}
+        self._log.info("assigned", **fields)
+        if self.deps.on_event is not None:
+            self.deps.on_event("assigned", {"task_id": self.task_id, **fields})
+
+    async def _give_back(self, claimed: Task, why: str) -> RunResult:
+        """Another writer assigned the task after our list, and our claim replaced it: theirs it is."""
+        self._log.warning("claim_lost", winner=claimed.previous_assigned_to, reason=why)
+        if await self._reporter().roll_back(fields=yield_fields(claimed)):
+            self.deps.leases.remove(self.task_id)
+        else:
+            detail = "TinyTask unreachable: lease left for the recovery"
+            self._log.error("rollback_unreported", reason=why, detail=detail)
+        return self._not_started(f"not claimed: {why}")
 
     def _starting_lease(self, now: datetime) -> Lease:
         return Lease(
@@ -369,40 +371,6 @@ class Run:
         self._log.info("task_completed", outcome=Outcome.SUCCEEDED.value, reason=reason)
         return RunResult(self.task_id, self.agent, self._attempt, Outcome.SUCCEEDED, reason, report=Reported.COMPLETED)
 
-    def _launch(self, command: list[str]) -> tuple[ChildProcess, Output]:
-        """The run's cgroup, log, pipe, keeper and goose; raises OSError with nothing left behind."""
-        if shutil.which(command[0]) is None:
-            raise FileNotFoundError(2, "goose is not an executable program", command[0])
-        cgroups = self.deps.cgroups
-        cgroup = cgroups.create(self.task_id, self._attempt) if cgroups is not None else None
-        enter = (lambda argv: RunCgroups.entering(cgroup, argv)) if cgroup is not None else (lambda argv: argv)
-        run_log = RunLog(self.log_path, self.policy.run_log_max_bytes)
-        header = (
-            f"{header_prefix(self.task_id, self.agent, self._attempt)}"
-            f"{self.deps.clock().isoformat(timespec='seconds')}: {shlex.join(redacted('', command))}\n"
-        )
-        run_log.create(header)
-        read_fd, write_fd = output_pipe()
-        output = Output(run_log, read_fd, cgroup=cgroup)
-        env = child_environment(
-            self.deps.environ,
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self._attempt,
-            lease_path=self.deps.leases.path(self.task_id),
-            endpoint=self.policy.tinytask_url,
-        )
-        try:
-            output.keeper = spawn_keeper(read_fd, env, self.policy.base_path, enter=enter)
-            popen = spawn(enter(command), output_fd=write_fd, cwd=self.policy.base_path, env=env)
-        except OSError as exc:
-            run_log.append(f"--- tinyscheduler: could not start goose: {exc}\n")
-            _discard(output)
-            raise
-        finally:
-            os.close(write_fd)
-        return ChildProcess(popen), output
-
     async def _supervise(self, process: ChildProcess, output: Output) -> RunResult:
         assert self._lease is not None
         self._pid = process.pid
@@ -424,14 +392,20 @@ class Run:
             spec, self.deps, process, self._lease, output, stop_requested=self._stop_requested
         )
         session.emit("started", pid=process.pid, attempt=self._attempt, log_path=str(self.log_path))
-        verdict, report, end = await session.run(
-            how=Reason.SPAWNED, stop_reason=self._stop_reason, stop_counted=self._stop_counted
-        )
+        try:
+            verdict, report, end = await session.run(
+                how=Reason.SPAWNED, stop_reason=self._stop_reason, stop_counted=self._stop_counted
+            )
+        finally:
+            if self.deps.children is not None:  # reaped (goose) and killed and waited for (the keeper)
+                self.deps.children.difference_update({process.pid, keeper.pid if keeper else process.pid})
         return finished(session, verdict, report, end)
 
     # --- not started -----------------------------------------------------------------------------
 
-    async def _roll_back(self, reason: str, *, start_failure: StartFailure | None = None) -> RunResult:
+    async def _roll_back(
+        self, reason: str, *, start_failure: StartFailure | None = None, fields: dict[str, Any] | None = None
+    ) -> RunResult:
         """We may have set the task working but no run exists: set it idle, then drop the lease.
 
         A start that failed for the host's reasons also says so in one comment on the task (once per
@@ -442,7 +416,7 @@ class Run:
                 f"tinyscheduler: the run of {self.agent} on {self.policy.host} could not start: {reason}; "
                 "the task is back in the queue (not counted as a failed attempt)"
             )
-        if await self._reporter().roll_back(comment):
+        if await self._reporter().roll_back(comment, fields):
             self.deps.leases.remove(self.task_id)
         else:
             self._log.error(
@@ -453,19 +427,8 @@ class Run:
         return self._not_started(reason, start_failure=start_failure)
 
     def _reporter(self) -> OutcomeReporter:
-        return OutcomeReporter(
-            self.deps.client,
-            self.deps.attempts,
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self._attempt,
-            log_path=str(self.log_path),
-            timeout_sec=self.policy.report_timeout_sec,
-            stop_requested=self._stop_requested,
-            now=self.deps.clock,
-            log=self._log,
-            emit=lambda *_args, **_fields: None,
-        )
+        spec = self.policy.spec(self.task_id, self.agent, self._attempt)
+        return reporter_for(spec, self.deps, self._stop_requested, self._log, lambda *_args, **_fields: None)
 
     def _not_started(self, reason: str, *, start_failure: StartFailure | None = None) -> RunResult:
         self._log.info("run_not_started", reason=reason, attempt=self._attempt)
@@ -509,12 +472,56 @@ def finished(session: RunSession, verdict: RunVerdict, report: Reported, end: Pr
     )
 
 
-def _discard(output: Output) -> None:
+def launch(
+    command: list[str], policy: RunPolicy, deps: RunDeps, request: RunRequest, attempt: int
+) -> tuple[ChildProcess, Output]:
+    """The run's cgroup, log, pipe, keeper and goose; raises OSError with nothing left behind."""
+    if shutil.which(command[0]) is None:
+        raise FileNotFoundError(2, "goose is not an executable program", command[0])
+    task_id, agent = request.task_id, request.agent
+    cgroup = deps.cgroups.create(task_id, attempt) if deps.cgroups is not None else None
+    enter = (lambda argv: RunCgroups.entering(cgroup, argv)) if cgroup is not None else (lambda argv: argv)
+    run_log = RunLog(policy.log_path(task_id, attempt), policy.run_log_max_bytes)
+    header = f"{header_prefix(task_id, agent, attempt)}{iso(deps.clock())}: {shlex.join(redacted('', command))}\n"
+    run_log.create(header)
+    read_fd, write_fd = output_pipe()
+    output = Output(run_log, read_fd, cgroup=cgroup)
+    own = run_variables(task_id, agent, attempt, deps.leases.path(task_id), policy.tinytask_url)
+    env = {**_encoded_base(deps.environ), **encoded(own)}
+    try:
+        output.keeper = spawn_keeper(read_fd, env, policy.base_path, enter=enter)
+        if deps.children is not None:
+            deps.children.add(output.keeper.pid)
+        popen = spawn(enter(command), output_fd=write_fd, cwd=policy.base_path, env=env)
+        if deps.children is not None:
+            deps.children.add(popen.pid)
+    except OSError as exc:
+        run_log.append(f"--- tinyscheduler: could not start goose: {exc}\n")
+        _discard(output, deps.children)
+        raise
+    finally:
+        os.close(write_fd)
+    return ChildProcess(popen), output
+
+
+_ENCODED: list[tuple[Mapping[str, str], dict[bytes, bytes]]] = []
+
+
+def _encoded_base(environ: Mapping[str, str]) -> dict[bytes, bytes]:
+    """`base_environment` encoded, once per environment (the daemon's stays the same)."""
+    if not _ENCODED or _ENCODED[0][0] is not environ:
+        _ENCODED[:] = [(environ, encoded(base_environment(environ)))]
+    return _ENCODED[0][1]
+
+
+def _discard(output: Output, children: set[int] | None) -> None:
     """Undo a launch that failed half-way: the keeper, the pipe, the cgroup."""
     if output.keeper is not None:
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             output.keeper.kill()
             output.keeper.wait(5)
+        if children is not None:
+            children.discard(output.keeper.pid)
     output.close()
     if output.cgroup is not None:
         RunCgroups.kill(output.cgroup)

@@ -1,11 +1,15 @@
 """The runs of this host that this daemon supervises: started here, or adopted, each in its own task.
 
 Every run is owned by the daemon's task group and forgotten when it ends. The runner also answers
-what they hold: slots (until a run's process has ended) and the daemon's own child processes.
+what they hold: slots (until a run's process has ended) and the daemon's own child processes. When
+a run's process ends its slot is offered at once (`on_slot_freed`, service.refill), and when a run is
+done the pass loop may want to look again (`on_run_done`); both wake a pass unless told otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import anyio.abc
@@ -13,12 +17,14 @@ import structlog
 
 from tinyscheduler.adapters.containment import RunCgroups, kill_tagged
 from tinyscheduler.adapters.tinytask import Task
+from tinyscheduler.config.registry import agent_recipe_name
 from tinyscheduler.core.goose import output_format_of
 from tinyscheduler.core.leases import Lease
 from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
-from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict
+from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, Start
 from tinyscheduler.service.adopt import Host, adopt, find_unrecorded, never_started
-from tinyscheduler.service.availability import note_run_ended, note_start_failed
+from tinyscheduler.service.availability import note_run_ended, note_start_failed, unavailable
+from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.reclaim import Reclaimer
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult, StartFailure
 from tinyscheduler.service.runtime import Runtime
@@ -44,9 +50,6 @@ class Supervised(Protocol):
 
     @property
     def holds_slot(self) -> bool: ...
-
-    @property
-    def children(self) -> set[int]: ...
 
     def request_stop(self, reason: str, *, counted: bool = False) -> None: ...
 
@@ -96,11 +99,23 @@ class Runner:
         self.group = group
         self.reclaimer = reclaimer
         self.cgroups = cgroups
+        #: The daemon's own child processes in use (goose runs, keepers): the runs keep it.
+        self.children: set[int] = set()
+        self._policy: tuple[Configuration, RunPolicy] | None = None
+        #: A run's process ended: its agent has a free slot (by default: a pass now).
+        self.on_slot_freed: Callable[[str], None] = lambda _agent: runtime.tick.set()
+        #: A run is over, reported or not, with its result (None: its supervision crashed); by default
+        #: a pass now.
+        self.on_run_done: Callable[[int, RunResult | None], None] = lambda _task_id, _result: runtime.tick.set()
 
     def policy(self) -> RunPolicy:
-        return run_policy(self.runtime)
+        """What runs need from the settings, made once per configuration (a reload swaps it)."""
+        config = self.runtime.config
+        if self._policy is None or self._policy[0] is not config:
+            self._policy = (config, run_policy(self.runtime))
+        return self._policy[1]
 
-    def deps(self) -> RunDeps:
+    def deps(self, agent: str) -> RunDeps:
         rt = self.runtime
         return RunDeps(
             client=rt.connection.lazy,
@@ -109,29 +124,36 @@ class Runner:
             clock=rt.clock,
             environ=rt.environ,
             on_event=self._record_event,
-            on_exit=rt.tick.set,
+            on_exit=partial(self._slot_freed, agent),
             cgroups=self.cgroups,
-            own_children=self.own_children,
+            children=self.children,
+            subreaper=rt.subreaper,
+            held=self._held,
             claims=rt.claims,
         )
 
-    def start(self, request: RunRequest, fresh_task: Task | None) -> None:
-        deps = self.deps()
-        run = Run(
-            request,
-            self.policy(),
-            client=deps.client,
-            leases=deps.leases,
-            attempts=deps.attempts,
-            clock=deps.clock,
-            environ=deps.environ,
-            on_event=deps.on_event,
-            fresh_task=fresh_task,
-            on_exit=deps.on_exit,
-            cgroups=deps.cgroups,
-            own_children=deps.own_children,
-            claims=deps.claims,
-        )
+    def _held(self, agent: str, queue: str | None) -> str | None:
+        pause = self.runtime.pauses.holding(agent, queue)
+        return pause.text if pause is not None else None
+
+    def launch(self, start: Start, task: Task) -> bool:
+        """Start a planned run (the pass's, or a refill's) on the task as listed; False when its agent
+        cannot start runs now (its breaker is open, or an operator paused it, its queue or the host),
+        the host is fenced off its cluster, or the task is busy. A recipe that cannot be used is the
+        run's to find (it does not start, and the agent's breaker opens)."""
+        rt = self.runtime
+        if start.task_id in rt.busy or start.agent in unavailable(rt, {start.agent}):
+            return False
+        if rt.claims.refusing_starts() is not None:
+            return False  # fenced off the cluster (service.cluster): said there, once
+        if self._held(start.agent, task.queue_name) is not None:
+            return False  # paused by an operator since the plan was made
+        recipe = agent_recipe_name(start.agent, rt.config.registry)
+        self.start(RunRequest(start.task_id, start.agent, recipe, start.queue, start.reason), task)
+        return True
+
+    def start(self, request: RunRequest, listed: Task | None) -> None:
+        run = Run(request, self.policy(), self.deps(request.agent), listed=listed)
         self._launch(run)
 
     def take_over(self, decision: LeaseDecision, lease: Lease) -> None:
@@ -150,7 +172,7 @@ class Runner:
         """Supervise a live run of a previous instance (`alive`), or settle one that ended unwatched."""
         host = Host(self.runtime.instance_id, self.runtime.boot_id)
         self.runtime.counters.add("runs_adopted" if alive else "runs_settled")
-        self._launch(adopt(lease, self.policy(), self.deps(), host, alive=alive))
+        self._launch(adopt(lease, self.policy(), self.deps(lease.agent), host, alive=alive))
 
     async def recover(self, lease: Lease) -> None:
         """A lease written before its pid: adopt the run found by its tag, or settle it, or requeue it."""
@@ -179,15 +201,13 @@ class Runner:
         """Runs whose process has not ended (or not started yet), by task id -> agent: they hold slots."""
         return {task_id: run.agent for task_id, run in self.runtime.runs.items() if run.holds_slot}
 
-    def own_children(self) -> set[int]:
-        return {pid for run in self.runtime.runs.values() for pid in run.children}
-
     def stop_all(self, reason: str) -> None:
         for run in list(self.runtime.runs.values()):
             run.request_stop(reason)
 
     async def _supervise(self, run: Supervised) -> None:
         rt = self.runtime
+        result: RunResult | None = None
         try:
             result = await run.execute()
             rt.counters.add(f"runs_{result.outcome}")
@@ -202,7 +222,10 @@ class Runner:
         finally:
             await self._release(run.task_id)
             rt.runs.pop(run.task_id, None)
-            rt.tick.set()
+            self.on_run_done(run.task_id, result)
+
+    def _slot_freed(self, agent: str) -> None:
+        self.on_slot_freed(agent)
 
     async def _release(self, task_id: int) -> None:
         """The claim goes once the run is over and its lease with it (a lease left behind means the

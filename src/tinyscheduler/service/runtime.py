@@ -188,6 +188,8 @@ class Runtime:
     #: What operators paused (core.control), as in state/pauses.json; changed by service.control.
     pauses: Pauses = field(default_factory=Pauses)
     stopping: bool = False
+    #: Whether the daemon is the child subreaper of its runs (set at start).
+    subreaper: bool = False
     #: Whether this host may claim a task (service.claims): always on one host; etcd in a cluster.
     claims: ClaimGate = field(default_factory=NoClaims)
     connection: Connection = field(init=False)

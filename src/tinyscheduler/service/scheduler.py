@@ -3,7 +3,8 @@ and the signal handlers (see docs/architecture.md).
 
 - start: take the single-instance lock, recover (stop orphans, requeue dead runs) before READY=1;
 - run: the pass runner (service.passes), the lease watcher (service.leasewatch), the watchdog
-  (service.watchdog), one supervisor per run (service.runner); all owned by one task group;
+  (service.watchdog), one supervisor per run (service.runner), the pruning of old state
+  (service.retention); all owned by one task group;
 - signals: SIGTERM/SIGINT drain and stop (a second one skips the wait), SIGHUP reloads;
 - control: the operator's pauses (read from state/pauses.json at start) and the control socket
   (service.control), in the same task group;
@@ -14,6 +15,7 @@ and the signal handlers (see docs/architecture.md).
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -52,6 +54,7 @@ from tinyscheduler.service.guard import EXIT_REFUSED, standin_problem, unsafe_st
 from tinyscheduler.service.leasewatch import LeaseWatcher
 from tinyscheduler.service.passes import Hook, PassRunner
 from tinyscheduler.service.reclaim import Reclaimer
+from tinyscheduler.service.retention import Pruner
 from tinyscheduler.service.runner import Runner
 from tinyscheduler.service.runtime import Clock, Runtime, utcnow
 from tinyscheduler.service.watchdog import ping_watchdog
@@ -71,6 +74,16 @@ class Hooks:
 
     #: Awaited at the start of every pass (a test wedges a pass with it to prove the watchdog).
     before_pass: Hook | None = None
+
+
+def cluster_mode(rt: Runtime) -> ClusterMode | None:
+    """The cluster mode the settings ask for (TINYSCHEDULER_ETCD_ENDPOINTS), or None: etcd is loaded
+    only by a daemon in a cluster."""
+    if not rt.config.settings.clustered:
+        return None
+    from tinyscheduler.service.membership import ClusterMode
+
+    return ClusterMode.connect(rt)
 
 
 class Scheduler:
@@ -112,6 +125,7 @@ class Scheduler:
         loop_timeout = None if once else 2 * s.loop_interval_sec + s.pass_timeout_sec
         self.gate = WatchdogGate(pass_timeout=s.pass_timeout_sec, loop_timeout=loop_timeout)
         self.passes: PassRunner | None = None
+        self.pruner = Pruner(self.runtime)
         self._hurry = anyio.Event()
         #: Set by a SIGTERM of a systemd restart: exit without stopping the runs.
         self._handing_off = False
@@ -153,13 +167,11 @@ class Scheduler:
             make_private_folder(s.task_log_dir)
             self._load_pauses()
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
-            subreaper = become_subreaper()
-            self._say_started(subreaper=subreaper)
-            if s.clustered:  # etcd is loaded only by a daemon in a cluster
-                from tinyscheduler.service.membership import ClusterMode
-
-                self.cluster = ClusterMode.connect(rt)
+            subreaper = rt.subreaper = become_subreaper()
+            self.cluster = cluster_mode(rt)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                # Said once the signals are ours: a SIGHUP that follows "started" reloads, never kills.
+                self._say_started(subreaper=subreaper)
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals)
                     refused = await self.cluster.join(group) if self.cluster is not None else None
@@ -191,7 +203,7 @@ class Scheduler:
         rt = self.runtime
         runner = Runner(rt, group, Reclaimer(rt, group), RunCgroups.detect(rt.environ))
         watcher = LeaseWatcher(rt, runner)
-        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass)
+        self.passes = PassRunner(rt, runner, self.gate, before_pass=self.hooks.before_pass, refill=not self.once)
         # Listening before the recovery: an operator can pause or drain while runs are adopted.
         await group.start(ControlServer(Controls(rt, self._control_changed), rt.config.settings.control_socket).serve)
         # A goose that cannot run opens every agent's breaker: the daemon goes on, nothing starts.
@@ -201,10 +213,14 @@ class Scheduler:
         # settled (a lease whose task could not be told stays for the next check).
         await watcher.check()
         await self._until(lambda: not rt.reclaiming, None)
+        # What start-up made (modules, settings, the client) lives as long as the daemon: no
+        # collection of the cyclic garbage collector needs to look at it again.
+        gc.freeze()
         rt.notifier.ready()
         group.start_soon(ping_watchdog, rt, self.gate)
         group.start_soon(watcher.loop)
         group.start_soon(watcher.watch_folder)
+        group.start_soon(self.pruner.loop)
         if self.once:
             await self.passes.run_pass()
         else:

@@ -19,9 +19,10 @@ import anyio
 import structlog
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
-from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans
+from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans, strays
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import RunProcess
+from tinyscheduler.adapters.process import ExitWatch, RunProcess
+from tinyscheduler.adapters.procfs import descendants
 from tinyscheduler.adapters.runlog import RunLog, drain
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.core.leases import Lease, LeaseState
@@ -49,9 +50,15 @@ class RunDeps:
     on_exit: Callable[[], None] | None = None
     #: Per-run cgroups, when systemd delegated the daemon's (adapters.containment).
     cgroups: RunCgroups | None = None
-    #: The daemon's own child processes still in use (goose runs, keepers): when set, orphans re-parented
-    #: to the daemon (its subreaper) are reaped at each run's end; the others are never touched.
-    own_children: Callable[[], set[int]] | None = None
+    #: The daemon's own child processes in use (goose runs, keepers), kept by the runs that spawn
+    #: them: when set, orphans re-parented to the daemon (its subreaper) are reaped at each run's end;
+    #: these are never touched.
+    children: set[int] | None = None
+    #: Whether the daemon is its runs' child subreaper (adapters.containment).
+    subreaper: bool = False
+    #: What holds an agent's work now (an operator's pause: its text), asked again once the claim is
+    #: in: a pause made while TinyTask answered starts nothing.
+    held: Callable[[str, str | None], str | None] | None = None
     #: Whether this host may still write the task's outcome (service.claims; always, on one host).
     claims: ClaimGate = field(default_factory=NoClaims)
 
@@ -147,13 +154,15 @@ class RunSession:
             await self._keep_claim()
         end = await self._supervise() if self.process is not None else await self._settle()
         self.process_ended = True
-        self.lease.update(state=LeaseState.FINISHING)
-        if self.deps.on_exit is not None:
-            self.deps.on_exit()
         verdict = self.spec.recorded or classify(end, self.spec.evidence)
         if self.spec.recorded is None:
             self.output.run_log.append(f"--- tinyscheduler: {verdict.outcome.value}: {verdict.detail}\n")
-            self.lease.update(outcome=verdict.outcome.value, outcome_detail=verdict.detail)
+            # One rewrite: the process has ended (its slot is free) and how it ended.
+            self.lease.update(state=LeaseState.FINISHING, outcome=verdict.outcome.value, outcome_detail=verdict.detail)
+        elif self.lease.lease.state is not LeaseState.FINISHING:
+            self.lease.update(state=LeaseState.FINISHING)
+        if self.deps.on_exit is not None:
+            self.deps.on_exit()
         self.output.close()
         report = await self._report(verdict, end)
         if report is not Reported.UNREPORTED:
@@ -218,41 +227,44 @@ class RunSession:
         return ProcessEnd(None, duration, tail=self.output.run_log.tail())
 
     async def contain(self) -> None:
-        """Kill whatever the run left behind (its keeper included), in a thread: it reads /proc."""
-        lease_path = self.deps.leases.path(self.task_id)
-        output = self.output
-        deps = self.deps
+        """Kill whatever the run left behind, and its keeper.
 
-        def sweep() -> int:
-            killed = len(kill_tagged(lease_path))
-            if output.cgroup is not None and deps.cgroups is not None:
-                killed += RunCgroups.kill(output.cgroup)
-            if output.keeper is not None:
-                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                    output.keeper.kill()
-                    output.keeper.wait(5)
-            if deps.own_children is not None:
-                reap_orphans(deps.own_children())
-            return killed
+        A run this daemon started (its keeper is our child) while it is the subreaper left all it
+        left below the daemon: the daemon's children that are no run's, and theirs. With none (the
+        usual end) only the keeper is stopped, on the loop; otherwise the sweep (it reads /proc, and
+        kills a cgroup) runs in a thread."""
+        deps, output, keeper = self.deps, self.output, self.output.keeper
+        found = None
+        if deps.subreaper and keeper is not None and deps.children is not None:
+            found = strays(deps.children)
+        quiet = keeper is not None and found is not None and not found and output.cgroup is None
+        if quiet and keeper is not None and await _stop_keeper(keeper):
+            escaped = 0
+        else:
+            escaped = await anyio.to_thread.run_sync(self._sweep, found)
+        if deps.children is not None:
+            # On the loop, where no run is half spawned: never the exit status of a child of ours.
+            reap_orphans(deps.children)
+        if escaped:
+            self._log.warning("run_leftovers_killed", processes=escaped)
 
-        left = await anyio.to_thread.run_sync(sweep)
-        if left > 1:  # the keeper is always there; anything more escaped goose
-            self._log.warning("run_leftovers_killed", processes=left - 1)
+    def _sweep(self, below: set[int] | None) -> int:
+        """In a thread: kill the processes tagged with the run's lease (`below` these processes, or
+        anywhere), its cgroup and its keeper; how many of them had escaped goose."""
+        output, keeper = self.output, self.output.keeper
+        among = descendants(below) if below is not None else None
+        spare = (keeper.pid,) if keeper is not None else ()
+        escaped = sum(not found.keeper for found in kill_tagged(self.deps.leases.path(self.task_id), spare, among))
+        if keeper is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                keeper.kill()
+                keeper.wait(5)
+        if output.cgroup is not None and self.deps.cgroups is not None:
+            escaped += RunCgroups.kill(output.cgroup)
+        return escaped
 
     def _reporter(self) -> OutcomeReporter:
-        return OutcomeReporter(
-            self.deps.client,
-            self.deps.attempts,
-            task_id=self.task_id,
-            agent=self.agent,
-            attempt=self.spec.attempt,
-            log_path=str(self.spec.log_path),
-            timeout_sec=self.spec.report_timeout_sec,
-            stop_requested=self.stop_requested,
-            now=self.deps.clock,
-            log=self._log,
-            emit=self.emit,
-        )
+        return reporter_for(self.spec, self.deps, self.stop_requested, self._log, self.emit)
 
     def emit(self, name: str, **fields: Any) -> None:
         if self.deps.on_event is None:
@@ -271,3 +283,37 @@ def recorded_verdict(lease: Lease) -> RunVerdict | None:
         return RunVerdict(Outcome(lease.outcome), lease.outcome_detail or lease.outcome)
     except ValueError:
         return None
+
+
+async def _stop_keeper(keeper: subprocess.Popen[bytes]) -> bool:
+    """SIGKILL the keeper and reap it on the loop, woken by its pidfd; False without pidfds."""
+    watch = ExitWatch(keeper.pid)
+    try:
+        if not watch.available:
+            return False
+        with contextlib.suppress(OSError):
+            keeper.kill()
+        await watch.wait(5)
+    finally:
+        watch.close()
+    keeper.poll()
+    return True
+
+
+def reporter_for(
+    spec: SessionSpec, deps: RunDeps, stop_requested: anyio.Event, log: Any, emit: Callable[..., None]
+) -> OutcomeReporter:
+    """What tells TinyTask about one run (its outcome, or a start rolled back)."""
+    return OutcomeReporter(
+        deps.client,
+        deps.attempts,
+        task_id=spec.task_id,
+        agent=spec.agent,
+        attempt=spec.attempt,
+        log_path=str(spec.log_path),
+        timeout_sec=spec.report_timeout_sec,
+        stop_requested=stop_requested,
+        now=deps.clock,
+        log=log,
+        emit=emit,
+    )

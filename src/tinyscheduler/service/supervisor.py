@@ -1,9 +1,9 @@
 """Watching one goose process until it ends: heartbeat, output, deadlines, the stop ladder.
 
-One task group per run owns the heartbeat, the exit watch, the output pump and the stop ladder, so
-nothing outlives the supervision and a cancelled run leaves no task behind. The supervisor sleeps
-until the process exits (pidfd), a stop is requested, or its next deadline (max runtime, idle
-timeout) comes; the output pump alone wakes for output. When the process has ended, what it left
+One task group per run owns the exit watch, the output pump and the stop ladder, so nothing outlives
+the supervision and a cancelled run leaves no task behind. The supervisor sleeps until the process
+exits (pidfd), a stop is requested, or its next deadline (a heartbeat, max runtime, idle timeout)
+comes; the output pump alone wakes for output. When the process has ended, what it left
 behind is killed (`contain`), which closes the last writers of the pipe, and the rest of the output
 is copied before the end is classified.
 """
@@ -34,7 +34,8 @@ DRAIN_SEC = 2.0
 
 
 class LeaseKeeper:
-    """The lease of one run as it last wrote it; rewrites are atomic and cheap (not fsynced).
+    """The lease of one run as it last wrote it; rewrites are atomic and cheap (not fsynced), and a
+    heartbeat only sets the file's mtime (adapters.leasestore).
 
     A full disk must not end the supervision of a live process: a failed rewrite is logged and the
     next heartbeat tries again.
@@ -56,6 +57,16 @@ class LeaseKeeper:
         except OSError as exc:
             self._log.error("lease_write_failed", reason=str(exc))
         return self.lease
+
+    def beat(self, moment: datetime) -> None:
+        """A heartbeat; a lease file removed meanwhile is written again."""
+        self.lease = self.lease.with_changes(heartbeat=moment)
+        try:
+            self.store.touch(self.lease.task_id, moment)
+        except FileNotFoundError:
+            self.update()
+        except OSError as exc:
+            self._log.error("lease_write_failed", reason=str(exc))
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,6 @@ class Supervision:
         pumped = anyio.Event()
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._heartbeat)
                 group.start_soon(self._wake_on_exit, watch)
                 group.start_soon(self._pump, pumped)
                 await self._watch(group, began, polling=not watch.available)
@@ -141,15 +151,20 @@ class Supervision:
         )
 
     async def _watch(self, group: anyio.abc.TaskGroup, began: float, *, polling: bool) -> None:
+        """Until the process has ended: its heartbeat, and its deadlines (one wake-up for all)."""
         limits = self.limits
+        next_beat = time.monotonic() + limits.heartbeat_sec
         while not self.process.exited():
             now = time.monotonic()
+            if now >= next_beat:
+                self.lease.beat(self.clock())
+                next_beat = now + limits.heartbeat_sec
             silent = now - self.run_log.last_output
             if self._ladder_done is None:
                 self._cause = self._stop_cause(now - began, silent)
                 if self._cause is not StopCause.NONE:
                     self._start_ladder(group)
-            timeout = POLL_SEC if polling else math.inf
+            timeout = min(POLL_SEC if polling else math.inf, next_beat - now)
             if self._ladder_done is None:
                 timeout = min(timeout, max(0.0, limits.max_runtime_sec - (now - began)))
                 if self._idle_timeout() > 0:
@@ -190,11 +205,6 @@ class Supervision:
                 self.waker.set()
 
         group.start_soon(ladder)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await anyio.sleep(self.limits.heartbeat_sec)
-            self.lease.update(heartbeat=self.clock())
 
     async def _wake_on_exit(self, watch: ExitWatch) -> None:
         if await watch.wait(math.inf):

@@ -6,18 +6,21 @@ Kept private so the public surface stays the `TinyTaskClient` interface plus the
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import anyio
 import httpx
 
-from tinyscheduler.adapters.tinytask.client import TinyTaskClient
+from tinyscheduler.adapters.tinytask._http11 import Http11
+from tinyscheduler.adapters.tinytask.client import PAGE_SIZE, TinyTaskClient
 from tinyscheduler.adapters.tinytask.errors import TinyTaskBadReply, TinyTaskRejected, TinyTaskUnavailable
-from tinyscheduler.adapters.tinytask.models import parse_task
+from tinyscheduler.adapters.tinytask.models import TaskCache, parse_task
 from tinyscheduler.core.tasks import Task
 
 # httpcore runs `import sniffio` for each lock, event and semaphore it sets up (about 9 per
@@ -33,6 +36,14 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: Ceiling of one backoff delay, so a long outage never makes a single wait longer than a tick.
 BACKOFF_CAP = 10.0
+
+#: Connections kept to the server, and requests in flight at once. httpcore walks its whole pool
+#: and its whole queue of waiting requests for every request (a poll() and a getpeername() per idle
+#: connection), so a burst of a hundred claims made each request cost milliseconds of CPU
+#: (tests/bench/bench_runs.py, "slots"). Requests beyond REQUESTS_AT_ONCE wait on a semaphore here
+#: instead, at no cost; the two spare connections are for MCP's long-lived event stream.
+MAX_CONNECTIONS = 8
+REQUESTS_AT_ONCE = MAX_CONNECTIONS - 2
 
 #: Failures of the connection rather than of the request: another attempt may well succeed.
 RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
@@ -93,32 +104,48 @@ class RetryPolicy:
         raise TinyTaskUnavailable(f"TinyTask unavailable at {target}: {cause} (gave up after {tries} attempts)")
 
 
-def server_message(response: httpx.Response) -> str:
+def server_message(body: bytes, reason: str, status: int) -> str:
     """The server's `{"error": ...}` text, or the start of whatever else it sent."""
     try:
-        body = response.json()
+        data = json.loads(body)
     except ValueError:
-        body = None
-    error = body.get("error") if isinstance(body, dict) else None
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):  # a JSON-RPC error object, as MCP endpoints send
         error = error.get("message")
     if isinstance(error, str):
         return one_line(error)
-    return one_line(response.text) or response.reason_phrase or f"HTTP {response.status_code}"
+    return one_line(body.decode("utf-8", "replace")) or reason or f"HTTP {status}"
 
 
-def decode_json(response: httpx.Response, endpoint: str) -> Any:
+def decode_json(body: bytes, endpoint: str) -> Any:
     try:
-        return response.json()
+        return json.loads(body)
     except ValueError:
-        raise TinyTaskBadReply(f"{endpoint}: reply is not JSON: {one_line(response.text, 80)!r}") from None
+        shown = one_line(body.decode("utf-8", "replace"), 80)
+        raise TinyTaskBadReply(f"{endpoint}: reply is not JSON: {shown!r}") from None
+
+
+def status_error(
+    status: int, body: bytes, reason: str, endpoint: str, missing: type[TinyTaskRejected] = TinyTaskRejected
+) -> Exception | None:
+    """None for a 2xx; a 5xx is `Transient` (retried), a 4xx is final: `missing` for 404."""
+    if 200 <= status < 300:
+        return None
+    if status >= 500:
+        return Transient(f"HTTP {status}: {server_message(body, reason, status)}")
+    if status >= 400:
+        cls = missing if status == 404 else TinyTaskRejected
+        return cls(f"{server_message(body, reason, status)} ({endpoint}: HTTP {status})", status)
+    return TinyTaskBadReply(f"{endpoint}: unexpected HTTP {status}")
 
 
 class JsonHttp:
-    """The pooled connection set of one client, with the REST error mapping.
+    """The connections of one client to its server, with the REST error mapping.
 
-    Timeouts are explicit: `connect_timeout` to open a connection, `read_timeout` for each read,
-    write and wait for a pooled connection.
+    JSON requests go over `Http11` (a few kept-alive connections, tinytask._http11); MCP's event
+    streams over httpx (`http`, opened on first use). Timeouts are explicit: `connect_timeout` to
+    open a connection, `read_timeout` for each read, write and wait for a connection.
     """
 
     def __init__(
@@ -135,10 +162,35 @@ class JsonHttp:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retry = RetryPolicy(retries, backoff_base, sleep)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
+        self._at_once = anyio.Semaphore(REQUESTS_AT_ONCE)
+        self._json = Http11(
+            self.base_url, connect_timeout=connect_timeout, read_timeout=read_timeout, max_connections=REQUESTS_AT_ONCE
+        )
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """httpx, for MCP (streamed replies, the legacy event stream)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+            )
+        return self._http
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        await self._json.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def call(self, target: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` under the retry policy, each try holding one of the REQUESTS_AT_ONCE turns."""
+
+        async def one_turn() -> T:
+            async with self._at_once:
+                return await attempt()
+
+        return await self.retry.run(target, one_turn)
 
     async def request(
         self,
@@ -150,31 +202,30 @@ class JsonHttp:
         missing: type[TinyTaskRejected] = TinyTaskRejected,
     ) -> Any:
         """The decoded JSON reply; a 404 raises `missing` (TaskNotFound for task endpoints)."""
-        url = self.base_url + path
         endpoint = f"{method} {path}"
+        target = f"{path}?{urlencode(params, quote_via=quote)}" if params else path
+        payload = json.dumps(body).encode() if body is not None else None
 
-        async def attempt() -> httpx.Response:
-            response = await self.http.request(method, url, params=params, json=body)
-            await check_status(response, endpoint, missing)
-            return response
+        async def attempt() -> bytes:
+            reply = await self._json.request(method, target, body=payload)
+            failed = status_error(reply.status, reply.body, reply.reason, endpoint, missing)
+            if failed is not None:
+                raise failed
+            return reply.body
 
-        return decode_json(await self.retry.run(url, attempt), endpoint)
+        return decode_json(await self.retry.run(self.base_url + path, attempt), endpoint)
 
 
 async def check_status(
     response: httpx.Response, endpoint: str, missing: type[TinyTaskRejected] = TinyTaskRejected
 ) -> None:
-    """Pass a 2xx; a 5xx is `Transient` (retried), a 4xx is final: `missing` for 404."""
-    status = response.status_code
-    if 200 <= status < 300:
+    """Pass a 2xx; raise what `status_error` says of anything else (httpx's streamed replies)."""
+    if 200 <= response.status_code < 300:
         return
     await response.aread()  # a streamed response has not read its error body yet
-    if status >= 500:
-        raise Transient(f"HTTP {status}: {server_message(response)}")
-    if status >= 400:
-        cls = missing if status == 404 else TinyTaskRejected
-        raise cls(f"{server_message(response)} ({endpoint}: HTTP {status})", status)
-    raise TinyTaskBadReply(f"{endpoint}: unexpected HTTP {status}")
+    failed = status_error(response.status_code, response.content, response.reason_phrase, endpoint, missing)
+    assert failed is not None
+    raise failed
 
 
 async def collect_pages(fetch: Callable[[int, int], Awaitable[list[Any]]], page_size: int) -> list[Any]:
@@ -242,7 +293,7 @@ class HttpClient(TinyTaskClient):
         retries: int = 3,
         backoff_base: float = 0.2,
         sleep: Sleep = anyio.sleep,
-        page_size: int = 500,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size}")
@@ -254,8 +305,10 @@ class HttpClient(TinyTaskClient):
             backoff_base=backoff_base,
             sleep=sleep,
         )
-        self._page_size = page_size
+        self.page_size = page_size
         self.base_url = self._api.base_url
+        #: Rows of earlier lists, validated once (models.TaskCache).
+        self.task_cache = TaskCache()
 
     async def aclose(self) -> None:
         await self._api.aclose()

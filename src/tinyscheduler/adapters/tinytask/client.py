@@ -15,12 +15,16 @@ from tinyscheduler.core.tasks import Task
 
 #: Name written as `created_by` on comments the scheduler adds.
 SCHEDULER_NAME = "tinyscheduler"
+#: Rows per page of a list: few requests (2,000 idle tasks come in one), a bounded reply each.
+PAGE_SIZE = 5000
 
 
 class TinyTaskClient(abc.ABC):
     """Async access to one TinyTask server. Use as `async with`; one pooled connection set."""
 
     features: ServerFeatures
+    #: Rows per page of `list_tasks` (a pass counts its requests with it: core.listing).
+    page_size: int = PAGE_SIZE
 
     async def __aenter__(self) -> TinyTaskClient:
         return self

@@ -146,7 +146,7 @@ class _McpClient(HttpClient):
             # A fresh id per attempt: a late reply to a failed attempt must not answer the next.
             return await self._send(await self._channel(), self._message(method, params))
 
-        return _rpc_result(await self._api.retry.run(self.mcp_url, attempt), method)
+        return _rpc_result(await self._api.call(self.mcp_url, attempt), method)
 
     async def _tool(
         self, name: str, arguments: dict[str, Any], *, missing: type[TinyTaskRejected] = TinyTaskRejected
@@ -228,7 +228,7 @@ class _McpClient(HttpClient):
         async def page(limit: int, offset: int) -> list[Any]:
             return await self._task_page(filters, limit, offset)
 
-        return parse_tasks(await collect_pages(page, self._page_size), "MCP list_tasks")
+        return parse_tasks(await collect_pages(page, self.page_size), "MCP list_tasks", self.task_cache)
 
     async def _task_page(self, filters: dict[str, Any], limit: int, offset: int) -> list[Any]:
         # The tool's default limit is 100, so the limit is always sent.

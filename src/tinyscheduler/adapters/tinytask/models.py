@@ -121,18 +121,53 @@ def parse_task(raw: Any, where: str) -> Task | TaskProblem:
         return TaskProblem(raw.get("id"), field, first["msg"], where)
 
 
-def parse_tasks(raw: Any, where: str) -> TaskBatch:
+def parse_tasks(raw: Any, where: str, cache: TaskCache | None = None) -> TaskBatch:
     if not isinstance(raw, list):
         return TaskBatch((), (TaskProblem(None, "(list)", f"expected a JSON array, got {type(raw).__name__}", where),))
     tasks: list[Task] = []
     problems: list[TaskProblem] = []
     for item in raw:
-        parsed = parse_task(item, where)
+        parsed = cache.parse(item, where) if cache is not None else parse_task(item, where)
         if isinstance(parsed, Task):
             tasks.append(parsed)
         else:
             problems.append(parsed)
+    if cache is not None:
+        cache.listed()
     return TaskBatch(tuple(tasks), tuple(problems))
+
+
+class TaskCache:
+    """Tasks validated before, by id, with the row they came from. A pass lists every idle task;
+    most rows are the same as the pass before (the backlog waits), and validating a row costs ten
+    times what comparing it costs: a row sent again unchanged gives back the task made from it.
+    Rows not listed for `KEEP_LISTS` lists are forgotten."""
+
+    KEEP_LISTS = 8
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[dict[str, Any], Task, int]] = {}
+        self._lists = 0
+
+    def parse(self, raw: Any, where: str) -> Task | TaskProblem:
+        ident = raw.get("id") if isinstance(raw, dict) else None
+        known = self._rows.get(ident) if isinstance(ident, int) else None
+        if known is not None and known[0] == raw:
+            task = known[1]
+        else:
+            parsed = parse_task(raw, where)
+            if not isinstance(parsed, Task):
+                return parsed
+            task = parsed
+        self._rows[task.id] = (raw, task, self._lists)
+        return task
+
+    def listed(self) -> None:
+        """A list is done: forget what no recent list showed."""
+        self._lists += 1
+        if self._lists % self.KEEP_LISTS == 0:
+            oldest = self._lists - self.KEEP_LISTS
+            self._rows = {ident: entry for ident, entry in self._rows.items() if entry[2] >= oldest}
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class RestClient(HttpClient):
             reply = await self._api.request("GET", TASKS, params={**filters, "limit": limit, "offset": offset})
             return expect_list(reply, endpoint)
 
-        return parse_tasks(await collect_pages(page, self._page_size), endpoint)
+        return parse_tasks(await collect_pages(page, self.page_size), endpoint, self.task_cache)
 
     async def get_task(self, task_id: int) -> Task:
         path = f"{TASKS}/{int(task_id)}"
