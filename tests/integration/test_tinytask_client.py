@@ -744,3 +744,14 @@ async def test_a_chunked_reply_is_read_whole() -> None:
             assert await client.list_queues() == ["dev", "qa", "ops"]
             assert await client.list_queues() == ["dev", "qa", "ops"]
     assert server.connections == 1
+
+
+async def test_bytes_after_a_reply_are_never_taken_for_the_next_reply() -> None:
+    # A reply whose Content-Length is shorter than what follows it: the rest would answer the next
+    # request on the connection (before: the second request returned ["forged"]).
+    lying = raw_json('["dev"]') + raw_json('["forged"]')
+    with RawServer(lying, closes=False) as server:
+        async with RestClient(server.url) as client:
+            assert await client.list_queues() == ["dev"]
+            assert await client.list_queues() == ["dev"]
+    assert (server.requests, server.connections) == (2, 2)

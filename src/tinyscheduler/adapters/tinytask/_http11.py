@@ -100,7 +100,9 @@ class _Connection:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from None
 
     def reusable(self) -> bool:
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+        """Whether the next request may use this connection: both sides done, and nothing sent past the
+        reply (bytes a lying Content-Length left over would be read as the next request's reply)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0]:
             self.h11.start_next_cycle()
             return True
         return False
