@@ -9,6 +9,7 @@ import queue
 import socket
 import socketserver
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -668,8 +669,11 @@ class RawServer:
     """A socket server answering each request with the next raw reply; `closes` says whether it then
     closes the connection (without telling the client: a keep-alive connection that timed out)."""
 
-    def __init__(self, *replies: bytes, closes: bool) -> None:
+    def __init__(self, *replies: bytes, closes: bool, drip: float = 0.0) -> None:
+        """`drip`: send each reply one byte at a time, this many seconds apart (a slowloris reply)."""
         self.replies = list(replies)
+        self.drip = drip
+        self.stopped = threading.Event()
         self.connections = 0
         self.requests = 0
         script = self
@@ -687,8 +691,12 @@ class RawServer:
                             length = int(line.split(b":")[1])
                     self.rfile.read(length)
                     script.requests += 1
-                    self.wfile.write(script.replies.pop(0) if len(script.replies) > 1 else script.replies[0])
-                    self.wfile.flush()
+                    reply = script.replies.pop(0) if len(script.replies) > 1 else script.replies[0]
+                    for piece in [reply[i : i + 1] for i in range(len(reply))] if script.drip else [reply]:
+                        if script.stopped.wait(script.drip):
+                            return
+                        self.wfile.write(piece)
+                        self.wfile.flush()
                     if closes:
                         return
 
@@ -706,6 +714,7 @@ class RawServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -755,3 +764,15 @@ async def test_bytes_after_a_reply_are_never_taken_for_the_next_reply() -> None:
             assert await client.list_queues() == ["dev"]
             assert await client.list_queues() == ["dev"]
     assert (server.requests, server.connections) == (2, 2)
+
+
+async def test_a_reply_dripped_byte_by_byte_times_out_as_a_whole() -> None:
+    # Each byte comes within the read timeout, the whole reply never would (before: a 117-byte reply
+    # dripped at one byte a second under a 2 s read timeout took 117 s, and a pass or a claim with it).
+    with RawServer(raw_json('["dev"' + " " * 80 + "]"), closes=False, drip=0.1) as server:
+        async with RestClient(server.url, read_timeout=0.5, retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(TinyTaskUnavailable, match="ReadTimeout"):
+                await client.list_queues()
+            assert time.monotonic() - started < 2.0
+    assert server.requests == 1

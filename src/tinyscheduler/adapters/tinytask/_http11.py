@@ -43,8 +43,11 @@ class Reply:
 class _Connection:
     def __init__(self, stream: anyio.abc.ByteStream, read_timeout: float) -> None:
         self.stream = stream
-        #: The most each send or receive may take.
+        #: The most a request may take, from its first byte sent to the last byte of its reply: a
+        #: server that drips its reply a byte at a time, each within any per-read timeout, cannot
+        #: hold a request (a pass, a claim) for longer.
         self.read_timeout = read_timeout
+        self._deadline = 0.0
         self.h11 = h11.Connection(h11.CLIENT)
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         #: Registered once: each reuse costs one poll() of this socket.
@@ -59,6 +62,7 @@ class _Connection:
 
     async def exchange(self, request: list[h11.Event]) -> Reply:
         data = b"".join(self.h11.send(event) or b"" for event in request)
+        self._deadline = anyio.current_time() + self.read_timeout
         try:
             with anyio.fail_after(self.read_timeout):
                 await self.stream.send(data)
@@ -88,7 +92,7 @@ class _Connection:
 
     async def _read(self, *, started: bool) -> bytes:
         try:
-            with anyio.fail_after(self.read_timeout):
+            with anyio.fail_after(max(0.0, self._deadline - anyio.current_time())):
                 return await self.stream.receive(RECEIVE_BYTES)
         except TimeoutError:
             raise httpx.ReadTimeout("timed out waiting for the reply") from None
