@@ -24,6 +24,7 @@ from tinyscheduler.adapters.tinytask import (
     TinyTaskBadReply,
     TinyTaskRejected,
     TinyTaskUnavailable,
+    _http11,
 )
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
@@ -775,4 +776,16 @@ async def test_a_reply_dripped_byte_by_byte_times_out_as_a_whole() -> None:
             with pytest.raises(TinyTaskUnavailable, match="ReadTimeout"):
                 await client.list_queues()
             assert time.monotonic() - started < 2.0
+    assert server.requests == 1
+
+
+async def test_a_reply_larger_than_the_cap_is_refused_before_it_is_all_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that sends an endless body: the reply is cut at the cap (before: a 20 s endless reply
+    # grew the process by 10.8 GB; the next one had it killed for lack of memory at 23.9 GB).
+    monkeypatch.setattr(_http11, "MAX_REPLY_BYTES", 1024 * 1024)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4194306\r\n\r\n"
+    with RawServer(head + b"[" + b" " * 4 * 1024 * 1024 + b"]", closes=False) as server:
+        async with RestClient(server.url, retries=0) as client:
+            with pytest.raises(TinyTaskUnavailable, match="reply larger than 1 MiB"):
+                await client.list_queues()
     assert server.requests == 1

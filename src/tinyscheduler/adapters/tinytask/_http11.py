@@ -32,6 +32,10 @@ import httpx
 #: Read at most this much at once from a socket.
 RECEIVE_BYTES = 256 * 1024
 
+#: The largest reply read: a page of tasks is a few megabytes (client.PAGE_SIZE rows); a server
+#: that sends more (an endless body) fails the request instead of filling the memory.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -73,7 +77,7 @@ class _Connection:
         return await self._receive()
 
     async def _receive(self) -> Reply:
-        status, reason, chunks = 0, "", []
+        status, reason, chunks, size = 0, "", [], 0
         while True:
             try:
                 event = self.h11.next_event()
@@ -85,6 +89,9 @@ class _Connection:
                 status, reason = event.status_code, event.reason.decode("latin-1")
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
+                size += len(event.data)
+                if size > MAX_REPLY_BYTES:
+                    raise httpx.RemoteProtocolError(f"reply larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
             elif isinstance(event, h11.EndOfMessage):
                 return Reply(status, reason, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
