@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from tinyscheduler.adapters.attempt_book import COMPACT_MIN_LINES, AttemptBook
 from tinyscheduler.adapters.attempt_journal import read_records
@@ -188,3 +189,18 @@ def test_a_long_journal_is_compacted_while_running(tmp_path: Path) -> None:
     b.record_failure(99_999, "failed", NOW)
     assert len(journal.read_text().splitlines()) < COMPACT_MIN_LINES
     assert read_records(journal) == {99_999: b.record(99_999)}
+
+
+def test_a_change_the_journal_cannot_take_is_kept_and_written_with_the_next(tmp_path: Path) -> None:
+    # A dangling symlink in the journal's place (or a full disk): the append fails. Before, the
+    # OSError went up through the run's report and ended the daemon, its runs left unsupervised.
+    journal = tmp_path / "attempts.jsonl"
+    journal.symlink_to(tmp_path / "missing" / "elsewhere.jsonl")
+    b = book(journal)
+    with structlog.testing.capture_logs() as logs:
+        b.record_failure(5, "failed", NOW)
+        assert b.next_attempt(5) == 2, "the book in memory goes on"
+        b.hold_success(6)  # the next change writes the whole book, in a file of its own
+    assert [entry["event"] for entry in logs] == ["attempt_history_not_written"]
+    assert not journal.is_symlink()
+    assert read_records(journal) == {5: b.record(5), 6: b.record(6)}

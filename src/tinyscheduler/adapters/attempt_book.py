@@ -67,6 +67,8 @@ class AttemptBook:
         self.policy = RetryPolicy(max_attempts, retry_base_sec, max_delay_sec)
         self._fd: int | None = None
         self._lines = 0
+        #: Why the last change could not be written (None: the journal holds the book).
+        self._unwritten: str | None = None
         self._records: dict[int, AttemptRecord] = self._load()
         if not read_only and (self._lines or self.legacy_path.exists()):
             self._compact()
@@ -138,13 +140,24 @@ class AttemptBook:
     def _append(self, entry: dict[str, object]) -> None:
         if self.read_only:
             return
-        if self._lines >= COMPACT_MIN_LINES and self._lines > COMPACT_RATIO * len(self._records):
-            self._compact()
-            return  # the compacted journal already holds the change
-        # Not fsynced: it is on every run's path, and a line lost to a power cut costs at most one
-        # extra attempt of a task. One write() of one line: readers never see half of it but at the end.
-        os.write(self._journal(), (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-        self._lines += 1
+        try:
+            if self._unwritten or (
+                self._lines >= COMPACT_MIN_LINES and self._lines > COMPACT_RATIO * len(self._records)
+            ):
+                self._compact()  # the compacted journal holds the change (and any that were not written)
+            else:
+                # Not fsynced: it is on every run's path, and a line lost to a power cut costs at most one
+                # extra attempt of a task. One write() of one line: readers never see half of it but at the end.
+                os.write(self._journal(), (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+                self._lines += 1
+        except OSError as exc:  # a full disk, a link in the journal's place: a run's report must go on
+            self.close()
+            if not self._unwritten:
+                detail = "kept in memory; the whole history is written at the next change that can be"
+                log.error("attempt_history_not_written", path=str(self.path), reason=reason(exc), detail=detail)
+            self._unwritten = reason(exc)
+            return
+        self._unwritten = None
 
     def _journal(self) -> int:
         if self._fd is None:

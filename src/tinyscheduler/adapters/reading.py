@@ -61,8 +61,8 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMIT) -> bytes:
     return read_file(path, limit)[0]
 
 
-def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_result]:
-    """`read_bytes`, with the file's status as it was opened (its mtime, for a lease's heartbeat)."""
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at `path` (read-only) and its status; the errors of `read_bytes`."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     try:
         info = os.fstat(fd)
@@ -71,6 +71,16 @@ def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_re
             raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file", str(path))
         if not stat.S_ISREG(mode):
             raise NotRegularFile(path, describe(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_result]:
+    """`read_bytes`, with the file's status as it was opened (its mtime, for a lease's heartbeat)."""
+    fd, info = open_regular(path)
+    try:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
