@@ -123,15 +123,20 @@ def test_an_unreadable_old_history_is_set_aside_not_fatal(tmp_path: Path, conten
 @pytest.mark.parametrize(
     "line", ["not json", "[]", '{"failures": 1}', '{"task_id": "7"}', '{"task_id": 7, "failures": -1}']
 )
-def test_a_journal_with_a_bad_line_is_set_aside_not_fatal(tmp_path: Path, line: str) -> None:
+def test_a_bad_line_of_the_journal_costs_that_line_only(tmp_path: Path, line: str) -> None:
+    """Every line holds its task's whole record: the others stand, held successes above all (set
+    aside with the bad line, they would run again)."""
     journal = tmp_path / "attempts.jsonl"
-    journal.write_text('{"task_id": 3, "failures": 1}\n' + line + "\n")
+    good = [json.dumps({"task_id": task, "failures": 1, "success_unreported": True}) for task in range(1, 101)]
+    journal.write_text("\n".join([*good[:50], line, *good[50:]]) + "\n")
     b = book(journal)
-    assert b.next_attempt(3) == 1, "a journal that cannot be trusted is not half applied"
-    [aside] = tmp_path.glob("attempts.jsonl.bad-*")
-    assert line in aside.read_text()
+    assert [task for task in range(1, 101) if b.record(task).success_unreported] == list(range(1, 101))
+    assert b.next_attempt(3) == 2
+    [copy] = tmp_path.glob("attempts.jsonl.bad-*")
+    assert line in copy.read_text(), "the journal as it was, kept for a person"
     b.record_failure(3, "failed", NOW)
-    assert book(journal).next_attempt(3) == 2
+    assert book(journal).next_attempt(3) == 3
+    assert line not in journal.read_text(), "compacted without the bad line"
 
 
 def test_every_change_is_one_appended_line_never_a_rewrite(tmp_path: Path) -> None:

@@ -25,12 +25,13 @@ import contextlib
 import json
 import os
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import structlog
 
 from tinyscheduler.adapters.attempt_journal import MAX_BOOK_BYTES, parse_document, replay
-from tinyscheduler.adapters.files import make_private_folder
+from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
@@ -189,7 +190,9 @@ class AttemptBook:
 
     def _load(self) -> dict[int, AttemptRecord]:
         records: dict[int, AttemptRecord] = {}
-        for path, parse in ((self.legacy_path, parse_document), (self.path, replay)):
+        bad: list[str] = []
+        journal = partial(replay, bad=bad)
+        for path, parse in ((self.legacy_path, parse_document), (self.path, journal)):
             try:
                 # A FIFO or a device in its place must not hang the daemon's start.
                 raw = read_bytes(path, MAX_BOOK_BYTES)
@@ -207,7 +210,28 @@ class AttemptBook:
             records = applied
             if path == self.path:
                 self._lines = lines
+                if bad:
+                    self._skipped(raw, bad)
         return records
+
+    def _skipped(self, raw: bytes, bad: list[str]) -> None:
+        """Lines of the journal that could not be read were skipped: a copy of it is kept for a person
+        (the next compaction drops them from the journal)."""
+        aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        if not self.read_only:
+            with (
+                contextlib.suppress(OSError),
+                os.fdopen(open_private(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as copy,
+            ):
+                copy.write(raw)
+        log.error(
+            "attempt_history_lines_skipped",
+            path=str(self.path),
+            lines=len(bad),
+            first=bad[:3],
+            copy=None if self.read_only else str(aside),
+            detail="the other records are kept; the skipped lines' tasks lose their last change",
+        )
 
     def _unreadable(self, path: Path, why: str) -> None:
         # A broken history must not stop the daemon; keep the file for a person, go on without it.
