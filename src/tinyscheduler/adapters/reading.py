@@ -61,9 +61,16 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMIT) -> bytes:
     return read_file(path, limit)[0]
 
 
-def open_regular(path: Path) -> tuple[int, os.stat_result]:
-    """A descriptor of the regular file at `path` (read-only) and its status; the errors of `read_bytes`."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+def open_regular(path: Path, *, follow_links: bool = True) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at `path` (read-only) and its status; the errors of `read_bytes`.
+    Without `follow_links`, a symbolic link at `path` is refused (NotRegularFile) instead of read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise NotRegularFile(path, "a symbolic link") from None
+        raise
     try:
         info = os.fstat(fd)
         mode = info.st_mode

@@ -106,7 +106,9 @@ def copy_new(path: Path, offset: int, out: ByteSink) -> int:
     beginning, which holds the cut marker, rather than print nothing forever.
     """
     try:
-        fd, info = open_regular(path)  # a FIFO in a log's place must not hang the command
+        # A FIFO in a log's place must not hang the command, nor a link make it print another file
+        # (run as root, `logs` would show whatever a link in the log folder names).
+        fd, info = open_regular(path, follow_links=False)
         with open(fd, "rb") as handle:
             if info.st_size < offset:
                 offset = 0
