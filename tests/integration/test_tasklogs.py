@@ -155,3 +155,31 @@ def test_logs_that_cannot_be_read_give_one_line(tmp_path, monkeypatch, capsys):
         f"tinyscheduler: cannot read {tmp_path}/state/logs/tasks/3: "
         "Permission denied; run logs as the scheduler's user\n"
     )
+
+
+def test_logs_of_a_fifo_in_a_logs_place_is_one_line_not_a_hang(tmp_path):
+    # Before: `logs 9` opened the FIFO and waited for a writer forever (killed after 10 s, 0 bytes out).
+    folder = tmp_path / "state" / "logs" / "tasks" / "9"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "1.log")
+    for args in (["9"], ["9", "-f"]):
+        command = [sys.executable, "-m", "tinyscheduler", "--base-path", str(tmp_path), "logs", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == f"tinyscheduler: cannot read {folder / '1.log'}: is a FIFO, expected a regular file\n"
+
+
+def test_logs_never_prints_the_file_a_link_in_a_logs_place_names(tmp_path):
+    # Before: `1.log -> /etc/shadow` was printed in full to whoever ran `logs` (root, often).
+    secret = tmp_path / "secret"
+    secret.write_text("root:$6$not-for-you\n")
+    folder = tmp_path / "state" / "logs" / "tasks" / "9"
+    folder.mkdir(parents=True)
+    (folder / "1.log").symlink_to(secret)
+    for args in (["9"], ["9", "-f"]):
+        command = [sys.executable, "-m", "tinyscheduler", "--base-path", str(tmp_path), "logs", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"tinyscheduler: cannot read {folder / '1.log'}: is a symbolic link, expected a regular file\n"
+        )

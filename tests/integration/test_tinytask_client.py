@@ -9,6 +9,7 @@ import queue
 import socket
 import socketserver
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tinyscheduler.adapters.tinytask import (
     TinyTaskBadReply,
     TinyTaskRejected,
     TinyTaskUnavailable,
+    _http11,
 )
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
@@ -679,8 +681,11 @@ class RawServer(_Served):
     """A socket server answering each request with the next raw reply; `closes` says whether it then
     closes the connection (without telling the client: a keep-alive connection that timed out)."""
 
-    def __init__(self, *replies: bytes, closes: bool) -> None:
+    def __init__(self, *replies: bytes, closes: bool, drip: float = 0.0) -> None:
+        """`drip`: send each reply one byte at a time, this many seconds apart (a slowloris reply)."""
         self.replies = list(replies)
+        self.drip = drip
+        self.stopped = threading.Event()
         self.connections = 0
         self.requests = 0
         script = self
@@ -698,14 +703,22 @@ class RawServer(_Served):
                             length = int(line.split(b":")[1])
                     self.rfile.read(length)
                     script.requests += 1
-                    self.wfile.write(script.replies.pop(0) if len(script.replies) > 1 else script.replies[0])
-                    self.wfile.flush()
+                    reply = script.replies.pop(0) if len(script.replies) > 1 else script.replies[0]
+                    for piece in [reply[i : i + 1] for i in range(len(reply))] if script.drip else [reply]:
+                        if script.stopped.wait(script.drip):
+                            return
+                        self.wfile.write(piece)
+                        self.wfile.flush()
                     if closes:
                         return
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopped.set()
+        super().__exit__(*exc_info)
 
 
 def raw_json(body: str, *, chunked: bool = False) -> bytes:
@@ -742,3 +755,38 @@ async def test_a_chunked_reply_is_read_whole() -> None:
             assert await client.list_queues() == ["dev", "qa", "ops"]
             assert await client.list_queues() == ["dev", "qa", "ops"]
     assert server.connections == 1
+
+
+async def test_bytes_after_a_reply_are_never_taken_for_the_next_reply() -> None:
+    # A reply whose Content-Length is shorter than what follows it: the rest would answer the next
+    # request on the connection (before: the second request returned ["forged"]).
+    lying = raw_json('["dev"]') + raw_json('["forged"]')
+    with RawServer(lying, closes=False) as server:
+        async with RestClient(server.url) as client:
+            assert await client.list_queues() == ["dev"]
+            assert await client.list_queues() == ["dev"]
+    assert (server.requests, server.connections) == (2, 2)
+
+
+async def test_a_reply_dripped_byte_by_byte_times_out_as_a_whole() -> None:
+    # Each byte comes within the read timeout, the whole reply never would (before: a 117-byte reply
+    # dripped at one byte a second under a 2 s read timeout took 117 s, and a pass or a claim with it).
+    with RawServer(raw_json('["dev"' + " " * 80 + "]"), closes=False, drip=0.1) as server:
+        async with RestClient(server.url, read_timeout=0.5, retries=0) as client:
+            started = time.monotonic()
+            with pytest.raises(TinyTaskUnavailable, match="ReadTimeout"):
+                await client.list_queues()
+            assert time.monotonic() - started < 2.0
+    assert server.requests == 1
+
+
+async def test_a_reply_larger_than_the_cap_is_refused_before_it_is_all_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that sends an endless body: the reply is cut at the cap (before: a 20 s endless reply
+    # grew the process by 10.8 GB; the next one had it killed for lack of memory at 23.9 GB).
+    monkeypatch.setattr(_http11, "MAX_REPLY_BYTES", 1024 * 1024)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4194306\r\n\r\n"
+    with RawServer(head + b"[" + b" " * 4 * 1024 * 1024 + b"]", closes=False) as server:
+        async with RestClient(server.url, retries=0) as client:
+            with pytest.raises(TinyTaskUnavailable, match="reply larger than 1 MiB"):
+                await client.list_queues()
+    assert server.requests == 1

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -16,37 +14,15 @@ from tinyscheduler.adapters import controlsocket
 from tinyscheduler.adapters.controlsocket import user_name
 from tinyscheduler.adapters.pausestore import PauseStore
 from tinyscheduler.core.control import Pause, Pauses, Scope
-from tinyscheduler.service.scheduler import Hooks, Scheduler
 
-from world import World
+from world import World, daemon, until
 
 ME = user_name(os.geteuid())
-
-
-@asynccontextmanager
-async def daemon(world: World, hooks: Hooks | None = None) -> AsyncIterator[Scheduler]:
-    """The daemon serving in this event loop until the block ends."""
-    scheduler = world.scheduler(once=False, hooks=hooks)
-    async with anyio.create_task_group() as group:
-        group.start_soon(scheduler.serve)
-        with anyio.fail_after(10):
-            while not (world.base / "state" / "control.sock").exists():
-                await anyio.sleep(0.01)
-        try:
-            yield scheduler
-        finally:
-            scheduler.request_stop("test over")
 
 
 async def ask(world: World, **request: Any) -> dict[str, Any]:
     path = world.base / "state" / "control.sock"
     return await anyio.to_thread.run_sync(controlsocket.ask, path, request, 5.0)
-
-
-async def until(condition: Any, what: str, timeout: float = 10) -> None:
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.02)
 
 
 def events(world: World, name: str) -> list[dict[str, Any]]:

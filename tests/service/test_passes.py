@@ -5,8 +5,10 @@ from __future__ import annotations
 import anyio
 
 from tinyscheduler.core.tasks import FAILED_TAG
+from tinyscheduler.service.availability import problems, unavailable
+from tinyscheduler.service.scheduler import Hooks
 
-from world import World
+from world import World, daemon, until
 
 
 async def test_a_pass_assigns_by_free_slots_and_runs_each_task_once(world: World) -> None:
@@ -77,3 +79,39 @@ async def test_a_freed_slot_takes_the_next_waiting_task_without_a_pass(world: Wo
     lists = world.client.count("list_tasks")
     assert lists <= 2, f"{lists} lists: the first pass, and one once nothing waited any more"
     assert world.last_pass()["counters"]["refills"] == 2
+
+
+async def test_claims_tinytask_does_not_confirm_stop_every_start_and_show_until_one_goes_through(world: World) -> None:
+    """A server that applies a PATCH and loses its reply: before, claims went on at every pass
+    (58 requests/s with a 1 s loop) while `status` said nothing was wrong."""
+    world.registry([("dev-a", "dev", 2), ("dev-b", "dev", 2)])
+    for i in range(8):
+        world.client.create_task(f"t{i}", queue_name="dev")
+    world.client.lose_reply(None, "update_task")
+
+    def claims() -> int:
+        return sum(1 for c in world.client.calls if c.name == "update_task" and c.args.get("status") == "working")
+
+    passes: list[None] = []
+
+    async def count_pass() -> None:
+        passes.append(None)
+
+    async with daemon(world, Hooks(before_pass=count_pass)) as scheduler:
+        rt = scheduler.runtime
+        await until(lambda: rt.circuits.tinytask.failing and not rt.runs, "the claims given up")
+        first = claims()
+        for _ in range(3):  # passes come and go; the breaker holds (the clock does not move)
+            seen = len(passes)
+            rt.tick.set()
+            await until(lambda seen=seen: len(passes) > seen + 1, "another pass, ended")
+        assert claims() == first, "no claim while TinyTask's writes are failing"
+        [problem] = [p for p in problems(rt) if p.startswith("TinyTask did not confirm")]
+        assert "cannot set the task working" in problem and "no run starts meanwhile" in problem
+        assert set(unavailable(rt, {"dev-a", "dev-b"})) == {"dev-a", "dev-b"}
+
+        world.client.clear_faults()
+        world.clock.advance(3600)
+        rt.tick.set()
+        await until(lambda: not rt.circuits.tinytask.failing, "a claim that went through")
+    assert first <= 4 and world.starts(), "at most one pass of claims, and runs once TinyTask answers"

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import yaml
 
 from tinyscheduler.adapters.tinytask._transport import one_task
@@ -135,3 +138,24 @@ class World:
 
     def comments(self, task_id: int) -> list[str]:
         return [c["content"] for c in self.client.comments(task_id)]
+
+
+@asynccontextmanager
+async def daemon(world: World, hooks: Hooks | None = None) -> AsyncIterator[Scheduler]:
+    """The daemon serving in this event loop until the block ends."""
+    scheduler = world.scheduler(once=False, hooks=hooks)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        with anyio.fail_after(10):
+            while not (world.base / "state" / "control.sock").exists():
+                await anyio.sleep(0.01)
+        try:
+            yield scheduler
+        finally:
+            scheduler.request_stop("test over")
+
+
+async def until(condition: Any, what: str, timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.02)

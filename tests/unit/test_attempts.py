@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from tinyscheduler.adapters.attempt_book import COMPACT_MIN_LINES, AttemptBook
 from tinyscheduler.adapters.attempt_journal import read_records
@@ -122,15 +123,20 @@ def test_an_unreadable_old_history_is_set_aside_not_fatal(tmp_path: Path, conten
 @pytest.mark.parametrize(
     "line", ["not json", "[]", '{"failures": 1}', '{"task_id": "7"}', '{"task_id": 7, "failures": -1}']
 )
-def test_a_journal_with_a_bad_line_is_set_aside_not_fatal(tmp_path: Path, line: str) -> None:
+def test_a_bad_line_of_the_journal_costs_that_line_only(tmp_path: Path, line: str) -> None:
+    """Every line holds its task's whole record: the others stand, held successes above all (set
+    aside with the bad line, they would run again)."""
     journal = tmp_path / "attempts.jsonl"
-    journal.write_text('{"task_id": 3, "failures": 1}\n' + line + "\n")
+    good = [json.dumps({"task_id": task, "failures": 1, "success_unreported": True}) for task in range(1, 101)]
+    journal.write_text("\n".join([*good[:50], line, *good[50:]]) + "\n")
     b = book(journal)
-    assert b.next_attempt(3) == 1, "a journal that cannot be trusted is not half applied"
-    [aside] = tmp_path.glob("attempts.jsonl.bad-*")
-    assert line in aside.read_text()
+    assert [task for task in range(1, 101) if b.record(task).success_unreported] == list(range(1, 101))
+    assert b.next_attempt(3) == 2
+    [copy] = tmp_path.glob("attempts.jsonl.bad-*")
+    assert line in copy.read_text(), "the journal as it was, kept for a person"
     b.record_failure(3, "failed", NOW)
-    assert book(journal).next_attempt(3) == 2
+    assert book(journal).next_attempt(3) == 3
+    assert line not in journal.read_text(), "compacted without the bad line"
 
 
 def test_every_change_is_one_appended_line_never_a_rewrite(tmp_path: Path) -> None:
@@ -188,3 +194,18 @@ def test_a_long_journal_is_compacted_while_running(tmp_path: Path) -> None:
     b.record_failure(99_999, "failed", NOW)
     assert len(journal.read_text().splitlines()) < COMPACT_MIN_LINES
     assert read_records(journal) == {99_999: b.record(99_999)}
+
+
+def test_a_change_the_journal_cannot_take_is_kept_and_written_with_the_next(tmp_path: Path) -> None:
+    # A dangling symlink in the journal's place (or a full disk): the append fails. Before, the
+    # OSError went up through the run's report and ended the daemon, its runs left unsupervised.
+    journal = tmp_path / "attempts.jsonl"
+    journal.symlink_to(tmp_path / "missing" / "elsewhere.jsonl")
+    b = book(journal)
+    with structlog.testing.capture_logs() as logs:
+        b.record_failure(5, "failed", NOW)
+        assert b.next_attempt(5) == 2, "the book in memory goes on"
+        b.hold_success(6)  # the next change writes the whole book, in a file of its own
+    assert [entry["event"] for entry in logs] == ["attempt_history_not_written"]
+    assert not journal.is_symlink()
+    assert read_records(journal) == {5: b.record(5), 6: b.record(6)}

@@ -25,12 +25,13 @@ import contextlib
 import json
 import os
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import structlog
 
 from tinyscheduler.adapters.attempt_journal import MAX_BOOK_BYTES, parse_document, replay
-from tinyscheduler.adapters.files import make_private_folder
+from tinyscheduler.adapters.files import make_private_folder, open_private
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_bytes, reason
 from tinyscheduler.core.attempts import (
     MAX_RETRY_DELAY_SEC,
@@ -67,6 +68,8 @@ class AttemptBook:
         self.policy = RetryPolicy(max_attempts, retry_base_sec, max_delay_sec)
         self._fd: int | None = None
         self._lines = 0
+        #: Why the last change could not be written (None: the journal holds the book).
+        self._unwritten: str | None = None
         self._records: dict[int, AttemptRecord] = self._load()
         if not read_only and (self._lines or self.legacy_path.exists()):
             self._compact()
@@ -138,13 +141,24 @@ class AttemptBook:
     def _append(self, entry: dict[str, object]) -> None:
         if self.read_only:
             return
-        if self._lines >= COMPACT_MIN_LINES and self._lines > COMPACT_RATIO * len(self._records):
-            self._compact()
-            return  # the compacted journal already holds the change
-        # Not fsynced: it is on every run's path, and a line lost to a power cut costs at most one
-        # extra attempt of a task. One write() of one line: readers never see half of it but at the end.
-        os.write(self._journal(), (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-        self._lines += 1
+        try:
+            if self._unwritten or (
+                self._lines >= COMPACT_MIN_LINES and self._lines > COMPACT_RATIO * len(self._records)
+            ):
+                self._compact()  # the compacted journal holds the change (and any that were not written)
+            else:
+                # Not fsynced: it is on every run's path, and a line lost to a power cut costs at most one
+                # extra attempt of a task. One write() of one line: readers never see half of it but at the end.
+                os.write(self._journal(), (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+                self._lines += 1
+        except OSError as exc:  # a full disk, a link in the journal's place: a run's report must go on
+            self.close()
+            if not self._unwritten:
+                detail = "kept in memory; the whole history is written at the next change that can be"
+                log.error("attempt_history_not_written", path=str(self.path), reason=reason(exc), detail=detail)
+            self._unwritten = reason(exc)
+            return
+        self._unwritten = None
 
     def _journal(self) -> int:
         if self._fd is None:
@@ -176,7 +190,9 @@ class AttemptBook:
 
     def _load(self) -> dict[int, AttemptRecord]:
         records: dict[int, AttemptRecord] = {}
-        for path, parse in ((self.legacy_path, parse_document), (self.path, replay)):
+        bad: list[str] = []
+        journal = partial(replay, bad=bad)
+        for path, parse in ((self.legacy_path, parse_document), (self.path, journal)):
             try:
                 # A FIFO or a device in its place must not hang the daemon's start.
                 raw = read_bytes(path, MAX_BOOK_BYTES)
@@ -194,7 +210,28 @@ class AttemptBook:
             records = applied
             if path == self.path:
                 self._lines = lines
+                if bad:
+                    self._skipped(raw, bad)
         return records
+
+    def _skipped(self, raw: bytes, bad: list[str]) -> None:
+        """Lines of the journal that could not be read were skipped: a copy of it is kept for a person
+        (the next compaction drops them from the journal)."""
+        aside = self.path.with_name(f"{self.path.name}.bad-{datetime.now(UTC):%Y%m%dT%H%M%S}")
+        if not self.read_only:
+            with (
+                contextlib.suppress(OSError),
+                os.fdopen(open_private(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as copy,
+            ):
+                copy.write(raw)
+        log.error(
+            "attempt_history_lines_skipped",
+            path=str(self.path),
+            lines=len(bad),
+            first=bad[:3],
+            copy=None if self.read_only else str(aside),
+            detail="the other records are kept; the skipped lines' tasks lose their last change",
+        )
 
     def _unreadable(self, path: Path, why: str) -> None:
         # A broken history must not stop the daemon; keep the file for a person, go on without it.

@@ -20,7 +20,8 @@ def read_records(journal: Path, legacy: Path | None = None) -> dict[int, Attempt
     journal. Raises OSError or ValueError (with the file's name) when one cannot be read."""
     records: dict[int, AttemptRecord] = {}
     legacy = legacy if legacy is not None else journal.with_name("attempts.json")
-    for path, parse in ((legacy, parse_document), (journal, replay)):
+    bad: list[str] = []
+    for path, parse in ((legacy, parse_document), (journal, lambda raw, found: replay(raw, found, bad))):
         try:
             raw = read_bytes(path, MAX_BOOK_BYTES)
         except FileNotFoundError:
@@ -29,6 +30,8 @@ def read_records(journal: Path, legacy: Path | None = None) -> dict[int, Attempt
             parse(raw, records)
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             raise ValueError(f"{path}: {exc}") from None
+        if bad:
+            raise ValueError(f"{path}: {len(bad)} line(s) cannot be read ({bad[0]})")
     return records
 
 
@@ -42,9 +45,11 @@ def parse_document(raw: bytes, records: dict[int, AttemptRecord]) -> int:
     return 0
 
 
-def replay(raw: bytes, records: dict[int, AttemptRecord]) -> int:
+def replay(raw: bytes, records: dict[int, AttemptRecord], bad: list[str]) -> int:
     """Apply the journal's lines to `records`; the number of lines. A last line without its newline
-    is a write a crash cut short: skipped."""
+    is a write a crash cut short: skipped. A line that cannot be read is skipped and said in `bad`:
+    every line holds its task's whole record, so one bad line costs that task's last change, not
+    the book (whose held successes would otherwise run again)."""
     lines = raw.split(b"\n")[:-1]  # whatever follows the last newline is incomplete
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -56,12 +61,12 @@ def replay(raw: bytes, records: dict[int, AttemptRecord]) -> int:
             task_id = entry["task_id"]
             if isinstance(task_id, bool) or not isinstance(task_id, int):
                 raise ValueError(f"task_id: expected an integer, got {task_id!r}")
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"line {number}: {exc}") from None
-        if entry.get("forget") is True:
-            records.pop(task_id, None)
-        else:
-            records[task_id] = _checked(AttemptRecord.from_json(task_id, entry))
+            if entry.get("forget") is True:
+                records.pop(task_id, None)
+            else:
+                records[task_id] = _checked(AttemptRecord.from_json(task_id, entry))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            bad.append(f"line {number}: {exc}")
     return len(lines)
 
 

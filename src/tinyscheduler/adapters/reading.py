@@ -61,9 +61,16 @@ def read_bytes(path: Path, limit: int = DEFAULT_LIMIT) -> bytes:
     return read_file(path, limit)[0]
 
 
-def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_result]:
-    """`read_bytes`, with the file's status as it was opened (its mtime, for a lease's heartbeat)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+def open_regular(path: Path, *, follow_links: bool = True) -> tuple[int, os.stat_result]:
+    """A descriptor of the regular file at `path` (read-only) and its status; the errors of `read_bytes`.
+    Without `follow_links`, a symbolic link at `path` is refused (NotRegularFile) instead of read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise NotRegularFile(path, "a symbolic link") from None
+        raise
     try:
         info = os.fstat(fd)
         mode = info.st_mode
@@ -71,6 +78,16 @@ def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_re
             raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file", str(path))
         if not stat.S_ISREG(mode):
             raise NotRegularFile(path, describe(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_file(path: Path, limit: int = DEFAULT_LIMIT) -> tuple[bytes, os.stat_result]:
+    """`read_bytes`, with the file's status as it was opened (its mtime, for a lease's heartbeat)."""
+    fd, info = open_regular(path)
+    try:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:

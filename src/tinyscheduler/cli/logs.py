@@ -22,6 +22,7 @@ from typing import Protocol
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.lock import is_locked
 from tinyscheduler.adapters.procfs import current_boot_id, probe
+from tinyscheduler.adapters.reading import open_regular
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.leases import LeaseState, Liveness
 from tinyscheduler.core.text import escaped
@@ -105,8 +106,11 @@ def copy_new(path: Path, offset: int, out: ByteSink) -> int:
     beginning, which holds the cut marker, rather than print nothing forever.
     """
     try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size < offset:
+        # A FIFO in a log's place must not hang the command, nor a link make it print another file
+        # (run as root, `logs` would show whatever a link in the log folder names).
+        fd, info = open_regular(path, follow_links=False)
+        with open(fd, "rb") as handle:
+            if info.st_size < offset:
                 offset = 0
             handle.seek(offset)
             while chunk := handle.read(CHUNK):

@@ -2,11 +2,12 @@
 
 A task's own failures back off per task (core.attempts). What fails for every task of an agent
 (goose missing, a recipe gone, an exception while starting, every run exiting at once) would
-otherwise go from task to task as fast as passes come. So each agent has a breaker, and goose one
-more that stands for all agents:
+otherwise go from task to task as fast as passes come. So each agent has a breaker, and goose and
+TinyTask's writes one more each that stands for all agents:
 
 - a run that could not start opens the agent's breaker at once (goose's, when goose itself is
-  missing), a failed run counts, and `RUN_FAILURES_TO_OPEN` in a row open it;
+  missing; TinyTask's, when the claim was not confirmed), a failed run counts, and
+  `RUN_FAILURES_TO_OPEN` in a row open it;
 - an open breaker stays open for `base_sec`, doubling with every opening in a row, capped;
 - once that time is up the agent may start one run again: a start closes the "could not start"
   count, a succeeded run closes everything; another failure opens it again, for longer.
@@ -101,6 +102,9 @@ class Circuits:
     """The breakers of every agent and of goose; plain data the service keeps between passes."""
 
     goose: Breaker = field(default_factory=Breaker)
+    #: TinyTask's writes: a claim it did not confirm (no reply, an error) stops every agent's starts
+    #: for a while, so that a server that drops its replies is not sent claim after claim.
+    tinytask: Breaker = field(default_factory=Breaker)
     agents: dict[str, Breaker] = field(default_factory=dict)
 
     def agent(self, name: str) -> Breaker:
@@ -115,8 +119,9 @@ class Circuits:
     def unavailable(self, agents: Iterable[str], now: datetime) -> dict[str, Unavailable]:
         """The agents that may not start a run now, each with its reason (goose's first)."""
         found: dict[str, Unavailable] = {}
+        shared = next((b for b in (self.goose, self.tinytask) if b.is_open(now)), None)
         for name in agents:
-            breaker = self.goose if self.goose.is_open(now) else self.agent(name)
+            breaker = shared or self.agent(name)
             if breaker.is_open(now):
                 assert breaker.open_until is not None
                 found[name] = Unavailable(name, breaker.open_until, breaker.reason)

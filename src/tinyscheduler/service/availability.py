@@ -92,10 +92,23 @@ def note_start_failed(runtime: Runtime, agent: str, reason: str, *, goose: bool 
     )
 
 
+def note_claim_unconfirmed(runtime: Runtime, reason: str) -> None:
+    """TinyTask did not confirm a claim (no reply, a server error): no agent starts for a while."""
+    circuits = runtime.circuits
+    runtime.counters.add("start_errors")
+    circuits.tinytask = start_failed(circuits.tinytask, reason, runtime.clock(), circuit_policy(runtime))
+    _said_open(
+        "tinytask_writes_failing", circuits.tinytask, reason=reason, detail="no run starts until a claim goes through"
+    )
+
+
 def note_run_ended(runtime: Runtime, agent: str, outcome: Outcome, reason: str) -> None:
     """A run of `agent` started and ended: it started, so what kept runs from starting is gone; a
     success closes the breaker, failed runs in a row open it."""
     circuits = runtime.circuits
+    if circuits.tinytask.failing:  # this run's claim went through
+        circuits.tinytask = Breaker()
+        log.info("tinytask_writes_working", reason=f"a claim of {agent} went through")
     before = circuits.agent(agent)
     after = started(before)
     if outcome is Outcome.SUCCEEDED:
@@ -120,6 +133,12 @@ def problems(runtime: Runtime) -> list[str]:
     if circuits.goose.failing:
         return [f"goose unavailable{_until(circuits.goose, now)}: {circuits.goose.reason}; no run can start"]
     lines = []
+    if circuits.tinytask.failing:
+        claims = circuits.tinytask.start_failures
+        lines.append(
+            f"TinyTask did not confirm {claims} claim{'s' if claims != 1 else ''} in a row"
+            f"{_until(circuits.tinytask, now)}: {circuits.tinytask.reason}; no run starts meanwhile"
+        )
     for agent in sorted(circuits.agents):
         breaker = circuits.agents[agent]
         if breaker.is_open(now):

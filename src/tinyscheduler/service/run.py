@@ -155,6 +155,8 @@ class StartFailure(enum.StrEnum):
     AGENT = "agent"
     #: Goose's, standing for every agent: the program is missing or not executable.
     GOOSE = "goose"
+    #: TinyTask's writes, standing for every agent: the claim was not confirmed.
+    TINYTASK = "tinytask"
 
 
 class RecipeError(ValueError):
@@ -315,7 +317,7 @@ class Run:
             self.deps.leases.remove(self.task_id)
             return self._not_started(f"TinyTask refused to set the task working: {exc}")
         except TinyTaskError as exc:  # the change may have been applied even though no reply came
-            return await self._roll_back(f"cannot set the task working: {exc}")
+            return await self._roll_back(f"cannot set the task working: {exc}", start_failure=StartFailure.TINYTASK)
         collision = claim_collision(task, claimed, self.agent)
         if collision is not None:
             return await self._give_back(claimed, collision)

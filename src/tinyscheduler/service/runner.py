@@ -23,7 +23,7 @@ from tinyscheduler.core.leases import Lease
 from tinyscheduler.core.outcomes import EvidenceRule, OutputFormat
 from tinyscheduler.core.planner import LeaseDecision, LeaseVerdict, Start
 from tinyscheduler.service.adopt import Host, adopt, find_unrecorded, never_started
-from tinyscheduler.service.availability import note_run_ended, note_start_failed, unavailable
+from tinyscheduler.service.availability import note_claim_unconfirmed, note_run_ended, note_start_failed, unavailable
 from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.reclaim import Reclaimer
 from tinyscheduler.service.run import Run, RunPolicy, RunRequest, RunResult, StartFailure
@@ -238,7 +238,9 @@ class Runner:
 
     def _judge(self, agent: str, result: RunResult) -> None:
         """What the run's end says of its agent (and of goose): service.availability."""
-        if result.start_failure is not None:
+        if result.start_failure is StartFailure.TINYTASK:
+            note_claim_unconfirmed(self.runtime, result.reason)
+        elif result.start_failure is not None:
             goose = result.start_failure is StartFailure.GOOSE
             note_start_failed(self.runtime, agent, result.reason, goose=goose)
         elif result.started:

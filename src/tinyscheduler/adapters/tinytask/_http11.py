@@ -32,6 +32,10 @@ import httpx
 #: Read at most this much at once from a socket.
 RECEIVE_BYTES = 256 * 1024
 
+#: The largest reply read: a page of tasks is a few megabytes (client.PAGE_SIZE rows); a server
+#: that sends more (an endless body) fails the request instead of filling the memory.
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -43,8 +47,11 @@ class Reply:
 class _Connection:
     def __init__(self, stream: anyio.abc.ByteStream, read_timeout: float) -> None:
         self.stream = stream
-        #: The most each send or receive may take.
+        #: The most a request may take, from its first byte sent to the last byte of its reply: a
+        #: server that drips its reply a byte at a time, each within any per-read timeout, cannot
+        #: hold a request (a pass, a claim) for longer.
         self.read_timeout = read_timeout
+        self._deadline = 0.0
         self.h11 = h11.Connection(h11.CLIENT)
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
         #: Registered once: each reuse costs one poll() of this socket.
@@ -59,6 +66,7 @@ class _Connection:
 
     async def exchange(self, request: list[h11.Event]) -> Reply:
         data = b"".join(self.h11.send(event) or b"" for event in request)
+        self._deadline = anyio.current_time() + self.read_timeout
         try:
             with anyio.fail_after(self.read_timeout):
                 await self.stream.send(data)
@@ -69,7 +77,7 @@ class _Connection:
         return await self._receive()
 
     async def _receive(self) -> Reply:
-        status, reason, chunks = 0, "", []
+        status, reason, chunks, size = 0, "", [], 0
         while True:
             try:
                 event = self.h11.next_event()
@@ -81,6 +89,9 @@ class _Connection:
                 status, reason = event.status_code, event.reason.decode("latin-1")
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
+                size += len(event.data)
+                if size > MAX_REPLY_BYTES:
+                    raise httpx.RemoteProtocolError(f"reply larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
             elif isinstance(event, h11.EndOfMessage):
                 return Reply(status, reason, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):
@@ -88,7 +99,7 @@ class _Connection:
 
     async def _read(self, *, started: bool) -> bytes:
         try:
-            with anyio.fail_after(self.read_timeout):
+            with anyio.fail_after(max(0.0, self._deadline - anyio.current_time())):
                 return await self.stream.receive(RECEIVE_BYTES)
         except TimeoutError:
             raise httpx.ReadTimeout("timed out waiting for the reply") from None
@@ -100,7 +111,9 @@ class _Connection:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from None
 
     def reusable(self) -> bool:
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+        """Whether the next request may use this connection: both sides done, and nothing sent past the
+        reply (bytes a lying Content-Length left over would be read as the next request's reply)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0]:
             self.h11.start_next_cycle()
             return True
         return False

@@ -145,7 +145,8 @@ class JsonHttp:
 
     JSON requests go over `Http11` (a few kept-alive connections, tinytask._http11); MCP's event
     streams over httpx (`http`, opened on first use). Timeouts are explicit: `connect_timeout` to
-    open a connection, `read_timeout` for each read, write and wait for a connection.
+    open a connection, `read_timeout` for a whole JSON request (its reply to the last byte) and for
+    each read, write and wait for a connection of MCP's.
     """
 
     def __init__(
