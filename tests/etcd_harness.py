@@ -26,9 +26,19 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket is held until all are taken (one at a time, the
+    kernel may hand the same port out twice)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 @dataclass
@@ -58,9 +68,11 @@ class EtcdCluster:
     members: list[Member] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        ports = free_ports(2 * self.size)
         for n in range(self.size):
             name = f"m{n}"
-            self.members.append(Member(name, free_port(), free_port(), self.base / name, self.base / f"{name}.log"))
+            client, peer = ports[2 * n], ports[2 * n + 1]
+            self.members.append(Member(name, client, peer, self.base / name, self.base / f"{name}.log"))
 
     @property
     def endpoints(self) -> str:
@@ -75,7 +87,7 @@ class EtcdCluster:
 
     def start_member(self, member: Member, *, new: bool = False) -> None:
         peers = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        member.data_dir.mkdir(parents=True, exist_ok=True)
+        member.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as etcd wants it
         command = [
             ETCD,
             "--name", member.name,
