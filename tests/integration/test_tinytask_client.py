@@ -26,6 +26,8 @@ from tinyscheduler.adapters.tinytask import (
     TinyTaskRejected,
     TinyTaskUnavailable,
     _http11,
+    _transport,
+    mcp,
 )
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
@@ -790,3 +792,26 @@ async def test_a_reply_larger_than_the_cap_is_refused_before_it_is_all_read(monk
             with pytest.raises(TinyTaskUnavailable, match="reply larger than 1 MiB"):
                 await client.list_queues()
     assert server.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (Reply(200, "data: " + "x" * (3 << 20), "text/event-stream"), "reply larger than 1 MiB"),
+        (Reply(200, "data: xxxxxxxx\n" * (400 << 10), "text/event-stream"), "event larger than 1 MiB"),
+        (Reply(200, "[" + " " * (3 << 20) + "]"), "reply larger than 1 MiB"),
+        (Reply(500, "x" * (3 << 20)), "reply larger than 1 MiB"),
+    ],
+    ids=["line-without-end", "event-without-end", "json-body", "error-body"],
+)
+async def test_mcp_replies_are_read_up_to_the_cap_whatever_their_shape(
+    monkeypatch: pytest.MonkeyPatch, reply: Reply, said: str
+) -> None:
+    # The MCP path read with httpx's own line reader and aread(), which keep all they get: an
+    # endless line, event or body grew the daemon without limit (as the REST path did).
+    monkeypatch.setattr(_transport, "MAX_REPLY_BYTES", 1024 * 1024)
+    monkeypatch.setattr(mcp, "MAX_REPLY_BYTES", 1024 * 1024)
+    with ScriptedServer(rpc(1, INITIALIZED), ACCEPTED, reply) as server:
+        async with McpHttpClient(server.url, sleep=Naps(), retries=0) as client:
+            with pytest.raises(TinyTaskUnavailable, match=said):
+                await client.get_task(7)

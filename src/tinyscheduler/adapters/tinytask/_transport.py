@@ -9,7 +9,7 @@ import importlib.util
 import json
 import random
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 import anyio
 import httpx
 
-from tinyscheduler.adapters.tinytask._http11 import Http11
+from tinyscheduler.adapters.tinytask._http11 import MAX_REPLY_BYTES, Http11
 from tinyscheduler.adapters.tinytask.client import PAGE_SIZE, TinyTaskClient
 from tinyscheduler.adapters.tinytask.errors import TinyTaskBadReply, TinyTaskRejected, TinyTaskUnavailable
 from tinyscheduler.adapters.tinytask.models import TaskCache, parse_task
@@ -223,10 +223,47 @@ async def check_status(
     """Pass a 2xx; raise what `status_error` says of anything else (httpx's streamed replies)."""
     if 200 <= response.status_code < 300:
         return
-    await response.aread()  # a streamed response has not read its error body yet
-    failed = status_error(response.status_code, response.content, response.reason_phrase, endpoint, missing)
+    body = await read_capped(response)  # a streamed response has not read its error body yet
+    failed = status_error(response.status_code, body, response.reason_phrase, endpoint, missing)
     assert failed is not None
     raise failed
+
+
+def _too_large() -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(f"reply larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
+
+
+async def read_capped(response: httpx.Response) -> bytes:
+    """The body of a streamed reply, up to MAX_REPLY_BYTES: a server sending without end cannot grow
+    the daemon (httpx's own `aread` keeps all it gets)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def capped_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a streamed reply (an event stream, which may stay open for hours), none longer
+    than MAX_REPLY_BYTES: httpx's `aiter_lines` keeps a line without end in memory whole."""
+    parts: list[bytes] = []  # the line begun so far, in pieces: no copy per piece
+    size = 0
+    async for chunk in response.aiter_bytes():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end])
+            yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
+            parts, size, start = [], 0, end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+            size += len(chunk) - start
+            if size > MAX_REPLY_BYTES:
+                raise _too_large()
+    if parts:
+        yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
 
 
 async def collect_pages(fetch: Callable[[int, int], Awaitable[list[Any]]], page_size: int) -> list[Any]:

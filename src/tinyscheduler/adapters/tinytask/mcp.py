@@ -27,9 +27,11 @@ import anyio
 import httpx
 
 from tinyscheduler import __version__
+from tinyscheduler.adapters.tinytask._http11 import MAX_REPLY_BYTES
 from tinyscheduler.adapters.tinytask._transport import (
     HttpClient,
     Transient,
+    capped_lines,
     check_status,
     collect_pages,
     describe,
@@ -38,6 +40,7 @@ from tinyscheduler.adapters.tinytask._transport import (
     one_line,
     one_task,
     queue_names,
+    read_capped,
     status_filter,
 )
 from tinyscheduler.adapters.tinytask.client import SCHEDULER_NAME
@@ -61,12 +64,12 @@ async def sse_events(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str
     An event cut off by the end of the stream is still delivered: a server that closes right
     after its last `data:` line has said all it will say.
     """
-    event, data = "", list[str]()
+    event, data, size = "", list[str](), 0
     async for line in lines:
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
-            event, data = "", []
+            event, data, size = "", [], 0
             continue
         if line.startswith(":"):  # comment / keep-alive
             continue
@@ -75,6 +78,9 @@ async def sse_events(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str
         if name == "event":
             event = value
         elif name == "data":
+            size += len(value)
+            if size > MAX_REPLY_BYTES:  # an event without end must not grow the daemon
+                raise httpx.RemoteProtocolError(f"event larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
             data.append(value)
     if data:
         yield event or "message", "\n".join(data)
@@ -307,15 +313,15 @@ class McpHttpClient(_McpClient):
             if "id" not in message:
                 return None
             if response.headers.get("Content-Type", "").startswith("text/event-stream"):
-                async with contextlib.aclosing(sse_events(response.aiter_lines())) as events:
+                async with contextlib.aclosing(sse_events(capped_lines(response))) as events:
                     async for event, data in events:
                         reply = _json_or_none(data) if event == "message" else None
                         if isinstance(reply, dict) and reply.get("id") == message["id"]:
                             await self._finish_stream(events)
                             return reply
                 raise Transient("MCP reply stream ended before the answer")
-            await response.aread()
-            return expect_dict(_json_or_bad(response.text, "POST /mcp"), "POST /mcp")
+            body = await read_capped(response)
+            return expect_dict(_json_or_bad(body.decode("utf-8", "replace"), "POST /mcp"), "POST /mcp")
 
 
 class _EventStream(_Channel):
@@ -348,7 +354,7 @@ class _EventStream(_Channel):
             try:
                 self._response = await self._http.send(request, stream=True)
                 await check_status(self._response, f"GET {httpx.URL(self._url).path}")
-                self._events = sse_events(self._response.aiter_lines())
+                self._events = sse_events(capped_lines(self._response))
                 while not self.endpoint:
                     event, data = await self._next()
                     if event == "endpoint":
