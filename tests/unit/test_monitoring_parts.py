@@ -195,6 +195,7 @@ def exposed_names() -> set[str]:
         last_pass_at=1.0,
         last_pass_ok=True,
         watchdog_healthy=True,
+        cluster_fenced=False,
         pauses=(("agent", "a", "pause", 1.0),),
     )
     metrics = Metrics(lambda: live)

@@ -334,6 +334,10 @@ def _add_demo(sub: Subparsers, common: list[_Parser]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.show_cluster:
+        from tinyscheduler.cli.cluster_status import cluster_status_command
+
+        return cluster_status_command(load_from_args(args).settings, json_output=args.json)
     from tinyscheduler.cli.status import status_command
 
     return status_command(load_from_args(args), json_output=args.json)
@@ -351,6 +355,12 @@ def _add_status(sub: Subparsers, common: list[_Parser]) -> None:
         "3 no daemon runs for this base path (and nothing else is wrong); 2 bad arguments or configuration.",
     )
     parser.add_argument("--json", action="store_true", help="as JSON")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        dest="show_cluster",  # `cluster` is the setting (--cluster-name)
+        help="the hosts of this host's cluster instead, from etcd: agents, free slots, heartbeats, claims",
+    )
     add_setting_flags(parser, COMMAND_SETTINGS["status"])
     parser.set_defaults(handler=_status)
 

@@ -409,6 +409,9 @@ def render(status: Status) -> str:
         lines.append(f"Daemon:    not running{last}")
     lines.append(f"Lock file: {d.lock_file}")
     lines.append(f"Last pass: {_describe_pass(status)}")
+    cluster = (status.last_pass or {}).get("cluster")
+    if isinstance(cluster, dict):
+        lines.append(f"Cluster:   {_describe_cluster(cluster)}")
     if status.state_usage is not None:
         lines.append(f"Disk:      {_describe_usage(status.state_usage)}")
     if status.draining is not None:
@@ -492,6 +495,18 @@ def _describe_pass(status: Status) -> str:
         f"{p.get('reclaimed', 0)} reclaimed, {p.get('malformed', 0)} malformed"
     )
     return f"{p.get('started_at')}{age}, took {p.get('duration_sec', 0)}s, {result}; {counts}"
+
+
+def _describe_cluster(c: dict[str, Any]) -> str:
+    """This host in its cluster, as its daemon last wrote it (service.cluster.summary)."""
+    lease = f"lease {c.get('lease')}" if c.get("lease") else "no lease"
+    renewed = c.get("renewed_sec_ago")
+    ago = f", renewed {format_age(float(renewed))} ago" if isinstance(renewed, (int, float)) else ""
+    return (
+        f"host {c.get('host')} in {c.get('cluster')}, {lease}, {c.get('phase')}{ago}; "
+        f"{c.get('claims_held', 0)} claims held, {c.get('etcd_requests', 0)} etcd requests "
+        f"({c.get('etcd_failures', 0)} failed); `status --cluster` shows every host"
+    )
 
 
 #: Exit codes of `status`, as systemctl's: healthy, problems listed, no daemon running.

@@ -62,7 +62,9 @@ class ConfigError(Exception):
 class _Spec:
     """How one setting is given and checked: what the CLI, `config --show` and the errors need."""
 
-    kind: Literal["path", "optional_path", "text", "address", "int", "float", "bool", "choice", "limits"]
+    kind: Literal[
+        "path", "optional_path", "text", "address", "int", "float", "bool", "choice", "limits", "urls", "name", "plain"
+    ]
     flag: str
     metavar: str
     expect: str
@@ -256,8 +258,127 @@ class _Where:
     )
 
 
+_URLS = "expected comma-separated http:// or https:// URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379"
+_NAME = "expected 1-64 letters, digits, '_', '.', '-'"
+
+
+def parse_endpoints(value: str) -> list[str]:
+    """TINYSCHEDULER_ETCD_ENDPOINTS as a list of base URLs (empty: no cluster)."""
+    urls = [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError(f"{url!r} is not a base URL; {_URLS}")
+    return urls
+
+
 @dataclass(frozen=True)
-class Settings(_Where):
+class _Cluster(_Where):
+    """Several hosts serving one TinyTask: where etcd is and who this host is in it (docs/cluster.md;
+    all off without endpoints, all read at start)."""
+
+    etcd_endpoints: str = _setting(
+        "",
+        kind="urls",
+        flag="--etcd-endpoints",
+        metavar="URLS",
+        expect=_URLS,
+        description="etcd client URLs, comma-separated: turns the cluster mode on (claims and membership "
+        "in etcd); empty = this host alone, no etcd (read at start)",
+    )
+    host_id: str = _setting(
+        "",
+        kind="name",
+        flag="--host-id",
+        metavar="NAME",
+        expect=_NAME,
+        description="this host's name in the cluster; empty = the hostname (read at start)",
+    )
+    cluster: str = _setting(
+        "default",
+        kind="name",
+        flag="--cluster-name",
+        metavar="NAME",
+        expect=_NAME,
+        description="the cluster's name: its keys live under /tinyscheduler/<name>/, so several clusters "
+        "can share one etcd (read at start)",
+    )
+    cluster_heartbeat_sec: int = _setting(
+        5,
+        flag="--cluster-heartbeat",
+        metavar="SECONDS",
+        **_whole(1, 60, " of seconds"),
+        description="seconds between renewals of the host's etcd lease, whose TTL is 3 of them: a host "
+        "cut off from etcd stops its runs within 2.5 of them (read at start)",
+    )
+    etcd_ca_file: Path | None = _setting(
+        None,
+        kind="optional_path",
+        flag="--etcd-ca-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="CA certificate that signs etcd's server certificates (https endpoints); empty = the system's CAs",
+    )
+    etcd_cert_file: Path | None = _setting(
+        None,
+        kind="optional_path",
+        flag="--etcd-cert-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="this host's client certificate for etcd (with --etcd-key-file)",
+    )
+    etcd_key_file: Path | None = _setting(
+        None,
+        kind="optional_path",
+        flag="--etcd-key-file",
+        metavar="PATH",
+        expect=_PATH,
+        description="the private key of the client certificate",
+    )
+    etcd_user: str = _setting(
+        "",
+        kind="plain",
+        flag="--etcd-user",
+        metavar="NAME",
+        expect="expected a user name",
+        description="etcd user (auth on)",
+    )
+    etcd_password: str = _setting(
+        "",
+        kind="plain",
+        flag="--etcd-password",
+        metavar="TEXT",
+        expect="expected a password",
+        description="the etcd user's password (never shown, never passed to runs)",
+    )
+
+    @property
+    def etcd_urls(self) -> list[str]:
+        return parse_endpoints(self.etcd_endpoints)
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd_endpoints)
+
+
+def _cluster_check(name: str, spec: _Spec, value: Any, checked: Mapping[str, Any]) -> Any:
+    """The cluster's settings (kinds urls, name, plain) and the pairs they go in."""
+    if not isinstance(value, str):
+        raise ValueError(spec.expect)
+    if spec.kind == "urls":
+        return ",".join(parse_endpoints(value))
+    if spec.kind == "name":
+        value = value.strip()
+        if (value or name == "cluster") and not NAME_PATTERN.fullmatch(value):
+            raise ValueError(_NAME)
+        return value
+    if name == "etcd_password" and value and not checked.get("etcd_user"):
+        raise ValueError("a password needs TINYSCHEDULER_ETCD_USER")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings(_Cluster):
     """The resolved configuration of one daemon instance (immutable; a reload builds a new one).
 
     Built from raw values (the strings of the environment, an env file or the command line, or
@@ -536,7 +657,8 @@ class SettingsInvalid(ValueError):
 #: Settings given as free text (paths, the program, its arguments, the URL): no NUL byte in them.
 _TEXT_SETTINGS = frozenset(
     {"base_path", "running_dir", "log_dir", "recipes_dir", "agent_control_file", "lock_file", "metrics_textfile"}
-    | {"prices", "http_addr"}
+    | {"prices", "http_addr", "etcd_endpoints", "etcd_ca_file", "etcd_cert_file", "etcd_key_file"}
+    | {"host_id", "cluster", "etcd_user", "etcd_password"}
     | {"goose_bin", "goose_args", "mcp_endpoint"}
 )
 
@@ -551,7 +673,11 @@ def _check(name: str, spec: _Spec, value: Any, checked: Mapping[str, Any]) -> An
         return _path(name, value, checked.get("base_path"))
     if kind == "optional_path":  # empty means off
         empty = value is None or (isinstance(value, str) and not value.strip())
+        if name == "etcd_key_file" and empty != (checked.get("etcd_cert_file") is None):
+            raise ValueError("the client certificate and its key go together: set both or neither")
         return None if empty else _path(name, value, checked.get("base_path"))
+    if kind in ("urls", "name", "plain"):
+        return _cluster_check(name, spec, value, checked)
     if kind == "address":
         if not isinstance(value, str):
             raise ValueError(spec.expect)

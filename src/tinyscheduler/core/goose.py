@@ -22,7 +22,8 @@ __all__ = [
 
 #: Variables systemd hands to the service itself; a child that inherits them could ping the
 #: watchdog or report readiness on our behalf (NotifyAccess=all) or claim our sockets.
-SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+#: The etcd password is the scheduler's credential, not the agents': no run inherits it.
+SERVICE_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TINYSCHEDULER_ETCD_PASSWORD")
 SERVICE_ONLY_PREFIX = "LISTEN_"
 
 
@@ -42,7 +43,7 @@ def goose_command(goose_bin: str, recipe: Path, task_id: int, agent: str, extra:
 
 
 def scrubbed_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `environ` without the variables systemd meant for this service alone."""
+    """A copy of `environ` without the variables meant for this service alone (systemd's, etcd's password)."""
     return {
         key: value
         for key, value in environ.items()

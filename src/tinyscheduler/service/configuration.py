@@ -17,13 +17,30 @@ from tinyscheduler.config.registry import Registry, configured_registry, effecti
 from tinyscheduler.config.settings import SETTINGS, LoadedSettings, Settings
 from tinyscheduler.core.cost import PriceTable
 from tinyscheduler.core.planner import PlanConfig
+from tinyscheduler.core.redact import redacted
 from tinyscheduler.service.gather import plan_config
 
 log = structlog.get_logger("tinyscheduler.daemon")
 
 #: Settings read once at start: changing them needs a restart (the lock and leases live there; the
-#: HTTP listener is bound at start).
-RESTART_ONLY = ("base_path", "running_dir", "lock_file", "pass_timeout_sec", "http_addr")
+#: HTTP listener is bound at start; the etcd lease, the host's name and its claims are those of the
+#: cluster it joined).
+RESTART_ONLY = (
+    "base_path",
+    "running_dir",
+    "lock_file",
+    "pass_timeout_sec",
+    "http_addr",
+    "etcd_endpoints",
+    "host_id",
+    "cluster",
+    "cluster_heartbeat_sec",
+    "etcd_ca_file",
+    "etcd_cert_file",
+    "etcd_key_file",
+    "etcd_user",
+    "etcd_password",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +92,8 @@ class Configuration:
                 log.warning(
                     "restart_needed",
                     setting=name,
-                    old=str(before),
-                    new=str(after),
+                    old=str(redacted(name, before)),
+                    new=str(redacted(name, after)),
                     reason="this setting cannot change while running; restart to apply it",
                 )
                 kept[name] = before

@@ -39,6 +39,9 @@ COUNTERS: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     ("goose_check_errors", "tinyscheduler_goose_check_failures", "Checks that found goose unable to run", {}),
     ("reload_errors", "tinyscheduler_reload_failures", "Reloads refused", {}),
     ("leases_quarantined", "tinyscheduler_leases_quarantined", "Unreadable lease files moved aside", {}),
+    ("etcd_requests", "tinyscheduler_etcd_requests", "Requests sent to etcd (cluster mode)", {}),
+    ("etcd_failures", "tinyscheduler_etcd_request_failures", "etcd requests that failed (cluster mode)", {}),
+    ("cluster_requeued", "tinyscheduler_cluster_requeued_tasks", "Tasks of dead hosts this host requeued", {}),
 )
 
 
@@ -60,6 +63,8 @@ class Live:
     consecutive_failures: int = 0
     #: Whether the watchdog is being fed (None: no watchdog).
     watchdog_healthy: bool | None = None
+    #: Whether this host is fenced off its cluster, starting nothing (None: one host, no etcd).
+    cluster_fenced: bool | None = None
     #: The operator's pauses: (scope, target, kind, since as Unix time); the host's target is "".
     pauses: tuple[tuple[str, str, str, float], ...] = ()
 
@@ -114,6 +119,12 @@ def _passes(live: Live) -> Iterator[Metric]:
         watchdog = _gauge("tinyscheduler_watchdog_healthy", "1 while systemd's watchdog is fed")
         watchdog.add_metric([], 1 if live.watchdog_healthy else 0)
         yield watchdog
+    if live.cluster_fenced is not None:
+        fenced = _gauge(
+            "tinyscheduler_cluster_fenced", "1 while this host cannot renew its etcd lease: it starts nothing"
+        )
+        fenced.add_metric([], 1 if live.cluster_fenced else 0)
+        yield fenced
 
 
 def _pauses(live: Live) -> Iterator[Metric]:

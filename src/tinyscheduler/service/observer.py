@@ -191,6 +191,7 @@ class Observer:
             last_pass_ok=report.ok if report is not None else None,
             consecutive_failures=report.consecutive_failures if report is not None else 0,
             watchdog_healthy=self.gate.healthy(time.monotonic()) if self.gate is not None else None,
+            cluster_fenced=bool(rt.claims.problems()) if rt.config.settings.clustered else None,
             pauses=tuple((p.scope.value, p.target, p.kind.value, p.since.timestamp()) for p in rt.pauses.items),
         )
 

@@ -195,6 +195,8 @@ class PassRunner:
         if not rt.config.settings.enabled:
             log.warning("not_starting", reason="TINYSCHEDULER_ENABLED is false (reloaded); runs in flight continue")
             return
+        if rt.claims.refusing_starts() is not None:
+            return  # fenced off the cluster: said once by service.cluster, and in `status`
         self._act(result, report, snapshot)
         if self.refiller is not None:
             self.refiller.update(result, snapshot.supervised, listed_at)

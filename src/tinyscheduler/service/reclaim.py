@@ -40,7 +40,12 @@ class Reclaimer:
         # changed nothing would be planned again by the pass it woke, and again, without end.
         removed = False
         try:
-            requeued = await self._requeue(lease)
+            claimed = await rt.claims.claim(lease.task_id, lease.agent, starting=False)
+            if not claimed.ok and not claimed.taken:
+                log.error("reclaim_waits", task_id=lease.task_id, agent=lease.agent, reason=claimed.reason)
+                return
+            # Taken over by another host (cluster mode): the task is theirs now, only the lease goes.
+            requeued = await self._requeue(lease) if claimed.ok else False
             await anyio.to_thread.run_sync(rt.store.remove, lease.task_id)
             removed = True
             rt.counters.add("leases_reclaimed")
@@ -54,6 +59,9 @@ class Reclaimer:
         except OSError as exc:
             log.error("reclaim_failed", task_id=lease.task_id, agent=lease.agent, reason=str(exc))
         finally:
+            if removed:
+                with anyio.CancelScope(shield=True):
+                    await rt.claims.release(lease.task_id)
             rt.reclaiming.discard(lease.task_id)
             if removed:
                 rt.tick.set()

@@ -72,6 +72,8 @@ class Refiller:
         plan = self._plan
         if plan is None or rt.stopping or not rt.config.settings.enabled:
             return False
+        if rt.claims.refusing_starts() is not None:
+            return False  # fenced off the cluster; a run that starts claims its task in etcd first (service.run)
         if time.monotonic() - self._listed_at > REFILL_MAX_AGE_SEC:
             return False
         if self._busy(agent) >= rt.config.limits.get(agent, 0) or unavailable(rt, {agent}):

@@ -43,8 +43,11 @@ class Reported(enum.StrEnum):
     GAVE_UP = "gave_up"
     #: The task was no longer ours (completed, transferred, reassigned): nothing written.
     LEFT_ALONE = "left_alone"
-    #: TinyTask stayed unreachable; outcome kept in the attempt book, lease left for the recovery.
+    #: TinyTask stayed unreachable, or this host cannot prove it still holds the task (cluster
+    #: mode, fenced): outcome kept, lease left for the recovery.
     UNREPORTED = "unreported"
+    #: Another host holds the task (cluster mode): nothing written, this host is done with it.
+    TAKEN_OVER = "taken_over"
 
 
 class Unreachable(Exception):

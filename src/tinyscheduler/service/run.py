@@ -1,13 +1,14 @@
 """One goose run, supervised from a coroutine of the daemon's event loop (no wrapper process).
 
 `Run.execute()` goes: check the recipe -> take the task as the pass listed it (or read it) and check
-that the agent may claim it (`core.policy`) -> write the lease (STARTING) -> claim it with one
-update (assigned to the agent, `working`; the reply shows whether another writer assigned it since
-the list) -> spawn goose in its own session with its output appended to a log file -> rewrite the
+that the agent may claim it (`core.policy`) -> in a cluster, claim it in etcd (service.claims: a
+key only one host can create) and read it again -> write the lease (STARTING) -> claim it in
+TinyTask with one update (assigned to the agent, `working`; the reply shows whether another writer
+assigned it since the list) -> spawn goose in its own session with its output appended to a log file -> rewrite the
 lease as RUNNING (pid, pgid, start ticks, boot id, owner) -> supervise (service.supervisor) ->
 classify the outcome (core.outcomes) -> report it if the task is still ours (service.reporter) ->
 remove the lease, last. A run that succeeds costs three requests: the claim, and the report's read
-and update.
+and update (four in a cluster, with the read after the etcd claim).
 
 Why this order: at every instant a crash of the daemon leaves something the lease watcher can
 reconcile. The lease exists before the task is `working` and before the process exists, and it
@@ -287,6 +288,21 @@ class Run:
         refusal = claim_refusal(task, self.agent, record, blocking=self.policy.blocking, now=now, assigning=assigning)
         if refusal:
             return self._not_started(f"not claimable: {refusal}")
+        gate = await self.deps.claims.claim(self.task_id, self.agent, starting=True)  # before any write
+        if not gate.ok:
+            return self._not_started(f"not claimed: {gate.reason}")
+        if self.deps.claims.shared:
+            # Another host may have run the task since the list; whoever did reported it before its
+            # claim went, so what TinyTask says now that the claim is ours is the truth.
+            try:
+                task = await self.deps.client.get_task(self.task_id)
+            except TinyTaskError as exc:
+                return self._not_started(f"cannot read the task: {exc}")
+            refusal = claim_refusal(
+                task, self.agent, record, blocking=self.policy.blocking, now=now, assigning=assigning
+            )
+            if refusal:
+                return self._not_started(f"not claimable: {refusal}")
         if record.success_unreported:
             return await self._complete_held_success()
         self._attempt = attempts.next_attempt(self.task_id)

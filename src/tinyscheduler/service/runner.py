@@ -129,6 +129,7 @@ class Runner:
             children=self.children,
             subreaper=rt.subreaper,
             held=self._held,
+            claims=rt.claims,
         )
 
     def _held(self, agent: str, queue: str | None) -> str | None:
@@ -137,12 +138,14 @@ class Runner:
 
     def launch(self, start: Start, task: Task) -> bool:
         """Start a planned run (the pass's, or a refill's) on the task as listed; False when its agent
-        cannot start runs now (its breaker is open, or an operator paused it, its queue or the host)
-        or the task is busy. A recipe that cannot be used is the run's to find (it does not start,
-        and the agent's breaker opens)."""
+        cannot start runs now (its breaker is open, or an operator paused it, its queue or the host),
+        the host is fenced off its cluster, or the task is busy. A recipe that cannot be used is the
+        run's to find (it does not start, and the agent's breaker opens)."""
         rt = self.runtime
         if start.task_id in rt.busy or start.agent in unavailable(rt, {start.agent}):
             return False
+        if rt.claims.refusing_starts() is not None:
+            return False  # fenced off the cluster (service.cluster): said there, once
         if self._held(start.agent, task.queue_name) is not None:
             return False  # paused by an operator since the plan was made
         recipe = agent_recipe_name(start.agent, rt.config.registry)
@@ -157,6 +160,8 @@ class Runner:
         """Act on a lease no run of ours supervises (core.planner's verdict): adopt, settle, recover."""
         if lease.task_id in self.runtime.busy:
             return
+        if decision.verdict is not LeaseVerdict.ADOPT and self.runtime.claims.refusing_reports():
+            return  # fenced: nothing could be reported; a live run is still adopted, to be stopped
         if decision.verdict is LeaseVerdict.RECOVER:
             self.runtime.reclaiming.add(lease.task_id)
             self.group.start_soon(self.recover, lease)
@@ -215,11 +220,21 @@ class Runner:
             rt.attempts.record_failure(run.task_id, "crashed", rt.clock())
             note_start_failed(rt, run.agent, f"the scheduler failed supervising a run: {type(exc).__name__}: {exc}")
         finally:
+            await self._release(run.task_id)
             rt.runs.pop(run.task_id, None)
             self.on_run_done(run.task_id, result)
 
     def _slot_freed(self, agent: str) -> None:
         self.on_slot_freed(agent)
+
+    async def _release(self, task_id: int) -> None:
+        """The claim goes once the run is over and its lease with it (a lease left behind means the
+        outcome is still to be told: the claim stays for whoever tells it)."""
+        rt = self.runtime
+        if rt.store.path(task_id).exists():
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(rt.config.settings.cluster_heartbeat_sec):
+            await rt.claims.release(task_id)
 
     def _judge(self, agent: str, result: RunResult) -> None:
         """What the run's end says of its agent (and of goose): service.availability."""

@@ -30,6 +30,7 @@ from tinyscheduler.adapters.tinytask import (
 from tinyscheduler.adapters.tinytask.connect import connect
 from tinyscheduler.core.circuit import Circuits
 from tinyscheduler.core.control import Pauses
+from tinyscheduler.service.claims import ClaimGate, NoClaims
 from tinyscheduler.service.configuration import Configuration
 from tinyscheduler.service.observer import CountingClient, Observer
 
@@ -189,6 +190,8 @@ class Runtime:
     stopping: bool = False
     #: Whether the daemon is the child subreaper of its runs (set at start).
     subreaper: bool = False
+    #: Whether this host may claim a task (service.claims): always on one host; etcd in a cluster.
+    claims: ClaimGate = field(default_factory=NoClaims)
     connection: Connection = field(init=False)
     #: Metrics, run history and what the status page shows (service.observer).
     observer: Observer = field(init=False)

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -58,6 +59,9 @@ from tinyscheduler.service.runner import Runner
 from tinyscheduler.service.runtime import Clock, Runtime, utcnow
 from tinyscheduler.service.watchdog import ping_watchdog
 
+if TYPE_CHECKING:
+    from tinyscheduler.service.membership import ClusterMode
+
 log = structlog.get_logger("tinyscheduler.daemon")
 
 #: How often recovery and shutdown look whether the runs and reclaims they wait for are done.
@@ -70,6 +74,16 @@ class Hooks:
 
     #: Awaited at the start of every pass (a test wedges a pass with it to prove the watchdog).
     before_pass: Hook | None = None
+
+
+def cluster_mode(rt: Runtime) -> ClusterMode | None:
+    """The cluster mode the settings ask for (TINYSCHEDULER_ETCD_ENDPOINTS), or None: etcd is loaded
+    only by a daemon in a cluster."""
+    if not rt.config.settings.clustered:
+        return None
+    from tinyscheduler.service.membership import ClusterMode
+
+    return ClusterMode.connect(rt)
 
 
 class Scheduler:
@@ -115,6 +129,8 @@ class Scheduler:
         self._hurry = anyio.Event()
         #: Set by a SIGTERM of a systemd restart: exit without stopping the runs.
         self._handing_off = False
+        #: The cluster mode (TINYSCHEDULER_ETCD_ENDPOINTS), None on one host.
+        self.cluster: ClusterMode | None = None
 
     # --- for the demo and tests ------------------------------------------------------------------
 
@@ -152,17 +168,27 @@ class Scheduler:
             self._load_pauses()
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
             subreaper = rt.subreaper = become_subreaper()
+            self.cluster = cluster_mode(rt)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 # Said once the signals are ours: a SIGHUP that follows "started" reloads, never kills.
                 self._say_started(subreaper=subreaper)
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals)
+                    refused = await self.cluster.join(group) if self.cluster is not None else None
+                    if refused is not None:
+                        print(f"tinyscheduler: not started: {refused}", file=sys.stderr)
+                        group.cancel_scope.cancel()  # the signal handler would keep the group open
+                        return EXIT_REFUSED
                     await self._live(group, goose)
+                    if self.cluster is not None and not self._handing_off:  # a hand-off keeps the lease
+                        await self.cluster.leave()
                     # On a hand-off this abandons the supervisors; their processes go on.
                     group.cancel_scope.cancel()
         finally:
             rt.observer.close()
             await rt.connection.aclose()
+            if self.cluster is not None:
+                await self.cluster.aclose()
             lock.release()
         log.info("stopped", pid=os.getpid(), instance=rt.instance_id)
         return 1 if self.once and self._once_failed() else 0
@@ -303,6 +329,8 @@ class Scheduler:
         # Goose may have been installed (or the PATH or TINYSCHEDULER_GOOSE_BIN changed): check now.
         goose = await probe_goose(rt, fresh.settings)
         refused = await standin_problem(goose, fresh.settings, rt.environ, rt.connection.lazy.health)
+        added = set(fresh.limits) - set(rt.config.limits)
+        refused = refused or (await self.cluster.hold_new_agents(added) if self.cluster and added else None)
         if refused:
             self._reload_refused(refused)
             return
@@ -319,6 +347,8 @@ class Scheduler:
             log.info("setting_changed", setting=name, old=redacted(name, before), new=redacted(name, after))
         log.info("reloaded", changed=len(changes))
         apply_goose_check(rt, goose)
+        if self.cluster is not None:
+            await self.cluster.reconfigure(set(old.limits))
         rt.notifier.ready()
         rt.tick.set()
 

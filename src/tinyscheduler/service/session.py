@@ -10,7 +10,7 @@ import enum
 import os
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from tinyscheduler.adapters.runlog import RunLog, drain
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, RunVerdict, classify
+from tinyscheduler.service.claims import ClaimGate, NoClaims
 from tinyscheduler.service.reporter import OutcomeReporter, Reported
 from tinyscheduler.service.supervisor import LeaseKeeper, Limits, Supervision
 
@@ -58,6 +59,8 @@ class RunDeps:
     #: What holds an agent's work now (an operator's pause: its text), asked again once the claim is
     #: in: a pause made while TinyTask answered starts nothing.
     held: Callable[[str, str | None], str | None] | None = None
+    #: Whether this host may still write the task's outcome (service.claims; always, on one host).
+    claims: ClaimGate = field(default_factory=NoClaims)
 
 
 class Reason(enum.StrEnum):
@@ -147,6 +150,8 @@ class RunSession:
         self.how = how
         if stop_reason is not None and self._stop_reason is None:
             self._stop_reason, self._stop_counted = stop_reason, stop_counted
+        if how is Reason.ADOPTED:
+            await self._keep_claim()
         end = await self._supervise() if self.process is not None else await self._settle()
         self.process_ended = True
         verdict = self.spec.recorded or classify(end, self.spec.evidence)
@@ -159,7 +164,7 @@ class RunSession:
         if self.deps.on_exit is not None:
             self.deps.on_exit()
         self.output.close()
-        report = await self._reporter().report(verdict, end)
+        report = await self._report(verdict, end)
         if report is not Reported.UNREPORTED:
             self.deps.leases.remove(self.task_id)
         self._log.info(
@@ -173,6 +178,24 @@ class RunSession:
             how=how.value,
         )
         return verdict, report, end
+
+    async def _keep_claim(self) -> None:
+        """A run of an earlier daemon goes on only while this host still holds its task."""
+        claimed = await self.deps.claims.claim(self.task_id, self.agent, starting=False)
+        if claimed.taken:
+            self._log.warning("run_taken_over", reason=claimed.reason, detail="stopping it; another host has the task")
+            self.request_stop(f"taken over: {claimed.reason}")
+
+    async def _report(self, verdict: RunVerdict, end: ProcessEnd) -> Reported:
+        """Tell TinyTask, if the task is still this host's to tell about (service.claims)."""
+        claimed = await self.deps.claims.claim(self.task_id, self.agent, starting=False)
+        if claimed.ok:
+            return await self._reporter().report(verdict, end)
+        if claimed.taken:
+            self._log.warning("outcome_not_reported", outcome=verdict.outcome.value, reason=claimed.reason)
+            return Reported.TAKEN_OVER
+        self._log.error("outcome_unreported", outcome=verdict.outcome.value, reason=claimed.reason)
+        return Reported.UNREPORTED
 
     async def _supervise(self) -> ProcessEnd:
         assert self.process is not None

@@ -60,7 +60,8 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
     paused = summary(runtime.pauses, len(runtime.busy))
     if paused:
         line = f"{paused}; {line}"
-    unavailable = availability_problems(runtime)
+    # A host fenced off its cluster (etcd) starts nothing: as visible as a missing goose.
+    unavailable = availability_problems(runtime) + runtime.claims.problems()
     if unavailable:
         line += "; " + "; ".join(unavailable)
     if reload_error:
@@ -80,6 +81,7 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         "agent_control_file": str(s.agent_control_file) if runtime.config.registry else None,
         "limits": runtime.config.limits,
         "http": runtime.observer.http_address,
+        "cluster": runtime.claims.summary(),
     }
     try:
         write_json_atomic(s.last_pass_file, redacted("", data), durable=False)
