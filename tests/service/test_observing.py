@@ -20,7 +20,7 @@ from tinyscheduler.service.page import gather_page, render_page
 from tinyscheduler.service.scheduler import Scheduler
 
 from harness import JournalListener
-from world import World
+from world import World, daemon, until
 
 PRICES = {"currency": "USD", "models": {"standin-*": {"input": 3.0, "output": 15.0}}}
 
@@ -185,3 +185,21 @@ async def test_with_no_pause_the_page_says_none_and_nothing_drains(world: World)
     assert await scheduler.serve() == 0
     assert value(samples(scheduler), "tinyscheduler_draining") == 0
     assert '<p class="none" id="pauses">none</p>' in render_page(await gather_page(scheduler.runtime))
+
+
+async def test_runs_the_history_could_not_take_are_written_once_it_can(world: World) -> None:
+    world.registry([("dev-a", "dev", 1)])
+    first = world.client.create_task("first", queue_name="dev")["id"]
+    blocker = world.base / "state" / "history.sqlite3"
+    blocker.mkdir(parents=True)  # a folder where the history file belongs: it cannot be opened
+
+    async with daemon(world) as scheduler:
+        writer = scheduler.runtime.observer.history
+        await until(lambda: writer._failing is not None, "the history refused")
+        blocker.rmdir()
+        second = world.client.create_task("second", queue_name="dev")["id"]
+        scheduler.runtime.tick.set()
+        await until(lambda: writer._failing is None and not writer._pending, "the history written")
+
+    tasks = [run.task_id for run in HistoryStore(blocker, read_only=True).runs()]
+    assert sorted(tasks) == [first, second], "the run that ended while the file was broken is not lost"

@@ -68,6 +68,10 @@ def error_kind(exc: BaseException) -> str:
     return "other"
 
 
+#: Runs kept in memory while the history cannot be written; beyond, the oldest are dropped.
+MAX_PENDING_RUNS = 10_000
+
+
 class HistoryWriter:
     """Appends run records to the history file in a worker thread, and prunes it to its retention."""
 
@@ -90,7 +94,9 @@ class HistoryWriter:
                 await self._wake.wait()
             self._wake = anyio.Event()
             batch, self._pending = self._pending, []
-            await anyio.to_thread.run_sync(self._write, batch)
+            if not await anyio.to_thread.run_sync(self._write, batch):
+                # Kept for the next try (a locked or full file may come back), the newest first.
+                self._pending = (batch + self._pending)[-MAX_PENDING_RUNS:]
 
     def close(self) -> None:
         """Write what is left (at exit: the task above is cancelled by then), then close the file."""
@@ -100,7 +106,8 @@ class HistoryWriter:
         if self._store is not None:
             self._store.close()
 
-    def _write(self, batch: list[RunRecord]) -> None:
+    def _write(self, batch: list[RunRecord]) -> bool:
+        """Append `batch` (in a worker thread); False when the history could not be written."""
         s = self.runtime.config.settings
         try:
             if self._store is None or self._store.path != s.history_file:
@@ -115,10 +122,11 @@ class HistoryWriter:
         except HistoryError as exc:
             # Said once until it changes (a full disk says it on every run otherwise); the runs go on.
             if str(exc) != self._failing:
-                log.error("history_write_failed", reason=str(exc), lost_runs=len(batch))
+                log.error("history_write_failed", reason=str(exc), runs_waiting=len(batch))
             self._failing = str(exc)
-        else:
-            self._failing = None
+            return False
+        self._failing = None
+        return True
 
 
 class Observer:
