@@ -62,7 +62,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
 
-from machine import cpu_model, where
+from machine import cpu_model, filesystem, where
 
 from tinyscheduler.testing.fake import FakeTinyTask
 
@@ -559,6 +559,7 @@ def main() -> int:
     }
     try:
         with tempfile.TemporaryDirectory(prefix="tinyscheduler-bench-runs-", dir=args.state_in) as tmp:
+            result.say(f"state folders in {tmp} ({filesystem(Path(tmp))}) {where()}")
             for name, run in runners.items():
                 if args.part in ("all", name):
                     run(Path(tmp))

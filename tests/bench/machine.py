@@ -23,3 +23,20 @@ def cpu_model() -> str:
 def where() -> str:
     """`[CPU model xCPUs, load L]`, with the one-minute load average at this moment."""
     return f"[{cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}]"
+
+
+def filesystem(path: Path) -> str:
+    """The type of the file system `path` is on (the longest mount point above it), e.g. `ext4`."""
+    found, best = "unknown", ""
+    resolved = str(path.resolve())
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3 or len(fields[1]) < len(best):
+            continue
+        if resolved == fields[1] or resolved.startswith(fields[1].rstrip("/") + "/"):
+            found, best = fields[2], fields[1]
+    return found
