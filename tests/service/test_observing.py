@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tinyscheduler.adapters.history import HistoryStore
+from tinyscheduler.adapters.history import HistoryStore, RunRecord
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.service.scheduler import Scheduler
@@ -139,3 +141,28 @@ async def test_the_metrics_go_to_a_textfile_for_node_exporter_after_each_pass(wo
     families = {f.name for f in text_string_to_metric_families(path.read_text())}
     assert {"tinyscheduler_passes", "tinyscheduler_slots", "tinyscheduler_tasks_waiting"} <= families
     assert list((world.base / "textfile").iterdir()) == [path]  # written atomically: no temporary left
+
+
+async def test_runs_that_end_within_a_second_reach_the_history_in_one_write(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write is a worker-thread hand-off and an SQLite transaction: with a hundred slots of short
+    tasks, one per run cost the daemon more CPU than the run's own bookkeeping."""
+    world.registry([("dev-a", "dev", 1), ("dev-b", "dev", 1), ("dev-c", "dev", 1)])
+    for agent, seconds in (("dev-a", 0), ("dev-b", 0.3), ("dev-c", 0.6)):
+        world.recipe(agent, mode="succeed", seconds=seconds)
+    tasks = [world.client.create_task(f"t{n}", queue_name="dev")["id"] for n in range(3)]
+    writes: list[int] = []
+    append = HistoryStore.append
+
+    def counted(self: HistoryStore, records: Sequence[RunRecord]) -> None:
+        writes.append(len(records))
+        append(self, records)
+
+    monkeypatch.setattr(HistoryStore, "append", counted)
+
+    assert await world.serve() == 0
+
+    assert writes == [3], "the three runs ended 0.3 s apart: one write"
+    runs = HistoryStore(world.base / "state" / "history.sqlite3", read_only=True).runs()
+    assert sorted(run.task_id for run in runs) == tasks
