@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gc
 import json
 import os
@@ -73,6 +74,8 @@ try:  # today's version (--against) has no core.listing: its passes were always 
     from tinyscheduler.core.listing import Listing
 except ImportError:
     Listing = None  # type: ignore[assignment,misc]
+from machine import where
+
 from tinyscheduler.testing.fake import FakeTinyTask
 
 from harness import Workspace
@@ -124,11 +127,12 @@ class Bench:
         self.lists: dict[str, list[list[str]]] = {}
         self.bare_client: httpx.AsyncClient | None = None
 
-    async def dry_pass(self, client: TinyTaskClient, targeted: bool = False) -> Plan:
+    async def dry_pass(self, client: TinyTaskClient, targeted: bool = False, config: PlanConfig | None = None) -> Plan:
+        config = config or self.config
         extra = {} if Listing is None else {"listing": Listing.TARGETED if targeted else Listing.ALL}
         gathered = await gather(
             client,
-            self.config,
+            config,
             self.store,
             now=datetime.now(UTC),
             host=self.host,
@@ -136,7 +140,15 @@ class Bench:
             boot_id=self.boot_id,
             **extra,
         )
-        return plan(gathered.snapshot, self.config)
+        return plan(gathered.snapshot, config)
+
+    async def requests_with_one_pool(self, client: TinyTaskClient) -> int:
+        """The requests of one pass with the first queue's 5 agents alone (the same tasks on the server)."""
+        queue, pool = min(self.config.pools.items())
+        five = dataclasses.replace(self.config, limits={a: self.config.limits[a] for a in pool}, pools={queue: pool})
+        self.fake.reset_requests()
+        await self.dry_pass(client, config=five)
+        return len(self.fake.requests)
 
     async def record_requests(self, client: TinyTaskClient, kind: str) -> int:
         self.fake.reset_requests()
@@ -235,10 +247,11 @@ async def only_rest(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path)
     try:
         bench = Bench(fake, config, store)
         requests = await bench.record_requests(rest, "full")
+        requests_5 = await bench.requests_with_one_pool(rest)
         walls, cpus = await measure({"rest": lambda: bench.dry_pass(rest)}, args.rounds)
     finally:
         await rest.aclose()
-    print(json.dumps({"requests": requests, "wall": walls["rest"], "cpu": cpus["rest"]}))
+    print(json.dumps({"requests": requests, "requests_5": requests_5, "wall": walls["rest"], "cpu": cpus["rest"]}))
     return 0
 
 
@@ -258,6 +271,7 @@ async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> in
     bench.bare_client = httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
     try:
         requests = await bench.record_requests(rest, "full")
+        requests_5 = await bench.requests_with_one_pool(rest)
         targeted_requests = await bench.record_requests(rest, "targeted")
         rest_plan, mcp_plan = await bench.dry_pass(rest), await bench.dry_pass(mcp)
         if not same_plan(rest_plan, mcp_plan) or not same_plan(rest_plan, await bench.dry_pass(rest, True)):
@@ -271,6 +285,7 @@ async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> in
             f"plan: {len(rest_plan.starts)} starts, {len(rest_plan.assignments)} assignments, "
             f"{len(rest_plan.skips)} skips"
         )
+        print(f"requests per pass: {requests_5} with the 5 agents of one queue, {requests} with all {AGENTS} {where()}")
         print(
             f"price (wall, serving included) of a request: {request_ms:.3f} ms, of a row: {row_ms * 1000:.1f} us; "
             f"one request = {request_ms / row_ms:.0f} rows (core.listing.REQUEST_ROWS)"
@@ -292,13 +307,16 @@ async def run(args: argparse.Namespace, fake: FakeTinyTask, workdir: Path) -> in
     if args.against is not None:
         today = against(args, args.against)
         walls["today"], cpus["today"] = today["wall"], today["cpu"]
-        print(f"today's version ({args.against}): {today['requests']} list requests per pass")
+        print(
+            f"today's version ({args.against}): requests per pass: {today['requests_5']} with the 5 agents of "
+            f"one queue, {today['requests']} with all {AGENTS} {where()}"
+        )
     return report(args, walls, cpus)
 
 
 def report(args: argparse.Namespace, walls: dict[str, list[float]], cpus: dict[str, list[float]]) -> int:
-    machine = f"{cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}"
-    print(f"{args.rounds} rounds; Python {platform.python_version()} [{machine}]")
+    machine = where()
+    print(f"{args.rounds} rounds; Python {platform.python_version()} {machine}")
     print(f"  {'variant':<14} {'wall median':>12} {'wall p95':>10} {'loop CPU median':>16} {'loop CPU p95':>13}")
     for name, wall in walls.items():
         print(
@@ -312,11 +330,11 @@ def report(args: argparse.Namespace, walls: dict[str, list[float]], cpus: dict[s
     cpu = {name: cpu_med["rest"] / cpu_med[name] for name in cpu_med}
     print(
         f"goal: REST pass <= {GOAL_REST_OVER_BARE:g} x bare requests (median wall): {rest_ratio:.2f}x "
-        f"{'met' if rest_ok else 'MISSED'} (loop CPU {cpu['bare']:.2f}x) [{machine}]"
+        f"{'met' if rest_ok else 'MISSED'} (loop CPU {cpu['bare']:.2f}x) {machine}"
     )
     print(
         f"goal: MCP pass <= {GOAL_MCP_OVER_REST:g} x REST pass (median wall): {mcp_ratio:.2f}x "
-        f"{'met' if mcp_ok else 'MISSED'} (loop CPU {cpu_med['mcp'] / cpu_med['rest']:.2f}x) [{machine}]"
+        f"{'met' if mcp_ok else 'MISSED'} (loop CPU {cpu_med['mcp'] / cpu_med['rest']:.2f}x) {machine}"
     )
     print(
         f"context: against the 60 bare requests of earlier passes: {med['rest'] / med['bare-targeted']:.2f}x; "
@@ -325,19 +343,9 @@ def report(args: argparse.Namespace, walls: dict[str, list[float]], cpus: dict[s
     if "today" in med:
         print(
             f"context: against today's version: {med['rest'] / med['today']:.2f}x wall, "
-            f"{cpu_med['rest'] / cpu_med['today']:.2f}x loop CPU [{machine}]"
+            f"{cpu_med['rest'] / cpu_med['today']:.2f}x loop CPU {machine}"
         )
     return 0 if rest_ok and mcp_ok else 1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 async def profile(fn: Callable[[], Awaitable[object]], rounds: int, name: str) -> int:

@@ -32,8 +32,9 @@ slots: 3,000 tasks of 0.1-2 s on 4 agents x 25 slots (100 slots), loop 1 s, hear
 
 Each result line names the CPU model and the load average at that moment. Every process started here
 (daemon, stand-ins, the fake, the bare spawner) is stopped on the way out, failure and Ctrl-C
-included. Exit status 1 when a goal is missed. `--profile-daemon DIR` runs the daemon under
-`python -m cProfile -o DIR/<part>.prof` (the numbers then include the profiler's overhead).
+included. Exit status 1 when a goal is missed. `--profile-daemon DIR` runs the daemon with a stack
+sampler (see PROFILED) that writes DIR/<part>.json: per function, the share of the event-loop
+thread's CPU time spent in it (the numbers then include the sampler's overhead).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the harness
+
+from machine import cpu_model, filesystem, where
 
 from tinyscheduler.testing.fake import FakeTinyTask
 
@@ -92,21 +95,6 @@ def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
-def where() -> str:
-    """The machine as each result line names it: CPU model, CPUs, the load average now."""
-    return f"[{cpu_model()} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}]"
-
-
 @dataclass
 class Result:
     lines: list[str] = field(default_factory=list)
@@ -125,19 +113,22 @@ class Result:
 # --- the daemon, the fake, the stand-in --------------------------------------------------------------
 
 
-#: Runs the daemon with a sampler: every millisecond (of CPU time of the daemon, not of wall time:
-#: waits are not costs here) a thread notes the main thread's stack. Inclusive counts per function
-#: go to the file named last on the command line; cProfile's overhead distorted the shares too much.
+#: Runs the daemon with a sampler: every millisecond of the event-loop thread's own CPU time (not
+#: of wall time: waits are not costs here; not of the process's: a call that blocks the loop must
+#: not collect the CPU of worker threads) a thread notes the loop thread's stack. Inclusive counts
+#: per function go to the file named last on the command line; cProfile's overhead distorted the
+#: shares too much.
 PROFILED = """
 import collections, json, sys, threading, time
 from tinyscheduler.cli.main import main
 out, sys.argv = sys.argv[-1], ['tinyscheduler', *sys.argv[2:-1]]
 main_id, counts, done = threading.get_ident(), collections.Counter(), threading.Event()
+clock = time.pthread_getcpuclockid(main_id)
 sys.setswitchinterval(0.0002)
 def sample():
-    last = time.process_time()
+    last = time.clock_gettime(clock)
     while not done.wait(0.001):
-        now = time.process_time()
+        now = time.clock_gettime(clock)
         if now - last < 0.001:
             continue
         last = now
@@ -158,12 +149,14 @@ try:
     main()
 finally:
     done.set()
+    counts["<cpu ms: process>"] = round(time.process_time() * 1000)
+    counts["<cpu ms: loop thread>"] = round(time.clock_gettime(clock) * 1000)
     json.dump(counts.most_common(), open(out, "w"))
 """
 
 
 class ProfiledDaemon(DaemonProcess):
-    """The harness's daemon subprocess under cProfile (CPU time), written when it exits normally."""
+    """The harness's daemon subprocess with the sampler (PROFILED), written when it exits normally."""
 
     def __init__(self, workspace: Workspace, *args: str, env: dict[str, str], profile_to: Path) -> None:
         super().__init__(workspace, *args, env=env)
@@ -457,7 +450,7 @@ def workload(
     requests = len(session.fake.requests)
     print(
         f"    ({name}: {session.list_requests()} list requests (passes), {counters.get('refills', 0)} refills, "
-        f"{requests} requests in all, {requests / total:.2f} per run)",
+        f"{requests} requests in all, {requests / total:.2f} per run) {where()}",
         flush=True,
     )
     slots = sum(n for _, n in agents)
@@ -496,11 +489,12 @@ def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
     )
     refills, bare_refills = record_gaps(runs), record_gaps(bare)
     result.say(
-        f"    refill, end record -> next start record on the agent: {ms(refills)}; bare spawner {ms(bare_refills)}"
+        f"    refill, end record -> next start record on the agent: {ms(refills)}; "
+        f"bare spawner {ms(bare_refills)} {where()}"
     )
     result.goal("(c) refill p95", p95(refills) < GOAL_REFILL_P95_SEC, f"{p95(refills) * 1000:.0f} ms (< 1,000 ms)")
     gaps = daemon_gaps(events)
-    result.say(f"    the daemon's gap, a run's exit -> the next spawn on the agent: {ms(gaps)}")
+    result.say(f"    the daemon's gap, a run's exit -> the next spawn on the agent: {ms(gaps)} {where()}")
     result.goal("(d) daemon gap p95", p95(gaps) <= GOAL_GAP_P95_SEC, f"{p95(gaps) * 1000:.0f} ms (<= 50 ms)")
 
 
@@ -521,7 +515,9 @@ def slots(root: Path, args: argparse.Namespace, result: Result) -> None:
         f"- {len(tasks)} tasks of 0.1-2 s (seed {args.seed}, {sum(seconds):.0f} s of work) on 4 agents x 25 slots, "
         f"loop 1 s, heartbeat 1 s {where()}"
     )
-    result.say(f"    the daemon's gap, a run's exit -> the next spawn on the agent: {ms(daemon_gaps(events))}")
+    result.say(
+        f"    the daemon's gap, a run's exit -> the next spawn on the agent: {ms(daemon_gaps(events))} {where()}"
+    )
     result.goal(
         "(e) busy slots",
         busy >= GOAL_BUSY,
@@ -563,6 +559,7 @@ def main() -> int:
     }
     try:
         with tempfile.TemporaryDirectory(prefix="tinyscheduler-bench-runs-", dir=args.state_in) as tmp:
+            result.say(f"state folders in {tmp} ({filesystem(Path(tmp))}) {where()}")
             for name, run in runners.items():
                 if args.part in ("all", name):
                     run(Path(tmp))

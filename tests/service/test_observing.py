@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tinyscheduler.adapters.history import HistoryStore
+from tinyscheduler.adapters.history import HistoryStore, RunRecord
 from tinyscheduler.adapters.logsetup import configure_logging
 from tinyscheduler.adapters.pausestore import PauseStore
 from tinyscheduler.core.control import Kind, Pause, Pauses, Scope
@@ -203,3 +205,28 @@ async def test_runs_the_history_could_not_take_are_written_once_it_can(world: Wo
 
     tasks = [run.task_id for run in HistoryStore(blocker, read_only=True).runs()]
     assert sorted(tasks) == [first, second], "the run that ended while the file was broken is not lost"
+
+
+async def test_runs_that_end_within_a_second_reach_the_history_in_one_write(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write is a worker-thread hand-off and an SQLite transaction: with a hundred slots of short
+    tasks, one per run cost the daemon more CPU than the run's own bookkeeping."""
+    world.registry([("dev-a", "dev", 1), ("dev-b", "dev", 1), ("dev-c", "dev", 1)])
+    for agent, seconds in (("dev-a", 0), ("dev-b", 0.3), ("dev-c", 0.6)):
+        world.recipe(agent, mode="succeed", seconds=seconds)
+    tasks = [world.client.create_task(f"t{n}", queue_name="dev")["id"] for n in range(3)]
+    writes: list[int] = []
+    append = HistoryStore.append
+
+    def counted(self: HistoryStore, records: Sequence[RunRecord]) -> None:
+        writes.append(len(records))
+        append(self, records)
+
+    monkeypatch.setattr(HistoryStore, "append", counted)
+
+    assert await world.serve() == 0
+
+    assert writes == [3], "the three runs ended 0.3 s apart: one write"
+    runs = HistoryStore(world.base / "state" / "history.sqlite3", read_only=True).runs()
+    assert sorted(run.task_id for run in runs) == tasks

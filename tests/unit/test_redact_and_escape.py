@@ -7,9 +7,20 @@ import io
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyscheduler.cli.logs import TerminalSafe
-from tinyscheduler.core.redact import REDACTED, redacted, secret_name
+from tinyscheduler.core.redact import (
+    _ASSIGNMENT,
+    _AUTHORIZATION,
+    _FLAG_VALUE,
+    _USERINFO,
+    REDACTED,
+    _mask_userinfo,
+    redacted,
+    secret_name,
+)
 from tinyscheduler.core.text import escaped, markdown_cell
 
 SECRET = "s3cr3tPLANTED"
@@ -104,3 +115,21 @@ def test_run_output_on_a_terminal_keeps_its_lines_and_loses_its_escapes() -> Non
     for i in range(len(text)):  # byte by byte: a character split between two reads stays whole
         safe.write(text[i : i + 1])
     assert sink.getvalue().decode() == "step 1 ✓\n\\x1b[2Jstep 2\\x07\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("aZ0_.-=:/@ \t'\"&;,BearicsK\u017f\u0130"), max_size=60))
+def test_text_skipped_for_lack_of_a_pattern_literal_is_masked_the_same(text: str) -> None:
+    """Text is only searched by the patterns whose literal it holds ("://", "=", "-"): the cheap
+    path every log field takes must mask exactly what searching with every pattern masks."""
+    everything = _AUTHORIZATION.sub(
+        lambda m: f"{m[1]} {REDACTED}",
+        _FLAG_VALUE.sub(
+            lambda m: f"{m['flag']}{m['space']}{REDACTED}" if secret_name(m["flag"]) else m[0],
+            _ASSIGNMENT.sub(
+                lambda m: f"{m['name']}={REDACTED}" if secret_name(m["name"]) else m[0],
+                _USERINFO.sub(_mask_userinfo, text),
+            ),
+        ),
+    )
+    assert redacted("", text) == everything

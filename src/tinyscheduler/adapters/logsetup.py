@@ -68,6 +68,8 @@ def set_identity(*, host: str, instance: str) -> None:
 
 def identity() -> dict[str, str]:
     """host and instance (the host alone before a daemon has set its instance)."""
+    if "host" in _identity:  # set: no system call for every event
+        return dict(_identity)
     return {"host": socket.gethostname(), **_identity}
 
 
@@ -335,13 +337,14 @@ def configure_logging(
     stream = sys.stderr if stream is None else stream
     stamp = _timestamper(clock)
 
-    # Records from structlog loggers arrive with level and timestamp added; records from plain
-    # stdlib loggers (libraries) get them here, plus the logger's name so their source shows.
-    foreign: list[Processor] = [structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp]
+    # Records from structlog loggers arrive with level and timestamp added, and redacted once for
+    # every handler; records from plain stdlib loggers (libraries) get them here, plus the logger's
+    # name so their source shows.
+    foreign: list[Processor] = [structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp, _redact_fields]
 
     def formatter(renderer: list[Processor]) -> logging.Formatter:
         return structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _redact_fields, *renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
             foreign_pre_chain=foreign,
         )
 
@@ -378,6 +381,7 @@ def configure_logging(
             structlog.stdlib.add_log_level,
             structlog.processors.StackInfoRenderer(),
             stamp,
+            _redact_fields,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

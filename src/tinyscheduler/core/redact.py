@@ -12,6 +12,7 @@ Used for `config --show` (every format), the dry run, log lines and events, the 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -33,8 +34,11 @@ _FLAG_VALUE = re.compile(
     r"(?P<flag>(?<!\S)--?[A-Za-z0-9][A-Za-z0-9_-]*)(?P<space>\s+)(?P<value>'[^']*'|\"[^\"]*\"|[^\s-]\S*)"
 )
 _AUTHORIZATION = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+#: Values that hold no text: returned as they are.
+_SCALARS = frozenset({int, float, bool})
 
 
+@functools.lru_cache(maxsize=1024)  # the same few field and variable names, in every log line
 def secret_name(name: str) -> bool:
     """Whether `name` (a setting, variable, field or flag) names a secret."""
     words = [word.lower() for word in _WORD_BREAK.split(name) if word]
@@ -50,6 +54,8 @@ def redacted(name: str, value: Any) -> Any:
         if value and name and secret_name(name):
             return REDACTED
         return _redacted_text(value)
+    if value is None or type(value) in _SCALARS:  # most log fields; the Mapping check costs more
+        return value
     if isinstance(value, Mapping):
         return {key: redacted(str(key), item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -58,9 +64,13 @@ def redacted(name: str, value: Any) -> Any:
 
 
 def _redacted_text(text: str) -> str:
-    text = _USERINFO.sub(_mask_userinfo, text)
-    text = _ASSIGNMENT.sub(lambda m: f"{m['name']}={REDACTED}" if secret_name(m["name"]) else m[0], text)
-    text = _FLAG_VALUE.sub(lambda m: f"{m['flag']}{m['space']}{REDACTED}" if secret_name(m["flag"]) else m[0], text)
+    # Each pattern needs its literal ("://", "=", "-"): a text without it is not searched again.
+    if "://" in text:
+        text = _USERINFO.sub(_mask_userinfo, text)
+    if "=" in text:
+        text = _ASSIGNMENT.sub(lambda m: f"{m['name']}={REDACTED}" if secret_name(m["name"]) else m[0], text)
+    if "-" in text:
+        text = _FLAG_VALUE.sub(lambda m: f"{m['flag']}{m['space']}{REDACTED}" if secret_name(m["flag"]) else m[0], text)
     return _AUTHORIZATION.sub(lambda m: f"{m[1]} {REDACTED}", text)
 
 

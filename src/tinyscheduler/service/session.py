@@ -239,9 +239,10 @@ class RunSession:
             found = strays(deps.children)
         quiet = keeper is not None and found is not None and not found and output.cgroup is None
         if quiet and keeper is not None and await _stop_keeper(keeper):
-            escaped = 0
-        else:
-            escaped = await anyio.to_thread.run_sync(self._sweep, found)
+            # No orphan was listed a moment ago: none to reap (a second listing of the daemon's
+            # children costs as much as the first, which grows with the runs in flight).
+            return
+        escaped = await anyio.to_thread.run_sync(self._sweep, found)
         if deps.children is not None:
             # On the loop, where no run is half spawned: never the exit status of a child of ours.
             reap_orphans(deps.children)
