@@ -153,6 +153,13 @@ def chromium(url: str, profile: Path, *mode: str) -> str:
     return done.stdout
 
 
+def page_rows(url: str) -> dict[str, list[str]]:
+    """The status page's table rows by table, as served (no browser)."""
+    rows = _Rows()
+    rows.feed(httpx.get(f"{url}/", timeout=10).text)
+    return rows.rows
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs Debian's package)")
 def test_the_status_page_renders_in_headless_chromium_with_the_expected_rows(fake, workspace, daemons, tmp_path):
     ids = seed(fake, workspace)
@@ -164,6 +171,7 @@ def test_the_status_page_renders_in_headless_chromium_with_the_expected_rows(fak
         ),
         what="the quick runs to end",
     )
+    wait_for(lambda: len(page_rows(url).get("recent", [])) >= 3, what="their history (written once a second)")
 
     page = chromium(f"{url}/", tmp_path / "profile-dom")
     rows = _Rows()
