@@ -144,7 +144,12 @@ def ask(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         size = 0
         while size <= MAX_REPLY_BYTES:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                if not chunks:
+                    raise
+                break  # the reply came, then the reset of a request it refused unread: its end
             if not chunk:
                 break
             chunks.append(chunk)

@@ -145,7 +145,10 @@ class Cluster:
             await self._join()
             await self.hold_agents(list(self.runtime.config.limits))
         except BaseException:
+            # Nothing ran under this life: its record goes with its lease, or survivors would find a
+            # dead life to sweep.
             with anyio.CancelScope(shield=True), contextlib.suppress(EtcdError):
+                await self.client.txn([], [etcd.delete(self.keys.record(self.host, lease))], [])
                 await self.client.revoke(lease)
             self.lease = 0
             raise
