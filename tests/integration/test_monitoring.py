@@ -153,6 +153,12 @@ def chromium(url: str, profile: Path, *mode: str) -> str:
     return done.stdout
 
 
+def recent_rows(url: str) -> list[str]:
+    rows = _Rows()
+    rows.feed(httpx.get(f"{url}/", timeout=10).text)
+    return rows.rows.get("recent", [])
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs Debian's package)")
 def test_the_status_page_renders_in_headless_chromium_with_the_expected_rows(fake, workspace, daemons, tmp_path):
     ids = seed(fake, workspace)
@@ -163,6 +169,10 @@ def test_the_status_page_renders_in_headless_chromium_with_the_expected_rows(fak
             and sample(metrics(url), "tinyscheduler_runs_finished_total", agent="ops-a", outcome="failed") == 1
         ),
         what="the quick runs to end",
+    )
+    wait_for(
+        lambda: sum(" dev-a " in r or " ops-a " in r for r in recent_rows(url)) == 3,
+        what="the three runs in the history (written at most once a second)",
     )
 
     page = chromium(f"{url}/", tmp_path / "profile-dom")
