@@ -53,10 +53,11 @@ T = TypeVar("T")
 
 #: How often the history is pruned to its retention, at most.
 PRUNE_EVERY_SEC = 3600.0
-#: How long the runs that end together are gathered into one write: one hand-off to a worker thread
-#: and one SQLite transaction for all of them, not one each (with a hundred slots of short tasks,
-#: that was a few tenths of a millisecond of the daemon's CPU per run). What is gathered when the
-#: daemon stops is written then.
+#: The history is written at most this often: a run that ends within this time of the last write
+#: waits for the next, with every other run that ends meanwhile, in one hand-off to a worker thread
+#: and one SQLite transaction, not one each (with a hundred slots of short tasks, that was a few
+#: tenths of a millisecond of the daemon's CPU per run). A run that ends after a quiet spell is
+#: written at once; what is pending when the daemon stops is written then.
 HISTORY_BATCH_SEC = 1.0
 
 
@@ -86,6 +87,7 @@ class HistoryWriter:
         self._store: HistoryStore | None = None
         self._wake = anyio.Event()
         self._pruned_at = -PRUNE_EVERY_SEC
+        self._written_at = -HISTORY_BATCH_SEC
         self._failing: str | None = None
 
     def add(self, record: RunRecord) -> None:
@@ -98,7 +100,8 @@ class HistoryWriter:
             with anyio.move_on_after(PRUNE_EVERY_SEC):
                 await self._wake.wait()
             if self._pending:
-                await anyio.sleep(HISTORY_BATCH_SEC)
+                await anyio.sleep(max(0.0, self._written_at + HISTORY_BATCH_SEC - time.monotonic()))
+                self._written_at = time.monotonic()
             self._wake = anyio.Event()
             batch, self._pending = self._pending, []
             if not await anyio.to_thread.run_sync(self._write, batch):
