@@ -480,17 +480,26 @@ def workload(
     return session, tasks, cpu, baseline
 
 
-def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
-    rng = random.Random(args.seed)
-    seconds = [round(rng.uniform(0.2, 1.0), 2) for _ in range(args.tasks)]
-    agents = [("agent-1", 4), ("agent-2", 4)]
-    session, tasks, cpu, baseline = workload(root, "throughput", args, agents, seconds)
+def finished(
+    session: Session, tasks: list[tuple[int, float]]
+) -> tuple[dict[int, tuple[float, float, str]], list[dict[str, Any]]]:
+    """The runs' lifetimes and the daemon's events once the workload is over (the session closed);
+    exactly one run per task, or the benchmark measured something else."""
     try:
         runs, events = lifetimes(session.records()), session.events()
     finally:
         session.close()
     if len(runs) != len(tasks):
         raise RuntimeError(f"expected one run per task: {len(runs)} runs for {len(tasks)} tasks")
+    return runs, events
+
+
+def throughput(root: Path, args: argparse.Namespace, result: Result) -> None:
+    rng = random.Random(args.seed)
+    seconds = [round(rng.uniform(0.2, 1.0), 2) for _ in range(args.tasks)]
+    agents = [("agent-1", 4), ("agent-2", 4)]
+    session, tasks, cpu, baseline = workload(root, "throughput", args, agents, seconds)
+    runs, events = finished(session, tasks)
     order = [task_id for task_id, _ in tasks]
     bare = lifetimes(baseline["records"])
     result.say(
@@ -521,12 +530,7 @@ def slots(root: Path, args: argparse.Namespace, result: Result) -> None:
     seconds = [round(rng.uniform(0.1, 2.0), 2) for _ in range(args.slot_tasks)]
     agents = [(f"agent-{n}", 25) for n in range(1, 5)]
     session, tasks, cpu, baseline = workload(root, "slots", args, agents, seconds)
-    try:
-        runs, events = lifetimes(session.records()), session.events()
-    finally:
-        session.close()
-    if len(runs) != len(tasks):
-        raise RuntimeError(f"expected one run per task: {len(runs)} runs for {len(tasks)} tasks")
+    runs, events = finished(session, tasks)
     busy, bare_busy = busy_share(runs, 100), busy_share(lifetimes(baseline["records"]), 100)
     per_run, bare_per_run = cpu * 1000 / len(tasks), baseline["cpu_sec"] * 1000 / len(tasks)
     result.say(

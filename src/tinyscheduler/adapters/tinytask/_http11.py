@@ -37,6 +37,11 @@ RECEIVE_BYTES = 256 * 1024
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
+def too_large(limit: int, what: str = "reply") -> httpx.RemoteProtocolError:
+    """The error of a reply (or an MCP event) over `limit` bytes: a transport failure, retried."""
+    return httpx.RemoteProtocolError(f"{what} larger than {limit / 2**20:g} MiB")
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -91,7 +96,7 @@ class _Connection:
                 chunks.append(bytes(event.data))
                 size += len(event.data)
                 if size > MAX_REPLY_BYTES:
-                    raise httpx.RemoteProtocolError(f"reply larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
+                    raise too_large(MAX_REPLY_BYTES)
             elif isinstance(event, h11.EndOfMessage):
                 return Reply(status, reason, b"".join(chunks))
             elif isinstance(event, h11.ConnectionClosed):

@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 import anyio
 import httpx
 
-from tinyscheduler.adapters.tinytask._http11 import MAX_REPLY_BYTES, Http11
+from tinyscheduler.adapters.tinytask._http11 import MAX_REPLY_BYTES, Http11, too_large
 from tinyscheduler.adapters.tinytask.client import PAGE_SIZE, TinyTaskClient
 from tinyscheduler.adapters.tinytask.errors import TinyTaskBadReply, TinyTaskRejected, TinyTaskUnavailable
 from tinyscheduler.adapters.tinytask.models import TaskCache, parse_task
@@ -229,10 +229,6 @@ async def check_status(
     raise failed
 
 
-def _too_large() -> httpx.RemoteProtocolError:
-    return httpx.RemoteProtocolError(f"reply larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
-
-
 async def read_capped(response: httpx.Response) -> bytes:
     """The body of a streamed reply, up to MAX_REPLY_BYTES: a server sending without end cannot grow
     the daemon (httpx's own `aread` keeps all it gets)."""
@@ -241,7 +237,7 @@ async def read_capped(response: httpx.Response) -> bytes:
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > MAX_REPLY_BYTES:
-            raise _too_large()
+            raise too_large(MAX_REPLY_BYTES)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -261,7 +257,7 @@ async def capped_lines(response: httpx.Response) -> AsyncIterator[str]:
             parts.append(chunk[start:])
             size += len(chunk) - start
             if size > MAX_REPLY_BYTES:
-                raise _too_large()
+                raise too_large(MAX_REPLY_BYTES)
     if parts:
         yield b"".join(parts).removesuffix(b"\r").decode("utf-8", "replace")
 

@@ -27,7 +27,7 @@ import anyio
 import httpx
 
 from tinyscheduler import __version__
-from tinyscheduler.adapters.tinytask._http11 import MAX_REPLY_BYTES
+from tinyscheduler.adapters.tinytask._http11 import MAX_REPLY_BYTES, too_large
 from tinyscheduler.adapters.tinytask._transport import (
     HttpClient,
     Transient,
@@ -80,7 +80,7 @@ async def sse_events(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str
         elif name == "data":
             size += len(value)
             if size > MAX_REPLY_BYTES:  # an event without end must not grow the daemon
-                raise httpx.RemoteProtocolError(f"event larger than {MAX_REPLY_BYTES / 2**20:g} MiB")
+                raise too_large(MAX_REPLY_BYTES, "event")
             data.append(value)
     if data:
         yield event or "message", "\n".join(data)
