@@ -23,7 +23,7 @@ async def test_a_pass_assigns_by_free_slots_and_runs_each_task_once(world: World
     assert sorted(owners) == ["dev-a", "dev-a", "dev-b"]
     report = world.last_pass()
     assert (report["ok"], report["assigned"], report["started"]) == (True, 3, 3)
-    assert list(world.running_dir.iterdir()) == [], "every lease removed"
+    assert world.leases() == [], "every lease removed"
 
 
 async def test_tinytask_down_fails_the_pass_without_acting(world: World) -> None:

@@ -55,7 +55,7 @@ async def test_a_claim_that_replaced_another_writers_assignment_gives_the_task_b
     assert world.starts() == [], "no run beside theirs"
     row = world.client.task(task)
     assert (row["assigned_to"], row["status"]) == ("other-team", "idle")
-    assert list(world.running_dir.iterdir()) == []
+    assert world.leases() == []
 
 
 async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_posts_nothing_twice(world: World) -> None:

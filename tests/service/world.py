@@ -57,6 +57,10 @@ class World:
     def running_dir(self) -> Path:
         return self.base / "state" / "running"
 
+    def leases(self) -> list[Path]:
+        """The lease files (the folder also keeps hidden spare files for the next writes)."""
+        return sorted(self.running_dir.glob("task_*.json"))
+
     def registry(self, agents: list[tuple[str, str, int]]) -> None:
         entries = [{"agentName": name, "agentType": queue, "slots": slots} for name, queue, slots in agents]
         (self.base / "agent-control.json").write_text(json.dumps(entries))

@@ -132,7 +132,9 @@ def test_concurrent_reader_never_sees_a_torn_file(store: LeaseStore) -> None:
     assert not thread.is_alive()
     assert problems == []
     assert len(seen) >= 50
-    assert os.listdir(store.running_dir) == ["task_7.json"]  # no temp file left behind
+    # No temp file left behind: the rest are spares, kept for the next writes (adapters.spares).
+    assert [n for n in os.listdir(store.running_dir) if not n.startswith(".spare.")] == ["task_7.json"]
+    assert store.spares.count() == len(os.listdir(store.running_dir)) - 1
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(store: LeaseStore) -> None:
@@ -148,7 +150,7 @@ def test_failed_replace_removes_the_temp_file(store: LeaseStore, monkeypatch: py
     def refuse(src: Any, dst: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files_module.os, "replace", refuse)
+    monkeypatch.setattr(files_module.os, "rename", refuse)  # a first write renames its file into place
     with pytest.raises(OSError, match="No space"):
         store.write(make_lease())
     monkeypatch.undo()
@@ -160,7 +162,9 @@ def test_remove_is_idempotent(store: LeaseStore) -> None:
     store.remove(7)
     store.remove(7)
     assert store.read(7) is None
-    assert os.listdir(store.running_dir) == []
+    # The removed file is kept as a spare for the next lease (adapters.spares), hidden from scans.
+    assert [name.startswith(".spare.") for name in os.listdir(store.running_dir)] == [True]
+    assert store.scan() == LeaseScan((), ())
 
 
 # --- reading: schemas ------------------------------------------------------------------------------
@@ -538,3 +542,17 @@ def test_only_a_leases_first_write_is_fsynced(tmp_path: Path, monkeypatch: pytes
     store.write(make_lease(1), durable=False)
     assert len(synced) == 2
     assert lease_from_json(json.loads(store.path(1).read_text())).task_id == 1
+
+
+def test_a_runs_lease_writes_reuse_files_instead_of_creating_them(store: LeaseStore) -> None:
+    store.spares.rest_sec = 0  # the daemon waits a second before reusing a file; not needed here
+    seen: set[int] = set()
+    for task_id in range(1, 31):
+        lease = make_lease(task_id=task_id)
+        store.write(lease)
+        store.write(lease.with_changes(state=LeaseState.RUNNING, pid=123))
+        store.write(lease.with_changes(state=LeaseState.FINISHING, pid=123))
+        seen |= {entry.inode() for entry in os.scandir(store.running_dir)}
+        assert store.read(task_id) == lease.with_changes(state=LeaseState.FINISHING, pid=123)
+        store.remove(task_id)
+    assert len(seen) <= 3, f"{len(seen)} files for 30 runs (a new file per write would be 90)"

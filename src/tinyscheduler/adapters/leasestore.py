@@ -1,7 +1,8 @@
 """The lease folder: `<running_dir>/task_<id>.json`, one file per run in flight on this host.
 
-Written atomically (temp file in the same folder, os.replace; the first write of a lease is also
-fsynced) with mode 0600 in a 0700 folder, whenever the run's state changes. A heartbeat only sets
+Written atomically with mode 0600 in a 0700 folder, whenever the run's state changes: a spare file
+filled and swapped with the lease in one step (adapters.spares: no inode created or freed per write);
+the first write of a lease is also fsynced. A heartbeat only sets
 the file's modification time (`touch`, no rewrite), so a lease's heartbeat, as every reader here
 sees it, is the later of its `heartbeat` field and its file's mtime. A file that cannot be read as
 a lease is moved to the quarantine folder, never deleted and never allowed to crash a pass.
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tinyscheduler.adapters.files import make_private_folder, write_json_atomic, write_private
+from tinyscheduler.adapters.files import json_text, make_private_folder, write_private
 from tinyscheduler.adapters.reading import FileTooLarge, NotRegularFile, read_file
+from tinyscheduler.adapters.spares import SpareFiles
 from tinyscheduler.core.leases import LEASE_NAME, MAX_LEASE_BYTES, Lease, LeaseFormatError, lease_from_json
 
 
@@ -48,10 +50,12 @@ class LeaseStore:
         self.read_only = read_only
         #: Host of an original-schema lease that names none: it was written on this host.
         self.host = socket.gethostname()
+        self.spares = SpareFiles(running_dir)
 
     def ensure(self) -> None:
         make_private_folder(self.running_dir)
         os.chmod(self.running_dir, 0o700)  # also an existing one: lease files are the scheduler's alone
+        self.spares.adopt()
 
     def path(self, task_id: int) -> Path:
         return self.running_dir / f"task_{task_id}.json"
@@ -59,7 +63,7 @@ class LeaseStore:
     def write(self, lease: Lease, *, durable: bool = True) -> None:
         """Atomically; `durable` for a lease's first write, which must outlive a power loss (else a
         task set `working` could be left with nothing to reconcile it). Rewrites need not be."""
-        write_json_atomic(self.path(lease.task_id), lease.to_json(), durable=durable)
+        self.spares.rewrite(self.path(lease.task_id), json_text(lease.to_json()).encode(), durable=durable)
         self.touch(lease.task_id, lease.heartbeat)  # the field holds whole seconds, the mtime the rest
 
     def touch(self, task_id: int, moment: datetime) -> None:
@@ -70,8 +74,7 @@ class LeaseStore:
         os.utime(self.path(task_id), ns=(stamp, stamp), follow_symlinks=False)
 
     def remove(self, task_id: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path(task_id))
+        self.spares.retire(self.path(task_id))
 
     def read(self, task_id: int) -> Lease | None:
         """One lease; None if absent. A bad file is quarantined (and None returned)."""
