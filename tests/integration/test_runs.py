@@ -293,9 +293,14 @@ async def test_a_log_removed_by_hand_does_not_end_supervision(bench: RunBench) -
     assert result.log_path.read_text().startswith("--- tinyscheduler: killed: ")  # a fresh file, the footer
 
 
-async def test_spawn_failure_removes_the_lease_and_requeues(bench: RunBench) -> None:
+@pytest.mark.parametrize("goose", ["missing", "not executable", "a folder"])
+async def test_spawn_failure_removes_the_lease_and_requeues(bench: RunBench, goose: str) -> None:
     task_id = bench.task()
     missing = str(bench.root / "no-such-goose")
+    if goose == "not executable":
+        Path(missing).write_text("#!/bin/sh\nexit 0\n")
+    elif goose == "a folder":
+        os.mkdir(missing)
     result = await bench.run(task_id, bench.recipe("dev.yaml"), goose_bin=missing).execute()
 
     assert result.outcome is Outcome.NOT_STARTED and result.spawn_failed

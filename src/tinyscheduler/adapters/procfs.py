@@ -101,7 +101,7 @@ def children(pid: int, *, leader_only: bool = False) -> list[int] | None:
     found: list[int] = []
     for thread in threads:
         try:
-            found.extend(int(child) for child in _read(f"/proc/{pid}/task/{thread}/children").split())
+            found.extend(map(int, _read(f"/proc/{pid}/task/{thread}/children").split()))
         except FileNotFoundError:
             if not os.path.exists(f"/proc/{pid}/task/{thread}"):
                 continue  # the thread ended meanwhile

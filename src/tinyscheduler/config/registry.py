@@ -12,7 +12,9 @@ each naming the file, the entry index (as in `jq '.[2]'`) and the field.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,8 @@ def recipe_problem(name: str, recipes_dir: Path) -> str | None:
         return "escapes the recipes folder"
     if normal == ".":
         return "is the recipes folder itself; expected a file"
+    if "/" not in normal and _plain_file(recipes_dir / normal):
+        return None  # right in the folder and no link: inside (checked at every run's start)
     # A symlink inside the folder can still lead out of it.
     try:
         inside = (recipes_dir / normal).resolve().is_relative_to(recipes_dir.resolve())
@@ -242,3 +246,10 @@ def recipe_problem(name: str, recipes_dir: Path) -> str | None:
     if not inside:
         return "leads out of the recipes folder through a symbolic link"
     return None
+
+
+def _plain_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False

@@ -478,7 +478,9 @@ def launch(
     command: list[str], policy: RunPolicy, deps: RunDeps, request: RunRequest, attempt: int
 ) -> tuple[ChildProcess, Output]:
     """The run's cgroup, log, pipe, keeper and goose; raises OSError with nothing left behind."""
-    if shutil.which(command[0]) is None:
+    # Spawned directly, a goose that cannot be executed fails the spawn, naming it; through a
+    # cgroup's shell it would be a run that exits 127, so it is looked for first.
+    if deps.cgroups is not None and shutil.which(command[0]) is None:
         raise FileNotFoundError(2, "goose is not an executable program", command[0])
     task_id, agent = request.task_id, request.agent
     cgroup = deps.cgroups.create(task_id, attempt) if deps.cgroups is not None else None
