@@ -56,6 +56,28 @@ async def test_success_completes_the_task_and_removes_the_lease(bench: RunBench)
     assert bench.comments(task_id) == []
 
 
+async def test_the_output_keeper_carries_the_runs_tag_and_nothing_of_the_daemons(bench: RunBench) -> None:
+    """Found by its tag (adoption, the sweep); goose's environment (API keys) and the daemon's open
+    files are not its to hold."""
+    bench.environ["GOOSE_PROVIDER_API_KEY"] = "sk-not-for-the-keeper"
+    task_id = bench.task()
+    run = bench.run(task_id, bench.recipe("dev.yaml", mode="hang"))
+    execution = asyncio.create_task(run.execute())
+    lease = await eventually(lambda: running_lease(bench, task_id), what="the run to start")
+    try:
+        assert lease.keeper_pid is not None
+        keeper = psutil.Process(lease.keeper_pid)
+        environ = keeper.environ()
+        assert environ["TINYSCHEDULER_LEASE"] == str(bench.leases.path(task_id))
+        assert environ["TINYSCHEDULER_OUTPUT_KEEPER"] == "1"
+        assert "GOOSE_PROVIDER_API_KEY" not in environ and "PATH" not in environ
+        assert psutil.Process(run.pid).environ()["GOOSE_PROVIDER_API_KEY"] == "sk-not-for-the-keeper"
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{keeper.pid}/fd")) == [0, 1, 2]
+    finally:
+        run.request_stop("test over")
+        await execution
+
+
 async def test_lease_is_written_before_the_task_is_working_and_the_process_exists(bench: RunBench) -> None:
     task_id = bench.task()
     seen: list[Lease | None] = []

@@ -81,6 +81,31 @@ async def test_a_freed_slot_takes_the_next_waiting_task_without_a_pass(world: Wo
     assert world.last_pass()["counters"]["refills"] == 2
 
 
+async def test_refills_never_run_an_agent_over_its_slots(world: World) -> None:
+    world.registry([("dev-a", "dev", 2), ("dev-b", "dev", 1)])
+    for agent in ("dev-a", "dev-b"):
+        world.recipe(agent, mode="succeed", seconds=0.15)
+    world.settings["loop_interval_sec"] = "60"  # the first pass, then refills alone
+    ids = [world.client.create_task(f"t{i}", queue_name="dev")["id"] for i in range(9)]
+    scheduler = world.scheduler(once=False)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        with anyio.fail_after(30):
+            while not all(world.client.task(i)["status"] == "complete" for i in ids):
+                await anyio.sleep(0.02)
+        scheduler.request_stop()
+
+    most: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for record in sorted(world.records(), key=lambda r: (r["t"], r["event"] == "start")):  # an end first
+        if record["event"] in ("start", "end"):
+            running[record["agent"]] = running.get(record["agent"], 0) + (1 if record["event"] == "start" else -1)
+            most[record["agent"]] = max(most.get(record["agent"], 0), running[record["agent"]])
+    assert most == {"dev-a": 2, "dev-b": 1}
+    assert world.last_pass()["counters"]["refills"] >= 5
+
+
 async def test_claims_tinytask_does_not_confirm_stop_every_start_and_show_until_one_goes_through(world: World) -> None:
     """A server that applies a PATCH and loses its reply: before, claims went on at every pass
     (58 requests/s with a 1 s loop) while `status` said nothing was wrong."""

@@ -136,7 +136,7 @@ def test_a_failed_write_leaves_the_target_as_it_was_and_no_file_behind(
 @pytest.mark.parametrize(
     "data",
     [
-        {"task_id": 7, "pid": None, "host": "h\u00e9te \"q\"\n", "ratio": 0.1, "neg": -3, "ok": True, "off": False},
+        {"task_id": 7, "pid": None, "host": 'h\u00e9te "q"\n', "ratio": 0.1, "neg": -3, "ok": True, "off": False},
         {"b": 1, "a": "x"},
         {},
         {"nested": {"a": [1, 2]}, "list": [], "s": "v"},

@@ -203,7 +203,8 @@ def spawn_keeper(
     read_fd: int, env: Mapping[bytes, bytes], cwd: Path, *, enter: Callable[[list[str]], list[str]] = list
 ) -> subprocess.Popen[bytes]:
     """The process that holds the pipe open for the run's lifetime (see the module docstring);
-    `enter` wraps its command (to join the run's cgroup)."""
+    `enter` wraps its command (to join the run's cgroup). `env`: the run's own variables (its lease
+    tag, by which it is found), not goose's environment: it needs nothing else, and carries no secret."""
     return subprocess.Popen(
         enter(list(keeper_command())),
         stdin=read_fd,

@@ -176,4 +176,3 @@ class SpareFiles:
                 return
             self.can_exchange = False
         os.replace(spare, target)
-

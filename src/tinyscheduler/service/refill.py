@@ -96,5 +96,5 @@ class Refiller:
     def _busy(self, agent: str) -> int:
         """Slots of `agent` held now: its runs whose process has not ended, and the leases outside them."""
         runs = self.runtime.runs
-        own = sum(1 for run in runs.values() if run.agent == agent and run.holds_slot)
+        own = sum(1 for run in self.runtime.agent_runs.get(agent, {}).values() if run.holds_slot)
         return own + sum(1 for task, holder in self._outside.items() if holder == agent and task not in runs)

@@ -490,10 +490,10 @@ def launch(
     run_log.create(header)
     read_fd, write_fd = output_pipe()
     output = Output(run_log, read_fd, cgroup=cgroup)
-    own = run_variables(task_id, agent, attempt, deps.leases.path(task_id), policy.tinytask_url)
-    env = {**_encoded_base(deps.environ), **encoded(own)}
+    own = encoded(run_variables(task_id, agent, attempt, deps.leases.path(task_id), policy.tinytask_url))
+    env = {**_encoded_base(deps.environ), **own}
     try:
-        output.keeper = spawn_keeper(read_fd, env, policy.base_path, enter=enter)
+        output.keeper = spawn_keeper(read_fd, own, policy.base_path, enter=enter)
         if deps.children is not None:
             deps.children.add(output.keeper.pid)
         popen = spawn(enter(command), output_fd=write_fd, cwd=policy.base_path, env=env)

@@ -195,6 +195,7 @@ class Runner:
 
     def _launch(self, run: Supervised) -> None:
         self.runtime.runs[run.task_id] = run
+        self.runtime.agent_runs.setdefault(run.agent, {})[run.task_id] = run
         self.group.start_soon(self._supervise, run)
 
     def in_flight(self) -> dict[int, str]:
@@ -222,6 +223,7 @@ class Runner:
         finally:
             await self._release(run.task_id)
             rt.runs.pop(run.task_id, None)
+            rt.agent_runs.get(run.agent, {}).pop(run.task_id, None)
             self.on_run_done(run.task_id, result)
 
     def _slot_freed(self, agent: str) -> None:

@@ -181,6 +181,8 @@ class Runtime:
     tick: Waker = field(default_factory=Waker)
     #: Runs this instance supervises, by task id.
     runs: dict[int, Supervised] = field(default_factory=dict)
+    #: The same runs by agent (the slot counts of a refill look at one agent's runs, not all).
+    agent_runs: dict[str, dict[int, Supervised]] = field(default_factory=dict)
     #: Task ids whose lease is being reclaimed right now.
     reclaiming: set[int] = field(default_factory=set)
     #: The breakers of goose and of each agent (service.availability moves them).
