@@ -133,6 +133,13 @@ class ExitWatch:
             return True
         return False
 
+    async def until_exit(self) -> None:
+        """Return once the process has exited; without a pidfd, never (the caller's timeout ends it)."""
+        if self._fd is None:
+            await anyio.sleep_forever()
+        else:
+            await anyio.wait_readable(self._fd)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -1,9 +1,9 @@
 """Watching one goose process until it ends: heartbeat, output, deadlines, the stop ladder.
 
-One task group per run owns the exit watch, the output pump and the stop ladder, so nothing outlives
-the supervision and a cancelled run leaves no task behind. The supervisor sleeps until the process
-exits (pidfd), a stop is requested, or its next deadline (a heartbeat, max runtime, idle timeout)
-comes; the output pump alone wakes for output. When the process has ended, what it left
+One task group per run owns the output pump and the stop ladder, so nothing outlives the
+supervision and a cancelled run leaves no task behind. The supervisor sleeps on the process's pidfd
+until it exits, a stop is requested (which cancels the sleep), or its next deadline (a heartbeat, max
+runtime, idle timeout) comes; the output pump alone wakes for output. When the process has ended, what it left
 behind is killed (`contain`), which closes the last writers of the pipe, and the rest of the output
 is copied before the end is classified.
 """
@@ -25,7 +25,6 @@ from tinyscheduler.adapters.process import ExitWatch, RunProcess, stop_process_g
 from tinyscheduler.adapters.runlog import RunLog, drain, pump
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import ProcessEnd, StopCause
-from tinyscheduler.service.runtime import Waker
 
 #: Without a pidfd to wake it, how often the supervisor looks whether the process has ended.
 POLL_SEC = 1.0
@@ -103,7 +102,9 @@ class Supervision:
         self._log = log
         #: How long the process had been running when this supervision began (an adopted run).
         self.elapsed_sec = elapsed_sec
-        self.waker = Waker()
+        #: The supervisor's sleep while it lasts; a stop request or the ladder's end cut it short.
+        self._nap: anyio.CancelScope | None = None
+        self._woken = False
         self.stop_reason: str | None = None
         #: The stop requested counts as a failed attempt (`cancel --fail`).
         self.stop_counted = False
@@ -115,7 +116,7 @@ class Supervision:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_counted = counted
-            self.waker.set()
+            self._wake()
 
     async def run(self) -> ProcessEnd:
         began = time.monotonic() - self.elapsed_sec
@@ -124,9 +125,8 @@ class Supervision:
         pumped = anyio.Event()
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._wake_on_exit, watch)
                 group.start_soon(self._pump, pumped)
-                await self._watch(group, began, polling=not watch.available)
+                await self._watch(group, began, watch)
                 duration = time.monotonic() - began
                 if self._ladder_done is not None:
                     await self._ladder_done.wait()
@@ -150,9 +150,9 @@ class Supervision:
             self.stop_reason or "",
         )
 
-    async def _watch(self, group: anyio.abc.TaskGroup, began: float, *, polling: bool) -> None:
+    async def _watch(self, group: anyio.abc.TaskGroup, began: float, watch: ExitWatch) -> None:
         """Until the process has ended: its heartbeat, and its deadlines (one wake-up for all)."""
-        limits = self.limits
+        limits, polling = self.limits, not watch.available
         next_beat = time.monotonic() + limits.heartbeat_sec
         while not self.process.exited():
             now = time.monotonic()
@@ -169,7 +169,20 @@ class Supervision:
                 timeout = min(timeout, max(0.0, limits.max_runtime_sec - (now - began)))
                 if self._idle_timeout() > 0:
                     timeout = min(timeout, max(0.0, self._idle_timeout() - silent))
-            await self.waker.wait(max(timeout, 0.01))
+            await self._sleep(watch, max(timeout, 0.01))
+
+    async def _sleep(self, watch: ExitWatch, at_most: float) -> None:
+        if not self._woken:
+            with anyio.move_on_after(at_most) as nap:
+                self._nap = nap
+                await watch.until_exit()
+            self._nap = None
+        self._woken = False
+
+    def _wake(self) -> None:
+        self._woken = True
+        if self._nap is not None:
+            self._nap.cancel()
 
     def _idle_timeout(self) -> float:
         # Without the output pipe (an adopted run whose keeper is gone) silence says nothing.
@@ -202,13 +215,9 @@ class Supervision:
                 )
             finally:
                 done.set()
-                self.waker.set()
+                self._wake()
 
         group.start_soon(ladder)
-
-    async def _wake_on_exit(self, watch: ExitWatch) -> None:
-        if await watch.wait(math.inf):
-            self.waker.set()
 
     async def _pump(self, done: anyio.Event) -> None:
         try:
