@@ -79,9 +79,10 @@ def too_large(limit: int, what: str = "reply") -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"{what} larger than {limit / 2**20:g} MiB")
 
 
-def _refused(what: str, text: bytes | bytearray = b"") -> httpx.RemoteProtocolError:
-    """A reply this client will not read: retried as any broken connection is."""
-    return httpx.RemoteProtocolError(f"{what}: {bytes(text[:80])!r}" if text else what)
+def _refused(what: str, text: bytes | bytearray | None = None) -> httpx.RemoteProtocolError:
+    """A reply this client will not read (`text`: the start of the offending part): retried as any
+    broken connection is."""
+    return httpx.RemoteProtocolError(what if text is None else f"{what}: {bytes(text[:80])!r}")
 
 
 _DISCONNECTED = "Server disconnected without sending a response."
