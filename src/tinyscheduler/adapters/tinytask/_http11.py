@@ -334,7 +334,9 @@ class Http11:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._idle: list[_Connection] = []
-        self._turns = anyio.Semaphore(max_connections)
+        # fast_acquire: a free turn is taken without a trip through the event loop (one loop
+        # iteration a request, ~20 us of CPU); the request yields at its send and its reads anyway.
+        self._turns = anyio.Semaphore(max_connections, fast_acquire=True)
         self._ssl: ssl.SSLContext | None = None
 
     async def request(
