@@ -4,11 +4,11 @@ streams, a few kept-alive connections, nothing else.
 Why not httpx here: a request through httpx costs ~0.65 ms of CPU on the daemon's event loop, and a
 run makes three. httpx layers the request through its client, httpcore's pool (which walks every
 connection and every waiting request for each request) and anyio cancel scopes around every socket
-operation; a client that only ever speaks JSON to one server needs none of that. Why not h11 either
-(what this was before): its event objects, header normalisation and state machine took ~180 Python
-calls a request, for framing that a few regular expressions over the reply's head decide here
-(tests/bench/bench_http.py; docs/performance.md, "One run"). httpx still carries MCP's event
-streams (tinytask.mcp).
+operation; a client that only ever speaks JSON to one server needs none of that. Nor h11 (what this
+was before): its events, header normalisation and state machine took ~180 Python calls a request
+for framing that a few regular expressions over the reply's head decide here; ~0.12 ms of CPU a
+request instead of ~0.23 (tests/bench/bench_http.py; docs/performance.md, "What closed the gap").
+httpx still carries MCP's event streams (tinytask.mcp).
 
 What it does: one request at a time per connection, sent as one buffer; connections kept alive and
 reused (one whose server closed it while idle is noticed before reuse: it reads as ready); replies
