@@ -85,9 +85,6 @@ def _refused(what: str, text: bytes | bytearray | None = None) -> httpx.RemotePr
     return httpx.RemoteProtocolError(what if text is None else f"{what}: {bytes(text[:80])!r}")
 
 
-_DISCONNECTED = "Server disconnected without sending a response."
-
-
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -242,7 +239,7 @@ class _Connection:
                 break
             scan = max(0, len(buf) - 2)  # a blank line may begin in what is already here
             if not await self._fill():
-                raise httpx.RemoteProtocolError(_DISCONNECTED)
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
         if end is None or end.end() > budget:
             raise _refused(f"reply head larger than {MAX_HEAD_BYTES // 1024} KiB")
         return end
