@@ -51,6 +51,7 @@ class LeaseStore:
         #: Host of an original-schema lease that names none: it was written on this host.
         self.host = socket.gethostname()
         self.spares = SpareFiles(running_dir)
+        self._folder = str(running_dir)
 
     def ensure(self) -> None:
         make_private_folder(self.running_dir)
@@ -60,10 +61,14 @@ class LeaseStore:
     def path(self, task_id: int) -> Path:
         return self.running_dir / f"task_{task_id}.json"
 
+    def _name(self, task_id: int) -> str:
+        """`path()` as text, for the writes on every run's path (a Path costs more to make than its use)."""
+        return f"{self._folder}/task_{task_id}.json"
+
     def write(self, lease: Lease, *, durable: bool = True) -> None:
         """Atomically; `durable` for a lease's first write, which must outlive a power loss (else a
         task set `working` could be left with nothing to reconcile it). Rewrites need not be."""
-        self.spares.rewrite(self.path(lease.task_id), json_text(lease.to_json()).encode(), durable=durable)
+        self.spares.rewrite(self._name(lease.task_id), json_text(lease.to_json()).encode(), durable=durable)
         self.touch(lease.task_id, lease.heartbeat)  # the field holds whole seconds, the mtime the rest
 
     def touch(self, task_id: int, moment: datetime) -> None:
@@ -71,10 +76,10 @@ class LeaseStore:
         where a rewrite costs a temp file, a JSON dump and a rename). Raises FileNotFoundError when
         the file is gone (the caller writes it again)."""
         stamp = _ns(moment)
-        os.utime(self.path(task_id), ns=(stamp, stamp), follow_symlinks=False)
+        os.utime(self._name(task_id), ns=(stamp, stamp), follow_symlinks=False)
 
     def remove(self, task_id: int) -> None:
-        self.spares.retire(self.path(task_id))
+        self.spares.retire(self._name(task_id))
 
     def read(self, task_id: int) -> Lease | None:
         """One lease; None if absent. A bad file is quarantined (and None returned)."""

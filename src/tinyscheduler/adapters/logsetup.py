@@ -369,6 +369,10 @@ def configure_logging(
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(LEVELS[level.lower()])
+    # No record of ours shows where it was logged from, or which thread or process logged it (the
+    # renderers print structlog's fields): logging need not look them up for every record.
+    logging._srcfile = None  # the logging HOWTO's way to skip the caller lookup
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # httpx logs every request at INFO and httpcore every connection step at DEBUG; a pass makes
     # several requests, and our own lines already say what failed.
     for chatty in ("httpx", "httpcore"):

@@ -115,7 +115,7 @@ class SpareFiles:
         with contextlib.suppress(OSError):
             os.unlink(path)
 
-    def retire(self, target: Path) -> None:
+    def retire(self, target: str | Path) -> None:
         """Remove `target` by making it a spare (no inode freed); nothing if it is gone."""
         name = os.path.join(self.folder, f"{SPARE_PREFIX}{self._token}.{next(self._serial)}{SPARE_SUFFIX}")
         try:
@@ -124,7 +124,7 @@ class SpareFiles:
             return
         self.give(name)
 
-    def rewrite(self, target: Path, data: bytes, *, durable: bool) -> None:
+    def rewrite(self, target: str | Path, data: bytes, *, durable: bool) -> None:
         """Replace `target`'s content with `data` atomically; `durable` also survives power loss."""
         spare = self._filled(data, durable=durable)
         try:
@@ -164,10 +164,10 @@ class SpareFiles:
         os.close(fd)
         return spare
 
-    def _place(self, spare: str, target: Path) -> None:
+    def _place(self, spare: str, target: str | Path) -> None:
         if self.can_exchange:
             try:
-                swapped = exchange(spare, str(target))
+                swapped = exchange(spare, os.fspath(target))
             except FileNotFoundError:
                 os.rename(spare, target)  # a first write: nothing to swap with
                 return

@@ -233,8 +233,8 @@ class Runner:
         """The claim goes once the run is over and its lease with it (a lease left behind means the
         outcome is still to be told: the claim stays for whoever tells it)."""
         rt = self.runtime
-        if rt.store.path(task_id).exists():
-            return
+        if not rt.claims.shared or rt.store.path(task_id).exists():
+            return  # one host: no claim to release
         with anyio.CancelScope(shield=True), anyio.move_on_after(rt.config.settings.cluster_heartbeat_sec):
             await rt.claims.release(task_id)
 
