@@ -126,7 +126,9 @@ async def test_under_journald_a_tasks_entries_are_selected_by_its_id(world: Worl
         configure_logging("info", "console", stream=io.StringIO())
         journal.close()
     events = [e["TINYSCHEDULER_EVENT"] for e in entries]
-    assert {"assigned", "run_started", "run_finished"} <= set(events)
+    assert {"run_started", "run_finished"} <= set(events)
+    [started] = [e for e in entries if e["TINYSCHEDULER_EVENT"] == "run_started"]
+    assert "queue=dev" in started["MESSAGE"], "the queue its claim assigned the task from"
     [finished] = [e for e in entries if e["TINYSCHEDULER_EVENT"] == "run_finished"]
     rt = scheduler.runtime
     assert (finished["AGENT"], finished["ATTEMPT"], finished["OUTCOME"]) == ("dev-a", "1", "succeeded")

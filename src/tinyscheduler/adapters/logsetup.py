@@ -286,6 +286,20 @@ def _escape_controls(logger: WrappedLogger, name: str, event_dict: EventDict) ->
     return {key: escaped(value) if isinstance(value, str) else value for key, value in event_dict.items()}
 
 
+class _OncePerRecord(structlog.stdlib.ProcessorFormatter):
+    """A formatter that handlers share: the text of a record is made once, whichever asks first."""
+
+    _last: tuple[logging.LogRecord, str] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        last = self._last
+        if last is not None and last[0] is record:
+            return last[1]
+        text = super().format(record)
+        self._last = (record, text)
+        return text
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -343,22 +357,23 @@ def configure_logging(
     foreign: list[Processor] = [structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamp, _redact_fields]
 
     def formatter(renderer: list[Processor]) -> logging.Formatter:
-        return structlog.stdlib.ProcessorFormatter(
+        return _OncePerRecord(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
             foreign_pre_chain=foreign,
         )
 
     fmt = _resolved(fmt, stream)
+    as_json = formatter(_stream_renderer("json", stream))
     handlers: list[logging.Handler] = [_stream_handler(fmt, stream, journal_socket)]
     if isinstance(handlers[0], _JournalHandler):
         handlers[0].setFormatter(
             formatter([structlog.processors.format_exc_info, _structured_as_json, _escape_controls, journal_entry])
         )
     else:
-        handlers[0].setFormatter(formatter(_stream_renderer(fmt, stream)))
+        handlers[0].setFormatter(as_json if fmt == "json" else formatter(_stream_renderer(fmt, stream)))
     if log_dir is not None:
         daily = _DailyFileHandler(DailyFile(log_dir, "scheduler", ".log", keep_days), clock, stream)
-        daily.setFormatter(formatter([structlog.processors.format_exc_info, _json]))
+        daily.setFormatter(as_json)  # JSON on the stream too: each record rendered once for both
         handlers.append(daily)
 
     root = logging.getLogger()
@@ -380,8 +395,8 @@ def configure_logging(
 
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # first: a debug line at info level costs next to nothing
             structlog.contextvars.merge_contextvars,
-            structlog.stdlib.filter_by_level,
             structlog.stdlib.add_log_level,
             structlog.processors.StackInfoRenderer(),
             stamp,
