@@ -75,7 +75,8 @@ def test_logs_of_a_task_that_never_ran(workspace):
     assert result.returncode == 1
     tasks = workspace.base / "state" / "logs" / "tasks"
     assert result.stderr.strip() == (
-        f"tinyscheduler: no run log for task 4242 (looked for {tasks}/4242.<attempt>.log and {tasks}/4242/<attempt>.log)"
+        f"tinyscheduler: no run log for task 4242 "
+        f"(looked for {tasks}/4242.<attempt>.log and {tasks}/4242/<attempt>.log)"
     )
 
 
