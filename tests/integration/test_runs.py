@@ -44,7 +44,7 @@ async def test_success_completes_the_task_and_removes_the_lease(bench: RunBench)
     assert bench.leases.read(task_id) is None
     assert bench.attempts.next_attempt(task_id) == 1
     log = result.log_path.read_text()
-    assert result.log_path == bench.root / "logs" / str(task_id) / "1.log"
+    assert result.log_path == bench.root / "logs" / f"{task_id}.1.log"
     assert log.startswith(f"--- tinyscheduler: task {task_id}, agent dev, attempt 1,")
     assert "stand-in goose: done" in log and log.endswith("--- tinyscheduler: succeeded: " + result.reason + "\n")
     assert [name for name, _ in bench.events] == ["started", "finished"]

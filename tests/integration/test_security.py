@@ -65,8 +65,8 @@ def test_state_and_logs_are_private_whatever_the_umask_and_runs_keep_theirs(
     assert fake.task(task["id"])["status"] == "complete"
 
     found = modes(workspace.base / "state")
-    folders = {"running", "logs", "logs/tasks", f"logs/tasks/{task['id']}"}
-    files = {"tinyscheduler.lock", "attempts.jsonl", "last_pass.json", f"logs/tasks/{task['id']}/1.log"}
+    folders = {"running", "logs", "logs/tasks"}
+    files = {"tinyscheduler.lock", "attempts.jsonl", "last_pass.json", f"logs/tasks/{task['id']}.1.log"}
     assert folders | files <= set(found)
     assert any(name.startswith("logs/scheduler_") for name in found)
     assert any(name.startswith("logs/events_") for name in found)
@@ -121,11 +121,11 @@ def test_the_daemon_writes_no_file_through_a_planted_symlink(workspace: Workspac
 
     task = one_task_for(workspace, fake)
     day = datetime.now().astimezone()
-    (state / "logs" / "tasks" / str(task["id"])).mkdir(parents=True)
+    (state / "logs" / "tasks").mkdir(parents=True)
     scheduler_log = state / "logs" / f"scheduler_{day:%Y%m%d}.log"
     scheduler_log.unlink(missing_ok=True)  # written by the first attempt
     scheduler_log.symlink_to(precious)
-    (state / "logs" / "tasks" / str(task["id"]) / "1.log").symlink_to(precious)
+    (state / "logs" / "tasks" / f"{task['id']}.1.log").symlink_to(precious)
     result = workspace.cli("run", "--once")
     assert result.returncode == 1, "a run that could not start fails `run --once` (docs/reliability.md)"
     assert "cannot write the log file" in result.stderr  # said once; the stream still gets every line

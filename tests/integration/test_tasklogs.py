@@ -73,8 +73,52 @@ def test_logs_follow_prints_while_the_run_is_in_flight_and_ends_with_it(fake, wo
 def test_logs_of_a_task_that_never_ran(workspace):
     result = logs(workspace, "4242")
     assert result.returncode == 1
+    tasks = workspace.base / "state" / "logs" / "tasks"
     assert result.stderr.strip() == (
-        f"tinyscheduler: no run log for task 4242 in {workspace.base / 'state' / 'logs' / 'tasks' / '4242'}"
+        f"tinyscheduler: no run log for task 4242 "
+        f"(looked for {tasks}/4242.<attempt>.log and {tasks}/4242/<attempt>.log)"
+    )
+
+
+def loaded_at(base):
+    return load_settings(env_file=None, cli={"base_path": str(base)}, environ={}, cwd=base)
+
+
+def shown(base, task_id, attempt=None):
+    """`logs TASK [--attempt N]` in-process: (exit code, what it printed)."""
+    out = io.BytesIO()
+    code = tasklogs.logs_command(loaded_at(base), task_id=task_id, attempt=attempt, follow_output=False, out=out)
+    return code, out.getvalue().decode()
+
+
+def test_logs_reads_both_layouts_and_the_latest_attempt_of_either(tmp_path, capsys):
+    # 2.0.0 wrote <task>/<attempt>.log; runs now write <task>.<attempt>.log; an upgrade has both.
+    tasks = tmp_path / "state" / "logs" / "tasks"
+    (tasks / "5").mkdir(parents=True)
+    (tasks / "5" / "1.log").write_text("old layout, attempt 1\n")
+    (tasks / "5" / "2.log").write_text("old layout, attempt 2\n")
+    (tasks / "5.3.log").write_text("new layout, attempt 3\n")
+    for stranger in ("5.4.log.bak", "a.5.log", "55.9.log", "5.x.log"):
+        (tasks / stranger).write_text("not a log of task 5\n")
+    (tasks / "6").mkdir()
+    (tasks / "6" / "4.log").write_text("old layout, attempt 4\n")
+    (tasks / "6.2.log").write_text("new layout, attempt 2\n")
+    (tasks / "7").mkdir()
+    (tasks / "7" / "1.log").write_text("old layout\n")
+    (tasks / "7.1.log").write_text("new layout\n")
+
+    assert shown(tmp_path, 5) == (0, "new layout, attempt 3\n")
+    assert shown(tmp_path, 5, 2) == (0, "old layout, attempt 2\n")
+    assert shown(tmp_path, 6) == (0, "old layout, attempt 4\n"), "the highest number, whichever the layout"
+    assert shown(tmp_path, 6, 2) == (0, "new layout, attempt 2\n")
+    assert shown(tmp_path, 7, 1) == (0, "new layout\n"), "the flat name first"
+    found = tasklogs.attempts(loaded_at(tmp_path).settings, 5)
+    assert found == {1: tasks / "5" / "1.log", 2: tasks / "5" / "2.log", 3: tasks / "5.3.log"}
+    capsys.readouterr()
+    assert shown(tmp_path, 5, 4) == (1, "")
+    assert capsys.readouterr().err == (
+        f"tinyscheduler: no log of attempt 4 of task 5 (attempts with a log: 1, 2, 3; "
+        f"looked for {tasks}/5.4.log and {tasks}/5/4.log)\n"
     )
 
 
@@ -148,8 +192,7 @@ def test_logs_that_cannot_be_read_give_one_line(tmp_path, monkeypatch, capsys):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(tasklogs.os, "listdir", refuse)
-    loaded = load_settings(env_file=None, cli={"base_path": str(tmp_path)}, environ={}, cwd=tmp_path)
-    code = tasklogs.logs_command(loaded, task_id=3, attempt=None, follow_output=False, out=io.BytesIO())
+    code = tasklogs.logs_command(loaded_at(tmp_path), task_id=3, attempt=None, follow_output=False, out=io.BytesIO())
     assert code == 1
     assert capsys.readouterr().err == (
         f"tinyscheduler: cannot read {tmp_path}/state/logs/tasks/3: "
@@ -157,29 +200,29 @@ def test_logs_that_cannot_be_read_give_one_line(tmp_path, monkeypatch, capsys):
     )
 
 
-def test_logs_of_a_fifo_in_a_logs_place_is_one_line_not_a_hang(tmp_path):
+@pytest.mark.parametrize("name", ["9.1.log", "9/1.log"])
+def test_logs_of_a_fifo_in_a_logs_place_is_one_line_not_a_hang(tmp_path, name):
     # Before: `logs 9` opened the FIFO and waited for a writer forever (killed after 10 s, 0 bytes out).
-    folder = tmp_path / "state" / "logs" / "tasks" / "9"
-    folder.mkdir(parents=True)
-    os.mkfifo(folder / "1.log")
+    fifo = tmp_path / "state" / "logs" / "tasks" / name
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
     for args in (["9"], ["9", "-f"]):
         command = [sys.executable, "-m", "tinyscheduler", "--base-path", str(tmp_path), "logs", *args]
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert (result.returncode, result.stdout) == (1, "")
-        assert result.stderr == f"tinyscheduler: cannot read {folder / '1.log'}: is a FIFO, expected a regular file\n"
+        assert result.stderr == f"tinyscheduler: cannot read {fifo}: is a FIFO, expected a regular file\n"
 
 
-def test_logs_never_prints_the_file_a_link_in_a_logs_place_names(tmp_path):
+@pytest.mark.parametrize("name", ["9.1.log", "9/1.log"])
+def test_logs_never_prints_the_file_a_link_in_a_logs_place_names(tmp_path, name):
     # Before: `1.log -> /etc/shadow` was printed in full to whoever ran `logs` (root, often).
     secret = tmp_path / "secret"
     secret.write_text("root:$6$not-for-you\n")
-    folder = tmp_path / "state" / "logs" / "tasks" / "9"
-    folder.mkdir(parents=True)
-    (folder / "1.log").symlink_to(secret)
+    link = tmp_path / "state" / "logs" / "tasks" / name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(secret)
     for args in (["9"], ["9", "-f"]):
         command = [sys.executable, "-m", "tinyscheduler", "--base-path", str(tmp_path), "logs", *args]
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert (result.returncode, result.stdout) == (1, "")
-        assert result.stderr == (
-            f"tinyscheduler: cannot read {folder / '1.log'}: is a symbolic link, expected a regular file\n"
-        )
+        assert result.stderr == (f"tinyscheduler: cannot read {link}: is a symbolic link, expected a regular file\n")

@@ -109,7 +109,7 @@ async def test_cancel_requeues_uncounted_and_cancel_fail_counts_the_attempt(worl
         await until(lambda: world.comments(first) and world.comments(second), "both comments")
         assert world.comments(first) == [
             f"tinyscheduler: run stopped (cancelled by {ME}: looping); task requeued, not counted as a failed "
-            f"attempt; log: {world.base}/state/logs/tasks/{first}/1.log"
+            f"attempt; log: {world.base}/state/logs/tasks/{first}.1.log"
         ]
         [failed] = world.comments(second)
         assert failed.startswith(f"tinyscheduler: attempt 1/3 failed (stopped on request (cancelled by {ME}), ")

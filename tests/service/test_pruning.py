@@ -22,9 +22,11 @@ async def test_the_daemon_prunes_old_run_logs_and_temporary_files_by_itself(
     old = world.clock().timestamp() - 30 * DAY
     tasks = world.base / "state" / "logs" / "tasks"
     for task in range(100, 110):
-        (tasks / str(task)).mkdir(parents=True)
-        (tasks / str(task) / "1.log").write_text("an old run\n")
-        os.utime(tasks / str(task) / "1.log", (old, old))
+        # Half as 2.0.0 wrote them (<task>/<attempt>.log), half as runs write them now.
+        log = tasks / str(task) / "1.log" if task % 2 else tasks / f"{task}.1.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("an old run\n")
+        os.utime(log, (old, old))
     world.running_dir.mkdir(parents=True)
     leftover = world.running_dir / ".task_3.json.k2j4x9ab.tmp"
     leftover.write_text("{")

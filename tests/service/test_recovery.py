@@ -122,7 +122,7 @@ async def test_a_lease_of_a_run_that_never_started_is_requeued_once_without_coun
     assert "never started" in comment and "not counted" in comment
     # Requeued, then started by the same pass as attempt 1: nothing was counted against it.
     assert world.starts() == [task] and world.client.task(task)["status"] == "complete"
-    assert "attempt 1," in (world.base / "state" / "logs" / "tasks" / str(task) / "1.log").read_text()
+    assert "attempt 1," in (world.base / "state" / "logs" / "tasks" / f"{task}.1.log").read_text()
 
 
 async def test_a_live_run_of_a_previous_instance_is_adopted_and_reported_when_it_ends(world: World) -> None:

@@ -191,8 +191,8 @@ def readme_folder(tmp_path: Path) -> Iterator[dict[str, Any]]:
     shutil.copytree(EXAMPLES / "recipes", tmp_path / "recipes")
     log = tmp_path / "state" / "logs" / "tasks" / "42"
     log.mkdir(parents=True)
-    (log / "1.log").write_text("first attempt\n")
-    (log / "2.log").write_text("second attempt\n")
+    (log / "1.log").write_text("first attempt\n")  # as 2.0.0 wrote it
+    (log.parent / "42.2.log").write_text("second attempt\n")
     with FakeTinyTask() as fake:
         fake.create_task("build it", queue_name="dev", assigned_to="dev-1", status="working")
         fake.create_task("test it", queue_name="qa")

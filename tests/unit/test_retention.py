@@ -11,7 +11,15 @@ from pathlib import Path
 
 from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.retention import Places, usage
-from tinyscheduler.core.retention import Kind, Limits, StateFile, choose, is_quarantined_name, is_temp_name
+from tinyscheduler.core.retention import (
+    Kind,
+    Limits,
+    StateFile,
+    choose,
+    is_quarantined_name,
+    is_temp_name,
+    run_log_of,
+)
 from tinyscheduler.service.retention import prune_files
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -49,6 +57,10 @@ def test_only_our_names_are_ours() -> None:
         "task_7.json.20261129T120000.4242.1.reason"
     )
     assert not is_quarantined_name("keep-me.txt")
+    assert run_log_of(None, "42.3.log") == (42, 3) and run_log_of("42", "3.log") == (42, 3)
+    for name in ("12.3.log.bak", "a.1.log", "12.log", "1.2.3.log", "12.1.LOG", "+1.1.log", "1" * 20 + ".1.log"):
+        assert run_log_of(None, name) is None, name
+    assert run_log_of("42", "3.1.log") is None and run_log_of("x", "1.log") is None
 
 
 def places(base: Path) -> Places:
@@ -75,6 +87,39 @@ def test_two_thousand_old_task_folders_are_pruned_to_the_ones_in_flight(tmp_path
     print(f"task folders: {before} before, {len(after)} after; {removed.bytes} bytes removed")
     assert (before, after) == (2000, [7, 9])
     assert (removed.files, removed.folders) == (1998, 1998)
+
+
+def test_run_logs_of_both_layouts_go_alike_and_look_alikes_stay(tmp_path: Path) -> None:
+    # 2.0.0 wrote <task>/<attempt>.log; runs now write <task>.<attempt>.log; an upgrade has both.
+    where = places(tmp_path)
+    tasks = where.task_log_dir
+    for old in ("3/1.log", "3.2.log", "5.1.log", "4/1.log", "4.2.log"):
+        aged(tasks / old, days=20)
+    aged(tasks / "6.1.log", days=1)
+    aged(where.running_dir / "task_4.json", days=0, text="{}")  # task 4 in flight: both its logs stay
+    outside = aged(tmp_path / "precious", days=100)
+    strangers = ["12.3.log.bak", "a.1.log", "12.log", "1.2.3.log", "1" * 20 + ".1.log", "12.1.log/1.log"]
+    for name in strangers:
+        aged(tasks / name, days=100)
+    (tasks / "13.1.log").symlink_to(outside)
+    assert (usage(where, (tmp_path,)).run_logs, usage(where, (tmp_path,)).task_folders) == (6, 4)
+
+    removed = prune_files(where, frozenset(), datetime.now(UTC), Limits(14, GIB))
+
+    left = sorted(str(p.relative_to(tasks)) for p in tasks.rglob("*") if not p.is_dir())
+    assert left == sorted(["4/1.log", "4.2.log", "6.1.log", "13.1.log", *strangers])
+    assert (removed.files, removed.folders) == (3, 1), "3/ left empty is removed; 4/ is in flight"
+    assert outside.exists() and (tasks / "12.1.log").is_dir()
+
+
+def test_the_total_size_is_bounded_oldest_first_across_both_layouts(tmp_path: Path) -> None:
+    where = places(tmp_path)
+    for task in range(1, 7):
+        name = f"{task}/1.log" if task % 2 else f"{task}.1.log"
+        aged(where.task_log_dir / name, days=(7 - task) / 24, text="x" * 400_000)
+    prune_files(where, frozenset(), datetime.now(UTC), Limits(14, 1024 * 1024))
+    # 2.4 MB of logs under a 1 MiB bound: the two newest (tasks 5 and 6) are what fits.
+    assert sorted(p.name for p in where.task_log_dir.iterdir()) == ["5", "6.1.log"]
 
 
 def test_the_total_size_is_bounded_oldest_first(tmp_path: Path) -> None:

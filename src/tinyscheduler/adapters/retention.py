@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tinyscheduler.core.leases import LEASE_NAME
-from tinyscheduler.core.retention import Kind, StateFile, is_quarantined_name, is_temp_name, run_log_task
+from tinyscheduler.core.retention import Kind, StateFile, is_quarantined_name, is_task_folder, is_temp_name, run_log_of
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _BELOW = _DIR_FLAGS | os.O_NOFOLLOW
@@ -106,19 +106,32 @@ def _files_in(folder: Path, kind: Kind, test: object) -> Iterator[StateFile]:
 
 
 def _run_logs(task_log_dir: Path) -> Iterator[StateFile]:
+    """`<task>.<attempt>.log` at the top, and `<task>/<attempt>.log` as 2.0.0 wrote them."""
     with _opened(task_log_dir) as root:
         if root is None:
             return
-        for folder in os.listdir(root):
-            with _opened(folder, dir_fd=root) as fd:
+        for name in os.listdir(root):
+            if not is_task_folder(name):
+                found = _run_log(root, None, name, task_log_dir)
+                if found is not None:
+                    yield found
+                continue
+            with _opened(name, dir_fd=root) as fd:
                 if fd is None:
                     continue
-                for name in os.listdir(fd):
-                    task_id = run_log_task(folder, name)
-                    st = _regular(fd, name) if task_id is not None else None
-                    if st is not None:
-                        path = str(task_log_dir / folder / name)
-                        yield StateFile(path, Kind.RUN_LOG, st.st_size, st.st_mtime, task_id)
+                for log_name in os.listdir(fd):
+                    found = _run_log(fd, name, log_name, task_log_dir / name)
+                    if found is not None:
+                        yield found
+
+
+def _run_log(fd: int, folder: str | None, name: str, path: Path) -> StateFile | None:
+    """`name` in the folder `fd` (at `path`), if it is a run log: one of our names, a regular file."""
+    found = run_log_of(folder, name)
+    st = _regular(fd, name) if found is not None else None
+    if found is None or st is None:
+        return None
+    return StateFile(str(path / name), Kind.RUN_LOG, st.st_size, st.st_mtime, found[0])
 
 
 def scan(places: Places) -> list[StateFile]:
@@ -150,7 +163,8 @@ def remove(files: list[StateFile], places: Places, busy: set[int]) -> Removed:
         if f.kind is Kind.RUN_LOG:
             if f.task_id in busy:
                 continue
-            emptied.add(path.parent.name)
+            if path.parent != places.task_log_dir:  # a task folder of 2.0.0's layout
+                emptied.add(path.parent.name)
         try:
             gone = _unlink_if_same(path, f, places)
         except OSError as exc:
@@ -169,6 +183,8 @@ def _unlink_if_same(path: Path, f: StateFile, places: Places) -> bool:
         with _opened(places.task_log_dir) as root:
             if root is None:
                 return False
+            if path.parent == places.task_log_dir:
+                return _unlink_in(root, path.name, f)
             with _opened(path.parent.name, dir_fd=root) as fd:
                 return fd is not None and _unlink_in(fd, path.name, f)
     with _opened(path.parent) as fd:
@@ -206,6 +222,7 @@ class Usage:
     total_bytes: int
     run_log_bytes: int
     run_logs: int
+    #: Tasks with a run log (named when each had its own folder; kept for `status --json` readers).
     task_folders: int
     quarantined: int
     temp_files: int
@@ -222,7 +239,7 @@ def usage(places: Places, roots: tuple[Path, ...]) -> Usage:
         total_bytes=sum(_tree_bytes(root) for root in _outermost(roots)),
         run_log_bytes=sum(f.size for f in logs),
         run_logs=len(logs),
-        task_folders=len({Path(f.path).parent for f in logs}),
+        task_folders=len({f.task_id for f in logs}),
         quarantined=sum(1 for f in files if f.kind is Kind.QUARANTINED and not f.path.endswith(".reason")),
         temp_files=sum(1 for f in files if f.kind is Kind.TEMP),
     )

@@ -501,7 +501,7 @@ def demo_command(*, keep: bool = False, tasks: int = DEFAULT_TASKS, out: TextIO 
         logs = folder / "state" / "logs"
         if keep:
             out.write(
-                f"\nLogs: {logs} (scheduler_*.log, events_*.jsonl, tasks/<id>/<attempt>.log)\n"
+                f"\nLogs: {logs} (scheduler_*.log, events_*.jsonl, tasks/<id>.<attempt>.log)\n"
                 f"Folder kept: {folder}\n"
                 f"  tinyscheduler --base-path {folder} status\n"
                 f"  tinyscheduler --base-path {folder} logs {demo.ids[4] if demo.ids else 1}\n"

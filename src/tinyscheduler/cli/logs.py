@@ -1,9 +1,10 @@
 """`tinyscheduler logs TASK_ID [--attempt N] [-f]`: the Goose output of one run.
 
-Each run writes `<task_log_dir>/<task_id>/<attempt>.log`. Without `--attempt` the latest attempt
-is shown. `-f` keeps printing what the run appends for as long as its lease says it is in flight,
-then prints the rest and exits, so a script can `logs -f` a run to its end. With no daemon holding
-the lock nobody will remove a lease, so then the run is in flight only while its process lives.
+Each run writes `<task_log_dir>/<task_id>.<attempt>.log`; 2.0.0 wrote `<task_id>/<attempt>.log`, and
+both are read. Without `--attempt` the latest attempt (of either) is shown. `-f` keeps printing what
+the run appends for as long as its lease says it is in flight, then prints the rest and exits, so a
+script can `logs -f` a run to its end. With no daemon holding the lock nobody will remove a lease,
+so then the run is in flight only while its process lives.
 Reads only. On a terminal, control characters in the output (other than newlines and tabs) are shown
 escaped: a run prints whatever its tools print, and a terminal would obey an escape sequence in it.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,9 +25,9 @@ from tinyscheduler.adapters.procfs import current_boot_id, probe
 from tinyscheduler.adapters.reading import open_regular
 from tinyscheduler.config.settings import LoadedSettings, Settings
 from tinyscheduler.core.leases import LeaseState, Liveness
+from tinyscheduler.core.retention import run_log_of
 from tinyscheduler.core.text import escaped
 
-_ATTEMPT_LOG = re.compile(r"(\d+)\.log")
 #: How often `-f` looks for new output; short enough to feel live, long enough to cost nothing.
 FOLLOW_POLL_SEC = 0.2
 CHUNK = 64 * 1024
@@ -58,18 +58,33 @@ class TerminalSafe:
         self._out.flush()
 
 
-def attempts(settings: Settings, task_id: int) -> list[int]:
-    """Attempt numbers with a log, ascending."""
-    folder = settings.task_log_dir / str(task_id)
+def attempts(settings: Settings, task_id: int) -> dict[int, Path]:
+    """The attempts with a log, ascending, and where each log is: `<task>.<attempt>.log`, or else
+    `<task>/<attempt>.log` (written by 2.0.0)."""
+    root = settings.task_log_dir
+    found = _logs_in(root / str(task_id), str(task_id), task_id)
+    found.update(_logs_in(root, None, task_id))
+    return dict(sorted(found.items()))
+
+
+def _logs_in(folder: Path, task_folder: str | None, task_id: int) -> dict[int, Path]:
+    """The task's logs in `folder`: the run log folder (`task_folder` None) or the task's own folder."""
     try:
         names = os.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(int(m.group(1)) for m in map(_ATTEMPT_LOG.fullmatch, names) if m)
+        return {}
+    found: dict[int, Path] = {}
+    for name in names:
+        log = run_log_of(task_folder, name)
+        if log is not None and log[0] == task_id:
+            found[log[1]] = folder / name
+    return found
 
 
-def log_path(settings: Settings, task_id: int, attempt: int) -> Path:
-    return settings.task_log_dir / str(task_id) / f"{attempt}.log"
+def _looked_for(settings: Settings, task_id: int, attempt: int | None) -> str:
+    number = "<attempt>" if attempt is None else str(attempt)
+    root = settings.task_log_dir
+    return f"looked for {root / f'{task_id}.{number}.log'} and {root / str(task_id) / f'{number}.log'}"
 
 
 def in_flight(settings: Settings, task_id: int, attempt: int | None) -> bool:
@@ -86,17 +101,18 @@ def in_flight(settings: Settings, task_id: int, attempt: int | None) -> bool:
     return lease.state is not LeaseState.FINISHING and probe(lease, current_boot_id()) is Liveness.ALIVE
 
 
-def choose(settings: Settings, task_id: int, attempt: int | None) -> int:
-    """The attempt to show; raises LogNotFound naming what exists."""
+def choose(settings: Settings, task_id: int, attempt: int | None) -> tuple[int, Path]:
+    """The attempt to show and its log; raises LogNotFound naming where it looked and what exists."""
     known = attempts(settings, task_id)
     if attempt is None:
         if known:
-            return known[-1]
-        raise LogNotFound(f"no run log for task {task_id} in {settings.task_log_dir / str(task_id)}")
+            return max(known), known[max(known)]
+        raise LogNotFound(f"no run log for task {task_id} ({_looked_for(settings, task_id, None)})")
     if attempt in known:
-        return attempt
+        return attempt, known[attempt]
     have = f"attempts with a log: {', '.join(map(str, known))}" if known else "no attempt has a log"
-    raise LogNotFound(f"no log of attempt {attempt} of task {task_id} ({have})")
+    looked = _looked_for(settings, task_id, attempt)
+    raise LogNotFound(f"no log of attempt {attempt} of task {task_id} ({have}; {looked})")
 
 
 def copy_new(path: Path, offset: int, out: ByteSink) -> int:
@@ -130,8 +146,7 @@ def follow(
         # Leased but not yet writing (the lease comes before the process): wait for the file.
         while not attempts(settings, task_id) and in_flight(settings, task_id, None):
             sleep(FOLLOW_POLL_SEC)
-    number = choose(settings, task_id, attempt)
-    path = log_path(settings, task_id, number)
+    number, path = choose(settings, task_id, attempt)
     offset = copy_new(path, 0, out)
     while in_flight(settings, task_id, number):
         sleep(FOLLOW_POLL_SEC)
@@ -150,7 +165,7 @@ def logs_command(
     try:
         if follow_output:
             return follow(settings, task_id, attempt, out)
-        copy_new(log_path(settings, task_id, choose(settings, task_id, attempt)), 0, out)
+        copy_new(choose(settings, task_id, attempt)[1], 0, out)
     except LogNotFound as exc:
         print(f"tinyscheduler: {exc}", file=sys.stderr)
         return 1

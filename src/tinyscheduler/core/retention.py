@@ -2,10 +2,10 @@
 by age and by total size. Pure: the files come in as plain data (name, size, mtime), the time and the
 runs in flight as inputs; `adapters.retention` walks the disk and removes what this module chose.
 
-A file is ours only if its name says so: a run log is `<task>/<attempt>.log` under the run log folder,
-a quarantined file is `<original name>.<YYYYmmddTHHMMSS>.<pid>[.<n>][.reason]`, a temporary file is
-`.<name>.<random>.tmp` (what an atomic write leaves when a kill cuts it short). Anything else is left
-alone, whatever its age.
+A file is ours only if its name says so: a run log is `<task>.<attempt>.log` at the top of the run log
+folder, or `<task>/<attempt>.log` below it (where 2.0.0 wrote them), a quarantined file is
+`<original name>.<YYYYmmddTHHMMSS>.<pid>[.<n>][.reason]`, a temporary file is `.<name>.<random>.tmp`
+(what an atomic write leaves when a kill cuts it short). Anything else is left alone, whatever its age.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 TEMP_GRACE_SEC = 600.0
 
 _RUN_LOG = re.compile(r"([0-9]{1,19})\.log")
+_FLAT_RUN_LOG = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})\.log")
 _TASK_FOLDER = re.compile(r"[0-9]{1,19}")
 _QUARANTINED = re.compile(r".+\.[0-9]{8}T[0-9]{6}\.[0-9]+(?:\.[0-9]+)?(?:\.reason)?")
 _TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{1,32}\.tmp")
@@ -51,11 +52,21 @@ class Limits:
     temp_grace_sec: float = TEMP_GRACE_SEC
 
 
-def run_log_task(folder: str, name: str) -> int | None:
-    """The task of run log `<folder>/<name>` (`42/1.log`), or None when the names are not a run log's."""
-    if _TASK_FOLDER.fullmatch(folder) is None or _RUN_LOG.fullmatch(name) is None:
+def run_log_of(folder: str | None, name: str) -> tuple[int, int] | None:
+    """(task, attempt) of run log `name` at the top of the run log folder (`folder` None: `42.1.log`)
+    or in its task folder `folder` (`42/1.log`, as 2.0.0 wrote them); None when not a run log's names."""
+    if folder is None:
+        flat = _FLAT_RUN_LOG.fullmatch(name)
+        return None if flat is None else (int(flat.group(1)), int(flat.group(2)))
+    old = _RUN_LOG.fullmatch(name)
+    if not is_task_folder(folder) or old is None:
         return None
-    return int(folder)
+    return int(folder), int(old.group(1))
+
+
+def is_task_folder(name: str) -> bool:
+    """Whether `name` may be a task's folder of run logs (the layout of 2.0.0)."""
+    return _TASK_FOLDER.fullmatch(name) is not None
 
 
 def is_quarantined_name(name: str) -> bool:

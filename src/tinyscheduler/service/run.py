@@ -94,7 +94,9 @@ class RunPolicy:
         return Limits(self.heartbeat_sec, self.max_runtime_sec, self.stop_grace_sec, self.idle_timeout_sec)
 
     def log_path(self, task_id: int, attempt: int) -> Path:
-        return self.task_log_dir / str(task_id) / f"{attempt}.log"
+        # Flat, no folder per task: a run's start allocates one inode, not two (2.0.0's
+        # `<task>/<attempt>.log` is still read by `logs` and pruned by the retention).
+        return self.task_log_dir / f"{task_id}.{attempt}.log"
 
     def spec(
         self, task_id: int, agent: str, attempt: int, *, elapsed_sec: float = 0.0, recorded: RunVerdict | None = None
