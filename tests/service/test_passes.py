@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import anyio
 
+from tinyscheduler.adapters.spares import spares_in
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.service.availability import problems, unavailable
 from tinyscheduler.service.scheduler import Hooks
@@ -79,6 +83,23 @@ async def test_a_freed_slot_takes_the_next_waiting_task_without_a_pass(world: Wo
     lists = world.client.count("list_tasks")
     assert lists <= 2, f"{lists} lists: the first pass, and one once nothing waited any more"
     assert world.last_pass()["counters"]["refills"] == 2
+
+
+async def test_passes_create_and_delete_no_file_once_running(world: World) -> None:
+    """last_pass.json goes through spare files: a file made and one freed every pass would make every
+    later file creation in the folder dearer (ext4 without a journal; adapters.spares)."""
+    world.registry([("dev-a", "dev", 1)])
+    state = world.base / "state"
+    async with daemon(world) as scheduler:
+        assert scheduler.passes is not None
+        await until((state / "last_pass.json").exists, "the daemon's own first pass")
+        spares_in(state).rest_sec = 0  # the daemon lets a file rest a second before it is reused
+        await scheduler.passes.run_pass()
+        before = {entry.inode() for entry in os.scandir(state)}
+        for _ in range(5):
+            await scheduler.passes.run_pass()
+        assert {entry.inode() for entry in os.scandir(state)} == before
+    assert json.loads((state / "last_pass.json").read_text())["ok"] is True
 
 
 async def test_refills_never_run_an_agent_over_its_slots(world: World) -> None:

@@ -1,11 +1,12 @@
 """Atomic rewrites that reuse files instead of creating and deleting one per write.
 
-Why: a lease is written three times per run and removed at its end. Written the usual way (a new
+Why: a lease is written three times per run and removed at its end, last_pass.json after every
+pass. Written the usual way (a new
 temporary file renamed over the old one), each write allocates an inode and frees another, and on
 some file systems that is most of a write's cost (ext4 without a journal scans the recently freed
 inodes on every allocation: 0.1-0.4 ms of kernel CPU per file, docs/performance.md).
 
-How: a folder keeps spare files (hidden: `.spare.<token>.<n>.lease`). A rewrite fills a spare and
+How: a folder keeps spare files (hidden: `.spare.<random>`). A rewrite fills a spare and
 swaps it with the target in one step (renameat2 RENAME_EXCHANGE): a reader sees the old content or the
 new, never a mix, as with a rename; the old content, now under the spare's name, is the next spare.
 Removing a target renames it to a spare. A spare is reused only once it has rested `rest_sec` (a
@@ -31,7 +32,6 @@ from typing import Any
 from tinyscheduler.adapters.files import open_private, sync_folder
 
 SPARE_PREFIX = ".spare."
-SPARE_SUFFIX = ".lease"
 #: How long a file that left a target's name waits before it is written again.
 REST_SEC = 1.0
 #: At most this many spares are kept; more are deleted (a burst of runs ended).
@@ -71,6 +71,14 @@ def exchange(first: str, second: str) -> bool:
     raise OSError(code, os.strerror(code), second)
 
 
+@functools.cache
+def spares_in(folder: Path) -> SpareFiles:
+    """The spare files of `folder` for this process's writers (taking over those an earlier one left)."""
+    spares = SpareFiles(folder)
+    spares.adopt()
+    return spares
+
+
 class SpareFiles:
     """The spare files of one folder (see the module docstring). Safe to use from several threads."""
 
@@ -88,7 +96,7 @@ class SpareFiles:
     def adopt(self) -> int:
         """Take the spares an earlier process left in the folder; how many."""
         try:
-            names = [n for n in os.listdir(self.folder) if n.startswith(SPARE_PREFIX) and n.endswith(SPARE_SUFFIX)]
+            names = [name for name in os.listdir(self.folder) if name.startswith(SPARE_PREFIX)]
         except OSError:
             return 0
         rested = time.monotonic() - self.rest_sec
@@ -117,7 +125,7 @@ class SpareFiles:
 
     def retire(self, target: str | Path) -> None:
         """Remove `target` by making it a spare (no inode freed); nothing if it is gone."""
-        name = os.path.join(self.folder, f"{SPARE_PREFIX}{self._token}.{next(self._serial)}{SPARE_SUFFIX}")
+        name = os.path.join(self.folder, f"{SPARE_PREFIX}{self._token}.{next(self._serial)}")
         try:
             os.rename(target, name)
         except FileNotFoundError:
@@ -147,7 +155,7 @@ class SpareFiles:
                 with contextlib.suppress(OSError):
                     os.unlink(spare)
         if fd is None:
-            fd, spare = tempfile.mkstemp(prefix=SPARE_PREFIX, suffix=SPARE_SUFFIX, dir=self.folder)
+            fd, spare = tempfile.mkstemp(prefix=SPARE_PREFIX, dir=self.folder)
         assert spare is not None
         try:
             written = 0

@@ -9,7 +9,8 @@ from typing import Any
 
 import structlog
 
-from tinyscheduler.adapters.files import write_json_atomic
+from tinyscheduler.adapters.files import json_text
+from tinyscheduler.adapters.spares import spares_in
 from tinyscheduler.core.control import summary
 from tinyscheduler.core.redact import redacted
 from tinyscheduler.service.availability import problems as availability_problems
@@ -84,6 +85,10 @@ def publish(runtime: Runtime, report: PassReport, reload_error: str | None) -> N
         "cluster": runtime.claims.summary(),
     }
     try:
-        write_json_atomic(s.last_pass_file, redacted("", data), durable=False)
+        # Through spare files: a file created and one deleted every pass make every later file
+        # creation in the folder dearer on some file systems (adapters.spares).
+        spares_in(s.last_pass_file.parent).rewrite(
+            s.last_pass_file, json_text(redacted("", data)).encode(), durable=False
+        )
     except OSError as exc:
         log.error("status_write_failed", file=str(s.last_pass_file), reason=str(exc))
