@@ -3,6 +3,7 @@ original schema, quarantine of everything that is not a lease, PID reuse, reboot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -556,3 +557,12 @@ def test_a_runs_lease_writes_reuse_files_instead_of_creating_them(store: LeaseSt
         assert store.read(task_id) == lease.with_changes(state=LeaseState.FINISHING, pid=123)
         store.remove(task_id)
     assert len(seen) <= 3, f"{len(seen)} files for 30 runs (a new file per write would be 90)"
+
+
+def test_with_changes_is_a_new_lease_with_those_fields_and_refuses_unknown_ones() -> None:
+    lease = make_lease()
+    running = lease.with_changes(state=LeaseState.RUNNING, pid=99)
+    assert running == dataclasses.replace(lease, state=LeaseState.RUNNING, pid=99)
+    assert (lease.state, lease.pid) != (LeaseState.RUNNING, 99), "the original is unchanged"
+    with pytest.raises(TypeError, match="no field colour"):
+        lease.with_changes(colour="red")

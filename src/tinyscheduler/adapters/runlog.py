@@ -245,7 +245,10 @@ async def pump(read_fd: int, run_log: RunLog, on_output: Callable[[], None] | No
         run_log.last_output = time.monotonic()
         if on_output is not None:
             on_output()
-        await anyio.lowlevel.checkpoint()
+        if len(data) == READ_BYTES:
+            # More may be waiting: let the other runs go first. A shorter read emptied the pipe, and
+            # the next read waits for the loop anyway.
+            await anyio.lowlevel.checkpoint()
 
 
 def drain(read_fd: int, run_log: RunLog, limit: int = 64 * READ_BYTES) -> int:
