@@ -70,14 +70,7 @@ async def test_a_freed_slot_takes_the_next_waiting_task_without_a_pass(world: Wo
     world.registry([("dev-a", "dev", 1)])
     world.settings["loop_interval_sec"] = "60"  # no pass of the interval while the test runs
     ids = [world.client.create_task(f"t{i}", queue_name="dev")["id"] for i in range(3)]
-    scheduler = world.scheduler(once=False)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(scheduler.serve)
-        with anyio.fail_after(30):
-            while not all(world.client.task(i)["status"] == "complete" for i in ids):
-                await anyio.sleep(0.02)
-        scheduler.request_stop()
+    await serve_until_complete(world, ids)
 
     assert world.starts() == ids, "one slot, the tasks one after the other, in order"
     lists = world.client.count("list_tasks")
@@ -108,14 +101,7 @@ async def test_refills_never_run_an_agent_over_its_slots(world: World) -> None:
         world.recipe(agent, mode="succeed", seconds=0.15)
     world.settings["loop_interval_sec"] = "60"  # the first pass, then refills alone
     ids = [world.client.create_task(f"t{i}", queue_name="dev")["id"] for i in range(9)]
-    scheduler = world.scheduler(once=False)
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(scheduler.serve)
-        with anyio.fail_after(30):
-            while not all(world.client.task(i)["status"] == "complete" for i in ids):
-                await anyio.sleep(0.02)
-        scheduler.request_stop()
+    await serve_until_complete(world, ids)
 
     most: dict[str, int] = {}
     running: dict[str, int] = {}
@@ -161,3 +147,14 @@ async def test_claims_tinytask_does_not_confirm_stop_every_start_and_show_until_
         rt.tick.set()
         await until(lambda: not rt.circuits.tinytask.failing, "a claim that went through")
     assert first <= 4 and world.starts(), "at most one pass of claims, and runs once TinyTask answers"
+
+
+async def serve_until_complete(world: World, ids: list[int]) -> None:
+    """The daemon serving until every task of `ids` is complete (30 s at most)."""
+    scheduler = world.scheduler(once=False)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        with anyio.fail_after(30):
+            while not all(world.client.task(i)["status"] == "complete" for i in ids):
+                await anyio.sleep(0.02)
+        scheduler.request_stop()
