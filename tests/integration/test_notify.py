@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -128,7 +129,10 @@ def test_sighup_reload_good_then_bad(fake, workspace, listener, daemon_factory):
 
     tasks = [fake.create_task(f"t{i}", queue_name="dev") for i in range(6)]
     wait_for(lambda: all(fake.task(t["id"])["status"] == "complete" for t in tasks), timeout=60, what="tasks done")
-    assert max_concurrency(workspace.records())["dev-a"] == 3, "the raised limit applies to the next passes"
+    # Tasks created one by one may meet a pass that sees only some of them: the peak shows the old
+    # limit of 1 is gone and the new one holds; the pass's own report names the limit in force.
+    assert 2 <= max_concurrency(workspace.records())["dev-a"] <= 3, "the raised limit applies to the next passes"
+    assert limits_in_force(workspace) == {"dev-a": 3}
 
     registry.write_text('[{"agentName": "dev-a",')  # broken JSON
     daemon.signal(signal.SIGHUP)
@@ -140,7 +144,13 @@ def test_sighup_reload_good_then_bad(fake, workspace, listener, daemon_factory):
     more = [fake.create_task(f"u{i}", queue_name="dev") for i in range(6)]
     wait_for(lambda: all(fake.task(t["id"])["status"] == "complete" for t in more), timeout=60, what="more done")
     later = [r for r in workspace.records() if r["task_id"] in {t["id"] for t in more}]
-    assert max_concurrency(later)["dev-a"] == 3, "the old (good) limits stay after a bad reload"
+    assert 2 <= max_concurrency(later)["dev-a"] <= 3, "the old (good) limits stay after a bad reload"
+    assert limits_in_force(workspace) == {"dev-a": 3}
+
+
+def limits_in_force(workspace: Any) -> Any:
+    """The slots per agent the daemon's last pass planned with (last_pass.json)."""
+    return json.loads((workspace.base / "state" / "last_pass.json").read_text())["limits"]
 
 
 def test_journal_stream_gives_priority_prefixes_without_timestamps(fake, workspace, tmp_path):
