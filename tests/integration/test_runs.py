@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,27 @@ async def test_success_completes_the_task_and_removes_the_lease(bench: RunBench)
         ("end", 0),
     ]
     assert bench.comments(task_id) == []
+
+
+def test_a_descriptor_the_daemon_inherited_never_reaches_a_keeper(tmp_path: Path) -> None:
+    """A shell that starts the daemon with an open pipe (fd 7 here, inheritable, as inherited ones
+    are): a keeper holding it would keep the pipe open for as long as runs live."""
+    program = (
+        "import os, sys\n"
+        "from tinyscheduler.adapters.runlog import output_pipe, spawn_keeper\n"
+        "inherited = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
+        "os.dup2(inherited, 7)\n"
+        "read_fd, write_fd = output_pipe()\n"
+        "keeper = spawn_keeper(read_fd, {b'TINYSCHEDULER_LEASE': b'x'})\n"
+        "print(sorted(int(fd) for fd in os.listdir(f'/proc/{keeper.pid}/fd')), os.get_inheritable(7))\n"
+        "keeper.kill()\n"
+        "print(keeper.wait(5))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(tmp_path / "inherited")], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[0, 1, 2] False", f"{-signal.SIGKILL}"]
 
 
 async def test_the_output_keeper_carries_the_runs_tag_and_nothing_of_the_daemons(bench: RunBench) -> None:

@@ -497,7 +497,7 @@ def launch(
     own = encoded(run_variables(task_id, agent, attempt, deps.leases.path(task_id), policy.tinytask_url))
     env = {**_encoded_base(deps.environ), **own}
     try:
-        output.keeper = spawn_keeper(read_fd, own, policy.base_path, enter=enter)
+        output.keeper = spawn_keeper(read_fd, own, enter=enter)
         if deps.children is not None:
             deps.children.add(output.keeper.pid)
         popen = spawn(enter(command), output_fd=write_fd, cwd=policy.base_path, env=env)

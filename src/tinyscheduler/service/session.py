@@ -23,7 +23,7 @@ from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orp
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.process import ExitWatch, RunProcess
 from tinyscheduler.adapters.procfs import descendants
-from tinyscheduler.adapters.runlog import RunLog, drain
+from tinyscheduler.adapters.runlog import Keeper, RunLog, drain
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, RunVerdict, classify
@@ -78,7 +78,7 @@ class Output:
     run_log: RunLog
     read_fd: int | None = None
     #: Our child when the daemon spawned it (reaped here); else only its pid is known.
-    keeper: subprocess.Popen[bytes] | None = None
+    keeper: Keeper | None = None
     cgroup: Path | None = None
 
     def close(self) -> None:
@@ -286,7 +286,7 @@ def recorded_verdict(lease: Lease) -> RunVerdict | None:
         return None
 
 
-async def _stop_keeper(keeper: subprocess.Popen[bytes]) -> bool:
+async def _stop_keeper(keeper: Keeper) -> bool:
     """SIGKILL the keeper and reap it on the loop, woken by its pidfd; False without pidfds."""
     watch = ExitWatch(keeper.pid)
     try:
