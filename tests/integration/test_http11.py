@@ -11,17 +11,17 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-import anyio
-import anyio.abc
 import httpx
 import pytest
 
 from tinyscheduler.adapters.tinytask import _http11
 from tinyscheduler.adapters.tinytask._http11 import Http11, Reply
+
+from runbench import eventually
 
 
 @dataclass(frozen=True)
@@ -138,47 +138,24 @@ def read_request(reader: BinaryIO) -> bytes | None:
     return head + b"\r\n" + reader.read(length)
 
 
-class Counted(anyio.abc.ByteStream):
-    """The client's stream, telling the script what the client has read."""
-
-    def __init__(self, inner: anyio.abc.ByteStream, script: RawScript) -> None:
-        self.inner = inner
-        self.script = script
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        data = await self.inner.receive(max_bytes)
-        self.script.client_read(data)
-        return data
-
-    async def send(self, item: bytes) -> None:
-        await self.inner.send(item)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self.inner.extra_attributes  # the raw socket, polled before a reuse
-
-
 @pytest.fixture
 def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., RawScript]]:
     """Start a RawScript (stopped after the test, whatever happens); the client's connections to it
     report their reads to it."""
     started: list[RawScript] = []
-    connect_tcp = anyio.connect_tcp
+    receive = _http11._Wire.receive
 
-    async def counted(*args: Any, **kwargs: Any) -> anyio.abc.ByteStream:
-        return Counted(await connect_tcp(*args, **kwargs), started[-1])
+    async def counted(wire: _http11._Wire) -> bytes:
+        data = await receive(wire)
+        if data:
+            started[-1].client_read(data)
+        return data
 
     def start(*turns: Turn) -> RawScript:
         started.append(RawScript(*turns))
         return started[-1]
 
-    monkeypatch.setattr(anyio, "connect_tcp", counted)
+    monkeypatch.setattr(_http11._Wire, "receive", counted)
     try:
         yield start
     finally:
@@ -325,6 +302,21 @@ async def test_an_idle_connection_the_server_closed_is_noticed_before_reuse(serv
             script.wait_closes(number)
     assert script.connections == 3
 
+
+
+async def test_a_server_flooding_an_idle_connection_fills_a_bounded_buffer_and_loses_it(
+    serve: Callable[..., RawScript],
+) -> None:
+    """8 MiB sent after a reply, while the connection waits for its next request: the client holds
+    at most HOLD_BYTES (plus one read) and stops reading; the next request goes on a new connection."""
+    script = serve(Turn((SIZED, b"x" * (8 << 20))), turn(SIZED))
+    async with client(script.url) as http:
+        assert await http.request("GET", "/x") == Reply(200, "OK", JSON)
+        wire = http._idle[0].wire
+        await eventually(lambda: not wire.transport.is_reading(), what="the idle connection to stop reading")
+        assert _http11.HOLD_BYTES < wire._held_bytes <= _http11.HOLD_BYTES + 256 * 1024
+        assert await http.request("GET", "/x") == Reply(200, "OK", JSON)
+    assert script.connections == 2
 
 # --- replies refused ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""HTTP/1.1 for the JSON requests of the TinyTask clients: a small client written for them over anyio
-streams, a few kept-alive connections, nothing else.
+"""HTTP/1.1 for the JSON requests of the TinyTask clients: a small client written for them over the
+event loop's own transports, a few kept-alive connections, nothing else.
 
 Why not httpx here: a request through httpx costs ~0.65 ms of CPU on the daemon's event loop, and a
 run makes three. httpx layers the request through its client, httpcore's pool (which walks every
@@ -10,8 +10,13 @@ for framing that a few regular expressions over the reply's head decide here; ~0
 request instead of ~0.23 (tests/bench/bench_http.py; docs/performance.md, "What closed the gap").
 httpx still carries MCP's event streams (tinytask.mcp).
 
+Why asyncio's transport and not an anyio stream: the daemon runs on asyncio, which keeps a connected
+socket registered for reading and hands over what arrives. anyio's socket stream registers the socket
+at every read, unregisters it after, and yields once more at every send: ~30 us more CPU a request
+(docs/performance.md). Deadlines and cancellation are still anyio's.
+
 What it does: one request at a time per connection, sent as one buffer; connections kept alive and
-reused (one whose server closed it while idle is noticed before reuse: it reads as ready); replies
+reused (one whose server closed it, or wrote to it, while idle is noticed before reuse); replies
 with their body by Content-Length, chunked (extensions and trailers skipped) or until close;
 informational (1xx) replies skipped; plain HTTP or TLS. One deadline, `read_timeout`, for the whole
 exchange, from the first byte sent to the last byte of the reply. What it does not: proxies,
@@ -29,20 +34,21 @@ paths share it.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import re
 import select
 import ssl
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import anyio
-import anyio.abc
 import httpx
 
-#: Read at most this much at once from a socket.
-RECEIVE_BYTES = 256 * 1024
+#: Received and not yet read past this, the connection stops reading from its socket until it is.
+HOLD_BYTES = 256 * 1024
 
 #: The largest reply read: a page of tasks is a few megabytes (client.PAGE_SIZE rows); a server
 #: that sends more (an endless body) fails the request instead of filling the memory.
@@ -151,9 +157,84 @@ def _bad_field(fields: bytes | bytearray) -> httpx.RemoteProtocolError:
     return _refused("malformed header field", next((x for x in lines if not _FIELDS.fullmatch(x + b"\n")), fields))
 
 
+class _Wire(asyncio.Protocol):
+    """A connection's socket as the event loop delivers it: what arrived, held until it is read."""
+
+    def __init__(self) -> None:
+        self.transport = cast(asyncio.Transport, None)
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
+        #: The server closed its side, or the connection broke: nothing more will arrive.
+        self.ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > HOLD_BYTES:
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def holds_news(self) -> bool:
+        """Whether anything arrived, or the connection ended, since the last read."""
+        return self.ended or bool(self._held)
+
+    async def send(self, data: bytes) -> None:
+        if self.ended or self.transport.is_closing():
+            raise httpx.WriteError("the connection was closed")
+        self.transport.write(data)
+        if self._writable is not None:  # the socket's buffer is full: wait until it drains
+            await self._writable
+            if self.ended:
+                raise httpx.WriteError("the connection was closed")
+
+    async def receive(self) -> bytes:
+        """What arrived since the last read, waiting for it if nothing has; b"" at the end."""
+        if not self._held and not self.ended:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if not self._held:
+            return b""
+        data = self._held.popleft() if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        if self._held_bytes > HOLD_BYTES and not self.ended:
+            self.transport.resume_reading()
+        self._held_bytes = 0
+        return data
+
+
 class _Connection:
-    def __init__(self, stream: anyio.abc.ByteStream, read_timeout: float) -> None:
-        self.stream = stream
+    def __init__(self, wire: _Wire, read_timeout: float) -> None:
+        self.wire = wire
         #: The most a request may take, from its first byte sent to the last byte of its reply: a
         #: server that drips its reply a byte at a time cannot hold a request (a pass, a claim)
         #: for longer.
@@ -161,16 +242,18 @@ class _Connection:
         #: Received and not yet parsed: after a reply, anything here came past its end.
         self._buf = bytearray()
         self._reusable = False
-        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-        #: Registered once: each reuse costs one poll() of this socket.
-        self._poller: select.poll | None = None
-        if raw is not None:
-            self._poller = select.poll()
-            self._poller.register(raw.fileno(), select.POLLIN)
+        #: Registered once: each reuse costs one poll() of this socket. What the loop has not read
+        #: yet (a close that came while the daemon was busy) shows there, not in the wire.
+        self._poller = select.poll()
+        self._poller.register(wire.transport.get_extra_info("socket").fileno(), select.POLLIN)
 
     def closed_by_server(self) -> bool:
-        """An idle kept-alive connection that the server closed (or wrote to) reads as ready."""
-        return self._poller is not None and bool(self._poller.poll(0))
+        """An idle kept-alive connection that the server closed (or wrote to)."""
+        return self.wire.holds_news() or bool(self._poller.poll(0))
+
+    def close(self) -> None:
+        # At once, whatever is unsent: a connection is closed after a failure, or when idle.
+        self.wire.transport.abort()
 
     def reusable(self) -> bool:
         """Whether the next request may use this connection: the last reply allowed it, and nothing
@@ -184,10 +267,7 @@ class _Connection:
         sent = False
         self._reusable = False
         with anyio.CancelScope(deadline=anyio.current_time() + self.read_timeout):
-            try:
-                await self.stream.send(request)
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                raise httpx.WriteError(str(exc) or type(exc).__name__) from None
+            await self.wire.send(request)
             sent = True
             return await self._receive()
         # Only the scope's own deadline ends the block without a return or an exception.
@@ -217,13 +297,9 @@ class _Connection:
 
     async def _fill(self) -> bool:
         """Append the next read to the buffer; False at the end of the stream."""
-        try:
-            self._buf += await self.stream.receive(RECEIVE_BYTES)
-        except (anyio.EndOfStream, anyio.BrokenResourceError):
-            return False
-        except OSError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from None
-        return True
+        data = await self.wire.receive()
+        self._buf += data
+        return bool(data)
 
     async def _more(self) -> None:
         """The next read of a body the server has not finished."""
@@ -346,12 +422,12 @@ class Http11:
             try:
                 reply = await connection.exchange(data)
             except BaseException:
-                await _close(connection)
+                connection.close()
                 raise
             if connection.reusable():
                 self._idle.append(connection)
             else:
-                await _close(connection)
+                connection.close()
             return reply
 
     def _encode(self, method: str, target: str, body: bytes | None, headers: Mapping[str, str] | None) -> bytes:
@@ -372,34 +448,27 @@ class Http11:
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
-            await _close(connection)
+            connection.close()
 
     async def _connection(self) -> _Connection:
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed_by_server():
                 return connection
-            await _close(connection)
+            connection.close()
+        context, hostname = (self._context(), self.host) if self.tls else (None, None)
         try:
             with anyio.fail_after(self.connect_timeout):
-                if self.tls:
-                    stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                        self.host, self.port, tls=True, ssl_context=self._context(), tls_hostname=self.host
-                    )
-                else:
-                    stream = await anyio.connect_tcp(self.host, self.port)
+                _, wire = await asyncio.get_running_loop().create_connection(
+                    _Wire, self.host, self.port, ssl=context, server_hostname=hostname
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {self.authority} within {self.connect_timeout:g}s") from None
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
-        return _Connection(stream, self.read_timeout)
+        return _Connection(wire, self.read_timeout)
 
     def _context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl
-
-
-async def _close(connection: _Connection) -> None:
-    with anyio.CancelScope(shield=True), contextlib.suppress(OSError, anyio.BrokenResourceError):
-        await connection.stream.aclose()
