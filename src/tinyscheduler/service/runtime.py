@@ -86,6 +86,8 @@ class Connection:
         self.lazy = LazyClient(self)
 
     async def client(self) -> TinyTaskClient:
+        if self._client is not None:  # every request but the first: no lock, so no extra loop turn
+            return self._client
         # Reclaims and the pass may all need the client at start-up: connect once, not once each.
         async with self._opening:
             if self._client is None:
