@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -106,6 +107,48 @@ async def test_without_a_price_table_runs_have_tokens_but_no_cost(world: World) 
     [run] = HistoryStore(world.base / "state" / "history.sqlite3", read_only=True).runs()
     assert run.task_id == task and run.input_tokens == 1200 and run.cost is None
     assert not any(name == "tinyscheduler_cost_total" for name, _ in samples(scheduler))
+
+
+async def test_a_run_whose_history_write_was_cancelled_before_its_thread_started_is_written_at_exit(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon stopping while the writer hands a batch to its thread: the batch is not lost, the
+    close at exit writes it."""
+    writer = world.scheduler().runtime.observer.history
+    record = RunRecord(
+        datetime(2026, 11, 29, tzinfo=UTC),
+        datetime(2026, 11, 29, 0, 1, tzinfo=UTC),
+        "vm",
+        "i",
+        "dev-a",
+        7,
+        1,
+        "succeeded",
+        "exit 0",
+        "completed",
+        "spawned",
+        0,
+        60.0,
+        None,
+        None,
+        None,
+        None,
+        None,
+        "/x.log",
+    )
+
+    async def cancelled_before_the_thread(*_args: object, **_kwargs: object) -> bool:
+        scope.cancel()
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", cancelled_before_the_thread)
+    writer.add(record)
+    with anyio.CancelScope() as scope:
+        await writer.run()
+    monkeypatch.undo()
+    writer.close()
+    assert [run.task_id for run in HistoryStore(world.base / "state" / "history.sqlite3", read_only=True).runs()] == [7]
 
 
 def _events(base: Path) -> list[dict[str, object]]:

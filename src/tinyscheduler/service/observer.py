@@ -103,10 +103,13 @@ class HistoryWriter:
                 await anyio.sleep(max(0.0, self._written_at + HISTORY_BATCH_SEC - time.monotonic()))
                 self._written_at = time.monotonic()
             self._wake = anyio.Event()
-            batch, self._pending = self._pending, []
-            if not await anyio.to_thread.run_sync(self._write, batch):
-                # Kept for the next try (a locked or full file may come back), the newest first.
-                self._pending = (batch + self._pending)[-MAX_PENDING_RUNS:]
+            # Left in place until written: cancelled before its thread starts (the daemon stopping),
+            # the batch is still there for close() to write.
+            batch = list(self._pending)
+            if await anyio.to_thread.run_sync(self._write, batch):
+                del self._pending[: len(batch)]
+            else:  # kept for the next try (a locked or full file may come back), the newest first
+                self._pending = self._pending[-MAX_PENDING_RUNS:]
 
     def close(self) -> None:
         """Write what is left (at exit: the task above is cancelled by then), then close the file."""
