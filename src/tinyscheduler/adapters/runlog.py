@@ -14,6 +14,7 @@ pipe through /proc/<keeper>/fd/0 and goes on. The keeper dies with the run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import functools
@@ -27,7 +28,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
 import structlog
 
 from tinyscheduler.adapters.files import make_private_folder, open_private
@@ -286,27 +286,41 @@ def open_kept_pipe(keeper_pid: int) -> int | None:
         return None
 
 
-async def pump(read_fd: int, run_log: RunLog, on_output: Callable[[], None] | None = None) -> None:
-    """Copy the pipe into the log until every writer has closed it."""
-    while True:
+class OutputFeed:
+    """Copies the pipe into the log as output comes, until every writer has closed it (`ended`).
+
+    The pipe's read end stays registered with the event loop, which calls back when it is readable:
+    no task and no registration per read (a task waiting with anyio.wait_readable cost a task per run
+    and two epoll_ctl calls per read). One read per call: a flood cannot keep the loop from the other
+    runs. `close` stops reading; it must come before the pipe is closed.
+    """
+
+    def __init__(self, read_fd: int, run_log: RunLog) -> None:
+        self._fd = read_fd
+        self._run_log = run_log
+        self.ended = anyio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(read_fd, self._readable)
+
+    def _readable(self) -> None:
         try:
-            data = os.read(read_fd, READ_BYTES)
+            data = os.read(self._fd, READ_BYTES)
         except BlockingIOError:
-            await anyio.wait_readable(read_fd)
-            continue
+            return
         except OSError as exc:
-            log.warning("run_output_read_failed", path=str(run_log.path), reason=str(exc))
-            return
+            log.warning("run_output_read_failed", path=str(self._run_log.path), reason=str(exc))
+            data = b""
         if not data:
+            self.close()
+            self.ended.set()
             return
-        run_log.write(data)
-        run_log.last_output = time.monotonic()
-        if on_output is not None:
-            on_output()
-        if len(data) == READ_BYTES:
-            # More may be waiting: let the other runs go first. A shorter read emptied the pipe, and
-            # the next read waits for the loop anyway.
-            await anyio.lowlevel.checkpoint()
+        self._run_log.write(data)
+        self._run_log.last_output = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._fd = -1
 
 
 def drain(read_fd: int, run_log: RunLog, limit: int = 64 * READ_BYTES) -> int:

@@ -1,11 +1,12 @@
 """Watching one goose process until it ends: heartbeat, output, deadlines, the stop ladder.
 
-One task group per run owns the output pump and the stop ladder, so nothing outlives the
-supervision and a cancelled run leaves no task behind. The supervisor sleeps on the process's pidfd
-until it exits, a stop is requested (which cancels the sleep), or its next deadline (a heartbeat, max
-runtime, idle timeout) comes; the output pump alone wakes for output. When the process has ended, what it left
-behind is killed (`contain`), which closes the last writers of the pipe, and the rest of the output
-is copied before the end is classified.
+The supervisor sleeps on the process's pidfd until it exits, a stop is requested (which cancels the
+sleep), or its next deadline (a heartbeat, max runtime, idle timeout) comes. Output is copied by the
+event loop's reader callback (runlog.OutputFeed), which wakes for output alone. A stop ladder runs in
+a task group opened for it, so it never outlives the supervision; most runs need none, and open no
+group (a group's exit costs a turn of the loop). When the process has ended, what it left behind is
+killed (`contain`), which closes the last writers of the pipe, and the rest of the output is copied
+before the end is classified.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import anyio.abc
 
 from tinyscheduler.adapters.leasestore import LeaseStore
 from tinyscheduler.adapters.process import ExitWatch, RunProcess, stop_process_group
-from tinyscheduler.adapters.runlog import RunLog, drain, pump
+from tinyscheduler.adapters.runlog import OutputFeed, RunLog, drain
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import ProcessEnd, StopCause
 
@@ -122,24 +123,27 @@ class Supervision:
         began = time.monotonic() - self.elapsed_sec
         self.run_log.last_output = time.monotonic()
         watch = ExitWatch(self.process.pid)
-        pumped = anyio.Event()
+        feed = OutputFeed(self.read_fd, self.run_log) if self.read_fd is not None else None
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._pump, pumped)
-                await self._watch(group, began, watch)
-                duration = time.monotonic() - began
-                if self._ladder_done is not None:
-                    await self._ladder_done.wait()
-                # goose's last words are in the pipe now: into the log before anything is killed, so a
-                # daemon killed right here leaves them on disk (the keeper dies with what it holds).
-                if self.read_fd is not None:
-                    drain(self.read_fd, self.run_log)
-                # What the run left behind holds the pipe open: once it is gone, the output ends.
-                await self.contain()
+            duration = await self._watch(None, began, watch)
+            if duration is None:  # a stop must begin: its ladder gets a task group
+                async with anyio.create_task_group() as group:
+                    duration = await self._watch(group, began, watch)
+                    if self._ladder_done is not None:
+                        await self._ladder_done.wait()
+            assert duration is not None  # with a group, the watch ends only with the process
+            # goose's last words are in the pipe now: into the log before anything is killed, so a
+            # daemon killed right here leaves them on disk (the keeper dies with what it holds).
+            if self.read_fd is not None:
+                drain(self.read_fd, self.run_log)
+            # What the run left behind holds the pipe open: once it is gone, the output ends.
+            await self.contain()
+            if feed is not None and not feed.ended.is_set():
                 with anyio.move_on_after(DRAIN_SEC):
-                    await pumped.wait()
-                group.cancel_scope.cancel()
+                    await feed.ended.wait()
         finally:
+            if feed is not None:
+                feed.close()
             watch.close()
         return ProcessEnd(
             self.process.returncode,
@@ -150,8 +154,9 @@ class Supervision:
             self.stop_reason or "",
         )
 
-    async def _watch(self, group: anyio.abc.TaskGroup, began: float, watch: ExitWatch) -> None:
-        """Until the process has ended: its heartbeat, and its deadlines (one wake-up for all)."""
+    async def _watch(self, group: anyio.abc.TaskGroup | None, began: float, watch: ExitWatch) -> float | None:
+        """Until the process has ended: its heartbeat, and its deadlines (one wake-up for all). How
+        long it ran; None when a stop must begin and there is no `group` to run its ladder in."""
         limits, polling = self.limits, not watch.available
         next_beat = time.monotonic() + limits.heartbeat_sec
         while not self.process.exited():
@@ -163,6 +168,8 @@ class Supervision:
             if self._ladder_done is None:
                 self._cause = self._stop_cause(now - began, silent)
                 if self._cause is not StopCause.NONE:
+                    if group is None:
+                        return None
                     self._start_ladder(group)
             timeout = min(POLL_SEC if polling else math.inf, next_beat - now)
             if self._ladder_done is None:
@@ -170,6 +177,7 @@ class Supervision:
                 if self._idle_timeout() > 0:
                     timeout = min(timeout, max(0.0, self._idle_timeout() - silent))
             await self._sleep(watch, max(timeout, 0.01))
+        return time.monotonic() - began
 
     async def _sleep(self, watch: ExitWatch, at_most: float) -> None:
         if not self._woken:
@@ -218,10 +226,3 @@ class Supervision:
                 self._wake()
 
         group.start_soon(ladder)
-
-    async def _pump(self, done: anyio.Event) -> None:
-        try:
-            if self.read_fd is not None:
-                await pump(self.read_fd, self.run_log)
-        finally:
-            done.set()
