@@ -4,8 +4,8 @@
 #
 #   quick_goose.sh run --recipe R --params task_id=N --params agent=A ... [--output-format stream-json]
 #
-# Sleeps for the seconds in $QUICK_GOOSE_DURATIONS/<task id> (a file per task, written by the
-# benchmark; 0.5 without one), prints goose's stream-json `complete` event and exits 0. With
+# Sleeps for its task's seconds in $QUICK_GOOSE_SECONDS (8 characters a task, task 1 first, set by
+# the benchmark; 0.5 without), prints goose's stream-json `complete` event and exits 0. With
 # $TINYSCHEDULER_STANDIN_RECORD set it appends `start` and `end` records as the Python stand-in does
 # ({"event", "task_id", "agent", "pid", "t"}; `end` adds "exit"), each one write of one line.
 if [ "$1" = "--version" ]; then
@@ -25,9 +25,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 seconds=0.5
-if [ -n "$QUICK_GOOSE_DURATIONS" ] && [ -r "$QUICK_GOOSE_DURATIONS/$task" ]; then
-    read -r seconds < "$QUICK_GOOSE_DURATIONS/$task"
-fi
+case "$task" in
+    "" | *[!0-9]*) ;;
+    *)
+        field=${QUICK_GOOSE_SECONDS:$(( (task - 1) * 8 )):8}
+        field=${field%% *}
+        [ -n "$field" ] && seconds=$field
+        ;;
+esac
 record() {
     if [ -n "$TINYSCHEDULER_STANDIN_RECORD" ]; then
         printf '{"event": "%s", "task_id": %s, "agent": "%s", "pid": %s, "t": %s%s}\n' \
