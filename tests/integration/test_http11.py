@@ -303,7 +303,6 @@ async def test_an_idle_connection_the_server_closed_is_noticed_before_reuse(serv
     assert script.connections == 3
 
 
-
 async def test_a_server_flooding_an_idle_connection_fills_a_bounded_buffer_and_loses_it(
     serve: Callable[..., RawScript],
 ) -> None:
@@ -317,6 +316,7 @@ async def test_a_server_flooding_an_idle_connection_fills_a_bounded_buffer_and_l
         assert _http11.HOLD_BYTES < wire._held_bytes <= _http11.HOLD_BYTES + 256 * 1024
         assert await http.request("GET", "/x") == Reply(200, "OK", JSON)
     assert script.connections == 2
+
 
 # --- replies refused ---------------------------------------------------------------------------
 

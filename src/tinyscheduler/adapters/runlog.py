@@ -239,6 +239,40 @@ class Keeper:
         return code
 
 
+class KilledKeepers:
+    """Keepers killed at their run's end, collected later rather than waited for (a pidfd, a turn
+    of the event loop and four system calls per run): each run's end and each pass reap those that
+    have exited. Until reaped, a keeper's pid stays among the daemon's known children (`children`),
+    so that it is never taken for something a run left behind."""
+
+    def __init__(self, children: set[int] | None) -> None:
+        self._children = children
+        self._killed: list[Keeper] = []
+
+    def __len__(self) -> int:
+        return len(self._killed)
+
+    def __contains__(self, keeper: object) -> bool:
+        return keeper in self._killed
+
+    def kill(self, keeper: Keeper) -> None:
+        keeper.kill()
+        if keeper.returncode is None and keeper not in self._killed:
+            self._killed.append(keeper)
+        elif keeper.returncode is not None and self._children is not None:
+            self._children.discard(keeper.pid)
+
+    def reap(self) -> None:
+        """Collect those that have exited (without waiting)."""
+        left = []
+        for keeper in self._killed:
+            if keeper.poll() is None:
+                left.append(keeper)
+            elif self._children is not None:
+                self._children.discard(keeper.pid)
+        self._killed = left
+
+
 def spawn_keeper(read_fd: int, env: Mapping[bytes, bytes], *, enter: Callable[[list[str]], list[str]] = list) -> Keeper:
     """The process that holds the pipe open for the run's lifetime (see the module docstring);
     `enter` wraps its command (to join the run's cgroup). `env`: the run's own variables (its lease

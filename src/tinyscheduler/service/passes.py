@@ -156,6 +156,7 @@ class PassRunner:
 
     async def _body(self, report: PassReport) -> None:
         rt = self.runtime
+        self.runner.keepers.reap()  # those killed since the last run's end, should no run end soon
         await recheck_goose_if_due(rt)
         client = await rt.connection.client()
         config = rt.config.plan_config(client.features)

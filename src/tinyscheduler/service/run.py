@@ -403,8 +403,11 @@ class Run:
                 how=Reason.SPAWNED, stop_reason=self._stop_reason, stop_counted=self._stop_counted
             )
         finally:
-            if self.deps.children is not None:  # reaped (goose) and killed and waited for (the keeper)
-                self.deps.children.difference_update({process.pid, keeper.pid if keeper else process.pid})
+            children, killed = self.deps.children, self.deps.keepers
+            if children is not None:  # goose is reaped; a killed keeper is, or will be (KilledKeepers)
+                children.discard(process.pid)
+                if keeper is not None and not (killed is not None and keeper in killed):
+                    children.discard(keeper.pid)
         return finished(session, verdict, report, end)
 
     # --- not started -----------------------------------------------------------------------------

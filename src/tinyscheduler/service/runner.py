@@ -16,6 +16,7 @@ import anyio.abc
 import structlog
 
 from tinyscheduler.adapters.containment import RunCgroups, kill_tagged
+from tinyscheduler.adapters.runlog import KilledKeepers
 from tinyscheduler.adapters.tinytask import Task
 from tinyscheduler.config.registry import agent_recipe_name
 from tinyscheduler.core.goose import output_format_of
@@ -101,6 +102,8 @@ class Runner:
         self.cgroups = cgroups
         #: The daemon's own child processes in use (goose runs, keepers): the runs keep it.
         self.children: set[int] = set()
+        #: Keepers killed at their run's end, reaped at a later run's end or pass.
+        self.keepers = KilledKeepers(self.children)
         self._policy: tuple[Configuration, RunPolicy] | None = None
         #: A run's process ended: its agent has a free slot (by default: a pass now).
         self.on_slot_freed: Callable[[str], None] = lambda _agent: runtime.tick.set()
@@ -128,6 +131,7 @@ class Runner:
             cgroups=self.cgroups,
             children=self.children,
             subreaper=rt.subreaper,
+            keepers=self.keepers,
             held=self._held,
             claims=rt.claims,
         )
@@ -201,6 +205,15 @@ class Runner:
     def in_flight(self) -> dict[int, str]:
         """Runs whose process has not ended (or not started yet), by task id -> agent: they hold slots."""
         return {task_id: run.agent for task_id, run in self.runtime.runs.items() if run.holds_slot}
+
+    async def reap_keepers(self, at_most: float) -> None:
+        """Reap the keepers killed at the last runs' ends, waiting at most `at_most` seconds: the
+        daemon leaves no zombie behind."""
+        self.keepers.reap()
+        with anyio.move_on_after(at_most):
+            while len(self.keepers):
+                await anyio.sleep(0.01)
+                self.keepers.reap()
 
     def stop_all(self, reason: str) -> None:
         for run in list(self.runtime.runs.values()):

@@ -66,6 +66,9 @@ log = structlog.get_logger("tinyscheduler.daemon")
 
 #: How often recovery and shutdown look whether the runs and reclaims they wait for are done.
 UNTIL_POLL_SEC = 0.05
+#: The longest an exit waits for the keepers killed at the last runs' ends to be reaped (SIGKILL:
+#: a moment).
+KEEPER_REAP_SEC = 2.0
 #: The cyclic collector's thresholds once the daemon runs (Python's: 700, 10, 10). A run allocates a
 #: few thousand short-lived objects, almost none in cycles: at 700 the young generation was collected
 #: every few runs and the older ones so often that collection took ~3% of the CPU of a run.
@@ -169,7 +172,7 @@ class Scheduler:
         try:
             rt.store.ensure()
             make_private_folder(s.task_log_dir)
-            self._load_pauses()
+            load_pauses(rt)
             # Orphans of the runs (a double fork, a child outliving goose) come to us, to be killed.
             subreaper = rt.subreaper = become_subreaper()
             self.cluster = cluster_mode(rt)
@@ -231,18 +234,6 @@ class Scheduler:
         else:
             await self.passes.loop()
         await self._drain(runner)
-
-    def _load_pauses(self) -> None:
-        """The operator's pauses outlive the daemon; an unreadable file holds the host (core.control)."""
-        rt = self.runtime
-        store = PauseStore(rt.config.settings.pauses_file)
-        try:
-            rt.pauses = store.load()
-        except PausesUnreadable as exc:
-            log.error("pauses_unreadable", file=str(exc.path), reason=exc.why, detail="the host starts nothing")
-            rt.pauses = Pauses.unreadable(str(exc.path), exc.why, rt.clock())
-        for pause in rt.pauses.items:
-            log.warning("paused", scope=pause.scope.value, target=pause.target, reason=pause.text)
 
     def _control_changed(self) -> None:
         """A control request changed something: say it in STATUS= now and plan again at once."""
@@ -378,6 +369,7 @@ class Scheduler:
                 await self._until(lambda: not rt.runs, self._hurry)
             runner.stop_all("the scheduler is shutting down")
         await self._until(lambda: not rt.runs and not rt.reclaiming, None)
+        await runner.reap_keepers(KEEPER_REAP_SEC)
 
     async def _until(self, done: Callable[[], bool], interrupt: anyio.Event | None) -> None:
         """Poll a condition (cheap: a few dict lookups) while keeping systemd's start or stop timeout
@@ -390,3 +382,15 @@ class Scheduler:
                 extended = time.monotonic()
             with anyio.move_on_after(UNTIL_POLL_SEC):
                 await (interrupt or anyio.Event()).wait()
+
+
+def load_pauses(rt: Runtime) -> None:
+    """The operator's pauses outlive the daemon; an unreadable file holds the host (core.control)."""
+    store = PauseStore(rt.config.settings.pauses_file)
+    try:
+        rt.pauses = store.load()
+    except PausesUnreadable as exc:
+        log.error("pauses_unreadable", file=str(exc.path), reason=exc.why, detail="the host starts nothing")
+        rt.pauses = Pauses.unreadable(str(exc.path), exc.why, rt.clock())
+    for pause in rt.pauses.items:
+        log.warning("paused", scope=pause.scope.value, target=pause.target, reason=pause.text)

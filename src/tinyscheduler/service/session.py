@@ -21,9 +21,9 @@ import structlog
 from tinyscheduler.adapters.attempt_book import AttemptBook
 from tinyscheduler.adapters.containment import RunCgroups, kill_tagged, reap_orphans, strays
 from tinyscheduler.adapters.leasestore import LeaseStore
-from tinyscheduler.adapters.process import ExitWatch, RunProcess
+from tinyscheduler.adapters.process import RunProcess
 from tinyscheduler.adapters.procfs import descendants
-from tinyscheduler.adapters.runlog import Keeper, RunLog, drain
+from tinyscheduler.adapters.runlog import Keeper, KilledKeepers, RunLog, drain
 from tinyscheduler.adapters.tinytask import TinyTaskClient
 from tinyscheduler.core.leases import Lease, LeaseState
 from tinyscheduler.core.outcomes import EvidenceRule, Outcome, ProcessEnd, RunVerdict, classify
@@ -56,6 +56,8 @@ class RunDeps:
     children: set[int] | None = None
     #: Whether the daemon is its runs' child subreaper (adapters.containment).
     subreaper: bool = False
+    #: Where a run's keeper goes once killed, to be reaped later (the runner's; None: waited for).
+    keepers: KilledKeepers | None = None
     #: What holds an agent's work now (an operator's pause: its text), asked again once the claim is
     #: in: a pause made while TinyTask answered starts nothing.
     held: Callable[[str, str | None], str | None] | None = None
@@ -231,16 +233,18 @@ class RunSession:
 
         A run this daemon started (its keeper is our child) while it is the subreaper left all it
         left below the daemon: the daemon's children that are no run's, and theirs. With none (the
-        usual end) only the keeper is stopped, on the loop; otherwise the sweep (it reads /proc, and
-        kills a cgroup) runs in a thread."""
+        usual end) only the keeper is killed, on the loop, and reaped later (`deps.keepers`);
+        otherwise the sweep (it reads /proc, and kills a cgroup) runs in a thread."""
         deps, output, keeper = self.deps, self.output, self.output.keeper
+        if deps.keepers is not None:
+            deps.keepers.reap()  # those of earlier runs: off the list of children before it is read
         found = None
         if deps.subreaper and keeper is not None and deps.children is not None:
             found = strays(deps.children)
-        quiet = keeper is not None and found is not None and not found and output.cgroup is None
-        if quiet and keeper is not None and await _stop_keeper(keeper):
-            # No orphan was listed a moment ago: none to reap (a second listing of the daemon's
-            # children costs as much as the first, which grows with the runs in flight).
+        if keeper is not None and deps.keepers is not None and found is not None and not found and not output.cgroup:
+            # Nothing orphaned a moment ago: none to reap (a second listing of the daemon's children
+            # costs as much as the first, which grows with the runs in flight), only the keeper to kill.
+            deps.keepers.kill(keeper)
             return
         escaped = await anyio.to_thread.run_sync(self._sweep, found)
         if deps.children is not None:
@@ -284,21 +288,6 @@ def recorded_verdict(lease: Lease) -> RunVerdict | None:
         return RunVerdict(Outcome(lease.outcome), lease.outcome_detail or lease.outcome)
     except ValueError:
         return None
-
-
-async def _stop_keeper(keeper: Keeper) -> bool:
-    """SIGKILL the keeper and reap it on the loop, woken by its pidfd; False without pidfds."""
-    watch = ExitWatch(keeper.pid)
-    try:
-        if not watch.available:
-            return False
-        with contextlib.suppress(OSError):
-            keeper.kill()
-        await watch.wait(5)
-    finally:
-        watch.close()
-    keeper.poll()
-    return True
 
 
 def reporter_for(
