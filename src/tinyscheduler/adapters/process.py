@@ -108,10 +108,8 @@ class AdoptedProcess:
 
 
 class ExitWatch:
-    """Wakes its owner the moment a process exits: a pidfd polled by the event loop.
-
-    `wait(at_most)` returns True once the process has exited. Without pidfd support (Linux < 5.3)
-    it sleeps out the time and the caller polls.
+    """Wakes its owner the moment a process exits: a pidfd polled by the event loop. Without pidfd
+    support (Linux < 5.3) `until_exit` never returns, and the caller polls on a timeout.
     """
 
     def __init__(self, pid: int) -> None:
@@ -123,15 +121,6 @@ class ExitWatch:
     def available(self) -> bool:
         """Whether the exit wakes the watcher (else it has to poll)."""
         return self._fd is not None
-
-    async def wait(self, at_most: float) -> bool:
-        with anyio.move_on_after(at_most):
-            if self._fd is None:
-                await anyio.sleep(at_most)
-                return False
-            await anyio.wait_readable(self._fd)
-            return True
-        return False
 
     async def until_exit(self) -> None:
         """Return once the process has exited; without a pidfd, never (the caller's timeout ends it)."""
