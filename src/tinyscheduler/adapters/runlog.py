@@ -257,10 +257,7 @@ class KilledKeepers:
 
     def kill(self, keeper: Keeper) -> None:
         keeper.kill()
-        if keeper.returncode is None and keeper not in self._killed:
-            self._killed.append(keeper)
-        elif keeper.returncode is not None and self._children is not None:
-            self._children.discard(keeper.pid)
+        self._killed.append(keeper)  # one already reaped leaves at the next reap, like the others
 
     def reap(self) -> None:
         """Collect those that have exited (without waiting)."""
