@@ -48,7 +48,7 @@ class RawScript:
         self.requests: list[bytes] = []
         self.connections = 0
         self.closes = 0
-        #: Bytes sent by the server and read by the client so far, for the pieces' hand-over.
+        #: Bytes handed to the socket by the server and read by the client so far, for the pieces' hand-over.
         self.sent = 0
         self.read = 0
         #: The size of each of the client's reads.
@@ -114,10 +114,11 @@ class RawScript:
         for number, piece in enumerate(answer.pieces):
             if answer.pace and self.stopped.wait(answer.pace):
                 return
-            sock.sendall(piece)
-            with self.progress:
+            with self.progress:  # counted before it goes, so the client can never have read more than this
                 self.sent += len(piece)
-                if not answer.pace and number + 1 < len(answer.pieces):
+            sock.sendall(piece)
+            if not answer.pace and number + 1 < len(answer.pieces):
+                with self.progress:
                     self.progress.wait_for(lambda: self.read >= self.sent or self.stopped.is_set(), timeout=10)
 
     def wait_closes(self, count: int) -> None:
