@@ -61,13 +61,18 @@ def test_a_descriptor_the_daemon_inherited_never_reaches_a_keeper(tmp_path: Path
     """A shell that starts the daemon with an open pipe (fd 7 here, inheritable, as inherited ones
     are): a keeper holding it would keep the pipe open for as long as runs live."""
     program = (
-        "import os, sys\n"
+        "import os, sys, time\n"
         "from tinyscheduler.adapters.runlog import output_pipe, spawn_keeper\n"
         "inherited = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
         "os.dup2(inherited, 7)\n"
         "read_fd, write_fd = output_pipe()\n"
         "keeper = spawn_keeper(read_fd, {b'TINYSCHEDULER_LEASE': b'x'})\n"
-        "print(sorted(int(fd) for fd in os.listdir(f'/proc/{keeper.pid}/fd')), os.get_inheritable(7))\n"
+        # Linux lets posix_spawn return before the child's exec has closed its close-on-exec fds.
+        "deadline = time.monotonic() + 5\n"
+        "while (fds := sorted(int(fd) for fd in os.listdir(f'/proc/{keeper.pid}/fd'))) != [0, 1, 2]:\n"
+        "    if time.monotonic() > deadline: break\n"
+        "    time.sleep(0.01)\n"
+        "print(fds, os.get_inheritable(7))\n"
         "keeper.kill()\n"
         "print(keeper.wait(5))\n"
     )
@@ -94,7 +99,11 @@ async def test_the_output_keeper_carries_the_runs_tag_and_nothing_of_the_daemons
         assert environ["TINYSCHEDULER_OUTPUT_KEEPER"] == "1"
         assert "GOOSE_PROVIDER_API_KEY" not in environ and "PATH" not in environ
         assert psutil.Process(run.pid).environ()["GOOSE_PROVIDER_API_KEY"] == "sk-not-for-the-keeper"
-        assert sorted(int(fd) for fd in os.listdir(f"/proc/{keeper.pid}/fd")) == [0, 1, 2]
+        await eventually(  # its exec closes the daemon's descriptors just after posix_spawn returns
+            lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{keeper.pid}/fd")) == [0, 1, 2],
+            timeout=5,
+            what="the keeper to hold fds 0-2 only",
+        )
     finally:
         run.request_stop("test over")
         await execution
