@@ -20,7 +20,7 @@ from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.service.reporter import Reported
 from tinyscheduler.testing.fake import FakeTinyTask
 
-from harness import DaemonProcess, Workspace, alive
+from harness import DaemonProcess, Workspace, alive, wait_for
 from runbench import RunBench, eventually
 
 
@@ -100,8 +100,9 @@ async def test_nothing_a_run_started_survives_its_end(bench: RunBench, mode: str
     assert result.outcome is Outcome.SUCCEEDED and result.report is Reported.COMPLETED
     left = [r["child"] for r in bench.records() if r["event"] == "child"]
     assert left, f"the stand-in's {mode} mode left nothing to catch"
-    # Killed when the run ended, before its outcome was reported: nothing to wait for here.
-    assert alive(left) == [] and bench.ours() == []
+    # Killed when the run ended, before its outcome was reported; SIGKILL takes effect a moment later.
+    await eventually(lambda: alive(left) == [], timeout=5, what=f"what the {mode} mode left to die")
+    assert bench.ours() == []
 
 
 async def test_the_stop_ladder_also_kills_what_escaped(bench: RunBench) -> None:
@@ -166,4 +167,5 @@ def test_the_daemon_as_subreaper_kills_what_its_run_left_reading_only_its_own_de
         daemon.kill()
     left = [r["child"] for r in workspace.records() if r["event"] == "child"]
     assert left, f"the stand-in's {mode} mode left nothing to catch"
-    assert alive(left) == [] and fake.task(task["id"])["status"] == "complete"
+    wait_for(lambda: alive(left) == [], timeout=5, what=f"what the {mode} mode left to die")
+    assert fake.task(task["id"])["status"] == "complete"

@@ -169,7 +169,8 @@ def test_a_drain_with_runs_in_flight_reports_idle_once_they_end_and_starts_nothi
     fake, workspace, listener, start
 ):
     workspace.write_registry([("dev-a", "dev", 2)])
-    workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 2})
+    # Runs that outlast the CLI's start (up to 1.7 s seen under CI's load), so both are in flight at the drain.
+    workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 5})
     daemon = start()
     tasks = [fake.create_task(f"t{i}", queue_name="dev")["id"] for i in range(4)]
     wait_for(lambda: len(workspace.running_pids()) == 2, what="two runs in flight")

@@ -96,7 +96,7 @@ def test_the_readme_install_steps_work_word_for_word_after_pip_install(fresh_ven
     for argv in steps:
         assert argv[0] == "tinyscheduler", argv
         if argv[1:] == ["run", "--daemon"]:
-            daemon_runs_and_stops(argv, folder, env, run)
+            daemon_runs_and_stops(argv, folder, env, run, lambda: tinytask.task(1)["assigned_to"] == "developer")
             continue
         result = run(argv)
         assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
@@ -110,10 +110,12 @@ def test_the_readme_install_steps_work_word_for_word_after_pip_install(fresh_ven
     assert tinytask.task(1)["assigned_to"] == "developer", "the daemon did the work of the example registry"
 
 
-def daemon_runs_and_stops(argv: list[str], folder: Path, env: dict[str, str], run) -> None:  # type: ignore[no-untyped-def]
+def daemon_runs_and_stops(argv: list[str], folder: Path, env: dict[str, str], run, worked) -> None:  # type: ignore[no-untyped-def]
     daemon = subprocess.Popen(argv, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: run(["tinyscheduler", "status"]).returncode == 0, what="status: running and healthy")
+        # status is healthy from the lock on, before the first pass: stopped then, the daemon did no work.
+        wait_for(worked, what="the daemon's first pass to assign the task")
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0

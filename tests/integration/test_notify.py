@@ -68,7 +68,7 @@ def test_ready_status_stopping_and_no_systemd_variables_for_goose(fake, workspac
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait() == 0
-    assert "STOPPING=1" in listener.texts()
+    wait_for(lambda: "STOPPING=1" in listener.texts(), timeout=5, what="STOPPING=1 (the listener's thread stores it)")
     assert listener.texts().index("READY=1") < listener.texts().index("STOPPING=1")
 
 

@@ -13,7 +13,7 @@ import io
 import os
 import signal
 import stat
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +120,12 @@ def test_the_daemon_writes_no_file_through_a_planted_symlink(workspace: Workspac
     (state / "tinyscheduler.lock").unlink()
 
     task = one_task_for(workspace, fake)
-    day = datetime.now().astimezone()
+    today = datetime.now().astimezone()
     (state / "logs" / "tasks").mkdir(parents=True)
-    scheduler_log = state / "logs" / f"scheduler_{day:%Y%m%d}.log"
-    scheduler_log.unlink(missing_ok=True)  # written by the first attempt
-    scheduler_log.symlink_to(precious)
+    for day in (today, today + timedelta(days=1)):  # a run at midnight writes the next day's log
+        scheduler_log = state / "logs" / f"scheduler_{day:%Y%m%d}.log"
+        scheduler_log.unlink(missing_ok=True)  # written by the first attempt
+        scheduler_log.symlink_to(precious)
     (state / "logs" / "tasks" / f"{task['id']}.1.log").symlink_to(precious)
     result = workspace.cli("run", "--once")
     assert result.returncode == 1, "a run that could not start fails `run --once` (docs/reliability.md)"

@@ -34,6 +34,8 @@ from tinyscheduler.adapters.tinytask.mcp import McpHttpClient, McpSseClient
 from tinyscheduler.adapters.tinytask.rest import RestClient
 from tinyscheduler.testing.fake import FakeTinyTask
 
+from runbench import eventually
+
 
 class Naps:
     """Injected `sleep`: records the backoff delays instead of waiting them out."""
@@ -690,7 +692,14 @@ class RawServer(_Served):
         self.stopped = threading.Event()
         self.connections = 0
         self.requests = 0
+        #: Connections the server has closed (its side shut down and released).
+        self.closed = 0
         script = self
+
+        class Server(socketserver.ThreadingTCPServer):
+            def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+                super().shutdown_request(request)
+                script.closed += 1
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
@@ -714,7 +723,7 @@ class RawServer(_Served):
                     if closes:
                         return
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
@@ -744,9 +753,9 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> 
     with RawServer(raw_json('["dev"]'), closes=True) as server:
         naps = Naps()
         async with RestClient(server.url, sleep=naps) as client:
-            for _ in range(3):
+            for done in range(1, 4):
                 assert await client.list_queues() == ["dev"]
-                await asyncio.sleep(0.05)  # the server's close reaches the client
+                await eventually(lambda: server.closed == done, what="the server to close the connection")  # noqa: B023
     assert (server.requests, server.connections) == (3, 3)
     assert naps.delays == [], "no request failed on a dead connection and had to be retried"
 
