@@ -28,6 +28,11 @@ from tinyscheduler.service.run import StartFailure
 
 from runbench import STANDIN, RunBench, eventually
 
+#: The ladder's grace where a test expects SIGINT to be enough: the stand-in holds stop signals
+#: while it starts, and its exit (coverage's save included) took up to 2 s on a loaded 2-core
+#: machine, past the bench's 0.3 s. A run that ignored SIGINT would still reach SIGTERM and fail.
+SIGINT_IS_ENOUGH_SEC = 10.0
+
 
 def running_lease(b: RunBench, task_id: int) -> Lease | None:
     lease = b.leases.read(task_id)
@@ -55,12 +60,6 @@ async def test_success_completes_the_task_and_removes_the_lease(bench: RunBench)
         ("end", 0),
     ]
     assert bench.comments(task_id) == []
-
-
-#: The ladder's grace where a test expects SIGINT to be enough: the stand-in holds stop signals
-#: while it starts, and its exit (coverage's save included) took up to 2 s on a loaded 2-core
-#: machine, past the bench's 0.3 s. A run that ignored SIGINT would still reach SIGTERM and fail.
-SIGINT_IS_ENOUGH_SEC = 10.0
 
 
 def test_a_descriptor_the_daemon_inherited_never_reaches_a_keeper(tmp_path: Path) -> None:

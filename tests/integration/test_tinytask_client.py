@@ -697,7 +697,7 @@ class RawServer(_Served):
         script = self
 
         class Server(socketserver.ThreadingTCPServer):
-            def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+            def shutdown_request(self, request: socket.socket | tuple[bytes, socket.socket]) -> None:
                 super().shutdown_request(request)
                 script.closed += 1
 
