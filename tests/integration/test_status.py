@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tinyscheduler.adapters.lock import InstanceLock
 
@@ -150,6 +152,46 @@ def test_status_of_an_empty_folder_is_calm(workspace):
     assert result.returncode == 3, result.stderr  # not running, nothing else wrong
     assert "not running" in result.stdout and "No problems found." in result.stdout
     assert sorted(p.name for p in workspace.base.iterdir()) == [], "status created files"
+
+
+@pytest.mark.parametrize(
+    ("started_ago", "last_pass", "stuck"),
+    [
+        (600, None, "no pass finished since the daemon started 10m"),
+        (600, "a previous daemon's", "no pass finished since the daemon started 10m"),
+        (600, "its own, 10 minutes old", "no pass finished for 10m"),
+        (600, "its own, just now", None),
+        (5, None, None),
+    ],
+    ids=["none-yet", "previous-daemon", "own-old", "own-fresh", "just-started"],
+)
+def test_status_says_a_running_daemon_may_be_stuck_when_no_pass_of_its_own_finished_in_time(
+    workspace, started_ago, last_pass, stuck
+):
+    """Before, a daemon whose first pass never ended showed as healthy for good: status only aged a
+    pass on record, and only one of the running daemon's."""
+    state = workspace.base / "state"
+    state.mkdir(mode=0o700)
+    now = datetime.now(UTC)
+    if last_pass is not None:
+        pid = os.getpid() + (1 if last_pass == "a previous daemon's" else 0)
+        started = now - timedelta(seconds=600 if "old" in last_pass or "previous" in last_pass else 1)
+        record = {"pid": pid, "started_at": started.isoformat(), "ok": True, "duration_sec": 0.1}
+        (state / "last_pass.json").write_text(json.dumps(record))
+    lock = InstanceLock(state / "tinyscheduler.lock")
+    lock.acquire()
+    try:
+        since = (now - timedelta(seconds=started_ago)).isoformat()
+        (state / "tinyscheduler.lock").write_text(f"pid {os.getpid()} since {since} instance test config -\n")
+        data = status_json(workspace)
+    finally:
+        lock.release()
+    said = [p for p in data["problems"] if p.startswith("no pass finished")]
+    if stuck is None:
+        assert said == [], data["problems"]
+    else:
+        assert len(said) == 1 and said[0].startswith(stuck), data["problems"]
+        assert said[0].endswith("the daemon may be stuck")
 
 
 def test_status_of_a_base_path_that_does_not_exist_says_so(workspace):

@@ -156,6 +156,7 @@ def collect(settings: Settings, *, now: datetime | None = None, registry_require
             "TINYSCHEDULER_BASE_PATH the one the daemon uses?"
         )
     _read_last_pass(settings, status, now)
+    _judge_first_pass(settings, status, now)
     store = LeaseStore(settings.running_dir, settings.quarantine_dir, read_only=True)
     try:
         scan = store.scan()
@@ -242,6 +243,24 @@ def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
         status.problems.append(
             f"no pass finished for {format_age(status.last_pass_age_sec)} "
             f"(loop interval {settings.loop_interval_sec}s): the daemon may be stuck"
+        )
+
+
+def _judge_first_pass(settings: Settings, status: Status, now: datetime) -> None:
+    """A running daemon with no pass of its own on record (`last_pass.json` missing, or a previous
+    daemon's) is stuck once its first pass has had the pass timeout and then some."""
+    daemon = status.daemon
+    if not daemon.running or daemon.since is None or (status.last_pass or {}).get("pid") == daemon.pid:
+        return
+    try:
+        since = datetime.fromisoformat(daemon.since)
+    except ValueError:
+        return
+    age = (now - (since if since.tzinfo else since.replace(tzinfo=UTC))).total_seconds()
+    if age > STUCK_INTERVALS * settings.loop_interval_sec + settings.pass_timeout_sec:
+        status.problems.append(
+            f"no pass finished since the daemon started {format_age(age)} ago "
+            f"(pass timeout {settings.pass_timeout_sec}s): the daemon may be stuck"
         )
 
 
