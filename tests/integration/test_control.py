@@ -189,6 +189,7 @@ def test_a_drain_with_runs_in_flight_reports_idle_once_they_end_and_starts_nothi
     wait_for(lambda: listener.statuses()[-1].startswith("draining: 0 runs left, idle; "), what="STATUS says idle")
     assert daemon.proc is not None and daemon.proc.poll() is None, "the daemon stays up"
 
+    workspace.write_recipe("dev-a", {"mode": "succeed", "seconds": 0.2})  # nothing left to outlast
     assert workspace.cli("resume", "--host").returncode == 0
     wait_for(lambda: all(fake.task(t)["status"] == "complete" for t in tasks), what="the rest once resumed")
 
