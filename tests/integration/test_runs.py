@@ -16,8 +16,10 @@ from typing import Any
 import psutil
 import pytest
 import structlog
+import structlog.testing
 
-from tinyscheduler.adapters.process import stop_process_group
+from tinyscheduler.adapters.leasestore import LeaseStore
+from tinyscheduler.adapters.process import AdoptedProcess, stop_process_group
 from tinyscheduler.adapters.procfs import current_boot_id, probe, process_start_ticks
 from tinyscheduler.adapters.runlog import RunLog
 from tinyscheduler.core.leases import Lease, LeaseState, Liveness
@@ -25,6 +27,7 @@ from tinyscheduler.core.outcomes import Outcome
 from tinyscheduler.core.tasks import FAILED_TAG
 from tinyscheduler.service.reporter import Reported, requeue_if_ours
 from tinyscheduler.service.run import StartFailure
+from tinyscheduler.service.supervisor import LeaseKeeper, Limits, Supervision
 
 from runbench import STANDIN, RunBench, eventually
 
@@ -630,6 +633,61 @@ async def test_stop_process_group_of_a_finished_process_sends_nothing(bench: Run
     process = subprocess.Popen(["true"], start_new_session=True)
     process.wait()
     assert await stop_process_group(process.pid, lambda: True, 0.1, structlog.get_logger("test")) == ""
+
+
+async def test_a_run_whose_group_cannot_be_verified_is_said_once_and_tried_again_at_each_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """An adopted run whose lease names a group that is not its process's own (planted, or stale) is
+    never signalled. Past its max runtime the supervision used to say so, and try again, every 10 ms."""
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    beats: list[datetime] = []
+    tries: list[int | None] = []
+
+    class Counted(AdoptedProcess):
+        def group(self) -> int | None:
+            tries.append(super().group())
+            return tries[-1]
+
+    class Keeper(LeaseKeeper):
+        def beat(self, moment: datetime) -> None:
+            super().beat(moment)
+            beats.append(moment)
+            if len(beats) == 5:  # the end comes from elsewhere: the run is never signalled
+                process.kill()
+                process.wait()
+
+    try:
+        now = datetime.now().astimezone()
+        ticks = process_start_ticks(process.pid)
+        lease = Lease(7, "dev", process.pid, "dev.yaml", now, now, "testhost", pgid=process.pid + 1, start_ticks=ticks)
+        store = LeaseStore(tmp_path / "running", tmp_path / "quarantine")
+        store.ensure()
+        store.write(lease)
+        with structlog.testing.capture_logs() as logs:
+            log = structlog.get_logger("test")
+            await Supervision(
+                Counted(lease, current_boot_id()),
+                limits=Limits(heartbeat_sec=0.1, max_runtime_sec=0.05, stop_grace_sec=0.3, idle_timeout_sec=0),
+                lease=Keeper(store, lease, log),
+                run_log=RunLog(tmp_path / "run.log", 1 << 20),
+                read_fd=None,
+                contain=contained,
+                clock=lambda: datetime.now().astimezone(),
+                log=log,
+            ).run()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL and len(beats) == 5
+    events = [entry["event"] for entry in logs]
+    assert (events.count("run_stopping"), events.count("run_not_signalled"), events.count("stop_signal")) == (1, 1, 0)
+    assert set(tries) == {None} and len(tries) <= len(beats) + 1, f"{len(tries)} tries in {len(beats)} heartbeats"
+
+
+async def contained() -> None:
+    """Nothing to contain: the test ended the process itself."""
 
 
 async def test_a_failure_whose_requeue_reply_was_lost_keeps_its_count_and_backoff(bench: RunBench) -> None:

@@ -112,6 +112,8 @@ class Supervision:
         self._cause = StopCause.NONE
         self._ladder_done: anyio.Event | None = None
         self._stop_signal: str | None = None
+        #: A stop found no group provably the run's: the next try (monotonic), at a heartbeat's pace.
+        self._retry_stop_at: float | None = None
 
     def request_stop(self, reason: str, *, counted: bool = False) -> None:
         if self.stop_reason is None:
@@ -165,14 +167,20 @@ class Supervision:
                 self.lease.beat(self.clock())
                 next_beat = now + limits.heartbeat_sec
             silent = now - self.run_log.last_output
-            if self._ladder_done is None:
+            deferred = self._retry_stop_at is not None and now < self._retry_stop_at
+            if self._ladder_done is None and not deferred:
                 self._cause = self._stop_cause(now - began, silent)
-                if self._cause is not StopCause.NONE:
+                if self._cause is StopCause.NONE:
+                    self._retry_stop_at = None  # output came back: no stop is owed any more
+                else:
                     if group is None:
                         return None
-                    self._start_ladder(group)
+                    if not self._start_ladder(group):
+                        self._retry_stop_at = now + limits.heartbeat_sec
             timeout = min(POLL_SEC if polling else math.inf, next_beat - now)
-            if self._ladder_done is None:
+            if self._ladder_done is None and self._retry_stop_at is not None:
+                timeout = min(timeout, max(0.0, self._retry_stop_at - now))
+            elif self._ladder_done is None:
                 timeout = min(timeout, max(0.0, limits.max_runtime_sec - (now - began)))
                 if self._idle_timeout() > 0:
                     timeout = min(timeout, max(0.0, self._idle_timeout() - silent))
@@ -205,14 +213,18 @@ class Supervision:
             return StopCause.IDLE
         return StopCause.NONE
 
-    def _start_ladder(self, group: anyio.abc.TaskGroup) -> None:
+    def _start_ladder(self, group: anyio.abc.TaskGroup) -> bool:
+        """Whether the ladder started: a group that cannot be proven to be this run's is never
+        signalled (said once; tried again at each heartbeat while the process lives)."""
         pid = self.process.pid
-        self._log.warning("run_stopping", pid=pid, attempt=self.lease.lease.attempt, reason=self._cause.value)
+        first_try = self._retry_stop_at is None
+        if first_try:
+            self._log.warning("run_stopping", pid=pid, attempt=self.lease.lease.attempt, reason=self._cause.value)
         pgid = self.process.group()
         if pgid is None:
-            # A group that cannot be proven to be this run's is never signalled.
-            self._log.error("run_not_signalled", pid=pid, reason="cannot verify the process and its group")
-            return
+            if first_try:
+                self._log.error("run_not_signalled", pid=pid, reason="cannot verify the process and its group")
+            return False
         self.lease.update(state=LeaseState.STOPPING)
         done = self._ladder_done = anyio.Event()
 
@@ -226,3 +238,4 @@ class Supervision:
                 self._wake()
 
         group.start_soon(ladder)
+        return True
