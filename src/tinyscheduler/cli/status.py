@@ -218,12 +218,8 @@ def _read_last_pass(settings: Settings, status: Status, now: datetime) -> None:
         status.problems.append(f"{path}: expected a JSON object")
         return
     status.last_pass = data
-    try:
-        started = datetime.fromisoformat(str(data.get("started_at")))
-    except ValueError:
-        started = None
+    started = _moment(data.get("started_at"))
     if started is not None:
-        started = started if started.tzinfo else started.replace(tzinfo=UTC)
         status.last_pass_age_sec = round((now - started).total_seconds(), 1)
     if data.get("ok") is False:
         failures = data.get("consecutive_failures", 1)
@@ -250,18 +246,25 @@ def _judge_first_pass(settings: Settings, status: Status, now: datetime) -> None
     """A running daemon with no pass of its own on record (`last_pass.json` missing, or a previous
     daemon's) is stuck once its first pass has had the pass timeout and then some."""
     daemon = status.daemon
-    if not daemon.running or daemon.since is None or (status.last_pass or {}).get("pid") == daemon.pid:
+    since = _moment(daemon.since)
+    if not daemon.running or since is None or (status.last_pass or {}).get("pid") == daemon.pid:
         return
-    try:
-        since = datetime.fromisoformat(daemon.since)
-    except ValueError:
-        return
-    age = (now - (since if since.tzinfo else since.replace(tzinfo=UTC))).total_seconds()
+    age = (now - since).total_seconds()
     if age > STUCK_INTERVALS * settings.loop_interval_sec + settings.pass_timeout_sec:
         status.problems.append(
             f"no pass finished since the daemon started {format_age(age)} ago "
             f"(pass timeout {settings.pass_timeout_sec}s): the daemon may be stuck"
         )
+
+
+def _moment(text: object) -> datetime | None:
+    """An ISO timestamp from a state file as an aware datetime (UTC when it names no zone); None
+    when it is missing or not one."""
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _breakers_and_bad_tasks(data: dict[str, Any], status: Status) -> None:
