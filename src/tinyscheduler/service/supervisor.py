@@ -178,12 +178,13 @@ class Supervision:
                     if not self._start_ladder(group):
                         self._retry_stop_at = now + limits.heartbeat_sec
             timeout = min(POLL_SEC if polling else math.inf, next_beat - now)
-            if self._ladder_done is None and self._retry_stop_at is not None:
-                timeout = min(timeout, max(0.0, self._retry_stop_at - now))
-            elif self._ladder_done is None:
-                timeout = min(timeout, max(0.0, limits.max_runtime_sec - (now - began)))
-                if self._idle_timeout() > 0:
-                    timeout = min(timeout, max(0.0, self._idle_timeout() - silent))
+            if self._ladder_done is None:
+                if self._retry_stop_at is not None:
+                    timeout = min(timeout, max(0.0, self._retry_stop_at - now))
+                else:
+                    timeout = min(timeout, max(0.0, limits.max_runtime_sec - (now - began)))
+                    if self._idle_timeout() > 0:
+                        timeout = min(timeout, max(0.0, self._idle_timeout() - silent))
             await self._sleep(watch, max(timeout, 0.01))
         return time.monotonic() - began
 
